@@ -1,0 +1,151 @@
+"""``edge-asd``: the runtime's command line (synth, score, evaluate, run, ...).
+
+Heavy modules are imported inside each command so that ``edge-asd --help`` is
+instant on a small device, and so a missing optional back end only matters to
+the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthConfig, generate
+
+    cfg = SynthConfig(
+        machines=tuple(m.strip() for m in args.machines.split(",") if m.strip()),
+        sections=args.sections,
+        train_source=args.train_source,
+        train_target=args.train_target,
+        test=args.test,
+        seconds=args.seconds,
+        seed=args.seed,
+    )
+    written = generate(Path(args.out), cfg, progress=not args.quiet)
+    print(f"wrote {written} clips to {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .metrics import evaluate_dir, format_table
+
+    result = evaluate_dir(Path(args.dir), data_root=Path(args.data) if args.data else None)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from .offline import score_paths
+
+    score_paths(
+        Path(args.bundle),
+        [Path(p) for p in args.paths],
+        Path(args.out),
+        backend=args.backend,
+        batch_clips=args.batch_clips,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import main as daemon_main
+
+    return daemon_main(Path(args.config), validate_only=args.validate_config)
+
+
+def _cmd_build_engine(args: argparse.Namespace) -> int:
+    from .engine import build_engine_in_bundle
+
+    build_engine_in_bundle(Path(args.bundle), precision=args.precision, out=Path(args.out) if args.out else None)
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from .watch import watch
+
+    return watch(args.host, args.port, args.prefix, device=args.device, count=args.count)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-asd", description="Machine-condition monitoring by sound (runtime).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic machine-sound data set in the DCASE layout")
+    s.add_argument("out")
+    s.add_argument("--machines", default="fan,gearbox,bearing,valve")
+    s.add_argument("--sections", type=int, default=2)
+    s.add_argument("--train-source", type=int, default=40, help="normal source-domain training clips per section")
+    s.add_argument("--train-target", type=int, default=10, help="normal target-domain training clips per section")
+    s.add_argument("--test", type=int, default=10, help="test clips per section, domain and label")
+    s.add_argument("--seconds", type=float, default=10.0, help="clip length")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("score", help="score WAV files or folders with a bundle; write DCASE submission files")
+    s.add_argument("bundle")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--out", required=True)
+    s.add_argument("--backend", default="auto", help="auto, onnx-cpu, onnx-cuda, onnx-tensorrt or tensorrt")
+    s.add_argument("--batch-clips", type=int, default=8)
+    s.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("evaluate", help="DCASE 2022 Task 2 metrics of the submission files in DIR")
+    s.add_argument("dir")
+    s.add_argument("--data", help="data root, to find ground truth when DIR has no copy of it")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("run", help="the monitoring daemon")
+    s.add_argument("--config", required=True)
+    s.add_argument("--validate-config", action="store_true", help="check the configuration and bundles, then exit")
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("build-engine", help="build a TensorRT engine for this device into a bundle")
+    s.add_argument("bundle")
+    s.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    s.add_argument("--out", help="write a new bundle here instead of replacing BUNDLE")
+    s.set_defaults(func=_cmd_build_engine)
+
+    s = sub.add_parser("watch", help="print the scores and alerts a daemon publishes")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=1883)
+    s.add_argument("--prefix", default="edge_asd")
+    s.add_argument("--device", default="+")
+    s.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
+    s.set_defaults(func=_cmd_watch)
+    return p
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse, dispatch, and turn a :class:`UserError` into one line and status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

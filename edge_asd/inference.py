@@ -1,0 +1,136 @@
+"""Extractor inference back ends behind one small interface.
+
+``make_backend`` picks, in order, what is installed and asked for: a TensorRT
+engine built for this very GPU, onnxruntime with the TensorRT or CUDA execution
+provider, onnxruntime on the CPU. A back end that fails to import or to load is
+logged and the next one is tried (Frigate's detector pattern), so a TensorRT
+problem never takes a CPU install down.
+
+Every back end maps amplitude-standardized segments ``[N, samples]`` (float32)
+to ``(embedding [N, D], domain_logit [N])``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class OnnxBackend:
+    """onnxruntime session over the exported extractor (front end inside)."""
+
+    model: bytes
+    providers: list = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int = 0
+    max_batch: int = 64
+    name: str = "onnx-cpu"
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        # All graph optimizations: constant folding turns the fixed DFT and mel
+        # matrices into plain initializers, and conv/BN fusion matters on a CPU.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        # One model, one stream of batches: inter-op parallelism only adds threads.
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(self.model, sess_options=so, providers=self.providers)
+        inputs = self.session.get_inputs()
+        outputs = [o.name for o in self.session.get_outputs()]
+        if len(inputs) != 1 or "embedding" not in outputs or "domain_logit" not in outputs:
+            raise ValueError(
+                f"extractor model must have one input and outputs 'embedding' and 'domain_logit', has inputs "
+                f"{[i.name for i in inputs]} and outputs {outputs}"
+            )
+        self.input_name = inputs[0].name
+        self.input_shape = inputs[0].shape
+
+    def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(segments, dtype=np.float32)
+        embs, logits = [], []
+        for lo in range(0, len(x), self.max_batch):
+            emb, logit = self.session.run(["embedding", "domain_logit"], {self.input_name: x[lo : lo + self.max_batch]})
+            embs.append(emb)
+            logits.append(logit.reshape(-1))
+        return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32)
+
+
+def available_ort_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _ort_providers(kind: str, cache_dir: str | None) -> list:
+    if kind == "onnx-cpu":
+        return ["CPUExecutionProvider"]
+    if kind == "onnx-cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if kind == "onnx-tensorrt":
+        trt_opts = {"trt_fp16_enable": True}
+        if cache_dir:
+            # Engines take minutes to build on a Jetson: keep them across restarts.
+            trt_opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir})
+        return [("TensorrtExecutionProvider", trt_opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise ValueError(f"unknown onnxruntime back end {kind!r}")
+
+
+def make_backend(
+    model: bytes,
+    backend: str = "auto",
+    threads: int = 0,
+    engine: bytes | None = None,
+    engine_meta: dict | None = None,
+    cache_dir: str | None = None,
+) -> Backend:
+    """The best back end that loads, trying the next one when one fails."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown back end {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        order = []
+        if engine is not None:
+            order.append("tensorrt")
+        providers = available_ort_providers()
+        if "CUDAExecutionProvider" in providers:
+            order.append("onnx-cuda")
+        order.append("onnx-cpu")
+    else:
+        order = [backend] + (["onnx-cpu"] if backend != "onnx-cpu" else [])
+    errors = []
+    for kind in order:
+        try:
+            if kind == "tensorrt":
+                if engine is None:
+                    raise RuntimeError("the bundle holds no TensorRT engine")
+                from .engine import TensorRTBackend
+
+                return TensorRTBackend(engine, engine_meta or {})
+            if kind != "onnx-cpu" and kind.startswith("onnx-"):
+                missing = {"onnx-cuda": "CUDAExecutionProvider", "onnx-tensorrt": "TensorrtExecutionProvider"}[kind]
+                if missing not in available_ort_providers():
+                    raise RuntimeError(f"onnxruntime here has no {missing}")
+            b = OnnxBackend(model, providers=_ort_providers(kind, cache_dir), threads=threads or (os.cpu_count() or 1))
+            b.name = kind
+            return b
+        except Exception as exc:  # try the next back end, but say why
+            log.warning("back end %s unavailable: %s", kind, exc)
+            errors.append(f"{kind}: {exc}")
+    raise RuntimeError("no inference back end could load the model: " + "; ".join(errors))

@@ -1,0 +1,45 @@
+"""Progress on stderr for long runtime commands.
+
+tqdm is the desktop's progress bar; the runtime does not depend on it, so this
+uses tqdm when it is installed and prints a plain line every few percent when
+not (a Jetson running ``edge-asd score`` over SSH still shows progress).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.desc, self.enabled = total, desc, enabled and total > 0
+        self.done = 0
+        self._bar = None
+        self._last = 0.0
+        self._t0 = time.monotonic()
+        if not self.enabled:
+            return
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="clip", file=sys.stderr)
+        except ImportError:
+            pass
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self._last > 2.0 or self.done >= self.total:
+            self._last = now
+            rate = self.done / max(now - self._t0, 1e-9)
+            print(f"{self.desc}: {self.done}/{self.total} ({rate:.1f}/s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,166 @@
+"""Scoring clips with a deployment bundle: what ``score``, ``run`` and ``enroll`` share.
+
+A :class:`ClipScorer` turns raw audio into the clip's anomaly score exactly as
+the desktop fitted it: clip-level amplitude standardization, S segments, the
+extractor (front end inside the model), the section's inlier models, the
+aggregator, standardization, Eq. 8 mixing and the ensemble mean.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audio import SegmentSpec, segment, standardize
+from .bundle import Bundle, open_bundle
+from .errors import BundleError, UserError
+from .inference import make_backend
+from .scoring import SectionModel, combine_parts, p_target, section_from_state, section_parts
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    score: float
+    threshold: float
+    anomalous: bool
+    p_target: float
+    section: str
+    timings_ms: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Member:
+    name: str
+    backend: object
+    sections: dict[str, SectionModel]
+
+
+def segment_spec(manifest: dict) -> SegmentSpec:
+    a = manifest["audio"]
+    return SegmentSpec(
+        sample_rate=int(a["sample_rate"]),
+        segment_seconds=float(a["segment_seconds"]),
+        n_segments=int(a["n_segments"]),
+        align=int(a.get("segment_align", 1)),
+    )
+
+
+class ClipScorer:
+    """A loaded bundle, ready to score clips of its machine type."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int = 0, cache_dir: str | None = None):
+        self.bundle = bundle
+        self.bundle_path = bundle.path
+        m = bundle.manifest
+        self.manifest = m
+        self.bundle_id: str = m["bundle_id"]
+        self.machine_type: str = m["machine_type"]
+        self.sections: list[str] = list(m["sections"])
+        self.spec = segment_spec(m)
+        self.sample_rate = self.spec.sample_rate
+        self.segment_seconds = self.spec.segment_seconds
+        self.clip_seconds = float(m["audio"].get("clip_seconds", 10.0))
+        self.approach: str = m["approach"]
+        self.aggregator: str = m["aggregator"]
+        self.kappa = float(m["kappa"])
+        self.embedding_dim = int(m["embedding_dim"])
+        self.thresholds = {s: float(m["thresholds"][s]) for s in self.sections}
+        self.members: list[_Member] = []
+        for i, mm in enumerate(m["members"]):
+            arrays = bundle.arrays(mm["state"])
+            try:
+                sections = {s: section_from_state(s, arrays, mm["sections"][s]) for s in self.sections}
+            except (KeyError, ValueError, TypeError) as exc:
+                raise BundleError(f"{bundle.path}: detector state of member {i} is unusable ({exc})") from None
+            for s, sm in sections.items():
+                for dom, dm in sm.domains.items():
+                    dim = getattr(dm.detector, "n_features_in_", None)
+                    if dim is not None and int(dim) != self.embedding_dim:
+                        raise BundleError(
+                            f"{bundle.path}: detector {s}/{dom} of member {i} expects {dim}-d embeddings, "
+                            f"the manifest says {self.embedding_dim}"
+                        )
+            engine = bundle.read(mm["engine"]["file"]) if mm.get("engine") else None
+            try:
+                be = make_backend(
+                    bundle.read(mm["model"]),
+                    backend=backend,
+                    threads=threads,
+                    engine=engine,
+                    engine_meta=mm.get("engine"),
+                    cache_dir=cache_dir,
+                )
+            except (RuntimeError, ValueError) as exc:
+                raise BundleError(f"{bundle.path}: member {i}: {exc}") from None
+            self._check_model_shape(be, i)
+            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections))
+        self.backend_name = self.members[0].backend.name
+
+    def _check_model_shape(self, backend, i: int) -> None:
+        """Refuse a model whose input or output sizes disagree with the manifest."""
+        probe = np.zeros((1, self.spec.segment_samples), dtype=np.float32)
+        try:
+            emb, logit = backend.run(probe)
+        except Exception as exc:
+            raise BundleError(
+                f"{self.bundle_path}: model of member {i} does not take [batch, {self.spec.segment_samples}] "
+                f"waveforms as the manifest says ({str(exc).splitlines()[0]})"
+            ) from None
+        if emb.shape != (1, self.embedding_dim) or logit.shape != (1,):
+            raise BundleError(
+                f"{self.bundle_path}: model of member {i} outputs embeddings of shape {tuple(emb.shape)[1:]}, "
+                f"the manifest says ({self.embedding_dim},)"
+            )
+
+    def resolve_section(self, section: str | None) -> str:
+        if section is None:
+            return self.sections[0]
+        if section not in self.thresholds:
+            raise UserError(f"{self.bundle_path}: section {section!r} is not in this bundle (it has {', '.join(self.sections)})")
+        return section
+
+    def prepare(self, clip: np.ndarray) -> np.ndarray:
+        """Standardize and segment a raw clip: ``[S, segment_samples]``."""
+        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
+        if clip.size < self.spec.segment_samples:
+            raise UserError(
+                f"clip of {clip.size / self.sample_rate:.2f} s is shorter than one {self.segment_seconds:g} s segment"
+            )
+        return segment(standardize(clip), self.spec)
+
+    def embed(self, segments: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each member's ``(embedding [N, D], domain_logit [N])`` of segments."""
+        return [m.backend.run(segments) for m in self.members]
+
+    def score_segments(self, segs: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Scores of clips given as ``[n_clips, S, samples]`` standardized segments."""
+        n, s, length = segs.shape
+        t0 = time.perf_counter()
+        outs = self.embed(segs.reshape(n * s, length))
+        t1 = time.perf_counter()
+        parts, ps = [], []
+        for member, (emb, logit) in zip(self.members, outs):
+            parts.append(section_parts(member.sections[section], emb.reshape(n, s, -1), self.aggregator))
+            ps.append(p_target(logit.reshape(n, s), self.kappa))
+        p = np.mean(ps, axis=0)
+        scores = combine_parts(parts, p, self.approach)
+        t2 = time.perf_counter()
+        return scores, p, {"extractor": (t1 - t0) * 1e3, "detector": (t2 - t1) * 1e3}
+
+    def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:
+        section = self.resolve_section(section)
+        t0 = time.perf_counter()
+        segs = self.prepare(clip)
+        t1 = time.perf_counter()
+        scores, p, timings = self.score_segments(segs[None], section)
+        timings = {"frontend": (t1 - t0) * 1e3, **timings}
+        thr = self.thresholds[section]
+        score = float(scores[0])
+        return ClipResult(score, thr, score > thr, float(p[0]), section, timings)
+
+
+def load_scorer(bundle_path: str | Path, backend: str = "auto", threads: int = 0, cache_dir: str | None = None) -> ClipScorer:
+    return ClipScorer(open_bundle(bundle_path), backend=backend, threads=threads, cache_dir=cache_dir)

@@ -1,0 +1,799 @@
+"""Audio sources for the daemon: clips of float32 mono 16 kHz audio on a bounded queue.
+
+Two sources share one clip path (:class:`ClipCutter` -> :class:`ClipQueue`):
+
+* :class:`MicSource` reads a PortAudio input device (sounddevice callback
+  stream). The callback only copies samples into a lock-free ring buffer; a
+  separate thread cuts clips at the device's native rate, resamples each clip to
+  16 kHz (:func:`edge_asd.audio.resample`, anti-aliased) and queues it. A device
+  that fails or goes silent at the driver level is reported and reopened with
+  backoff.
+* :class:`FileSource` replays recordings (``file:<path, folder or glob>``) through
+  the same cutting, in real time or as fast as the scorer takes them, once or in
+  a loop, so thresholds can be tuned on recordings through the live pipeline.
+
+Nothing is dropped silently: input overflows, ring-buffer overruns, clips
+dropped from a full queue and bad files are counted in :class:`SourceHealth`
+and logged (rate-limited).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from .audio import SAMPLE_RATE, dbfs, resample
+from .config import list_source_files
+from .errors import AudioError
+
+log = logging.getLogger(__name__)
+
+
+class DeviceError(Exception):
+    """An audio input device that cannot be found or used (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip ready to score."""
+
+    samples: np.ndarray  # float32, mono, SAMPLE_RATE
+    end_time: datetime  # UTC wall-clock time of the clip's last sample
+    dbfs: float  # level of the raw clip (before the scorer standardizes it)
+    ready_monotonic: float  # time.monotonic() when the clip was complete: latency is measured from here
+    origin: str  # where it came from: "<device>" or "<file>@<offset>s"
+
+
+@dataclass(frozen=True)
+class SourceHealth:
+    """A snapshot of a source's counters for the stats heartbeat."""
+
+    state: str  # "starting", "ok", "failing" or "ended"
+    clips: int
+    dropped_clips: int
+    overruns: int
+    input_overflows: int
+    bad_files: int
+    reopens: int
+    last_error: str | None
+
+
+class _Throttle:
+    """Log the first occurrence of a recurring problem, then at most once per ``interval_s`` with a count."""
+
+    def __init__(self, interval_s: float = 60.0):
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: collections.Counter[str] = collections.Counter()
+
+    def log(self, logger: logging.Logger, level: int, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[key] += 1
+            return
+        n = self._suppressed.pop(key, 0)
+        self._last[key] = now
+        if n:
+            logger.log(level, msg + " (%d more since the last report)", *args, n)
+        else:
+            logger.log(level, msg, *args)
+
+
+class ClipQueue:
+    """A bounded clip queue between a source and the scorer.
+
+    A live source must never wait for the scorer (audio would be lost in the
+    driver instead, uncounted), so :meth:`put_drop_oldest` makes room by
+    dropping the oldest clip and counting it. A fast file replay instead waits
+    (:meth:`put_wait`): there the scorer sets the pace and every clip is scored.
+    """
+
+    def __init__(self, maxsize: int):
+        if maxsize < 1:
+            raise ValueError("queue size must be at least 1")
+        self.maxsize = maxsize
+        self._items: collections.deque[Clip] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+
+    def put_drop_oldest(self, clip: Clip) -> bool:
+        """Queue ``clip``; True when the oldest queued clip had to be dropped for it."""
+        with self._cond:
+            dropped = False
+            if len(self._items) >= self.maxsize:
+                self._items.popleft()
+                self.dropped += 1
+                dropped = True
+            self._items.append(clip)
+            self._cond.notify()
+            return dropped
+
+    def put_wait(self, clip: Clip, stop: threading.Event) -> bool:
+        """Queue ``clip`` once there is room; False (clip not queued) when ``stop`` is set first."""
+        with self._cond:
+            while len(self._items) >= self.maxsize:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.1)
+            self._items.append(clip)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> Clip | None:
+        """The oldest clip, or None when none came within ``timeout`` (or the queue is closed and empty)."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._items:
+                if self._closed:
+                    return None
+                remaining = None if end is None else end - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            clip = self._items.popleft()
+            self._cond.notify_all()
+            return clip
+
+    def close(self) -> None:
+        """No more clips will come; readers drain what is queued, then get None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def discard(self) -> int:
+        """Drop every queued clip (shutdown); returns how many."""
+        with self._cond:
+            n = len(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return n
+
+    @property
+    def exhausted(self) -> bool:
+        """Closed and empty: the source has ended and every clip was taken."""
+        with self._cond:
+            return self._closed and not self._items
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class ClipCutter:
+    """Cuts a continuous sample stream into clips of ``clip_n`` samples every ``hop_n`` samples.
+
+    ``hop_n < clip_n`` overlaps clips; ``hop_n > clip_n`` skips audio between
+    clips (scoring a 10 s clip once a minute saves a small device's CPU).
+    """
+
+    def __init__(self, clip_n: int, hop_n: int):
+        if clip_n < 1 or hop_n < 1:
+            raise ValueError("clip and hop must be at least one sample")
+        self.clip_n = clip_n
+        self.hop_n = hop_n
+        self._buf = np.zeros(clip_n, dtype=np.float32)
+        self._fill = 0
+        self._skip = 0
+
+    def reset(self) -> None:
+        """Forget the partial clip (after a gap in the stream a clip must not straddle it)."""
+        self._fill = 0
+        self._skip = 0
+
+    def feed(self, x: np.ndarray, end_index: int) -> list[tuple[np.ndarray, int]]:
+        """Add samples whose last one has absolute index ``end_index - 1``.
+
+        Returns the completed clips with the absolute index just past their last sample.
+        """
+        x = np.asarray(x, dtype=np.float32).reshape(-1)
+        base = end_index - x.size
+        out: list[tuple[np.ndarray, int]] = []
+        pos = 0
+        while pos < x.size:
+            if self._skip:
+                s = min(self._skip, x.size - pos)
+                pos += s
+                self._skip -= s
+                continue
+            take = min(self.clip_n - self._fill, x.size - pos)
+            self._buf[self._fill : self._fill + take] = x[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == self.clip_n:
+                out.append((self._buf.copy(), base + pos))
+                if self.hop_n >= self.clip_n:
+                    self._fill = 0
+                    self._skip = self.hop_n - self.clip_n
+                else:
+                    keep = self.clip_n - self.hop_n
+                    self._buf[:keep] = self._buf[self.hop_n :].copy()
+                    self._fill = keep
+        return out
+
+
+def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """Exactly ``n`` samples (the resampler rounds its output length up)."""
+    if x.size >= n:
+        return np.ascontiguousarray(x[:n], dtype=np.float32)
+    return np.concatenate([x, np.zeros(n - x.size, dtype=np.float32)])
+
+
+class ClipSource:
+    """Common machinery: a worker thread, a stop event, the queue, counters and health."""
+
+    def __init__(self, name: str, clip_seconds: float, hop_seconds: float | None, queue_clips: int):
+        if clip_seconds <= 0:
+            raise ValueError("clip_seconds must be positive")
+        self.name = name
+        self.clip_seconds = float(clip_seconds)
+        self.hop_seconds = float(hop_seconds) if hop_seconds else float(clip_seconds)
+        self.queue = ClipQueue(queue_clips)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._throttle = _Throttle()
+        self._state = "starting"
+        self._last_error: str | None = None
+        self.clips = 0
+        self.overruns = 0
+        self.input_overflows = 0
+        self.bad_files = 0
+        self.reopens = 0
+        # An exception that escaped the worker: the daemon treats it as an internal error.
+        self.crashed: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"source {self.name} already started")
+        self._thread = threading.Thread(target=self._guarded_run, name=f"source-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop capturing; the queue is closed, so the scorer drains it and ends."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.queue.close()
+
+    @property
+    def ended(self) -> bool:
+        """The source will produce no more clips (its thread has finished)."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    def health(self) -> SourceHealth:
+        return SourceHealth(
+            state=self._state,
+            clips=self.clips,
+            dropped_clips=self.queue.dropped,
+            overruns=self.overruns,
+            input_overflows=self.input_overflows,
+            bad_files=self.bad_files,
+            reopens=self.reopens,
+            last_error=self._last_error,
+        )
+
+    def _guarded_run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - reported to the daemon, which exits 1
+            log.exception("source %s: internal error", self.name)
+            self.crashed = exc
+        finally:
+            self._state = "ended"
+            self.queue.close()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ----------------------------------------------------
+    def _emit(self, clip: Clip, wait: bool) -> bool:
+        if wait:
+            if not self.queue.put_wait(clip, self._stop):
+                return False
+        elif self.queue.put_drop_oldest(clip):
+            self._throttle.log(
+                log, logging.WARNING, "dropped",
+                "source %s: scoring is slower than capture; dropped the oldest queued clip (%d dropped so far)",
+                self.name, self.queue.dropped,
+            )
+        self.clips += 1
+        return True
+
+    def _fail(self, key: str, message: str) -> None:
+        self._state = "failing"
+        self._last_error = message
+        self._throttle.log(log, logging.ERROR, key, "source %s: %s", self.name, message)
+
+
+# --- microphones --------------------------------------------------------------------
+
+
+def _sounddevice():
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # the Python module is there, the PortAudio library is not
+        raise DeviceError(f"PortAudio is not available ({exc}); install libportaudio2") from None
+    return sd
+
+
+def _describe_inputs(devices: list[dict]) -> str:
+    names = [f"{d['index']} {d['name']!r}" for d in devices if d["max_input_channels"] > 0]
+    return "input devices: " + ("; ".join(names) if names else "none")
+
+
+def resolve_input_device(device: int | str, channel: int = 0) -> dict:
+    """PortAudio's description of an input device given as ``default``, an index or a name.
+
+    A name matches exactly, else as a case-insensitive substring of exactly one
+    input device's name. Raises :class:`DeviceError` saying what exists.
+    """
+    sd = _sounddevice()
+    try:
+        devices = [dict(d) for d in sd.query_devices()]
+    except Exception as exc:  # PortAudioError, or an unusual host API failure
+        raise DeviceError(f"cannot list audio devices ({exc})") from None
+    inputs = [d for d in devices if d["max_input_channels"] > 0]
+    if device == "default":
+        idx = sd.default.device[0]
+        if idx is None or idx < 0:
+            try:
+                idx = int(sd.query_devices(kind="input")["index"])
+            except Exception:
+                raise DeviceError(f"there is no default audio input device; {_describe_inputs(devices)}") from None
+        info = devices[idx]
+        if info["max_input_channels"] < 1:
+            raise DeviceError(f"the default device {info['name']!r} has no input channels; {_describe_inputs(devices)}")
+    elif isinstance(device, int):
+        if not 0 <= device < len(devices) or devices[device]["max_input_channels"] < 1:
+            raise DeviceError(f"no audio input device with index {device}; {_describe_inputs(devices)}")
+        info = devices[device]
+    else:
+        exact = [d for d in inputs if d["name"] == device]
+        matches = exact or [d for d in inputs if device.lower() in d["name"].lower()]
+        if not matches:
+            raise DeviceError(f"no audio input device named {device!r}; {_describe_inputs(devices)}")
+        if len(matches) > 1:
+            raise DeviceError(
+                f"{device!r} matches several input devices ({', '.join(repr(d['name']) for d in matches)}); "
+                "give more of the name or the index"
+            )
+        info = matches[0]
+    if channel >= info["max_input_channels"]:
+        raise DeviceError(
+            f"device {info['name']!r} has {info['max_input_channels']} input channel(s); channel {channel} does not exist"
+        )
+    return info
+
+
+class PortAudioHost:
+    """PortAudio state shared by all mic sources of one process.
+
+    PortAudio lists devices once, at initialization, so a USB microphone that
+    was absent at start can only be found after re-initializing it -- which
+    also kills every open stream (sounddevice issues #125, #382). This object
+    counts the open streams and re-initializes only when none is open, and
+    serializes PortAudio calls so a rescan never races an open.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+
+    def open_input(self, **kwargs: Any):
+        sd = _sounddevice()
+        with self._lock:
+            stream = sd.InputStream(**kwargs)
+            self._open += 1
+        return stream
+
+    def close(self, stream) -> None:
+        with self._lock:
+            try:
+                stream.abort()
+            except Exception:  # a stream whose device vanished may refuse to stop; closing still frees it
+                pass
+            try:
+                stream.close()
+            except Exception as exc:
+                log.debug("closing a failed stream: %s", exc)
+            self._open -= 1
+
+    def resolve(self, device: int | str, channel: int) -> dict:
+        with self._lock:
+            return resolve_input_device(device, channel)
+
+    def rescan(self) -> bool:
+        """Re-read the device list if no stream is open; True when it did."""
+        sd = _sounddevice()
+        with self._lock:
+            if self._open:
+                return False
+            sd._terminate()  # the maintainers' documented way to refresh the list
+            sd._initialize()
+            return True
+
+
+class _Ring:
+    """Single-producer single-consumer ring buffer of float32 samples.
+
+    The producer is PortAudio's callback thread: it copies and then publishes
+    its new total with one attribute store (atomic under the GIL), so it never
+    takes a lock and never waits. The consumer detects samples the producer
+    overwrote before they were read (an overrun) and reports how many were lost.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._buf = np.zeros(capacity, dtype=np.float32)
+        self.written = 0  # total samples ever written
+        self.read_total = 0  # total samples handed to the consumer or lost
+        # (written, wall time, monotonic time) of the last write: clip timestamps are derived from it.
+        self.mark: tuple[int, float, float] = (0, time.time(), time.monotonic())
+
+    def write(self, x: np.ndarray) -> None:
+        n = x.shape[0]
+        cap = self.capacity
+        w = self.written
+        if n > cap:
+            x = x[n - cap :]
+            w += n - cap
+            n = cap
+        pos = w % cap
+        first = min(n, cap - pos)
+        self._buf[pos : pos + first] = x[:first]
+        if n > first:
+            self._buf[: n - first] = x[first:]
+        self.written = w + n
+        self.mark = (self.written, time.time(), time.monotonic())
+
+    def read(self) -> tuple[np.ndarray, int, int]:
+        """``(samples, end_index, lost)``: everything new since the last read."""
+        cap = self.capacity
+        w = self.written
+        start = self.read_total
+        lost = 0
+        if w - start > cap:
+            lost = w - cap - start
+            start = w - cap
+        n = w - start
+        pos = start % cap
+        first = min(n, cap - pos)
+        out = np.concatenate([self._buf[pos : pos + first], self._buf[: n - first]]) if n > first else self._buf[pos : pos + n].copy()
+        # The producer kept writing while we copied: whatever it wrapped over is not what we wanted.
+        w2 = self.written
+        clobbered = max(0, w2 - cap - start)
+        if clobbered:
+            clobbered = min(clobbered, n)
+            out = out[clobbered:]
+            lost += clobbered
+        self.read_total = w
+        return out, w, lost
+
+
+class MicSource(ClipSource):
+    """Clips from a PortAudio input device, resampled from its native rate to 16 kHz."""
+
+    def __init__(
+        self,
+        name: str,
+        device: int | str,
+        clip_seconds: float,
+        hop_seconds: float | None = None,
+        channel: int = 0,
+        samplerate: int | None = None,
+        queue_clips: int = 4,
+        host: PortAudioHost | None = None,
+        block_seconds: float = 0.1,
+        stall_timeout_s: float = 5.0,
+        retry_min_s: float = 1.0,
+        retry_max_s: float = 30.0,
+        ring_seconds: float = 10.0,
+    ):
+        super().__init__(name, clip_seconds, hop_seconds, queue_clips)
+        self.device = device
+        self.channel = channel
+        self.requested_rate = samplerate
+        # One host per daemon: a private one is only right when this is the process's only mic.
+        self.host = host or PortAudioHost()
+        self.block_seconds = block_seconds
+        self.stall_timeout_s = stall_timeout_s
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.ring_seconds = ring_seconds
+        self.rate: int | None = None  # the rate the stream actually runs at
+        self.device_name: str | None = None
+        self._finished = threading.Event()  # set by PortAudio when the stream ends on its own
+
+    def _run(self) -> None:
+        backoff = self.retry_min_s
+        while not self._stop.is_set():
+            try:
+                stream, ring = self._open()
+            except Exception as exc:  # DeviceError, sounddevice.PortAudioError, ValueError for an unsupported rate
+                self._fail("open", f"cannot open input device {self.device!r}: {exc}; retrying in {backoff:g} s")
+            else:
+                try:
+                    reason = self._capture(stream, ring)
+                finally:
+                    self.host.close(stream)
+                if reason is None:
+                    return
+                self.reopens += 1
+                self._fail("stream", f"input device {self.device_name!r} failed: {reason}; reopening")
+                backoff = self.retry_min_s
+            if self._stop.wait(backoff):
+                return
+            backoff = min(self.retry_max_s, backoff * 2)
+            # A device that vanished and came back (USB) may only be found after a rescan.
+            self.host.rescan()
+
+    def _open(self):
+        info = self.host.resolve(self.device, self.channel)
+        rate = int(self.requested_rate or round(info["default_samplerate"]))
+        ring = _Ring(int(rate * self.ring_seconds))
+        self._finished = threading.Event()
+        channel = self.channel
+
+        def callback(indata, frames, time_info, status):  # PortAudio's thread: copy, count, return
+            if status.input_overflow:
+                self.input_overflows += 1
+            ring.write(indata[:, channel])
+
+        stream = self.host.open_input(
+            device=int(info["index"]),
+            channels=channel + 1,
+            samplerate=rate,
+            dtype="float32",
+            blocksize=max(1, int(rate * self.block_seconds)),
+            latency="high",
+            callback=callback,
+            finished_callback=self._finished.set,
+        )
+        try:
+            stream.start()
+        except Exception:
+            self.host.close(stream)
+            raise
+        self.rate = rate
+        self.device_name = info["name"]
+        log.info("source %s: capturing from %r (index %d) channel %d at %d Hz", self.name, info["name"],
+                 int(info["index"]), channel, rate)
+        return stream, ring
+
+    def _capture(self, stream, ring: _Ring) -> str | None:
+        """Cut clips until stopped (None) or until the stream fails (the reason)."""
+        rate = self.rate
+        clip_n = int(round(self.clip_seconds * rate))
+        out_n = int(round(self.clip_seconds * SAMPLE_RATE))
+        cutter = ClipCutter(clip_n, max(1, int(round(self.hop_seconds * rate))))
+        last_audio = time.monotonic()
+        seen_overflows = self.input_overflows
+        poll = min(0.05, self.block_seconds / 2)
+        while not self._stop.wait(poll):
+            if self._finished.is_set() or not stream.active:
+                return "the stream stopped (device unplugged or driver error)"
+            x, end_index, lost = ring.read()
+            if lost:
+                self.overruns += 1
+                cutter.reset()
+                self._throttle.log(log, logging.WARNING, "overrun",
+                                   "source %s: ring buffer overrun, %d samples lost (the system is overloaded)",
+                                   self.name, lost)
+            if self.input_overflows != seen_overflows:
+                seen_overflows = self.input_overflows
+                # The driver lost samples too: the current partial clip is not continuous audio.
+                cutter.reset()
+                self._throttle.log(log, logging.WARNING, "overflow",
+                                   "source %s: input overflow reported by the device (%d so far)",
+                                   self.name, seen_overflows)
+            now = time.monotonic()
+            if x.size == 0:
+                if now - last_audio > self.stall_timeout_s:
+                    return f"no audio from the device for {self.stall_timeout_s:g} s"
+                continue
+            last_audio = now
+            if self._state != "ok":
+                if self._state == "failing":
+                    log.info("source %s: audio is flowing again", self.name)
+                self._state = "ok"
+            mark_written, mark_wall, mark_mono = ring.mark
+            for native, clip_end in cutter.feed(x, end_index):
+                behind = max(0, mark_written - clip_end) / rate
+                samples = _fit_length(resample(native, rate, SAMPLE_RATE), out_n)
+                clip = Clip(
+                    samples=samples,
+                    end_time=datetime.fromtimestamp(mark_wall - behind, timezone.utc),
+                    dbfs=dbfs(samples),
+                    ready_monotonic=mark_mono - behind,
+                    origin=str(self.device_name),
+                )
+                self._emit(clip, wait=False)
+        return None
+
+
+# --- files --------------------------------------------------------------------------
+
+
+class FileSource(ClipSource):
+    """Replays audio files through the clip path.
+
+    Rules, chosen so a replay scores what a microphone would have delivered:
+
+    * Files are taken in sorted order (a folder is searched recursively; a glob
+      is expanded) and re-listed on every loop pass, so files added to a folder
+      are picked up.
+    * Each file is cut on its own: clips never straddle two recordings, and a
+      tail shorter than a clip is not scored.
+    * A file at another sample rate is resampled to 16 kHz with the same
+      anti-aliasing resampler as the microphone path (logged once per file).
+    * A multi-channel file contributes channel ``channel`` (logged once per file).
+    * A bad file (unreadable, too short for one clip, non-finite samples, no such
+      channel) is logged with its name and skipped; the rest carry on.
+    * A clip's timestamp is the time replay of its file began plus the offset of
+      the clip's end in the file: in real time that is the wall-clock time it
+      became available, as for a microphone; as fast as possible it is the time
+      the clip would have ended had the file been played in real time.
+    * ``realtime=True`` paces clips at the file's duration and drops the oldest
+      queued clip when scoring falls behind (exactly like a microphone);
+      ``realtime=False`` waits for the scorer, so every clip is scored.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        target: str | Path,
+        clip_seconds: float,
+        hop_seconds: float | None = None,
+        realtime: bool = True,
+        loop: bool = False,
+        channel: int = 0,
+        queue_clips: int = 4,
+        empty_retry_s: float = 5.0,
+    ):
+        super().__init__(name, clip_seconds, hop_seconds, queue_clips)
+        self.target = str(target)
+        self.realtime = realtime
+        self.loop = loop
+        self.channel = channel
+        self.empty_retry_s = empty_retry_s
+        self.files_played = 0
+        self._noted: set[tuple[str, str]] = set()
+
+    def _note(self, path: Path, kind: str, level: int, msg: str, *args: Any) -> None:
+        """Log a per-file message once, not on every loop pass."""
+        if (str(path), kind) in self._noted:
+            return
+        self._noted.add((str(path), kind))
+        log.log(level, msg, *args)
+
+    def load(self, path: Path) -> np.ndarray:
+        """One file as float32 mono 16 kHz, per the class rules; :class:`AudioError` when it cannot be used."""
+        try:
+            info = sf.info(str(path))
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as exc:  # soundfile raises several types for bad files
+            if not path.exists():
+                raise AudioError(f"{path}: no such file (it disappeared)") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AudioError(f"{path}: unreadable audio file ({first})") from None
+        if data.shape[0] == 0:
+            raise AudioError(f"{path}: contains no samples")
+        if info.channels > 1:
+            if self.channel >= info.channels:
+                raise AudioError(f"{path}: has {info.channels} channels; channel {self.channel} does not exist")
+            self._note(path, "channel", logging.INFO, "source %s: %s has %d channels; using channel %d",
+                       self.name, path, info.channels, self.channel)
+        elif self.channel > 0:
+            self._note(path, "channel", logging.INFO, "source %s: %s is mono; using its only channel",
+                       self.name, path)
+        x = data[:, self.channel if info.channels > 1 else 0]
+        if not np.all(np.isfinite(x)):
+            raise AudioError(f"{path}: contains NaN or infinite samples")
+        if rate != SAMPLE_RATE:
+            self._note(path, "rate", logging.INFO, "source %s: %s is %d Hz; resampling to %d Hz",
+                       self.name, path, rate, SAMPLE_RATE)
+            x = resample(x, rate, SAMPLE_RATE)
+        clip_n = int(round(self.clip_seconds * SAMPLE_RATE))
+        if x.size < clip_n:
+            raise AudioError(f"{path}: {x.size / SAMPLE_RATE:.2f} s long, shorter than one {self.clip_seconds:g} s clip")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _run(self) -> None:
+        clip_n = int(round(self.clip_seconds * SAMPLE_RATE))
+        cutter = ClipCutter(clip_n, max(1, int(round(self.hop_seconds * SAMPLE_RATE))))
+        while not self._stop.is_set():
+            played = 0
+            for path in list_source_files(self.target):
+                if self._stop.is_set():
+                    return
+                try:
+                    x = self.load(path)
+                except AudioError as exc:
+                    self.bad_files += 1
+                    self._last_error = str(exc)
+                    self._note(path, "bad", logging.ERROR, "source %s: skipping %s", self.name, exc)
+                    continue
+                if not self._replay(path, x, cutter):
+                    return
+                played += 1
+                self.files_played += 1
+            if not self.loop:
+                return
+            if played == 0:
+                self._fail("empty", f"{self.target}: no playable audio files; looking again in {self.empty_retry_s:g} s")
+                if self._stop.wait(self.empty_retry_s):
+                    return
+
+    def _replay(self, path: Path, x: np.ndarray, cutter: ClipCutter) -> bool:
+        """Queue one file's clips; False when stopped midway."""
+        if self._state != "ok":
+            self._state = "ok"
+        cutter.reset()
+        start_wall = datetime.now(timezone.utc)
+        start_mono = time.monotonic()
+        for samples, end in cutter.feed(x, x.size):
+            offset = end / SAMPLE_RATE
+            if self.realtime and self._stop.wait(max(0.0, start_mono + offset - time.monotonic())):
+                return False
+            clip = Clip(
+                samples=samples,
+                end_time=start_wall + timedelta(seconds=offset),
+                dbfs=dbfs(samples),
+                ready_monotonic=time.monotonic(),
+                origin=f"{path}@{offset - self.clip_seconds:.3f}s",
+            )
+            if not self._emit(clip, wait=not self.realtime):
+                return False
+        if self.realtime:
+            # The next file starts when this one would have finished playing.
+            return not self._stop.wait(max(0.0, start_mono + x.size / SAMPLE_RATE - time.monotonic()))
+        return True
+
+
+def make_source(
+    name: str,
+    spec: Any,
+    clip_seconds: float,
+    hop_seconds: float | None,
+    *,
+    realtime: bool = True,
+    loop: bool = False,
+    channel: int = 0,
+    samplerate: int | None = None,
+    queue_clips: int = 4,
+    host: PortAudioHost | None = None,
+) -> ClipSource:
+    """The source a :class:`~edge_asd.config.SourceSpec` names (not started)."""
+    if spec.kind == "mic":
+        return MicSource(name, spec.device, clip_seconds, hop_seconds, channel=channel, samplerate=samplerate,
+                         queue_clips=queue_clips, host=host)
+    if spec.kind == "file":
+        return FileSource(name, spec.target, clip_seconds, hop_seconds, realtime=realtime, loop=loop,
+                          channel=channel, queue_clips=queue_clips)
+    raise ValueError(f"unknown source kind {spec.kind!r}")
+
+
+__all__ = [
+    "Clip",
+    "ClipCutter",
+    "ClipQueue",
+    "ClipSource",
+    "DeviceError",
+    "FileSource",
+    "MicSource",
+    "PortAudioHost",
+    "SourceHealth",
+    "make_source",
+    "resolve_input_device",
+]

@@ -1,0 +1,46 @@
+"""``edge-asd-export RUN --out BUNDLE [--format onnx|tensorrt] [--precision fp32|fp16|int8]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from edge_asd.cli import run_cli
+
+from .pack import FORMATS, build_bundle
+from .precision import PRECISIONS
+
+
+def _export(args: argparse.Namespace) -> int:
+    build_bundle(
+        Path(args.run),
+        Path(args.out),
+        fmt=args.format,
+        precision=args.precision,
+        approach=args.approach,
+        data_root=Path(args.data) if args.data else None,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-asd-export", description="Export a trained run as one deployment bundle.")
+    p.add_argument("run", help="run folder written by edge-asd-train")
+    p.add_argument("--out", required=True, help="bundle file to write (e.g. pump.asd)")
+    p.add_argument("--format", default="onnx", choices=FORMATS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--approach", choices=["generalization", "specialization"], help="default: the run's")
+    p.add_argument("--data", help="data root, if it moved since training")
+    p.set_defaults(func=_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

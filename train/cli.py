@@ -1,0 +1,149 @@
+"""``edge-asd-train``: stage 1 + stage 2 (+ the autoencoder reference) for one machine type.
+
+    edge-asd-train --data DATA --machine M --out RUN [--backbone ...] [--epochs N] ...
+    edge-asd-train report --data DATA --out DIR     # the report's Tables 1-4 for every run under DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge_asd.cli import run_cli
+from edge_asd.errors import UserError
+from edge_asd.scoring import Stage2Config
+
+DETECTOR_PARAM = {"knn": "k", "lof": "k", "gmm": "n_components"}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .stage1 import train_extractor
+    from .stage2 import fit_all
+
+    data, out = Path(args.data), Path(args.out)
+    if not (data / args.machine / "train").is_dir():
+        raise UserError(f"{data / args.machine / 'train'}: no such folder (expected the DCASE layout DATA/<machine>/train/)")
+    overrides = {
+        "data": str(data),
+        "machine": args.machine,
+        "out": str(out),
+        "backbone": args.backbone,
+        "epochs": args.epochs,
+        "device": args.device,
+        "seed": args.seed,
+        "outliers": args.outliers,
+        "resume": args.resume,
+        "mixup": args.mixup,
+    }
+    for key in ("batch_size", "embedding_dim", "r_train", "num_workers", "lr"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.config:
+        base = json.loads(Path(args.config).read_text())
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = base
+    cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    run_dir = Path(train_extractor(cfg, progress=not args.quiet))
+    # The deployed approach is recorded beside the stage-1 config; both are fitted.
+    meta = json.loads((run_dir / "config.json").read_text())
+    meta["approach"] = args.approach
+    (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
+
+    k = args.k if args.k is not None else (1 if args.detector == "knn" else 4 if args.detector == "gmm" else 16)
+    s2 = Stage2Config(
+        approach=args.approach,
+        detector=args.detector,
+        detector_params={DETECTOR_PARAM[args.detector]: k},
+        aggregator=args.aggregator,
+        threshold_rule=args.threshold,
+        seed=args.seed,
+    )
+    device = _device(args.device)
+    fit_all(run_dir, data, s2, device=device, progress=not args.quiet)
+    if args.baseline_epochs > 0:
+        from edge_asd.dcase import list_clips
+
+        from .baseline import AEBaselineConfig, train_ae_baseline
+
+        paths = [c.path for c in list_clips(data, args.machine, "train")]
+        ae = train_ae_baseline(paths, AEBaselineConfig(epochs=args.baseline_epochs, seed=args.seed, device=device), progress=not args.quiet)
+        (run_dir / "baseline").mkdir(exist_ok=True)
+        ae.save(run_dir / "baseline" / "ae.pt")
+    if not args.quiet:
+        print(f"run ready: {run_dir} (export with: edge-asd-export {run_dir} --out {args.machine}.asd)")
+    return 0
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    path = make_report(Path(args.data), Path(args.out), device=_device(args.device), progress=not args.quiet)
+    print(f"report written: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-asd-train",
+        description="Train the two-stage ASD system for one machine type (stage 1 extractor, stage 2 inlier models). "
+        "`edge-asd-train report --data DATA --out DIR` writes the report's tables for the runs under DIR.",
+    )
+    p.add_argument("--data", required=True, help="DCASE-layout data root; only DATA/<machine>/train is read")
+    p.add_argument("--machine", required=True)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--backbone", default="efficientnet_b0", choices=["efficientnet_b0", "conformer", "transformer"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--approach", default="specialization", choices=["generalization", "specialization"])
+    p.add_argument("--detector", default="knn", choices=["knn", "gmm", "lof"])
+    p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
+    p.add_argument("--aggregator", default="mean", choices=["mean", "max", "median", "mean_above_median"])
+    p.add_argument("--threshold", default="gamma:0.9", help="decision threshold rule: gamma:Q, quantile:Q or zscore:Z")
+    p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixup", action="store_true", help="Mixup between normal and pseudo-anomalous data")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--embedding-dim", dest="embedding_dim", type=int)
+    p.add_argument("--r-train", dest="r_train", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--num-workers", dest="num_workers", type=int)
+    p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
+    p.add_argument("--baseline-epochs", type=int, default=100, help="epochs of the DCASE autoencoder reference (0: skip)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_train)
+    return p
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-asd-train report", description="Tables 1-4 of the report for every run under DIR.")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="folder holding the runs; the report is written into DIR/report")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] == "report":
+        return run_cli(build_report_parser(), argv[1:])
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

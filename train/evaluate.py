@@ -1,0 +1,66 @@
+"""Scoring a run's test clips with the torch extractor (the desktop reference).
+
+``edge-asd score`` does the same with the exported bundle; the export tests
+compare the two. Test embeddings are cached per run so both approaches and
+every report reuse one pass of the extractor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_asd.audio import SegmentSpec
+from edge_asd.dcase import list_clips
+from edge_asd.scoring import combine_parts, p_target, section_parts
+from edge_asd.submission import write_section
+
+from .stage2 import load_stage2
+
+
+def embed_test(run_dir: Path, data_root: Path, machine: str, device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
+    from .embed import embed_clips, load_extractor
+
+    clips = list_clips(data_root, machine, "test")
+    names = np.array([c.name for c in clips])
+    cache = run_dir / "eval" / "test_embeddings.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            if z["names"].tolist() == names.tolist():
+                return {k: z[k] for k in z.files}
+    model = load_extractor(run_dir, device=device)
+    emb, logit = embed_clips(model, [c.path for c in clips], SegmentSpec(), device=device, progress=progress)
+    out = {
+        "names": names,
+        "sections": np.array([c.section for c in clips]),
+        "domains": np.array([c.domain or "" for c in clips]),
+        "embeddings": emb.astype(np.float32),
+        "domain_logits": logit.astype(np.float32),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    return out
+
+
+def score_embedded(run_dir: Path, test: dict[str, np.ndarray], approach: str) -> dict[str, np.ndarray]:
+    """Scores, p_target and decisions of embedded test clips under one approach."""
+    cfg, sections = load_stage2(run_dir, approach)
+    n = len(test["names"])
+    scores, p, decisions = np.zeros(n), np.zeros(n), np.zeros(n, dtype=int)
+    for section, model in sections.items():
+        sel = test["sections"] == section
+        if not sel.any():
+            continue
+        parts = section_parts(model, test["embeddings"][sel], cfg.aggregator)
+        ps = p_target(test["domain_logits"][sel], cfg.kappa)
+        scores[sel] = combine_parts([parts], ps, cfg.approach)
+        p[sel] = ps
+        decisions[sel] = scores[sel] > model.threshold
+    return {"names": test["names"], "sections": test["sections"], "domains": test["domains"], "scores": scores, "p_target": p, "decisions": decisions}
+
+
+def write_submission(out_dir: Path, machine: str, scored: dict[str, np.ndarray]) -> None:
+    for section in sorted(set(scored["sections"].tolist())):
+        sel = scored["sections"] == section
+        write_section(out_dir, machine, section, scored["names"][sel].tolist(), scored["scores"][sel], scored["decisions"][sel])

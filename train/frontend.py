@@ -1,0 +1,232 @@
+"""Log-mel front end that lives inside the model, so the exported graph takes raw waveforms.
+
+The STFT is a fixed real DFT computed by ``conv1d`` (cos/sin kernels with the Hann
+window folded in, stride = hop) rather than ``torch.stft``: ONNX has no STFT that
+TensorRT parses, while Conv/Mul/Add/MatMul/Log run everywhere, so the same module
+is trained here and deployed on the device. For training speed the module can
+switch to ``torch.stft`` (an FFT, ~100x fewer operations on the 2048-point
+window); both paths compute the same numbers (tested to ~1e-5) and the DFT path is
+the one any loaded or exported model uses.
+
+Frames are computed without centre padding, so a frame depends only on the
+samples under its window: the spectrogram of a whole clip sliced at frame
+``start // hop`` is the spectrogram of the segment starting at ``start``. The
+export uses this to run the front end once per clip (segment starts are
+multiples of the hop, see :class:`edge_asd.audio.SegmentSpec`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# --- mel filterbank ---------------------------------------------------------------
+# Slaney's mel scale (linear below 1 kHz, logarithmic above) with area-normalized
+# triangles: librosa's default, which the report's authors used. The HTK scale is
+# available, but with 224 bands from 50 Hz and a 7.8 Hz bin spacing its lowest
+# triangles are narrower than one DFT bin and some come out empty.
+
+_F_SP = 200.0 / 3.0  # Hz per mel below the break
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+
+def hz_to_mel(f: np.ndarray, htk: bool = False) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    if htk:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    mel = f / _F_SP
+    log_part = _MIN_LOG_MEL + np.log(np.maximum(f, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
+    return np.where(f >= _MIN_LOG_HZ, log_part, mel)
+
+
+def mel_to_hz(m: np.ndarray, htk: bool = False) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    if htk:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    hz = m * _F_SP
+    log_part = _MIN_LOG_HZ * np.exp(_LOGSTEP * (np.maximum(m, _MIN_LOG_MEL) - _MIN_LOG_MEL))
+    return np.where(m >= _MIN_LOG_MEL, log_part, hz)
+
+
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float, mel_scale: str = "slaney"
+) -> np.ndarray:
+    """Triangular mel filters ``[n_mels, n_fft // 2 + 1]`` (float64), as ``librosa.filters.mel``.
+
+    ``mel_scale="slaney"``: Slaney scale and area normalization (librosa's default,
+    ``htk=False, norm="slaney"``); ``"htk"``: HTK scale, unit-peak triangles.
+    """
+    if mel_scale not in ("slaney", "htk"):
+        raise ValueError(f"mel_scale must be 'slaney' or 'htk', not {mel_scale!r}")
+    if not 0.0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"need 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
+    htk = mel_scale == "htk"
+    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    mel_pts = np.linspace(hz_to_mel(f_min, htk), hz_to_mel(f_max, htk), n_mels + 2)
+    hz_pts = mel_to_hz(mel_pts, htk)
+    fdiff = np.diff(hz_pts)
+    ramps = hz_pts[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    if not htk:
+        weights *= (2.0 / (hz_pts[2 : n_mels + 2] - hz_pts[:n_mels]))[:, None]
+    return weights
+
+
+def n_frames(n_samples: int, n_fft: int, hop_length: int) -> int:
+    """Frames of an uncentred STFT: ``1 + (n_samples - n_fft) // hop`` (0 if shorter than a window)."""
+    if n_samples < n_fft:
+        return 0
+    return 1 + (n_samples - n_fft) // hop_length
+
+
+class LogMel(nn.Module):
+    """Waveform ``[B, N]`` -> log-mel ``[B, n_mels, F]`` with ``F = 1 + (N - n_fft) // hop``.
+
+    Defaults are the report's: 128 ms Hann window (2048), 16 ms hop (256), 224 mel
+    bands over 50-7800 Hz at 16 kHz; ``log(mel_power + 1e-6)``. All constants are
+    buffers (moved with the module, saved in the state dict, never trained).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 2048,
+        hop_length: int = 256,
+        n_mels: int = 224,
+        f_min: float = 50.0,
+        f_max: float = 7800.0,
+        mel_scale: str = "slaney",
+        log_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if hop_length <= 0 or n_fft <= 0:
+            raise ValueError("n_fft and hop_length must be positive")
+        self.sample_rate = int(sample_rate)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.n_mels = int(n_mels)
+        self.f_min = float(f_min)
+        self.f_max = float(f_max)
+        self.mel_scale = mel_scale
+        self.log_eps = float(log_eps)
+        # Training may flip this to use torch.stft (see module docstring); it is not
+        # part of the state dict, so a loaded model always runs the DFT convolution.
+        self.use_fft = False
+
+        fb = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, mel_scale)
+        if not np.all(fb.sum(axis=1) > 0):
+            empty = int(np.sum(fb.sum(axis=1) == 0))
+            raise ValueError(f"{empty} of {n_mels} mel bands cover no DFT bin; use fewer bands or a longer window")
+        # Only the DFT bins some mel band uses are computed: the 50-7800 Hz band
+        # leaves ~3% of the 1025 bins unused, and the conv is the front end's cost.
+        used = np.flatnonzero(fb.sum(axis=0) > 0)
+        self.bin_lo, self.bin_hi = int(used[0]), int(used[-1]) + 1
+        bins = np.arange(self.bin_lo, self.bin_hi)
+
+        window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as torch.hann_window / scipy "hann"
+        t = np.arange(n_fft)
+        phase = 2.0 * np.pi * np.outer(bins, t) / n_fft
+        kernel = np.concatenate([np.cos(phase) * window, -np.sin(phase) * window])  # [2 * n_bins, n_fft]
+        self.register_buffer("dft_kernel", torch.from_numpy(kernel[:, None, :]).float())
+        self.register_buffer("mel_fb", torch.from_numpy(fb[:, self.bin_lo : self.bin_hi]).float())
+        self.register_buffer("window", torch.from_numpy(window).float())
+
+    @property
+    def n_bins(self) -> int:
+        return self.bin_hi - self.bin_lo
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames this module makes from ``n_samples`` samples (118 for a 2 s segment)."""
+        return n_frames(n_samples, self.n_fft, self.hop_length)
+
+    def frame_of_sample(self, start: int) -> int:
+        """First frame of a segment starting at sample ``start`` of the clip (must be a hop multiple)."""
+        if start % self.hop_length:
+            raise ValueError(f"segment start {start} is not a multiple of the hop ({self.hop_length})")
+        return start // self.hop_length
+
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """Power spectrum ``[B, n_bins, F]`` of the used bins, by DFT convolution or FFT."""
+        if wave.dim() != 2:
+            raise ValueError(f"expected a waveform batch [B, N], got shape {tuple(wave.shape)}")
+        if self.use_fft:
+            spec = torch.stft(
+                wave,
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                window=self.window.to(wave.dtype),
+                center=False,
+                return_complex=True,
+            )[:, self.bin_lo : self.bin_hi]
+            return spec.real.square() + spec.imag.square()
+        out = F.conv1d(wave.unsqueeze(1), self.dft_kernel.to(wave.dtype), stride=self.hop_length)
+        re, im = out[:, : self.n_bins], out[:, self.n_bins :]
+        return re * re + im * im
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        mel = torch.matmul(self.mel_fb.to(wave.dtype), self.power(wave))
+        return torch.log(mel + self.log_eps)
+
+    def clip_frames(self, clip: torch.Tensor) -> torch.Tensor:
+        """Log-mel of whole clips ``[B, N]`` of any length ``N >= n_fft``: the export's once-per-clip pass."""
+        if clip.shape[-1] < self.n_fft:
+            raise ValueError(f"clip of {clip.shape[-1]} samples is shorter than one window ({self.n_fft})")
+        return self.forward(clip)
+
+    def slice_segments(self, clip_logmel: torch.Tensor, starts: Sequence[int], segment_samples: int) -> torch.Tensor:
+        """Cut per-segment log-mels ``[B, S, n_mels, F_seg]`` out of whole-clip frames ``[B, n_mels, F_clip]``."""
+        width = self.n_frames(segment_samples)
+        firsts = [self.frame_of_sample(int(s)) for s in starts]
+        if firsts and firsts[-1] + width > clip_logmel.shape[-1]:
+            raise ValueError("segment runs past the end of the clip")
+        return torch.stack([clip_logmel[..., f : f + width] for f in firsts], dim=1)
+
+    def config(self) -> dict:
+        """The numbers that define this front end (for run folders and bundle manifests)."""
+        return {
+            "sample_rate": self.sample_rate,
+            "n_fft": self.n_fft,
+            "win_length": self.n_fft,
+            "window": "hann_periodic",
+            "hop_length": self.hop_length,
+            "n_mels": self.n_mels,
+            "f_min": self.f_min,
+            "f_max": self.f_max,
+            "mel_scale": self.mel_scale,
+            "mel_norm": "slaney" if self.mel_scale == "slaney" else None,
+            "center": False,
+            "power": 2.0,
+            "log_eps": self.log_eps,
+        }
+
+
+@contextlib.contextmanager
+def strict_fp32(device: torch.device | str) -> Iterator[None]:
+    """Run the front end in true fp32: no autocast, no TF32 convolution.
+
+    On CUDA cuDNN convolutions use TF32 by default (10-bit mantissa); through the
+    2048-tap DFT that noise floor reaches the log of quiet mel bands. The
+    encoder after it may still run in bf16: its input is a finished feature.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+        return
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device_type="cuda", enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved

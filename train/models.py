@@ -1,0 +1,352 @@
+"""The feature extractor f of the report: front end -> learned input normalization -> encoder -> heads.
+
+Three encoders (report Section 2.2): EfficientNet-B0 (timm) over the log-mel
+image, a Conformer and a Transformer over mel frames. Each ends in a Linear to
+the embedding size D. The module is laid out so the export can split it:
+
+* ``Extractor.frontend``                  waveform -> log-mel (fixed DFT, fp32)
+* ``Extractor.features_to_embedding``     log-mel -> embedding ``[B, D]``
+* ``Extractor.embed``                     waveform -> (embedding, domain_logit): what is deployed
+* ``Extractor.forward``                   waveform -> every head's output: what is trained
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_asd.errors import UserError
+
+from .frontend import LogMel
+from .losses import OEHeads
+
+BACKBONES = ("efficientnet_b0", "conformer", "transformer")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an extractor (stored beside its weights in ``extractor.pt``)."""
+
+    backbone: str = "efficientnet_b0"
+    sections: list[str] = field(default_factory=lambda: ["00"])  # section head class order
+    machine: str = ""
+    embedding_dim: int = 128
+    domain_head: bool = True
+    # front end (report Section 3.1)
+    sample_rate: int = 16000
+    segment_samples: int = 32000
+    n_fft: int = 2048
+    hop_length: int = 256
+    n_mels: int = 224
+    f_min: float = 50.0
+    f_max: float = 7800.0
+    mel_scale: str = "slaney"
+    # sequence encoders (conformer, transformer)
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    ff_mult: int = 4
+    conv_kernel: int = 15  # conformer depthwise convolution (frames after subsampling)
+    subsample: int = 2  # conformer time subsampling: 1, 2 or 4
+    max_rel_distance: int = 64  # conformer relative positions are clipped to +-this
+    pool: str = "mean"  # transformer: "mean" over frames or a "cls" token
+    dropout: float = 0.1
+    # efficientnet
+    drop_rate: float = 0.2  # dropout before the embedding Linear (timm's B0 default)
+    drop_path_rate: float = 0.0
+
+    @property
+    def n_sections(self) -> int:
+        return len(self.sections)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise UserError(f"backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+        if self.backbone != "efficientnet_b0" and self.d_model % self.n_heads:
+            raise UserError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.subsample not in (1, 2, 4):
+            raise UserError(f"subsample {self.subsample}: expected 1, 2 or 4")
+        if self.pool not in ("mean", "cls"):
+            raise UserError(f"pool {self.pool!r}: expected 'mean' or 'cls'")
+        if self.embedding_dim < 1 or not self.sections:
+            raise UserError("embedding_dim must be positive and there must be at least one section")
+
+
+# --- EfficientNet-B0 ----------------------------------------------------------------
+
+
+class EfficientNetEncoder(nn.Module):
+    """timm EfficientNet-B0 over the log-mel image ``[B, 1, n_mels, F]``, global-pooled, then Linear to D."""
+
+    def __init__(self, cfg: ModelConfig, pretrained_weights: str | Path | None = None):
+        super().__init__()
+        import timm
+
+        kwargs = dict(in_chans=1, num_classes=0, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+        if pretrained_weights is not None:
+            path = Path(pretrained_weights)
+            if not path.is_file():
+                raise UserError(f"{path}: pretrained weights file not found")
+            # timm loads a local file through pretrained_cfg_overlay (no download),
+            # summing the RGB stem filters into one channel and dropping the classifier.
+            self.body = timm.create_model(
+                "efficientnet_b0", pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+        else:
+            self.body = timm.create_model("efficientnet_b0", pretrained=False, **kwargs)
+        self.proj = nn.Linear(self.body.num_features, cfg.embedding_dim)
+        self.channels_last = False
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = logmel.unsqueeze(1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.proj(self.body(x))
+
+
+# --- Conformer ------------------------------------------------------------------------
+
+
+class TimeSubsampling(nn.Module):
+    """Mel frames ``[B, n_mels, F]`` -> ``[B, F / factor, d]`` by strided 1-D convolutions (Linear if factor 1)."""
+
+    def __init__(self, n_mels: int, d_model: int, factor: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = n_mels
+        for _ in range(int(round(math.log2(factor)))):
+            layers += [nn.Conv1d(channels, d_model, kernel_size=3, stride=2, padding=1), nn.GELU()]
+            channels = d_model
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(channels, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.convs(x).transpose(1, 2))
+
+
+class RelativePositionBias(nn.Module):
+    """Per-head learned bias for each clipped relative distance (Shaw et al. 2018), added to attention logits.
+
+    Built from ``arange``/``clamp``/gather only, so it exports to ONNX at any length.
+    """
+
+    def __init__(self, n_heads: int, max_distance: int):
+        super().__init__()
+        self.max_distance = max_distance
+        self.table = nn.Embedding(2 * max_distance + 1, n_heads)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, length: int, device: torch.device) -> torch.Tensor:
+        pos = torch.arange(length, device=device)
+        rel = (pos[None, :] - pos[:, None]).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return self.table(rel).permute(2, 0, 1)  # [H, T, T]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, mult: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, d_model * mult),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(d_model * mult, d_model),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class RelPosSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+        self.out_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(q.dtype)[None], dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_drop(self.out(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class ConvModule(nn.Module):
+    """Conformer convolution module: pointwise + GLU, depthwise, BatchNorm, SiLU, pointwise."""
+
+    def __init__(self, d_model: int, kernel: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.pw1 = nn.Conv1d(d_model, 2 * d_model, 1)
+        self.dw = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.bn = nn.BatchNorm1d(d_model)
+        self.pw2 = nn.Conv1d(d_model, d_model, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x).transpose(1, 2)
+        y = F.glu(self.pw1(y), dim=1)
+        y = F.silu(self.bn(self.dw(y)))
+        return self.drop(self.pw2(y)).transpose(1, 2)
+
+
+class ConformerBlock(nn.Module):
+    """Macaron FFN / MHSA / conv / FFN with half-step residuals and a final LayerNorm (Gulati et al. 2020)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ff1 = FeedForward(cfg.d_model, cfg.ff_mult, cfg.dropout)
+        self.attn = RelPosSelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.conv = ConvModule(cfg.d_model, cfg.conv_kernel, cfg.dropout)
+        self.ff2 = FeedForward(cfg.d_model, cfg.ff_mult, cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + 0.5 * self.ff1(x)
+        x = x + self.attn(x, bias)
+        x = x + self.conv(x)
+        x = x + 0.5 * self.ff2(x)
+        return self.norm(x)
+
+
+class ConformerEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.subsample = TimeSubsampling(cfg.n_mels, cfg.d_model, cfg.subsample)
+        self.pos_bias = RelativePositionBias(cfg.n_heads, cfg.max_rel_distance)
+        self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.proj = nn.Linear(cfg.d_model, cfg.embedding_dim)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = self.subsample(logmel)
+        bias = self.pos_bias(x.shape[1], x.device)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.proj(x.mean(dim=1))
+
+
+# --- Transformer ----------------------------------------------------------------------
+
+
+def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    pe = torch.zeros(length, d_model)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div[: d_model // 2])
+    return pe
+
+
+class TransformerEncoder(nn.Module):
+    """Linear frame embedding + sinusoidal positions + pre-norm ``nn.TransformerEncoder``, mean or CLS pooling."""
+
+    MAX_FRAMES = 4096  # position table length; a 10 s clip has 618 frames
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input = nn.Linear(cfg.n_mels, cfg.d_model)
+        self.register_buffer("positions", sinusoidal_positions(self.MAX_FRAMES, cfg.d_model), persistent=False)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pool == "cls" else None
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model,
+            cfg.n_heads,
+            dim_feedforward=cfg.d_model * cfg.ff_mult,
+            dropout=cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # enable_nested_tensor only helps padded batches; ours are fixed-length.
+        self.encoder = nn.TransformerEncoder(
+            layer, cfg.n_layers, norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False
+        )
+        self.proj = nn.Linear(cfg.d_model, cfg.embedding_dim)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = self.input(logmel.transpose(1, 2))
+        x = x + self.positions[: x.shape[1]].to(x.dtype)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = self.encoder(x)
+        pooled = x[:, 0] if self.cls is not None else x.mean(dim=1)
+        return self.proj(pooled)
+
+
+# --- the extractor ----------------------------------------------------------------------
+
+
+class Extractor(nn.Module):
+    """f(x) with its outlier-exposure heads; see the module docstring for the export split."""
+
+    def __init__(self, cfg: ModelConfig, pretrained_weights: str | Path | None = None):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.frontend = LogMel(
+            sample_rate=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            n_mels=cfg.n_mels,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
+            mel_scale=cfg.mel_scale,
+        )
+        # Learned per-mel-band standardization of the log-mel input (running
+        # statistics at inference, so it folds into a constant affine map on export).
+        self.input_norm = nn.BatchNorm1d(cfg.n_mels)
+        if cfg.backbone == "efficientnet_b0":
+            self.encoder: nn.Module = EfficientNetEncoder(cfg, pretrained_weights)
+        elif cfg.backbone == "conformer":
+            self.encoder = ConformerEncoder(cfg)
+        else:
+            self.encoder = TransformerEncoder(cfg)
+        self.heads = OEHeads(cfg.embedding_dim, cfg.n_sections, cfg.domain_head)
+
+    @property
+    def segment_frames(self) -> int:
+        return self.frontend.n_frames(self.config.segment_samples)
+
+    def features_to_embedding(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``[B, n_mels, F]`` -> embedding f(x) ``[B, D]``."""
+        return self.encoder(self.input_norm(logmel))
+
+    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Waveform ``[B, N]`` -> ``embedding [B, D]``, ``section_logits [B, K]``, ``machine_logit [B]``, ``domain_logit [B]``."""
+        return self.heads(self.features_to_embedding(self.frontend(wave)))
+
+    def embed(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveform ``[B, N]`` -> ``(embedding [B, D], domain_logit [B])``: the deployed graph."""
+        emb = self.features_to_embedding(self.frontend(wave))
+        return emb, self.heads.domain_logit(emb)
+
+    def use_channels_last(self) -> None:
+        """NHWC layout for the CNN encoder (faster bf16 convolutions on tensor cores); no-op otherwise."""
+        if isinstance(self.encoder, EfficientNetEncoder):
+            self.encoder.to(memory_format=torch.channels_last)
+            self.encoder.channels_last = True
+
+
+def build_extractor(cfg: ModelConfig, pretrained_weights: str | Path | None = None) -> Extractor:
+    return Extractor(cfg, pretrained_weights)

@@ -72,6 +72,39 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    from .enroll import enroll, read_clips, record_clips
+    from .runtime import load_scorer
+
+    bundle = Path(args.bundle)
+    if bool(args.mic) == bool(args.paths):
+        raise UserError("give either --mic DEVICE or clip files/folders to enroll")
+    if args.mic:
+        scorer = load_scorer(bundle, backend="onnx-cpu")
+        clips = record_clips(args.mic, args.clips, scorer.clip_seconds, scorer.sample_rate)
+    else:
+        clips = read_clips([Path(p) for p in args.paths], 16000, 2.0)
+        if args.clips and len(clips) < args.clips:
+            raise UserError(f"--clips {args.clips} asked for, but only {len(clips)} clip files were given")
+        clips = clips[: args.clips] if args.clips else clips
+    rep = enroll(bundle, clips, Path(args.out), section=args.section, domain=args.domain, accept_anomalous=args.accept_anomalous)
+    for name, score, thr in rep.flagged:
+        print(f"warning: enrolled {name} although it scored {score:.2f} > threshold {thr:.2f} (--accept-anomalous)", file=sys.stderr)
+    print(
+        f"enrolled {rep.n_clips} clips into section {rep.section}, domain {rep.domain}: threshold "
+        f"{rep.threshold_before:.3f} -> {rep.threshold_after:.3f}; wrote {rep.out}"
+        + (f" (previous version kept as {rep.previous})" if rep.previous else "")
+    )
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from .enroll import rollback
+
+    print(f"rolled back {rollback(Path(args.bundle))}")
+    return 0
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     from .watch import watch
 
@@ -120,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
     s.add_argument("--out", help="write a new bundle here instead of replacing BUNDLE")
     s.set_defaults(func=_cmd_build_engine)
+
+    s = sub.add_parser("enroll", help="teach a bundle a new operating condition from a few normal clips")
+    s.add_argument("bundle")
+    s.add_argument("paths", nargs="*", help="clip files or folders (or use --mic)")
+    s.add_argument("--mic", help="record from this microphone (name or index) instead")
+    s.add_argument("--clips", type=int, default=0, help="number of clips to record or to take (0: all given)")
+    s.add_argument("--out", required=True, help="new bundle (may be BUNDLE itself: the old one is kept as BUNDLE.prev)")
+    s.add_argument("--domain", help="source or target (default target: the new condition)")
+    s.add_argument("--section", help="section of the bundle (default: its first)")
+    s.add_argument("--accept-anomalous", action="store_true", help="enroll clips the current model finds anomalous")
+    s.set_defaults(func=_cmd_enroll)
+
+    s = sub.add_parser("rollback", help="restore the version of a bundle that enroll replaced")
+    s.add_argument("bundle")
+    s.set_defaults(func=_cmd_rollback)
 
     s = sub.add_parser("watch", help="print the scores and alerts a daemon publishes")
     s.add_argument("--host", default="127.0.0.1")

@@ -18,21 +18,25 @@ import glob as _glob
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .dcase import AUDIO_EXTENSIONS
 from .errors import ConfigError
+from .inference import BACKENDS  # names only: onnxruntime is imported when a back end is made
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6's Ubuntu 22.04): the same parser, from PyPI
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
 
 # Ids become MQTT topic levels and file names: no '/', '+', '#', spaces or dots.
-ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+ID_RE = re.compile(r"[A-Za-z0-9_-]+")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# The names edge_asd.inference accepts; repeated here so that validating a
-# config does not import onnxruntime (``inference`` imports it lazily, but the
-# names must agree, which tests/test_config.py checks).
-BACKENDS = ("auto", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
 _MISSING = object()
 
 
@@ -50,6 +54,7 @@ class MqttConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_insecure: bool = False
+    tls: bool = False
     keepalive: int = 30
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
@@ -60,6 +65,7 @@ class MqttConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     outbox: Path
+    outbox_max_mb: float | None = None
     evidence: Path | None = None
     evidence_max_mb: float = 200.0
     engine_cache: Path | None = None
@@ -250,7 +256,7 @@ def resolve_path(config_file: Path, value: str) -> Path:
 
 
 def _check_id(t: _Table, key: str, value: str) -> str:
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise t.error(key, f"{value!r} must contain only letters, digits, '-' and '_' (it becomes an MQTT topic level)")
     return value
 
@@ -288,7 +294,7 @@ def _read_secret(t: _Table, key: str, p: Path) -> str:
 # --- sections ---------------------------------------------------------------------
 
 
-def _mqtt(t: _Table, env: dict[str, str]) -> MqttConfig:
+def _mqtt(t: _Table, env: dict[str, str], require_credentials: bool = True) -> MqttConfig:
     d = MqttConfig()
     host = t.get_str("host", d.host)
     if not host.strip():
@@ -304,6 +310,7 @@ def _mqtt(t: _Table, env: dict[str, str]) -> MqttConfig:
     tls_cert = _existing_file(t, "tls_cert", t.get_path("tls_cert", None), "client certificate")
     tls_key = _existing_file(t, "tls_key", t.get_path("tls_key", None), "client key")
     tls_insecure = t.get_bool("tls_insecure", False)
+    tls = t.get_bool("tls", False)
     keepalive = t.get_int("keepalive", d.keepalive, lo=5, hi=65535)
     rmin = t.get_float("reconnect_min_s", d.reconnect_min_s, positive=True)
     rmax = t.get_float("reconnect_max_s", d.reconnect_max_s, positive=True)
@@ -323,36 +330,45 @@ def _mqtt(t: _Table, env: dict[str, str]) -> MqttConfig:
         if "/" in credential or not credential.strip():
             raise t.error("password_credential", f"{credential!r} must be a credential name, not a path")
         cred_dir = env.get("CREDENTIALS_DIRECTORY")
-        if not cred_dir:
+        if cred_dir:
+            password = _read_secret(t, "password_credential", Path(cred_dir) / credential)
+        elif require_credentials:
             raise t.error(
                 "password_credential",
                 f"$CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential={credential}:FILE, "
                 "or use password_file)",
             )
-        password = _read_secret(t, "password_credential", Path(cred_dir) / credential)
+        else:
+            # --validate-config run by hand: only systemd can hand over the credential,
+            # so the rest is checked and the password is taken as given.
+            password = ""
     if password is not None and username is None:
         raise t.error(given[0], "a password needs a username")
     if username is not None and password is None:
         raise t.error("username", "a username needs a password (password_file, password_credential or password)")
     if (tls_cert is None) != (tls_key is None):
         raise t.error("tls_cert" if tls_cert is None else "tls_key", "tls_cert and tls_key go together")
-    if (tls_cert is not None or tls_insecure) and tls_ca is None:
-        raise t.error("tls_ca", "TLS options need tls_ca (the CA certificate that signed the broker's certificate)")
+    if (tls_cert is not None or tls_insecure) and tls_ca is None and not tls:
+        raise t.error(
+            "tls_ca" if tls_cert is not None else "tls_insecure",
+            "TLS options need TLS: set tls_ca (the CA that signed the broker's certificate) or tls = true (system CAs)",
+        )
     if rmax < rmin:
         raise t.error("reconnect_max_s", f"must be at least reconnect_min_s ({rmin:g})")
     return MqttConfig(host, port, prefix, client_id, username, password, tls_ca, tls_cert, tls_key, tls_insecure,
-                      keepalive, rmin, rmax, ha, ha_prefix)
+                      tls, keepalive, rmin, rmax, ha, ha_prefix)
 
 
 def _storage(t: _Table) -> StorageConfig:
     outbox = t.get_path("outbox")
+    outbox_max_mb = t.get_float("outbox_max_mb", None, positive=True)
     evidence = t.get_path("evidence", None)
     max_mb = t.get_float("evidence_max_mb", StorageConfig.evidence_max_mb, positive=True)
     engine_cache = t.get_path("engine_cache", None)
     t.finish()
     if outbox.is_dir():
         raise t.error("outbox", f"{outbox} is a directory; name the database file (e.g. {outbox / 'outbox.sqlite'})")
-    return StorageConfig(outbox, evidence, max_mb, engine_cache)
+    return StorageConfig(outbox, outbox_max_mb, evidence, max_mb, engine_cache)
 
 
 def _alerts(t: _Table) -> AlertConfig:
@@ -451,10 +467,23 @@ def check_mic_devices(cfg: DaemonConfig) -> None:
             raise ConfigError(f"{cfg.path}: machines[{i}].source: {exc}") from None
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None, check_devices: bool = True) -> DaemonConfig:
-    """Read and validate a daemon configuration; any problem is one :class:`ConfigError`."""
+def load_config(
+    path: str | Path,
+    env: dict[str, str] | None = None,
+    check_devices: bool = True,
+    require_credentials: bool = True,
+) -> DaemonConfig:
+    """Read and validate a daemon configuration; any problem is one :class:`ConfigError`.
+
+    ``check_devices``: look ``mic:`` devices up in PortAudio's device list.
+    ``require_credentials``: a ``password_credential`` needs ``$CREDENTIALS_DIRECTORY``
+    (systemd's LoadCredential=); without it, as when ``--validate-config`` is run
+    from a shell, the credential is left unchecked.
+    """
     path = Path(path)
     env = dict(os.environ if env is None else env)
+    if tomllib is None:
+        raise ConfigError(f"{path}: reading TOML on Python 3.10 needs the 'tomli' package (pip install tomli)")
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -473,7 +502,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None, check_devic
     device_id = _check_id(top, "device_id", top.get_str("device_id"))
     stats_interval = top.get_float("stats_interval_s", 60.0, positive=True)
     shutdown_timeout = top.get_float("shutdown_timeout_s", 10.0, lo=0.0)
-    mqtt = _mqtt(top.table("mqtt"), env)
+    mqtt = _mqtt(top.table("mqtt"), env, require_credentials)
     if "storage" not in data:
         raise top.error("storage", "required table is missing (it names the outbox file)")
     storage = _storage(top.table("storage"))

@@ -196,32 +196,47 @@ class _FlatSearch:
     the bank so that the vectors are not held twice in memory (an IndexFlat
     copies them); on a GPU a ``GpuIndexFlatL2`` / ``GpuIndexFlatIP``.
 
-    The distances of the k candidates are then re-computed in float64 from the
-    bank and re-sorted. faiss batches queries through ``|x|^2 + |y|^2 - 2 x.y`` in
-    float32, which loses most digits when neighbours are close compared with
-    their norms -- the common case for the overlapping segments of one machine --
-    and can even give negative squared distances. The re-computation costs
-    O(n_queries * k * d), nothing next to the search.
+    For large query batches (``faiss.cvar.distance_compute_blas_threshold``) and
+    always on a GPU, faiss computes squared distances as ``|x|^2 + |y|^2 - 2 x.y``
+    in float32, which loses every digit when neighbours are close compared with
+    their norms -- the common case for embeddings of one machine's sound, which
+    share a large common component. Two things guard against it: for the L2
+    metric the bank is stored minus an ``offset`` (the mean of the first vectors
+    fitted; distances do not change under a translation), which removes that
+    common component; and the distances of the candidates faiss returns are
+    re-computed in float64 and re-sorted, which costs O(n_queries * k * d),
+    nothing next to the search. What remains is that faiss picks the candidates
+    in float32 after centring: exact unless clusters that are far apart compared
+    with their own spread fill the bank.
 
-    For the cosine metric the bank holds L2-normalised vectors, the search uses
-    inner products, and distance = 1 - cos, clipped to [0, 2]. A zero vector
-    stays zero (cosine 0 with everything, distance 1).
+    For the cosine metric the bank holds L2-normalised vectors (offset 0), the
+    search uses inner products, and distance = 1 - cos, clipped to [0, 2]. A zero
+    vector stays zero (cosine 0 with everything, distance 1).
     """
 
-    def __init__(self, metric: str, dim: int, use_gpu: bool) -> None:
+    def __init__(self, metric: str, offset: np.ndarray, use_gpu: bool) -> None:
         self.metric = metric
-        self.dim = dim
-        self._buffer = np.empty((0, dim), dtype=np.float32)
+        self.offset = np.asarray(offset, dtype=np.float64)
+        self.dim = self.offset.shape[0]
+        self._buffer = np.empty((0, self.dim), dtype=np.float32)
         self._size = 0
         self._gpu_index = None
         self._gpu_resources = None
         if use_gpu and _gpu_available():
             self._gpu_resources = faiss.StandardGpuResources()
             index_type = faiss.GpuIndexFlatL2 if metric == "l2" else faiss.GpuIndexFlatIP
-            self._gpu_index = index_type(self._gpu_resources, dim)
+            self._gpu_index = index_type(self._gpu_resources, self.dim)
+
+    @classmethod
+    def fitted_on(cls, metric: str, X: np.ndarray, use_gpu: bool) -> _FlatSearch:
+        offset = X.mean(axis=0, dtype=np.float64) if metric == "l2" else np.zeros(X.shape[1])
+        search = cls(metric, offset, use_gpu)
+        search.add(X)
+        return search
 
     @property
     def bank(self) -> np.ndarray:
+        """The stored vectors: minus ``offset`` (l2) or L2-normalised (cosine), float32."""
         return self._buffer[: self._size]
 
     @property
@@ -229,20 +244,26 @@ class _FlatSearch:
         return self._gpu_index is not None
 
     def prepare(self, X: np.ndarray) -> np.ndarray:
-        """float64 vectors as the metric compares them (normalised for cosine)."""
+        """Vectors as the bank stores them: centred (l2) or normalised (cosine) in float64, then float32.
+
+        Queries go through the same rounding as the bank so that a query equal
+        to a bank vector lands on it exactly (distance 0, which LOF's handling
+        of duplicates relies on).
+        """
         X = np.asarray(X, dtype=np.float64)
         if self.metric == "cosine":
             norms = np.linalg.norm(X, axis=1, keepdims=True)
             X = X / np.where(norms > 0.0, norms, 1.0)
-        return X
+        else:
+            X = X - self.offset
+        return np.ascontiguousarray(X, dtype=np.float32)
 
     def add(self, X: np.ndarray) -> None:
-        """Append rows (already checked; cosine rows get normalised here)."""
-        rows = np.ascontiguousarray(self.prepare(X), dtype=np.float32)
-        self.add_prepared(rows)
+        """Append rows given in the caller's coordinates (already checked)."""
+        self.add_prepared(self.prepare(X))
 
     def add_prepared(self, rows: np.ndarray) -> None:
-        """Append rows that are already as the bank stores them (e.g. from a saved state)."""
+        """Append rows already as the bank stores them (e.g. from a saved state)."""
         needed = self._size + rows.shape[0]
         if needed > self._buffer.shape[0]:
             # Geometric growth: on-device enrollment adds a clip's few segments
@@ -255,20 +276,37 @@ class _FlatSearch:
         if self._gpu_index is not None:
             self._gpu_index.add(np.ascontiguousarray(rows, dtype=np.float32))
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {"bank": self.bank.copy(), "offset": self.offset.copy()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], metric: str, min_rows: int, use_gpu: bool) -> _FlatSearch:
+        bank = _as_matrix(_state_array(state, "bank", 2), np.float32, min_rows=min_rows, what="state entry 'bank'")
+        offset = _state_array(state, "offset", 1)
+        if offset.shape != (bank.shape[1],) or not np.all(np.isfinite(offset)):
+            raise ValueError(f"detector state entry 'offset' must be {bank.shape[1]} finite numbers, got shape {offset.shape}")
+        search = cls(metric, offset, use_gpu)
+        search.add_prepared(bank)  # stored already centred / normalised
+        return search
+
     def search(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact distances [n, k] (float64, ascending) and bank indices [n, k] of the k nearest."""
+        return self.search_prepared(self.prepare(X), k)
+
+    def search_prepared(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` for float32 queries already in the bank's coordinates."""
         if k > self._size:
             raise ValueError(f"{k} neighbours requested but the bank holds only {self._size} vectors")
-        queries = self.prepare(X)
         n = queries.shape[0]
         if n == 0:
             return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
         q32 = np.ascontiguousarray(queries, dtype=np.float32)
-        faiss_metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        queries = q32.astype(np.float64)
         if self._gpu_index is not None:
             _, idx = self._gpu_index.search(q32, k)
         else:
-            _, idx = faiss.knn(q32, self.bank, k, metric=faiss_metric)
+            metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+            _, idx = faiss.knn(q32, self.bank, k, metric=metric)
         idx = idx.astype(np.int64, copy=False)
         dist = self._exact_distances(queries, idx)
         order = np.argsort(dist, axis=1, kind="stable")
@@ -287,9 +325,9 @@ class _FlatSearch:
                 diff = neighbours - q[:, None, :]
                 out[start:stop] = np.sqrt(np.einsum("rkd,rkd->rk", diff, diff))
             else:
-                # Re-normalise in float64: the bank's float32 rounding would
-                # otherwise leave identical vectors ~1e-8 apart instead of ~1e-16.
-                norms = np.linalg.norm(neighbours, axis=2)
+                # Re-normalise in float64: float32 rounding of the normalised
+                # vectors would leave identical vectors ~1e-8 apart, not ~1e-16.
+                norms = np.linalg.norm(neighbours, axis=2) * np.linalg.norm(q, axis=1)[:, None]
                 cos = np.einsum("rkd,rd->rk", neighbours, q) / np.where(norms > 0.0, norms, 1.0)
                 out[start:stop] = np.clip(1.0 - cos, 0.0, 2.0)
         return out
@@ -352,9 +390,7 @@ class KNNDetector(InlierDetector):
         X = _as_matrix(X, np.float32, min_rows=1)
         if self.k > X.shape[0]:
             raise ValueError(f"k={self.k} neighbours need at least {self.k} fitted vectors, got {X.shape[0]}")
-        search = _FlatSearch(self.metric, X.shape[1], self.use_gpu)
-        search.add(X)
-        self._search = search
+        self._search = _FlatSearch.fitted_on(self.metric, X, self.use_gpu)
         return self
 
     def add(self, X: np.ndarray) -> KNNDetector:
@@ -376,12 +412,10 @@ class KNNDetector(InlierDetector):
         return dist[:, -1].copy() if self.method == "largest" else dist.mean(axis=1)
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """Header, hyper-parameters and ``bank`` (float32; L2-normalised rows for cosine)."""
+        """Header, hyper-parameters, ``bank`` and ``offset`` (see :meth:`_FlatSearch.bank`)."""
         self._require_fitted()
         assert self._search is not None
-        state = self._header()
-        state["bank"] = self._search.bank.copy()
-        return state
+        return {**self._header(), **self._search.get_state()}
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], *, use_gpu: bool = False) -> KNNDetector:
@@ -392,10 +426,7 @@ class KNNDetector(InlierDetector):
             method=str(_state_scalar(state, "method")),
             use_gpu=use_gpu,
         )
-        bank = _as_matrix(_state_array(state, "bank", 2), np.float32, min_rows=detector.k, what="state 'bank'")
-        search = _FlatSearch(detector.metric, bank.shape[1], use_gpu)
-        search.add_prepared(bank)  # already normalised when it was saved
-        detector._search = search
+        detector._search = _FlatSearch.from_state(state, detector.metric, detector.k, use_gpu)
         return detector
 
 
@@ -449,9 +480,8 @@ class LOFDetector(InlierDetector):
         n = X.shape[0]
         if self.k >= n:
             raise ValueError(f"k={self.k} neighbours need at least {self.k + 1} fitted vectors (each point's own is excluded), got {n}")
-        search = _FlatSearch(self.metric, X.shape[1], self.use_gpu)
-        search.add(X)
-        dist, idx = search.search(search.bank, self.k + 1)
+        search = _FlatSearch.fitted_on(self.metric, X, self.use_gpu)
+        dist, idx = search.search_prepared(search.bank, self.k + 1)
         keep = idx != np.arange(n)[:, None]
         crowded = keep.all(axis=1)  # self not among its k+1 nearest: duplicates
         keep[crowded, 0] = False
@@ -474,11 +504,10 @@ class LOFDetector(InlierDetector):
         return np.mean(self._lrd[idx] / lrd[:, None], axis=1)
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """Header, hyper-parameters, ``bank``, ``k_distance``, ``lrd`` and ``training_scores``."""
+        """Header, hyper-parameters, ``bank``, ``offset``, ``k_distance``, ``lrd`` and ``training_scores``."""
         self._require_fitted()
         assert self._search is not None
-        state = self._header()
-        state["bank"] = self._search.bank.copy()
+        state = {**self._header(), **self._search.get_state()}
         state["k_distance"] = self._k_distance.copy()
         state["lrd"] = self._lrd.copy()
         state["training_scores"] = self.training_scores_.copy()
@@ -488,16 +517,14 @@ class LOFDetector(InlierDetector):
     def from_state(cls, state: Mapping[str, np.ndarray], *, use_gpu: bool = False) -> LOFDetector:
         _check_state_header(state, cls.kind)
         detector = cls(k=int(_state_scalar(state, "k")), metric=str(_state_scalar(state, "metric")), use_gpu=use_gpu)
-        bank = _as_matrix(_state_array(state, "bank", 2), np.float32, min_rows=detector.k + 1, what="state 'bank'")
-        n = bank.shape[0]
+        search = _FlatSearch.from_state(state, detector.metric, detector.k + 1, use_gpu)
+        n = search.bank.shape[0]
         arrays = {}
         for key in ("k_distance", "lrd", "training_scores"):
             arr = np.asarray(_state_array(state, key, 1), dtype=np.float64)
             if arr.shape != (n,):
                 raise ValueError(f"detector state entry {key!r} has shape {arr.shape}, expected ({n},)")
             arrays[key] = arr
-        search = _FlatSearch(detector.metric, bank.shape[1], use_gpu)
-        search.add_prepared(bank)
         detector._search = search
         detector._k_distance = arrays["k_distance"]
         detector._lrd = arrays["lrd"]
@@ -687,7 +714,7 @@ class GMMDetector(InlierDetector):
         return _EMRun(mixture, ll, converged, n_iter, history)
 
     def _m_step(self, X: np.ndarray, resp: np.ndarray) -> _Mixture:
-        n, d = X.shape
+        d = X.shape[1]
         # The tiny floor keeps an emptied component's mean finite (scikit-learn does the same).
         nk = resp.sum(axis=0) + 10.0 * np.finfo(np.float64).eps
         means = (resp.T @ X) / nk[:, None]

@@ -653,7 +653,10 @@ class Publisher:
             self._wake = True
             self._cond.notify_all()
         if was_connected and not stopping:
-            self._report_error(f"connection lost: {reason}")
+            # MQTT 3.1.1 has no reason on an unexpected loss; paho then says
+            # "Unspecified error", which reads like more than it knows.
+            detail = "" if reason.value in (0, 128) else f" ({reason})"
+            self._report_error(f"connection lost{detail}")
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         # Only the mid is recorded here: the drain thread maps it to the outbox row.

@@ -3,11 +3,11 @@
 Two sources share one clip path (:class:`ClipCutter` -> :class:`ClipQueue`):
 
 * :class:`MicSource` reads a PortAudio input device (sounddevice callback
-  stream). The callback only copies samples into a lock-free ring buffer; a
-  separate thread cuts clips at the device's native rate, resamples each clip to
-  16 kHz (:func:`edge_asd.audio.resample`, anti-aliased) and queues it. A device
-  that fails or goes silent at the driver level is reported and reopened with
-  backoff.
+  stream, shared by the sources on the channels of one device). The callback
+  only copies samples into a lock-free ring buffer per source; a separate thread
+  cuts clips at the device's native rate, resamples each clip to 16 kHz
+  (:func:`edge_asd.audio.resample`, anti-aliased) and queues it. A device that
+  fails or stops delivering audio is reported and reopened with backoff.
 * :class:`FileSource` replays recordings (``file:<path, folder or glob>``) through
   the same cutting, in real time or as fast as the scorer takes them, once or in
   a loop, so thresholds can be tuned on recordings through the live pipeline.
@@ -19,6 +19,7 @@ and logged (rate-limited).
 
 from __future__ import annotations
 
+import abc
 import collections
 import logging
 import threading
@@ -229,7 +230,7 @@ def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.zeros(n - x.size, dtype=np.float32)])
 
 
-class ClipSource:
+class ClipSource(abc.ABC):
     """Common machinery: a worker thread, a stop event, the queue, counters and health."""
 
     def __init__(self, name: str, clip_seconds: float, hop_seconds: float | None, queue_clips: int):
@@ -293,8 +294,9 @@ class ClipSource:
             self._state = "ended"
             self.queue.close()
 
+    @abc.abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """Produce clips until the source ends or ``self._stop`` is set."""
 
     # -- helpers for subclasses ----------------------------------------------------
     def _emit(self, clip: Clip, wait: bool) -> bool:
@@ -376,54 +378,6 @@ def resolve_input_device(device: int | str, channel: int = 0) -> dict:
     return info
 
 
-class PortAudioHost:
-    """PortAudio state shared by all mic sources of one process.
-
-    PortAudio lists devices once, at initialization, so a USB microphone that
-    was absent at start can only be found after re-initializing it -- which
-    also kills every open stream (sounddevice issues #125, #382). This object
-    counts the open streams and re-initializes only when none is open, and
-    serializes PortAudio calls so a rescan never races an open.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open = 0
-
-    def open_input(self, **kwargs: Any):
-        sd = _sounddevice()
-        with self._lock:
-            stream = sd.InputStream(**kwargs)
-            self._open += 1
-        return stream
-
-    def close(self, stream) -> None:
-        with self._lock:
-            try:
-                stream.abort()
-            except Exception:  # a stream whose device vanished may refuse to stop; closing still frees it
-                pass
-            try:
-                stream.close()
-            except Exception as exc:
-                log.debug("closing a failed stream: %s", exc)
-            self._open -= 1
-
-    def resolve(self, device: int | str, channel: int) -> dict:
-        with self._lock:
-            return resolve_input_device(device, channel)
-
-    def rescan(self) -> bool:
-        """Re-read the device list if no stream is open; True when it did."""
-        sd = _sounddevice()
-        with self._lock:
-            if self._open:
-                return False
-            sd._terminate()  # the maintainers' documented way to refresh the list
-            sd._initialize()
-            return True
-
-
 class _Ring:
     """Single-producer single-consumer ring buffer of float32 samples.
 
@@ -481,6 +435,185 @@ class _Ring:
         return out, w, lost
 
 
+class _SharedStream:
+    """One open PortAudio input stream and the subscriptions it feeds.
+
+    Several machines may listen to one device (one per channel of a
+    multi-channel interface): a raw ALSA device can be opened only once, so
+    they share one stream whose callback copies each subscriber's channel into
+    that subscriber's ring buffer.
+    """
+
+    def __init__(self, info: dict, rate: int, channels: int):
+        self.info = info
+        self.rate = rate
+        self.channels = channels
+        # Replaced as a whole (never mutated) so the callback reads a consistent tuple without a lock.
+        self.subs: tuple["MicSubscription", ...] = ()
+        self.finished = threading.Event()  # set by PortAudio when the stream ends on its own
+        self.retired = False  # closed on purpose (reopened with more channels), not failed
+        self.stream = None
+
+    def callback(self, indata, frames, time_info, status) -> None:  # PortAudio's thread: copy, count, return
+        subs = self.subs
+        overflow = bool(status.input_overflow)
+        for sub in subs:
+            if overflow:
+                sub.input_overflows += 1
+            sub.ring.write(indata[:, sub.channel])
+
+
+class MicSubscription:
+    """One source's view of a shared input stream: its channel, its ring buffer, its health."""
+
+    def __init__(self, channel: int, ring: _Ring, shared: _SharedStream):
+        self.channel = channel
+        self.ring = ring
+        self.shared = shared
+        self.input_overflows = 0
+        self.discontinuities = 0  # bumped when the stream was reopened under this subscriber
+
+    @property
+    def rate(self) -> int:
+        return self.shared.rate
+
+    @property
+    def device_name(self) -> str:
+        return str(self.shared.info["name"])
+
+    @property
+    def failed(self) -> bool:
+        shared = self.shared
+        return shared.finished.is_set() and not shared.retired
+
+
+class PortAudioHost:
+    """PortAudio state shared by all mic sources of one process.
+
+    * One stream per (device, sample rate), shared by every source that listens
+      to it, each taking its own channel (see :class:`_SharedStream`).
+    * PortAudio lists devices once, at initialization, so a USB microphone that
+      was absent at start can only be found after re-initializing it -- which
+      also kills every open stream (sounddevice issues #125, #382). :meth:`rescan`
+      re-initializes only when no stream is open.
+    * PortAudio calls are serialized, so a rescan never races an open.
+    """
+
+    def __init__(self, block_seconds: float = 0.1, ring_seconds: float = 10.0) -> None:
+        self.block_seconds = block_seconds
+        self.ring_seconds = ring_seconds
+        self._lock = threading.Lock()
+        self._streams: dict[tuple[int, int], _SharedStream] = {}  # live streams new subscribers join
+        self._open: set[_SharedStream] = set()  # every stream not closed yet (live or failed)
+
+    @property
+    def open_streams(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def attach(self, device: int | str, channel: int, samplerate: int | None = None) -> MicSubscription:
+        """Subscribe to ``channel`` of ``device``, opening (or widening) the shared stream as needed.
+
+        Raises :class:`DeviceError`, ``sounddevice.PortAudioError`` or ``ValueError``
+        (an unsupported setting) when the device cannot be opened.
+        """
+        with self._lock:
+            info = resolve_input_device(device, channel)
+            rate = int(samplerate or round(info["default_samplerate"]))
+            key = (int(info["index"]), rate)
+            shared = self._streams.get(key)
+            if shared is not None and shared.finished.is_set():
+                del self._streams[key]  # failed; its subscribers detach from it on their own
+                shared = None
+            if shared is None:
+                shared = self._open_stream(info, rate, channel + 1)
+                self._streams[key] = shared
+            elif channel >= shared.channels:
+                shared = self._widen(key, shared, channel + 1)
+            sub = MicSubscription(channel, _Ring(int(rate * self.ring_seconds)), shared)
+            shared.subs = shared.subs + (sub,)
+            return sub
+
+    def detach(self, sub: MicSubscription) -> None:
+        """End a subscription; the stream closes with its last subscriber."""
+        with self._lock:
+            shared = sub.shared
+            shared.subs = tuple(s for s in shared.subs if s is not sub)
+            if not shared.subs:
+                key = (int(shared.info["index"]), shared.rate)
+                if self._streams.get(key) is shared:
+                    del self._streams[key]
+                self._close_stream(shared)
+
+    def rescan(self) -> bool:
+        """Re-read the device list if no stream is open; True when it did."""
+        sd = _sounddevice()
+        with self._lock:
+            if self._open:
+                return False
+            sd._terminate()  # what the sounddevice maintainer recommends to refresh the list (issue #125)
+            sd._initialize()
+            return True
+
+    # -- with the lock held ----------------------------------------------------------
+    def _open_stream(self, info: dict, rate: int, channels: int) -> _SharedStream:
+        sd = _sounddevice()
+        shared = _SharedStream(info, rate, channels)
+        stream = sd.InputStream(
+            device=int(info["index"]),
+            channels=channels,
+            samplerate=rate,
+            dtype="float32",
+            blocksize=max(1, int(rate * self.block_seconds)),
+            # High latency: larger driver buffers, fewer overflows; a monitor does not need low latency.
+            latency="high",
+            callback=shared.callback,
+            finished_callback=shared.finished.set,
+        )
+        shared.stream = stream
+        self._open.add(shared)
+        try:
+            stream.start()
+        except Exception:
+            self._close_stream(shared)
+            raise
+        log.info("audio input %r (index %d) open: %d channel(s) at %d Hz", info["name"], int(info["index"]),
+                 channels, rate)
+        return shared
+
+    def _widen(self, key: tuple[int, int], old: _SharedStream, channels: int) -> _SharedStream:
+        """Reopen ``old`` with more channels and move its subscribers over (a raw device opens only once)."""
+        old.retired = True
+        self._close_stream(old)
+        try:
+            new = self._open_stream(old.info, old.rate, channels)
+        except Exception:
+            old.retired = False  # its subscribers now see the failure and reopen on their own
+            del self._streams[key]
+            raise
+        new.subs = old.subs
+        for sub in old.subs:
+            sub.discontinuities += 1
+            sub.shared = new
+        old.subs = ()
+        self._streams[key] = new
+        return new
+
+    def _close_stream(self, shared: _SharedStream) -> None:
+        if shared not in self._open:
+            return
+        self._open.discard(shared)
+        stream = shared.stream
+        try:
+            stream.abort()
+        except Exception:  # a stream whose device vanished may refuse to stop; closing still frees it
+            pass
+        try:
+            stream.close()
+        except Exception as exc:
+            log.debug("closing a failed stream: %s", exc)
+
+
 class MicSource(ClipSource):
     """Clips from a PortAudio input device, resampled from its native rate to 16 kHz."""
 
@@ -494,39 +627,38 @@ class MicSource(ClipSource):
         samplerate: int | None = None,
         queue_clips: int = 4,
         host: PortAudioHost | None = None,
-        block_seconds: float = 0.1,
         stall_timeout_s: float = 5.0,
         retry_min_s: float = 1.0,
         retry_max_s: float = 30.0,
-        ring_seconds: float = 10.0,
     ):
         super().__init__(name, clip_seconds, hop_seconds, queue_clips)
         self.device = device
         self.channel = channel
         self.requested_rate = samplerate
-        # One host per daemon: a private one is only right when this is the process's only mic.
+        # One host per process: a private one is only right when this is the process's only mic.
         self.host = host or PortAudioHost()
-        self.block_seconds = block_seconds
         self.stall_timeout_s = stall_timeout_s
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
-        self.ring_seconds = ring_seconds
         self.rate: int | None = None  # the rate the stream actually runs at
         self.device_name: str | None = None
-        self._finished = threading.Event()  # set by PortAudio when the stream ends on its own
 
     def _run(self) -> None:
         backoff = self.retry_min_s
         while not self._stop.is_set():
             try:
-                stream, ring = self._open()
+                sub = self.host.attach(self.device, self.channel, self.requested_rate)
             except Exception as exc:  # DeviceError, sounddevice.PortAudioError, ValueError for an unsupported rate
                 self._fail("open", f"cannot open input device {self.device!r}: {exc}; retrying in {backoff:g} s")
             else:
+                self.rate = sub.rate
+                self.device_name = sub.device_name
+                log.info("source %s: capturing from %r channel %d at %d Hz", self.name, self.device_name,
+                         self.channel, self.rate)
                 try:
-                    reason = self._capture(stream, ring)
+                    reason = self._capture(sub)
                 finally:
-                    self.host.close(stream)
+                    self.host.detach(sub)
                 if reason is None:
                     return
                 self.reopens += 1
@@ -538,50 +670,19 @@ class MicSource(ClipSource):
             # A device that vanished and came back (USB) may only be found after a rescan.
             self.host.rescan()
 
-    def _open(self):
-        info = self.host.resolve(self.device, self.channel)
-        rate = int(self.requested_rate or round(info["default_samplerate"]))
-        ring = _Ring(int(rate * self.ring_seconds))
-        self._finished = threading.Event()
-        channel = self.channel
-
-        def callback(indata, frames, time_info, status):  # PortAudio's thread: copy, count, return
-            if status.input_overflow:
-                self.input_overflows += 1
-            ring.write(indata[:, channel])
-
-        stream = self.host.open_input(
-            device=int(info["index"]),
-            channels=channel + 1,
-            samplerate=rate,
-            dtype="float32",
-            blocksize=max(1, int(rate * self.block_seconds)),
-            latency="high",
-            callback=callback,
-            finished_callback=self._finished.set,
-        )
-        try:
-            stream.start()
-        except Exception:
-            self.host.close(stream)
-            raise
-        self.rate = rate
-        self.device_name = info["name"]
-        log.info("source %s: capturing from %r (index %d) channel %d at %d Hz", self.name, info["name"],
-                 int(info["index"]), channel, rate)
-        return stream, ring
-
-    def _capture(self, stream, ring: _Ring) -> str | None:
+    def _capture(self, sub: MicSubscription) -> str | None:
         """Cut clips until stopped (None) or until the stream fails (the reason)."""
-        rate = self.rate
+        ring = sub.ring
+        rate = sub.rate
         clip_n = int(round(self.clip_seconds * rate))
         out_n = int(round(self.clip_seconds * SAMPLE_RATE))
         cutter = ClipCutter(clip_n, max(1, int(round(self.hop_seconds * rate))))
         last_audio = time.monotonic()
-        seen_overflows = self.input_overflows
-        poll = min(0.05, self.block_seconds / 2)
+        seen_overflows = sub.input_overflows
+        seen_gaps = sub.discontinuities
+        poll = min(0.05, self.host.block_seconds / 2)
         while not self._stop.wait(poll):
-            if self._finished.is_set() or not stream.active:
+            if sub.failed:
                 return "the stream stopped (device unplugged or driver error)"
             x, end_index, lost = ring.read()
             if lost:
@@ -590,13 +691,17 @@ class MicSource(ClipSource):
                 self._throttle.log(log, logging.WARNING, "overrun",
                                    "source %s: ring buffer overrun, %d samples lost (the system is overloaded)",
                                    self.name, lost)
-            if self.input_overflows != seen_overflows:
-                seen_overflows = self.input_overflows
-                # The driver lost samples too: the current partial clip is not continuous audio.
+            if sub.input_overflows != seen_overflows:
+                self.input_overflows += sub.input_overflows - seen_overflows
+                seen_overflows = sub.input_overflows
+                # The driver lost samples: the partial clip is not continuous audio.
                 cutter.reset()
                 self._throttle.log(log, logging.WARNING, "overflow",
                                    "source %s: input overflow reported by the device (%d so far)",
-                                   self.name, seen_overflows)
+                                   self.name, self.input_overflows)
+            if sub.discontinuities != seen_gaps:
+                seen_gaps = sub.discontinuities
+                cutter.reset()  # the shared stream was reopened: a short gap in the audio
             now = time.monotonic()
             if x.size == 0:
                 if now - last_audio > self.stall_timeout_s:
@@ -640,10 +745,14 @@ class FileSource(ClipSource):
     * A multi-channel file contributes channel ``channel`` (logged once per file).
     * A bad file (unreadable, too short for one clip, non-finite samples, no such
       channel) is logged with its name and skipped; the rest carry on.
-    * A clip's timestamp is the time replay of its file began plus the offset of
-      the clip's end in the file: in real time that is the wall-clock time it
-      became available, as for a microphone; as fast as possible it is the time
-      the clip would have ended had the file been played in real time.
+    * A clip's timestamp is the start of its file on a replay timeline plus the
+      offset of the clip's end in the file. A file starts at the later of "now"
+      and the end of the previous file on that timeline, so timestamps always
+      increase: in real time they are the wall-clock times the clips became
+      available, as for a microphone; as fast as possible they continue the
+      timeline as if the files had been played back to back in real time (and
+      so may run ahead of the clock). File modification times are not used:
+      copying recordings changes them.
     * ``realtime=True`` paces clips at the file's duration and drops the oldest
       queued clip when scoring falls behind (exactly like a microphone);
       ``realtime=False`` waits for the scorer, so every clip is scored.
@@ -669,6 +778,7 @@ class FileSource(ClipSource):
         self.empty_retry_s = empty_retry_s
         self.files_played = 0
         self._noted: set[tuple[str, str]] = set()
+        self._timeline_end: datetime | None = None  # end of the last file on the replay timeline
 
     def _note(self, path: Path, kind: str, level: int, msg: str, *args: Any) -> None:
         """Log a per-file message once, not on every loop pass."""
@@ -741,6 +851,9 @@ class FileSource(ClipSource):
             self._state = "ok"
         cutter.reset()
         start_wall = datetime.now(timezone.utc)
+        if self._timeline_end is not None and self._timeline_end > start_wall:
+            start_wall = self._timeline_end
+        self._timeline_end = start_wall + timedelta(seconds=x.size / SAMPLE_RATE)
         start_mono = time.monotonic()
         for samples, end in cutter.feed(x, x.size):
             offset = end / SAMPLE_RATE
@@ -792,6 +905,7 @@ __all__ = [
     "DeviceError",
     "FileSource",
     "MicSource",
+    "MicSubscription",
     "PortAudioHost",
     "SourceHealth",
     "make_source",

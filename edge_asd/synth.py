@@ -114,6 +114,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -228,20 +229,25 @@ class _Clip:
         # Frequency floored so that power laws and log-frequency shapes are finite at DC.
         self.f_safe = np.maximum(self.freqs, np.float32(1.0))
         self.octave = np.log2(self.f_safe / np.float32(1000.0))  # octaves re 1 kHz
-        # Parseval weights for a one-sided spectrum: mean square = sum(w*|X|^2).
-        w = np.full(self.freqs.size, 2.0)
-        w[0] = 1.0
-        if n % 2 == 0:
-            w[-1] = 1.0
-        self._power_weights = w / float(n) ** 2
         self.t32 = np.arange(n, dtype=np.float32) / np.float32(sr)
-        self._index = np.arange(n, dtype=np.float64)
-        w_bin = (TWO_PI / sr) * self.freqs.astype(np.float64)
-        self._z1 = (np.cos(w_bin) - 1j * np.sin(w_bin)).astype(np.complex64)  # e^{-jw}, one sample's delay
+
+    @cached_property
+    def _index(self) -> np.ndarray:
+        return np.arange(self.n, dtype=np.float64)
+
+    @cached_property
+    def _z1(self) -> np.ndarray:
+        """e^{-jw} per bin: one sample's delay."""
+        w = np.float32(TWO_PI / self.sr) * self.freqs
+        return np.cos(w) - np.complex64(1j) * np.sin(w)
 
     def power(self, spectrum: np.ndarray) -> float:
         """Mean square of the real signal whose rfft is ``spectrum``."""
-        return float(np.dot(self._power_weights, spectrum.real.astype(np.float64) ** 2 + spectrum.imag.astype(np.float64) ** 2))
+        # Every bin counts twice (its negative-frequency twin) except DC and Nyquist.
+        total = 2.0 * float(np.vdot(spectrum, spectrum).real) - abs(complex(spectrum[0])) ** 2
+        if self.n % 2 == 0:
+            total -= abs(complex(spectrum[-1])) ** 2
+        return total / float(self.n) ** 2
 
     def noise(self, rng: np.random.Generator, magnitude: np.ndarray) -> np.ndarray:
         """Spectrum of Gaussian noise with the given magnitude shape and unit RMS."""
@@ -672,10 +678,20 @@ class Fan(Machine):
         kind, s = (anomaly.kind, anomaly.severity) if anomaly else ("", 0.0)
 
         shaft = _vary(rng, d.shaft_amps)
+        bpf = _vary(rng, d.bpf_amps)
+        turbulence_db = 0.0
         if kind == "imbalance":
             shaft[0] *= _db(6.0 + 18.0 * s)
-            shaft[1] *= _db(2.0 + 8.0 * s)
-        bpf = _vary(rng, d.bpf_amps)
+            # The shaken mounting works loose and rattles at every shaft harmonic.
+            rattle = d.bpf_amps[0] * _db(-34.0 + 22.0 * s)
+            shaft += [0.0] * (8 - len(shaft))
+            for k in range(1, 8):
+                shaft[k] += rattle / math.sqrt(k + 1) * rng.lognormal(0.0, 0.3)
+        if kind == "blade":
+            # A bent or chipped blade changes the shape of the blade-pass pulse
+            # (its harmonics) and sheds more turbulence.
+            bpf = [a * _db(rng.uniform(-1.0, 1.0) * (2.0 + 6.0 * s)) if k else a for k, a in enumerate(bpf)]
+            turbulence_db = 1.0 + 4.0 * s
         x = _tones(rot.harmonic_phase, [(k + 1, a, rng.uniform(0, TWO_PI)) for k, a in enumerate(shaft)], clip.n)
         blade_pass = _tones(
             rot.harmonic_phase, [(d.blades * (k + 1), a, rng.uniform(0, TWO_PI)) for k, a in enumerate(bpf)], clip.n
@@ -688,7 +704,7 @@ class Fan(Machine):
             blade_pass *= np.float32(1.0) + np.float32(0.15 + 0.65 * s) * (pulse - pulse.mean())
         x += blade_pass
 
-        level = d.turbulence_level * rel_speed**1.5 * _db(rng.normal(0.0, 1.0))
+        level = d.turbulence_level * rel_speed**1.5 * _db(turbulence_db + rng.normal(0.0, 1.0))
         turb = clip.noise_time(rng, clip.band(d.turbulence_hz * rel_speed, d.turbulence_octaves))
         turb *= np.float32(level) * (1.0 + np.float32(d.turbulence_am) * np.cos(rot.harmonic_phase(d.blades) + np.float32(rng.uniform(0, TWO_PI))))
         x += turb
@@ -1020,7 +1036,7 @@ class Bearing(Machine):
         hits = clip.impulses(pos, amps) * h_modes
         p_hits = clip.power(hits)
         healthy_p = float(np.mean(x.astype(np.float64) ** 2)) + clip.power(rolling)
-        hits *= math.sqrt(healthy_p / p_hits) * _db(-26.0 + 22.0 * s) * math.sqrt(0.5 + load)
+        hits *= math.sqrt(healthy_p / p_hits) * _db(-22.0 + 24.0 * s) * math.sqrt(0.5 + load)
         sound = _finish(clip, section, x, None, rolling + hits.astype(np.complex64))
         p_added = clip.power(hits)
         return _Sound(sound.spectrum, sound.healthy_power * healthy_p / (healthy_p + p_added))
@@ -1121,9 +1137,9 @@ class Valve(Machine):
             if kind == "chatter":
                 # The armature bounces off its seat before settling.
                 gap = 0.0
-                for b in range(1 + int(3 * s)):
-                    gap += rng.uniform(0.004, 0.015)
-                    amp = click_gain * (0.3 + 0.5 * s) * 0.6**b * rng.lognormal(0.0, 0.2)
+                for b in range(1 + int(4 * s)):
+                    gap += rng.uniform(0.004, 0.02)
+                    amp = click_gain * (0.3 + 0.6 * s) * 0.7**b * rng.lognormal(0.0, 0.2)
                     _add_at(x, int((o + gap) * clip.sr), k_open, amp)
 
         # Flow while open: hiss rising and falling with the valve, pitch with pressure.
@@ -1145,7 +1161,7 @@ class Valve(Machine):
         flow = clip.noise_time(rng, clip.band(flow_hz, d.flow_octaves))
         level = d.flow_level * pressure * _db(rng.normal(0.0, 1.0))
         if kind == "chatter":
-            flutter = 1.0 + (0.2 + 0.5 * s) * np.sin(np.float32(TWO_PI * rng.uniform(25.0, 60.0)) * t)
+            flutter = 1.0 + (0.2 + 0.7 * s) * np.sin(np.float32(TWO_PI * rng.uniform(25.0, 60.0)) * t)
             gate *= flutter.astype(np.float32)
         x += flow * gate * np.float32(level)
         if d.puff_level > 0:
@@ -1168,7 +1184,7 @@ class Valve(Machine):
             hiss = clip.noise_time(rng, clip.band(rng.uniform(3500.0, 6500.0), 0.3))
             whistle = _tones(clip.phase,
                              [(rng.uniform(2500.0, 6000.0), 0.3 * rng.uniform(), 0.0)], clip.n)
-            added = (hiss + whistle) * np.float32(healthy_rms * _db(-30.0 + 22.0 * s))
+            added = (hiss + whistle) * np.float32(healthy_rms * _db(-26.0 + 22.0 * s))
         return _finish(clip, section, x, added)
 
 

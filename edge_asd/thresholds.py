@@ -95,7 +95,7 @@ def parse_rule(rule: str | ThresholdRule) -> ThresholdRule:
     try:
         return ThresholdRule(kind, numbers[0], numbers[1] if len(numbers) > 1 else None)  # type: ignore[arg-type]
     except ValueError as exc:
-        raise ValueError(f"bad threshold rule {rule!r}: {exc}") from None
+        raise ValueError(f"bad threshold rule {rule!r}: {exc}; accepted forms: {RULE_FORMS}") from None
 
 
 def fit_threshold(scores: np.ndarray, rule: str | ThresholdRule) -> float:

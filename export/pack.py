@@ -82,7 +82,8 @@ def build_bundle(
     progress: bool = True,
 ) -> Path:
     from train.embed import load_extractor
-    from train.stage2 import fit_stage2, heldout_clips, load_stage2
+    from train.config import TrainConfig
+    from train.stage2 import default_approach, embed_heldout, fit_stage2, heldout_clips, load_stage2
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}")
@@ -90,7 +91,7 @@ def build_bundle(
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
     run_dir = Path(run_dir)
     config = _run_config(run_dir)
-    approach = approach or config.get("approach", "specialization")
+    approach = approach or default_approach(run_dir)
     if approach not in APPROACHES:
         raise UserError(f"approach must be one of {', '.join(APPROACHES)}")
     data_root = Path(data_root or config["data"])
@@ -110,6 +111,7 @@ def build_bundle(
     log.info("ONNX parity with torch: max relative error %.2e", parity)
 
     s2cfg, sections = load_stage2(run_dir, approach)
+    held_deployed = embed_heldout(run_dir, data_root, progress=False)  # cached by edge-asd-train
     model_bytes = onnx_fp32
     precision_report: dict = {"fp32_parity_relative_error": parity}
     if precision != "fp32":
@@ -150,6 +152,7 @@ def build_bundle(
             }
         )
         sections = sections_l
+        held_deployed = held_l
         log.info("precision %s: %s", precision, precision_report)
 
     arrays: dict[str, np.ndarray] = {}
@@ -158,7 +161,15 @@ def build_bundle(
         a, numbers = section_state(model)
         arrays.update(a)
         member_sections[section] = numbers
-    files = {"members/m0/extractor.onnx": model_bytes, "members/m0/detectors.npz": npz_bytes(arrays)}
+    # The held-out normals the detectors were fitted on travel with the bundle so
+    # that on-device enrollment can refit a domain's model (GMM, LOF) and its
+    # standardization exactly as the desktop did; a few hundred KB at most.
+    heldout = {k: held_deployed[k] for k in ("names", "sections", "domains", "embeddings", "domain_logits")}
+    files = {
+        "members/m0/extractor.onnx": model_bytes,
+        "members/m0/detectors.npz": npz_bytes(arrays),
+        "members/m0/heldout.npz": npz_bytes(heldout),
+    }
     member = {
         "name": "m0",
         "run": run_dir.name,
@@ -166,6 +177,7 @@ def build_bundle(
         "model": "members/m0/extractor.onnx",
         "precision": precision,
         "state": "members/m0/detectors.npz",
+        "heldout": "members/m0/heldout.npz",
         "detector": {"kind": s2cfg.detector, "params": s2cfg.detector_params},
         "sections": member_sections,
     }
@@ -175,13 +187,13 @@ def build_bundle(
         engine, meta = build_engine(model_bytes, precision=precision, max_batch=spec.n_segments)
         files["members/m0/extractor.engine"] = engine
         member["engine"] = {"file": "members/m0/extractor.engine", **meta}
-    frontend = config.get("frontend") or {}
+    frontend = TrainConfig.from_dict(config, ignore_unknown=True).frontend_dict()
     manifest = {
         "machine_type": machine,
         "sections": sorted(sections),
         "audio": {
             "sample_rate": spec.sample_rate,
-            "clip_seconds": float(config.get("clip_seconds", 10.0)),
+            "clip_seconds": _clip_seconds(held_paths),
             "segment_seconds": spec.segment_seconds,
             "n_segments": spec.n_segments,
             "segment_align": spec.align,
@@ -202,6 +214,13 @@ def build_bundle(
     if progress:
         print(f"wrote {path} ({approach}, {precision}, {fmt}); ONNX parity {parity:.1e}")
     return path
+
+
+def _clip_seconds(paths: list[Path]) -> float:
+    """The clip length the detectors were fitted on: what the daemon should cut."""
+    import soundfile as sf
+
+    return round(float(sf.info(str(paths[0])).duration), 3) if paths else 10.0
 
 
 def _pseudo_anomalous_paths(data_root: Path, machine: str, limit: int) -> list[Path]:

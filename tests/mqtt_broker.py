@@ -238,6 +238,15 @@ class Broker:
         """A crash (SIGKILL)."""
         self._end(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open, nothing is acknowledged."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     def restart(self) -> Broker:
         self.stop()
         return self.start()
@@ -245,6 +254,7 @@ class Broker:
     def _end(self, sig: int) -> None:
         if self._proc is not None:
             if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGCONT)  # a paused broker cannot handle SIGTERM
                 self._proc.send_signal(sig)
                 try:
                     self._proc.wait(timeout=15)
@@ -283,6 +293,15 @@ class Broker:
     def subscriber(self, *topics: str, persistent: bool = False) -> Subscriber:
         """A connected subscriber (waits for its SUBACK) to ``topics`` (default "#")."""
         return Subscriber(self, topics or ("#",), persistent=persistent)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, timeout: float = 20.0) -> None:
+        """Publish one QoS 1 message from a short-lived client (e.g. Home Assistant's birth message)."""
+        client = self.subscriber(f"edge-asd-test/unused/{uuid.uuid4().hex}").client
+        try:
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(timeout)
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def retained(self, topic: str, timeout: float = 20.0) -> bytes:
         """The retained payload on ``topic`` (waits for it to appear)."""

@@ -28,10 +28,11 @@ from train.baseline import (
 
 SR = 16000
 HARMONIC_AMPLITUDES = (0.3, 0.2, 0.1, 0.05, 0.03)
+ANOMALY_TONES_HZ = (2300.0, 3700.0, 5100.0)
 
 
 def _machine_sound(rng: np.random.Generator, anomalous: bool, seconds: float = 2.0) -> np.ndarray:
-    """A 300 Hz harmonic stack in light noise; the anomaly adds a 2.3 kHz whine."""
+    """A 300 Hz harmonic stack in light noise; the anomaly adds whining tones."""
     t = np.arange(int(seconds * SR)) / SR
     f0 = 300.0 * (1.0 + rng.uniform(-0.01, 0.01))
     x = sum(
@@ -39,7 +40,7 @@ def _machine_sound(rng: np.random.Generator, anomalous: bool, seconds: float = 2
         for k, a in enumerate(HARMONIC_AMPLITUDES, start=1)
     )
     if anomalous:
-        x = x + 0.1 * np.sin(2 * np.pi * 2300.0 * t)
+        x = x + sum(0.1 * np.sin(2 * np.pi * f * t) for f in ANOMALY_TONES_HZ)
     return (x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
@@ -66,7 +67,9 @@ def dataset(tmp_path_factory) -> dict:
 
 
 def _cfg(**kw) -> AEBaselineConfig:
-    base = dict(epochs=20, batch_size=64, seed=0)
+    # batch 32 on this tiny set gives enough steps for the BatchNorm moving
+    # statistics (Keras momentum 0.99) to settle, whatever the seed
+    base = dict(epochs=20, batch_size=32, seed=0)
     base.update(kw)
     return AEBaselineConfig(**base)
 
@@ -97,7 +100,7 @@ def test_trained_model_separates_anomalies(trained, dataset):
 
 
 def test_untrained_model_does_not_separate_anomalies(dataset):
-    # The extra tone raises log energies in otherwise quiet mel bins, which
+    # The extra tones raise log energies in otherwise quiet mel bins, which
     # brings the input closer to zero: an autoencoder that has learnt nothing
     # ranks such clips as *less* anomalous. Separation must come from training.
     for seed in range(3):

@@ -83,6 +83,10 @@ class VirtualMic:
         self.runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="vmic-"))
         if self.fifo.exists():  # left by a killed server; PulseAudio makes its own
             self.fifo.unlink()
+        pid = self._pid()
+        if pid is not None and not _alive(pid):
+            # A killed server's pid file; PulseAudio would take a zombie for a running daemon.
+            (self.runtime_dir / "pulse" / "pid").unlink()
         env = {**os.environ, **self.env}
         cmd = [
             "pulseaudio", "-n", "--daemonize=yes", "--exit-idle-time=-1", "--use-pid-file=yes",
@@ -125,19 +129,27 @@ class VirtualMic:
             self._feeder = None
 
     def kill_server(self) -> None:
-        """Stop PulseAudio (the microphone 'disappears'); :meth:`restart_server` brings it back."""
+        """Kill PulseAudio (the microphone 'disappears' at once); :meth:`restart_server` brings it back.
+
+        SIGKILL rather than ``pulseaudio --kill``: an orderly exit takes over a
+        second and a vanishing device is abrupt anyway. PulseAudio's next start
+        replaces the stale pid file and socket.
+        """
         assert self.runtime_dir is not None
         feed_args = self._feed_args
         self.stop_feed()
         self._feed_args = feed_args
         pid = self._pid()
-        subprocess.run(["pulseaudio", "--kill"], env={**os.environ, **self.env}, capture_output=True, timeout=10)
-        if pid:
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        if pid is None:
+            subprocess.run(["pulseaudio", "--kill"], env={**os.environ, **self.env}, capture_output=True, timeout=10)
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def restart_server(self) -> None:
         """Start PulseAudio again at the same socket and FIFO path, and resume the last feed."""
@@ -175,13 +187,13 @@ class VirtualMic:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state not in ("Z", "X")
 
 
 def _feed(fifo: str, wav: str, loop: bool, block_seconds: float = 0.05) -> None:

@@ -318,7 +318,11 @@ class AEBaseline:
 
     @classmethod
     def load(cls, path: Path, device: str | None = None) -> AEBaseline:
-        """Load a saved baseline; ``device`` overrides the one it was trained on."""
+        """Load a saved baseline.
+
+        ``device`` overrides the one it was trained on; without it, a model
+        trained on a GPU loads onto a GPU when there is one and the CPU otherwise.
+        """
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such AE baseline file")
@@ -333,6 +337,8 @@ class AEBaseline:
         cfg = AEBaselineConfig.from_dict(blob["config"])
         if device is not None:
             cfg.device = device
+        elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            cfg.device = "cpu"
         model = DenseAutoencoder(cfg.input_dim)
         model.load_state_dict(blob["state_dict"])
         return cls(cfg, model, history=blob.get("history"))

@@ -48,10 +48,6 @@ def _train(args: argparse.Namespace) -> int:
         overrides = base
     cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     run_dir = Path(train_extractor(cfg, progress=not args.quiet))
-    # The deployed approach is recorded beside the stage-1 config; both are fitted.
-    meta = json.loads((run_dir / "config.json").read_text())
-    meta["approach"] = args.approach
-    (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
 
     k = args.k if args.k is not None else (1 if args.detector == "knn" else 4 if args.detector == "gmm" else 16)
     s2 = Stage2Config(
@@ -63,6 +59,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     device = _device(args.device)
+    # Both approaches are fitted (the report compares them); --approach is the one exported by default.
     fit_all(run_dir, data, s2, device=device, progress=not args.quiet)
     if args.baseline_epochs > 0:
         from edge_asd.dcase import list_clips

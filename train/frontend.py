@@ -94,7 +94,9 @@ class LogMel(nn.Module):
 
     Defaults are the report's: 128 ms Hann window (2048), 16 ms hop (256), 224 mel
     bands over 50-7800 Hz at 16 kHz; ``log(mel_power + 1e-6)``. All constants are
-    buffers (moved with the module, saved in the state dict, never trained).
+    buffers: moved with the module, never trained, and not persistent -- they are
+    rebuilt from the numbers above, so checkpoints do not carry the 16 MB DFT kernel
+    (an export still bakes them in as constants).
     """
 
     def __init__(
@@ -137,9 +139,9 @@ class LogMel(nn.Module):
         t = np.arange(n_fft)
         phase = 2.0 * np.pi * np.outer(bins, t) / n_fft
         kernel = np.concatenate([np.cos(phase) * window, -np.sin(phase) * window])  # [2 * n_bins, n_fft]
-        self.register_buffer("dft_kernel", torch.from_numpy(kernel[:, None, :]).float())
-        self.register_buffer("mel_fb", torch.from_numpy(fb[:, self.bin_lo : self.bin_hi]).float())
-        self.register_buffer("window", torch.from_numpy(window).float())
+        self.register_buffer("dft_kernel", torch.from_numpy(kernel[:, None, :]).float(), persistent=False)
+        self.register_buffer("mel_fb", torch.from_numpy(fb[:, self.bin_lo : self.bin_hi]).float(), persistent=False)
+        self.register_buffer("window", torch.from_numpy(window).float(), persistent=False)
 
     @property
     def n_bins(self) -> int:

@@ -289,7 +289,18 @@ class TransformerEncoder(nn.Module):
         x = x + self.positions[: x.shape[1]].to(x.dtype)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        x = self.encoder(x)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # The eval-mode fast path of nn.TransformerEncoderLayer is one fused
+            # aten op that the TorchScript ONNX exporter cannot translate; traced
+            # with it off, the layer becomes plain MatMul/Softmax/LayerNorm nodes.
+            enabled = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+            try:
+                x = self.encoder(x)
+            finally:
+                torch.backends.mha.set_fastpath_enabled(enabled)
+        else:
+            x = self.encoder(x)
         pooled = x[:, 0] if self.cls is not None else x.mean(dim=1)
         return self.proj(pooled)
 

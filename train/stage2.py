@@ -87,8 +87,16 @@ def load_stage2(run_dir: Path, approach: str) -> tuple[Stage2Config, dict[str, S
 
 
 def fit_all(run_dir: Path, data_root: Path, base: Stage2Config, device: str = "cpu", progress: bool = True) -> None:
-    """Both approaches from one extractor: the report's DG and DS rows side by side."""
+    """Both approaches from one extractor: the report's DG and DS rows side by side.
+
+    ``base.approach`` is recorded as the run's default, the one ``edge-asd-export`` deploys.
+    """
     held = embed_heldout(run_dir, data_root, device=device, progress=progress)
     for approach in APPROACHES:
         cfg = Stage2Config(**{**asdict(base), "approach": approach})
         fit_stage2(run_dir, held, cfg)
+    (run_dir / "stage2" / "default.json").write_text(json.dumps({"approach": base.approach}))
+
+
+def default_approach(run_dir: Path) -> str:
+    return json.loads((run_dir / "stage2" / "default.json").read_text())["approach"]

@@ -1,0 +1,122 @@
+"""Scoring latency of the stage-2 inlier models versus bank size and embedding size.
+
+What the daemon pays per clip: scoring one batch of S = 10 segment embeddings.
+For each bank size and embedding dimension the script fits a KNN detector
+(exact flat search) and a GMM on random embeddings, then times
+``score_samples`` on a fresh batch, reporting the median (and 90th percentile)
+over repeats after a warm-up. It prints a table and writes a PNG plot.
+
+GMM scoring cost depends on the number of components and the dimension, not on
+how many vectors it was fitted on; it is fitted on at most ``--gmm-fit-max``
+vectors with few EM iterations so that the benchmark stays short.
+
+    .venv/bin/python benchmarks/bench_detectors.py --out bench_detectors.png
+    .venv/bin/python benchmarks/bench_detectors.py --sizes 1000,10000 --dims 64 --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from edge_asd.detectors import GMMDetector, InlierDetector, KNNDetector
+
+
+@dataclass(frozen=True)
+class Timing:
+    detector: str
+    bank_size: int
+    dim: int
+    median_ms: float
+    p90_ms: float
+
+
+def time_scoring(detector: InlierDetector, queries: np.ndarray, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    for _ in range(warmup):
+        detector.score_samples(queries)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        detector.score_samples(queries)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples), float(np.percentile(samples, 90))
+
+
+def run(args: argparse.Namespace) -> list[Timing]:
+    rng = np.random.default_rng(args.seed)
+    timings = []
+    for dim in args.dims:
+        for size in args.sizes:
+            bank = rng.normal(size=(size, dim)).astype(np.float32)
+            queries = rng.normal(size=(args.batch, dim)).astype(np.float32)
+            knn = KNNDetector(k=args.k, use_gpu=args.gpu).fit(bank)
+            median, p90 = time_scoring(knn, queries, args.repeats)
+            label = f"knn k={args.k}" + (" (gpu)" if knn.on_gpu else "")
+            timings.append(Timing(label, size, dim, median, p90))
+            gmm = GMMDetector(n_components=args.components, max_iter=args.gmm_iter, reg_covar=1e-3)
+            gmm.fit(bank[: args.gmm_fit_max])
+            median, p90 = time_scoring(gmm, queries, args.repeats)
+            timings.append(Timing(f"gmm K={args.components} full", size, dim, median, p90))
+            print(f"  done: bank {size:>7}, dim {dim:>4}", flush=True)
+    return timings
+
+
+def print_table(timings: list[Timing], batch: int) -> None:
+    print(f"\nscoring a batch of {batch} embeddings (ms; median and p90); faiss threads: {faiss.omp_get_max_threads()}")
+    print(f"{'detector':<20} {'bank':>8} {'dim':>5} {'median':>9} {'p90':>9}")
+    for t in timings:
+        print(f"{t.detector:<20} {t.bank_size:>8} {t.dim:>5} {t.median_ms:>9.3f} {t.p90_ms:>9.3f}")
+
+
+def plot(timings: list[Timing], out: Path, batch: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a headless box
+    import matplotlib.pyplot as plt
+
+    detectors = list(dict.fromkeys(t.detector for t in timings))
+    fig, axes = plt.subplots(1, len(detectors), figsize=(5.5 * len(detectors), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], detectors):
+        for dim in sorted({t.dim for t in timings}):
+            rows = sorted((t for t in timings if t.detector == name and t.dim == dim), key=lambda t: t.bank_size)
+            ax.plot([t.bank_size for t in rows], [t.median_ms for t in rows], marker="o", label=f"d = {dim}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("bank size (fitted vectors)")
+        ax.set_ylabel(f"median time to score {batch} segments (ms)")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"plot written to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ints = lambda text: [int(float(v)) for v in text.split(",")]  # noqa: E731 - accepts 1e5
+    parser.add_argument("--sizes", type=ints, default=[1000, 10000, 100000], help="bank sizes, comma-separated")
+    parser.add_argument("--dims", type=ints, default=[64, 128, 256], help="embedding sizes, comma-separated")
+    parser.add_argument("--batch", type=int, default=10, help="query segments per call (S)")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--k", type=int, default=16, help="KNN neighbours")
+    parser.add_argument("--components", type=int, default=16, help="GMM components")
+    parser.add_argument("--gmm-iter", type=int, default=5, help="EM iterations when fitting the GMM")
+    parser.add_argument("--gmm-fit-max", type=int, default=5000, help="vectors the GMM is fitted on, at most")
+    parser.add_argument("--gpu", action="store_true", help="search the KNN bank on the GPU when faiss can")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_detectors.png"))
+    args = parser.parse_args(argv)
+    timings = run(args)
+    print_table(timings, args.batch)
+    plot(timings, args.out, args.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The deployment bundle: verification on load, and every bad bundle's clear error."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_asd.bundle import SCHEMA_VERSION, npz_bytes, open_bundle, sha256, write_bundle
+from edge_asd.errors import BundleError
+from edge_asd.runtime import load_scorer
+
+
+def _members(path):
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _rewrite(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+
+
+def _copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "b.asd"
+    dst.write_bytes(Path(tiny_bundle).read_bytes())
+    return dst
+
+
+def test_bundle_opens_and_is_self_describing(tiny_bundle):
+    b = open_bundle(tiny_bundle)
+    m = b.manifest
+    assert m["schema_version"] == SCHEMA_VERSION
+    for key in ("bundle_id", "created", "machine_type", "sections", "audio", "frontend", "embedding_dim", "approach",
+                "aggregator", "kappa", "thresholds", "members", "files"):
+        assert key in m
+    assert m["audio"]["sample_rate"] == 16000 and m["audio"]["n_segments"] == 10
+    assert m["frontend"]["n_mels"] == 224 and m["frontend"]["hop_length"] == 256
+    for name, digest in m["files"].items():
+        assert sha256(b.read(name)) == digest
+    for member in m["members"]:
+        for section, numbers in member["sections"].items():
+            assert set(numbers["standardization"]) in ({"all"}, {"source", "target"})
+
+
+def test_npz_members_have_no_pickles(tiny_bundle):
+    b = open_bundle(tiny_bundle)
+    arrays = b.arrays(b.manifest["members"][0]["state"])
+    assert arrays and all(a.dtype != object for a in arrays.values())
+
+
+def test_tampered_member_is_refused(tiny_bundle, tmp_path):
+    p = _copy(tiny_bundle, tmp_path)
+    members = _members(p)
+    name = next(n for n in members if n.endswith(".npz"))
+    members[name] = members[name][:-8] + b"\x00" * 8
+    _rewrite(p, members)
+    with pytest.raises(BundleError, match=rf"checksum mismatch for member {name}"):
+        open_bundle(p)
+
+
+def test_wrong_schema_version_is_refused(tiny_bundle, tmp_path):
+    p = _copy(tiny_bundle, tmp_path)
+    members = _members(p)
+    m = json.loads(members["manifest.json"])
+    m["schema_version"] = 99
+    members["manifest.json"] = json.dumps(m).encode()
+    _rewrite(p, members)
+    with pytest.raises(BundleError, match="schema version 99 is not supported"):
+        open_bundle(p)
+
+
+def test_missing_member_is_refused(tiny_bundle, tmp_path):
+    p = _copy(tiny_bundle, tmp_path)
+    members = _members(p)
+    name = next(n for n in members if n.endswith(".onnx"))
+    del members[name]
+    _rewrite(p, members)
+    with pytest.raises(BundleError, match=rf"member {name} is missing"):
+        open_bundle(p)
+
+
+def test_unlisted_member_is_refused(tiny_bundle, tmp_path):
+    p = _copy(tiny_bundle, tmp_path)
+    members = _members(p)
+    members["extra.pkl"] = b"cos\nsystem\n"
+    _rewrite(p, members)
+    with pytest.raises(BundleError, match="extra.pkl is not listed"):
+        open_bundle(p)
+
+
+def test_not_a_bundle(tmp_path):
+    p = tmp_path / "x.asd"
+    p.write_bytes(b"hello")
+    with pytest.raises(BundleError, match="not a zip"):
+        open_bundle(p)
+    with pytest.raises(BundleError, match="no such bundle"):
+        open_bundle(tmp_path / "missing.asd")
+
+
+def _rebuilt(tiny_bundle, tmp_path, edit):
+    b = open_bundle(tiny_bundle)
+    manifest = json.loads(json.dumps(b.manifest))
+    files = b.members()
+    edit(manifest, files)
+    manifest.pop("bundle_id")
+    return write_bundle(tmp_path / "edited.asd", manifest, files)
+
+
+def test_model_disagreeing_with_manifest_is_refused(tiny_bundle, tmp_path):
+    def edit(manifest, files):
+        manifest["embedding_dim"] = manifest["embedding_dim"] + 3
+
+    p = _rebuilt(tiny_bundle, tmp_path, edit)
+    with pytest.raises(BundleError, match="expects .*-d embeddings, the manifest says|outputs embeddings of shape"):
+        load_scorer(p)
+
+    def edit_len(manifest, files):
+        manifest["audio"]["segment_seconds"] = 1.0
+
+    p = _rebuilt(tiny_bundle, tmp_path, edit_len)
+    with pytest.raises(BundleError, match=r"does not take \[batch, 16000\] waveforms"):
+        load_scorer(p)
+
+
+def test_detector_state_of_wrong_size_is_refused(tiny_bundle, tmp_path):
+    def edit(manifest, files):
+        name = manifest["members"][0]["state"]
+        arrays = dict(np.load(__import__("io").BytesIO(files[name]), allow_pickle=False))
+        arrays = {k: (v[:, :-1] if v.ndim == 2 else v) for k, v in arrays.items()}
+        files[name] = npz_bytes(arrays)
+
+    p = _rebuilt(tiny_bundle, tmp_path, edit)
+    with pytest.raises(BundleError):
+        load_scorer(p)
+
+
+def test_score_cli_bad_bundle_exits_2(tiny_bundle, tmp_path):
+    p = _copy(tiny_bundle, tmp_path)
+    members = _members(p)
+    name = next(n for n in members if n.endswith(".onnx"))
+    members[name] = members[name] + b"x"
+    _rewrite(p, members)
+    exe = Path(sys.executable).with_name("edge-asd")
+    r = subprocess.run([str(exe), "score", str(p), str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "checksum mismatch" in lines[0] and str(p) in lines[0]

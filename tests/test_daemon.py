@@ -1,0 +1,596 @@
+"""The daemon end to end: real bundle, real Mosquitto, real processes and signals, real microphone.
+
+Building blocks first (debounce, evidence store, systemd notifications), then
+``edge-asd run`` as a subprocess against a broker from tests/mqtt_broker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edge_asd.daemon import Debouncer
+from edge_asd.evidence import EvidenceStore
+from edge_asd.sdnotify import Notifier
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mqtt_broker import MOSQUITTO, MOSQUITTO_PASSWD, Broker, free_port, make_ca, make_leaf, require_mosquitto  # noqa: E402
+from vmic import DEVICE, VirtualMic, unavailable_reason  # noqa: E402
+
+SR = 16000
+SCORE_KEYS = {"v", "ts", "seq", "score", "threshold", "anomalous", "p_target", "dbfs", "model"}
+
+
+# --- building blocks ---------------------------------------------------------------------
+
+
+def test_debounce_raises_and_clears_after_runs():
+    d = Debouncer(raise_after=3, clear_after=2)
+    seq = [True, True, False, True, True, True, True, False, True, False, False, False]
+    changes = [d.update(a) for a in seq]
+    assert changes == [None, None, None, None, None, "anomalous", None, None, None, None, "normal", None]
+    assert d.anomalous is False
+
+
+def test_evidence_store_caps_size_oldest_first(tmp_path):
+    root = tmp_path / "evidence"
+    clip = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
+    one_file = 2 * SR + 44
+    store = EvidenceStore(root, max_bytes=3 * one_file + 10)
+    t0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    paths = []
+    for i in range(5):
+        p = store.save("pump1", clip, t0 + timedelta(seconds=i), seq=i + 1)
+        assert p is not None
+        paths.append(p)
+        os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))  # distinct mtimes, oldest first
+    assert paths[0].name == "20260102T030405.678Z_seq1.wav"
+    left = sorted(p.name for p in (root / "pump1").glob("*.wav"))
+    assert left == [p.name for p in paths[2:]], "the oldest files were deleted to stay under the cap"
+    assert store.total_bytes <= store.max_bytes and store.deleted == 2
+    data, rate = sf.read(paths[-1], dtype="float32")
+    assert rate == SR and sf.info(paths[-1]).subtype == "PCM_16"
+    np.testing.assert_allclose(data, clip, atol=1 / 32768 + 1e-6)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o750
+    assert stat.S_IMODE((root / "pump1").stat().st_mode) == 0o750
+    assert stat.S_IMODE(paths[-1].stat().st_mode) == 0o640
+    assert not list((root / "pump1").glob(".tmp-*")), "no temporary files are left behind"
+    # A new store over the same folder counts what is there and enforces a smaller cap at once.
+    small = EvidenceStore(root, max_bytes=one_file + 10)
+    assert len(list((root / "pump1").glob("*.wav"))) == 1 and small.deleted == 2
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's notify socket (path or abstract)."""
+
+    def __init__(self, address: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(b"\0" + address[1:].encode() if address.startswith("@") else address)
+        self.address = address
+        self.messages: list[str] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self.sock.settimeout(0.2)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def fields(self) -> list[str]:
+        return [line for m in list(self.messages) for line in m.split("\n")]
+
+    def wait_for(self, field: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while field not in self.fields():
+            assert time.monotonic() < deadline, f"systemd never got {field}; got {self.fields()}"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_notifier_talks_to_a_real_socket(tmp_path, abstract):
+    address = f"@edge-asd-test-{os.getpid()}-{time.monotonic_ns()}" if abstract else str(tmp_path / "notify")
+    ns = NotifySocket(address)
+    try:
+        n = Notifier({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "4000000"})
+        assert n.enabled and n.watchdog_interval == pytest.approx(2.0)
+        assert n.ready("2 machines") and n.watchdog() and n.reloading() and n.stopping()
+        ns.wait_for("STOPPING=1", 10)
+        f = ns.fields()
+        assert f[:3] == ["READY=1", "STATUS=2 machines", "WATCHDOG=1"]
+        assert "RELOADING=1" in f and any(x.startswith("MONOTONIC_USEC=") for x in f)
+        n.close()
+    finally:
+        ns.close()
+
+
+def test_notifier_is_silent_outside_systemd():
+    n = Notifier({})
+    assert not n.enabled and n.watchdog_interval is None and n.ready() is False
+    # The watchdog belongs to the main process only.
+    other = Notifier({"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None
+
+
+# --- the daemon as a process ------------------------------------------------------------
+
+
+def noise_wavs(folder: Path, n: int, seconds: float, seed: int = 0) -> list[Path]:
+    """Short recordings of noise at distinct, known levels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        x = (0.05 * (i + 1) * rng.standard_normal(int(seconds * SR))).clip(-1, 1).astype(np.float32)
+        p = folder / f"rec_{i:02d}.wav"
+        sf.write(p, x, SR, subtype="PCM_16")
+        out.append(p)
+    return out
+
+
+def bundle_manifest(bundle: Path) -> dict:
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as z:
+        return json.loads(z.read("manifest.json"))
+
+
+def write_config(path: Path, port: int, bundle: Path, source: str, *, machine: str = "", top: str = "",
+                 storage: str = "", alerts: str = "", device_id: str = "box1") -> Path:
+    workdir = path.parent
+    path.write_text(
+        f"""device_id = "{device_id}"
+stats_interval_s = 0.5
+shutdown_timeout_s = 30
+{top}
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+reconnect_min_s = 0.1
+reconnect_max_s = 0.5
+keepalive = 10
+[storage]
+outbox = "{workdir / 'state' / 'outbox.sqlite'}"
+{storage}
+[alerts]
+{alerts}
+[logging]
+level = "DEBUG"
+[[machines]]
+id = "fan1"
+bundle = "{bundle}"
+source = "{source}"
+{machine}
+"""
+    )
+    return path
+
+
+class Daemon:
+    """``edge-asd run`` in a subprocess, with its log lines collected as they come."""
+
+    def __init__(self, exe: str, config: Path, env: dict | None = None):
+        full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen([exe, "run", "--config", str(config)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=full_env)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_log(self, pattern: str, timeout: float = 60.0) -> re.Match:
+        rx = re.compile(pattern)
+
+        def found():
+            for line in self.lines:
+                m = rx.search(line)
+                if m:
+                    return m
+            return None
+
+        with self._cond:
+            ok = self._cond.wait_for(lambda: found() is not None or self.proc.poll() is not None, timeout)
+            m = found()
+        assert m is not None, f"no log line matching {pattern!r} (exit {self.proc.poll()}); log:\n" + self.log()
+        return m
+
+    def last_seq(self) -> int:
+        with self._cond:
+            seqs = [int(m.group(1)) for line in self.lines for m in [re.search(r"fan1: seq (\d+) score", line)] if m]
+        return max(seqs, default=0)
+
+    def wait_seq(self, n: int, timeout: float = 60.0) -> None:
+        self.wait_log(rf"fan1: seq {n} score", timeout)
+
+    def send(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 90.0) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
+
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def daemons():
+    """Daemons started by a test, killed if the test fails midway."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+def scores(sub, topic: str = "edge_asd/box1/fan1/score") -> list[dict]:
+    return [m.json() for m in sub.on(topic)]
+
+
+def unique_in_order(msgs: list[dict]) -> list[int]:
+    """Seqs in order of first arrival (QoS 1 may deliver a message twice; subscribers dedupe by seq)."""
+    seen, out = set(), []
+    for m in msgs:
+        if m["seq"] not in seen:
+            seen.add(m["seq"])
+            out.append(m["seq"])
+    return out
+
+
+def check_score_schema(msg: dict, model: str) -> None:
+    assert set(msg) == SCORE_KEYS, msg
+    assert msg["v"] == 1 and msg["model"] == model
+    assert isinstance(msg["seq"], int) and isinstance(msg["anomalous"], bool)
+    for k in ("score", "threshold", "p_target", "dbfs"):
+        assert isinstance(msg[k], float) and np.isfinite(msg[k]), (k, msg)
+    assert 0.0 <= msg["p_target"] <= 1.0
+    assert msg["ts"].endswith("Z")
+    ts = datetime.fromisoformat(msg["ts"])
+    assert ts.tzinfo is not None and ts.utcoffset() == timedelta(0)
+    assert msg["anomalous"] == (msg["score"] > msg["threshold"])
+
+
+def test_file_replay_end_to_end(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    model = bundle_manifest(tiny_bundle)["bundle_id"]
+    clip_s = float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0))
+    wavs = noise_wavs(tmp_path / "rec", 5, clip_s)
+    levels = [20 * np.log10(np.sqrt(np.mean(sf.read(w, dtype="float64")[0] ** 2))) for w in wavs]
+    one_wav = 2 * int(clip_s * SR) + 44
+    notify = NotifySocket(str(tmp_path / "notify"))
+    with Broker(tmp_path) as broker:
+        sub = broker.subscriber("edge_asd/#")
+        cfg = write_config(
+            tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"file:{tmp_path / 'rec'}",
+            machine="realtime = false\nthreshold = -1000.0\n",  # every clip anomalous: alerts and evidence
+            storage=f'evidence = "{tmp_path / "evidence"}"\nevidence_max_mb = {2.5 * one_wav / 1048576}\n',
+            alerts="raise_after = 2\nclear_after = 2\n",
+        )
+        d = Daemon(edge_asd_exe, cfg, env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"})
+        daemons.append(d)
+        assert d.wait(120) == 0, d.log()
+        assert broker.retained("edge_asd/box1/status") == b"stopped"
+        sub.wait_for(lambda _: len(scores(sub)) >= 5, what="5 scores")
+        msgs = scores(sub)
+        assert [m["seq"] for m in msgs] == [1, 2, 3, 4, 5]
+        for m, level in zip(msgs, levels):
+            check_score_schema(m, model)
+            assert m["threshold"] == -1000.0 and m["anomalous"] is True
+            assert m["dbfs"] == pytest.approx(level, abs=0.05)
+        ts = [datetime.fromisoformat(m["ts"]) for m in msgs]
+        assert all(b - a == timedelta(seconds=clip_s) for a, b in zip(ts, ts[1:])), "back-to-back replay timeline"
+
+        alerts = [m.json() for m in sub.on("edge_asd/box1/fan1/alert")]
+        assert len(alerts) == 1, "the state turned anomalous once and never cleared"
+        assert alerts[0]["state"] == "anomalous" and alerts[0]["seq"] == 2 and alerts[0]["model"] == model
+
+        states = [m.json()["state"] for m in sub.on("edge_asd/box1/fan1/source")]
+        assert states and states[-1] == "ended" and set(states) <= {"ok", "ended"}, states
+
+        # The heartbeat sent when the sources ended counts every clip.
+        sub.wait_for(lambda msgs: any(m.topic == "edge_asd/box1/stats" and m.json()["machines"]["fan1"]["clips"] == 5
+                                      for m in msgs), what="a heartbeat after the last clip")
+        last = [m.json() for m in sub.on("edge_asd/box1/stats") if m.json()["machines"]["fan1"]["clips"] == 5][0]
+        assert last["outbox_depth"] >= 0 and last["machines"]["fan1"]["source"] in ("ok", "ended")
+        for key in ("uptime_s", "rss_mb", "connected", "silent_sources", "failing_sources"):
+            assert key in last
+        lat = last["machines"]["fan1"]["latency_ms"]
+        assert set(lat) >= {"mean", "max", "median", "p95"}
+
+    ev = sorted((tmp_path / "evidence" / "fan1").glob("*.wav"))
+    assert len(ev) == 2, "anomalous clips are kept as evidence within the size cap"
+    assert [int(re.search(r"_seq(\d+)\.wav", p.name).group(1)) for p in ev] == [4, 5]
+    assert stat.S_IMODE(ev[0].stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "evidence").stat().st_mode) == 0o750
+
+    notify.wait_for("STOPPING=1")
+    fields = notify.fields()
+    assert fields.index("READY=1") < fields.index("STOPPING=1")
+    assert "WATCHDOG=1" in fields
+    notify.close()
+
+
+def test_broker_outage_loses_no_score_and_sigterm_stops_cleanly(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    noise_wavs(tmp_path / "rec", 2, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
+    with Broker(tmp_path) as broker:
+        # A persistent session: the broker keeps what arrives for it while it is away.
+        sub = broker.subscriber("edge_asd/box1/#", persistent=True)
+        cfg = write_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"file:{tmp_path / 'rec'}",
+                           machine="realtime = false\nloop = true\n")
+        d = Daemon(edge_asd_exe, cfg)
+        daemons.append(d)
+        sub.wait_for(lambda _: len(scores(sub)) >= 2, what="scores before the outage")
+        broker.stop()
+        d.wait_log("mqtt .*connection lost|cannot connect")
+        during = d.last_seq()
+        d.wait_seq(during + 4)  # several clips scored and journaled while the broker is away
+        broker.start()
+        target = d.last_seq()
+        sub.wait_for(lambda _: set(range(1, target + 1)) <= {m["seq"] for m in scores(sub)}, timeout=60,
+                     what=f"every seq up to {target} after the broker came back")
+        d.send(signal.SIGTERM)
+        assert d.wait(60) == 0, d.log()
+        final = d.last_seq()
+        sub.wait_for(lambda _: set(range(1, final + 1)) <= {m["seq"] for m in scores(sub)}, timeout=30,
+                     what=f"every seq up to {final} after SIGTERM")
+        assert unique_in_order(scores(sub)) == list(range(1, final + 1)), "delivered in order, none missing"
+        assert broker.retained("edge_asd/box1/status") == b"stopped"
+        assert "stop requested" in d.log()
+        sub.close()
+
+
+def test_sigkill_and_restart_delivers_the_journal_and_continues_seq(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    noise_wavs(tmp_path / "rec", 3, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
+    port = free_port()
+    cfg = write_config(tmp_path / "edge-asd.toml", port, tiny_bundle, f"file:{tmp_path / 'rec'}",
+                       machine="realtime = false\n")
+    # No broker at all: the scores can only go to the outbox on disk.
+    first = Daemon(edge_asd_exe, cfg)
+    daemons.append(first)
+    first.wait_log("every source has ended")
+    assert first.last_seq() == 3
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.wait(30) == -signal.SIGKILL
+    with Broker(tmp_path, port=port) as broker:
+        sub = broker.subscriber("edge_asd/box1/#")
+        second = Daemon(edge_asd_exe, cfg)
+        daemons.append(second)
+        assert second.wait(120) == 0, second.log()
+        assert "undelivered message(s) from before" in second.log()
+        sub.wait_for(lambda _: len(scores(sub)) >= 6, what="3 journaled + 3 new scores")
+        assert [m["seq"] for m in scores(sub)] == [1, 2, 3, 4, 5, 6]
+        assert broker.retained("edge_asd/box1/status") == b"stopped"
+
+
+def test_sighup_reloads_without_restarting_the_source(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    noise_wavs(tmp_path / "rec", 2, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
+    notify = NotifySocket(str(tmp_path / "notify"))
+    with Broker(tmp_path) as broker:
+        sub = broker.subscriber("edge_asd/box1/#")
+        path = tmp_path / "edge-asd.toml"
+        source = f"file:{tmp_path / 'rec'}"
+        write_config(path, broker.port, tiny_bundle, source, machine="realtime = false\nloop = true\n")
+        d = Daemon(edge_asd_exe, path, env={"NOTIFY_SOCKET": notify.address})
+        daemons.append(d)
+        d.wait_seq(2)
+        write_config(path, broker.port, tiny_bundle, source, machine="realtime = false\nloop = true\nthreshold = 1234.5\n")
+        d.send(signal.SIGHUP)
+        d.wait_log(r"reloaded: sources kept running for \['fan1'\]")
+        notify.wait_for("RELOADING=1")
+        sub.wait_for(lambda _: any(m["threshold"] == 1234.5 for m in scores(sub)), what="a score with the new threshold")
+        # A broken configuration is refused; the running one goes on.
+        path.write_text(path.read_text() + "raise_afer = 3\n")
+        d.send(signal.SIGHUP)
+        d.wait_log(r"reload failed, keeping the running configuration: .*raise_afer")
+        n = d.last_seq()
+        d.wait_seq(n + 2)
+        assert [m.json()["state"] for m in sub.on("edge_asd/box1/fan1/source")] == ["ok"], \
+            "the source was not restarted by either reload"
+        # A changed source is restarted (the machine's alert state and seq carry on).
+        noise_wavs(tmp_path / "rec2", 1, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)), seed=5)
+        write_config(path, broker.port, tiny_bundle, f"file:{tmp_path / 'rec2'}",
+                     machine="realtime = false\nloop = true\nthreshold = 1234.5\n")
+        d.send(signal.SIGHUP)
+        d.wait_log(r"reloaded: sources kept running for none; restarted \['fan1'\]")
+        sub.wait_for(lambda _: len(sub.on("edge_asd/box1/fan1/source")) == 2, what="the restarted source's state")
+        n = d.last_seq()
+        d.wait_seq(n + 2)
+        d.send(signal.SIGTERM)
+        assert d.wait(60) == 0, d.log()
+        msgs = scores(sub)
+        seqs = unique_in_order(msgs)
+        assert seqs == list(range(1, len(seqs) + 1)), "no score lost or reordered across reloads"
+        assert msgs[-1]["threshold"] == 1234.5
+        assert [m.json()["state"] for m in sub.on("edge_asd/box1/fan1/source")] == ["ok", "ok"]
+        assert notify.fields().count("READY=1") >= 4  # start, each reload
+    notify.close()
+
+
+def test_a_silent_source_is_reported(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    clip_s = float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0))
+    (tmp_path / "rec").mkdir()
+    sf.write(tmp_path / "rec" / "dead.wav", np.zeros(int(clip_s * SR), dtype=np.float32), SR, subtype="PCM_16")
+    with Broker(tmp_path) as broker:
+        sub = broker.subscriber("edge_asd/box1/#")
+        cfg = write_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"file:{tmp_path / 'rec'}",
+                           machine="realtime = false\nloop = true\n", alerts="silence_clips = 2\n")
+        d = Daemon(edge_asd_exe, cfg)
+        daemons.append(d)
+        sub.wait_for(lambda _: any(m.json()["state"] == "silent" for m in sub.on("edge_asd/box1/fan1/source")),
+                     what="the source reported silent")
+        sub.wait_for(lambda _: any(m.json()["silent_sources"] == ["fan1"] for m in sub.on("edge_asd/box1/stats")),
+                     what="a heartbeat naming the silent source")
+        d.wait_log(r"machine fan1: source is silent \(2 clips below -80 dBFS\)")
+        d.send(signal.SIGTERM)
+        assert d.wait(60) == 0, d.log()
+        assert all(m["dbfs"] < -80 for m in scores(sub))
+        retained = json.loads(broker.retained("edge_asd/box1/fan1/source"))
+        assert retained["state"] == "silent", "the source state is retained for dashboards that subscribe later"
+
+
+def test_validate_config_loads_the_bundle(tiny_bundle, edge_asd_exe, tmp_path):
+    noise_wavs(tmp_path / "rec", 1, 2.0)
+    cfg = write_config(tmp_path / "ok.toml", 1883, tiny_bundle, f"file:{tmp_path / 'rec'}")
+    proc = subprocess.run([edge_asd_exe, "run", "--config", str(cfg), "--validate-config"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "configuration OK" in proc.stdout and bundle_manifest(tiny_bundle)["bundle_id"] in proc.stdout
+    bad = write_config(tmp_path / "bad.toml", 1883, tiny_bundle, f"file:{tmp_path / 'rec'}", machine='section = "77"\n')
+    proc = subprocess.run([edge_asd_exe, "run", "--config", str(bad), "--validate-config"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "machines[0].section" in lines[0] and "'77'" in lines[0], proc.stderr
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=f"virtual microphone unavailable: {unavailable_reason()}")
+def test_microphone_to_mqtt(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    t = np.arange(2 * SR) / SR
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, 0.5 * np.sin(2 * np.pi * 1000 * t), SR, subtype="PCM_16")
+    with VirtualMic(rate=SR, channels=1) as mic, Broker(tmp_path) as broker:
+        mic.feed(wav, loop=True)
+        sub = broker.subscriber("edge_asd/box1/#")
+        cfg = write_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"mic:{DEVICE}",
+                           machine="samplerate = 48000\nhop_seconds = 1.0\n")
+        d = Daemon(edge_asd_exe, cfg, env=mic.env)
+        daemons.append(d)
+        sub.wait_for(lambda _: len(scores(sub)) >= 2, timeout=60, what="two scores from the microphone")
+        d.send(signal.SIGTERM)
+        assert d.wait(60) == 0, d.log()
+        model = bundle_manifest(tiny_bundle)["bundle_id"]
+        msgs = scores(sub)
+        for m in msgs:
+            check_score_schema(m, model)
+            assert m["dbfs"] == pytest.approx(-9.03, abs=0.5), "a 0.5 amplitude tone through PortAudio at 48 kHz"
+        assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
+        ts = [datetime.fromisoformat(m["ts"]) for m in msgs]
+        # Clip ends come from sample counts and the callback's clock: hop_seconds apart, give or take
+        # the scheduling of PortAudio's callback.
+        assert abs((ts[1] - ts[0]).total_seconds() - 1.0) < 0.5, "clips every hop_seconds"
+        assert "capturing from 'pulse'" in d.log() and "at 48000 Hz" in d.log()
+        assert broker.retained("edge_asd/box1/status") == b"stopped"
+
+
+# --- the shipped examples, together --------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def test_shipped_broker_and_daemon_examples_work_together(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    """deploy/mosquitto.example.conf + deploy/config.example.toml: password (as a systemd credential) over TLS."""
+    import paho.mqtt.client as mqtt
+
+    require_mosquitto(tls=True, auth=True)
+    plain_port, tls_port = free_port(), free_port()
+    ca = make_ca(tmp_path / "tls")
+    server = make_leaf(tmp_path / "tls", "server", ca, server=True)
+    passwd = tmp_path / "passwd"
+    subprocess.run([MOSQUITTO_PASSWD, "-b", "-c", str(passwd), "edge-asd", "s3cret"], check=True, capture_output=True)
+    conf = (DEPLOY / "mosquitto.example.conf").read_text()
+    conf = conf.replace("listener 1883 127.0.0.1", f"listener {plain_port} 127.0.0.1")
+    conf = conf.replace("listener 8883", f"listener {tls_port} 127.0.0.1")
+    conf = conf.replace("/etc/mosquitto/passwd", str(passwd))
+    conf = conf.replace("/etc/mosquitto/certs/ca.crt", str(ca[0]))
+    conf = conf.replace("/etc/mosquitto/certs/server.crt", str(server[0]))
+    conf = conf.replace("/etc/mosquitto/certs/server.key", str(server[1]))
+    conf = conf.replace("/var/lib/mosquitto/", f"{tmp_path}/")
+    if os.geteuid() == 0:  # mosquitto would drop to its own user, which cannot read pytest's folders
+        import pwd
+
+        conf += f"user {pwd.getpwuid(0).pw_name}\n"
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    log = open(tmp_path / "mosquitto.log", "wb")
+    broker = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", tls_port), timeout=0.5).close()
+                break
+            except OSError:
+                assert broker.poll() is None and time.monotonic() < deadline, (tmp_path / "mosquitto.log").read_text()
+                time.sleep(0.05)
+
+        received: list[tuple[str, bytes]] = []
+        subscribed = threading.Event()
+        sub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="example-sub")
+        sub.username_pw_set("edge-asd", "s3cret")
+        sub.tls_set(ca_certs=str(ca[0]))
+        sub.on_connect = lambda c, u, f, r, p: c.subscribe("edge_asd/#", qos=1)
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.on_message = lambda c, u, m: received.append((m.topic, bytes(m.payload)))
+        sub.connect("127.0.0.1", tls_port)
+        sub.loop_start()
+        assert subscribed.wait(20)
+
+        noise_wavs(tmp_path / "rec", 2, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
+        text = (DEPLOY / "config.example.toml").read_text()
+        for key in ("username", "password_credential", "tls_ca"):
+            text = re.sub(rf"(?m)^#({key} = )", r"\1", text)
+        text = text.replace("/etc/edge-asd/ca.crt", str(ca[0])).replace("port = 1883", f"port = {tls_port}")
+        text = text.replace("/opt/edge-asd/bundles/pump.asd", str(tiny_bundle))
+        text = text.replace("/var/lib/edge-asd", str(tmp_path / "state"))
+        text = text.replace('source = "mic:default"', f'source = "file:{tmp_path / "rec"}"')
+        text = text.replace("realtime = true", "realtime = false")
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(text)
+        creds = tmp_path / "creds"
+        creds.mkdir()
+        (creds / "mqtt_password").write_text("s3cret\n")
+
+        d = Daemon(edge_asd_exe, cfg, env={"CREDENTIALS_DIRECTORY": str(creds)})
+        daemons.append(d)
+        assert d.wait(120) == 0, d.log()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+            len([t for t, _ in received if t.endswith("/score")]) < 2
+            or ("edge_asd/line1-edge/status", b"stopped") not in received
+        ):
+            time.sleep(0.05)
+        got = [json.loads(p) for t, p in received if t == "edge_asd/line1-edge/pump1/score"]
+        assert [m["seq"] for m in got] == [1, 2], received
+        assert ("edge_asd/line1-edge/status", b"stopped") in received
+        assert "s3cret" not in d.log(), "the password never reaches the log"
+        sub.loop_stop()
+        sub.disconnect()
+    finally:
+        broker.terminate()
+        broker.wait(15)
+        log.close()

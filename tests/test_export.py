@@ -1,0 +1,111 @@
+"""Export to ONNX, precision variants, and offline scoring parity with torch."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edge_asd.audio import clip_segments
+from edge_asd.bundle import open_bundle
+from edge_asd.dcase import list_clips
+from edge_asd.metrics import evaluate_sections, labelled_metrics
+from edge_asd.runtime import load_scorer
+
+
+def test_onnx_graph_contract(tiny_bundle):
+    import onnx
+
+    b = open_bundle(tiny_bundle)
+    model = onnx.load_from_string(b.read(b.manifest["members"][0]["model"]))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    (inp,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims[1] == 32000 and isinstance(dims[0], str)  # dynamic batch
+    assert [o.name for o in model.graph.output] == ["embedding", "domain_logit"]
+    # the front end is a fixed DFT, not an STFT operator
+    ops = {n.op_type for n in model.graph.node}
+    assert "STFT" not in ops and "DFT" not in ops
+
+
+def test_onnx_matches_torch_on_real_audio(tiny_run, tiny_bundle, tiny_data):
+    from export.onnx_export import relative_error, torch_embed
+    from train.embed import load_extractor
+
+    clip = list_clips(tiny_data, "fan", "test")[0].path
+    segs = clip_segments(clip)
+    ref, ref_logit = torch_embed(load_extractor(tiny_run), segs)
+    scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
+    got, got_logit = scorer.members[0].backend.run(segs)
+    assert relative_error(ref, got) < 1e-4
+    assert np.allclose(ref_logit, got_logit, atol=1e-4 * max(1.0, np.abs(ref_logit).max()))
+
+
+def test_score_and_evaluate_match_torch(tiny_run, tiny_bundle, tiny_data, edge_asd_exe, tmp_path):
+    from train.evaluate import embed_test, score_embedded
+
+    out = tmp_path / "sub"
+    r = subprocess.run([edge_asd_exe, "score", str(tiny_bundle), str(tiny_data / "fan" / "test"), "--out", str(out), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [f"{k}_fan_section_{s}_test.csv" for k in ("anomaly_score", "decision_result") for s in ("00", "01")]
+    runtime = evaluate_sections(out)
+    from train.stage2 import default_approach
+
+    approach = default_approach(tiny_run)
+    torch_scored = score_embedded(tiny_run, embed_test(tiny_run, tiny_data, "fan", progress=False), approach)
+    for (machine, section), m in runtime.items():
+        sel = torch_scored["sections"] == section
+        names = torch_scored["names"][sel]
+        ref = labelled_metrics(["_anomaly_" in n for n in names], torch_scored["domains"][sel] == "target", torch_scored["scores"][sel])
+        for key in ("auc_source", "auc_target", "pauc"):
+            assert abs(getattr(m, key) - getattr(ref, key)) <= 0.005, (section, key)
+    r = subprocess.run([edge_asd_exe, "evaluate", str(out), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0
+    result = json.loads(r.stdout)
+    assert set(result["machines"]["fan"]["sections"]) == {"00", "01"}
+    assert 0 <= result["official_score"] <= 1
+
+
+def test_score_skips_bad_files_and_keeps_the_rest(tiny_bundle, tiny_data, edge_asd_exe, tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    good = list_clips(tiny_data, "fan", "test")[:3]
+    for c in good:
+        (clips / c.name).write_bytes(c.path.read_bytes())
+    sf.write(clips / "section_00_source_test_normal_0999_x_1.wav", np.zeros((32000, 2)), 16000)
+    r = subprocess.run([edge_asd_exe, "score", str(tiny_bundle), str(clips), "--out", str(tmp_path / "o"), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "section_00_source_test_normal_0999_x_1.wav: 2 channels, expected mono" in r.stderr
+    rows = sum(len(p.read_text().splitlines()) for p in (tmp_path / "o").glob("anomaly_score_*.csv"))
+    assert rows == 3
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_bundles(tiny_run, tmp_path, precision):
+    from export.pack import build_bundle
+
+    path = build_bundle(tiny_run, tmp_path / f"{precision}.asd", precision=precision, progress=False)
+    b = open_bundle(path)
+    report = b.manifest["precision"]
+    assert b.manifest["members"][0]["precision"] == precision
+    assert "proxy_auc_change" in report and np.isfinite(report["proxy_auc_change"])
+    assert report["embedding_relative_error"] < (0.05 if precision == "fp16" else 0.5)
+    if precision == "int8":
+        scorer = load_scorer(path, backend="onnx-cpu")
+        res = scorer.score(np.random.default_rng(0).normal(size=64000).astype(np.float32))
+        assert np.isfinite(res.score)
+
+
+def test_tensorrt_engine(tiny_run, tmp_path):
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed here (CI has no GPU); engines are built on the device")
+    from export.pack import build_bundle
+
+    path = build_bundle(tiny_run, tmp_path / "trt.asd", fmt="tensorrt", precision="fp16", progress=False)
+    scorer = load_scorer(path, backend="tensorrt")
+    assert scorer.backend_name == "tensorrt"

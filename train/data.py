@@ -1,0 +1,540 @@
+"""Stage-1 data: clip inventory and split, per-clip statistics, the outlier-exposure batch sampler.
+
+What the report (Sections 2.1-2.4, 3.1) asks of a training batch:
+
+* normal clips of the target machine type (t = 1) from ``DATA/<machine>/train``;
+  pseudo-anomalous clips (t = 0) from the other machine types' ``train`` folders
+  and from an optional folder of any other sounds (AudioSet in the report);
+* ``r_train`` of each section's source clips and six target clips per section for
+  training, the rest held out (validation here, inlier models in stage 2);
+* t at 1:1 within a mini-batch, and at least one target-domain clip in each;
+* with the domain head: 1/4 source normals (d = 0), 1/4 pseudo-target data made by
+  Mixup of target-domain normals and pseudo-anomalous data (d = t = the mixing
+  ratio), the rest pseudo-anomalous (d = t = 0);
+* every example a random 2 s crop of a clip standardized over the whole clip.
+
+Scale: the DCASE development set alone is tens of thousands of 10 s clips, and
+AudioSet millions, so clips are not preloaded unless they fit a memory budget.
+Each clip's mean and standard deviation are computed once (cached in SQLite,
+keyed by path, size and modification time) and a training example reads only its
+crop by seeking. Every random choice of an epoch (clips, crops, Mixup partners and
+ratios) is drawn by the batch sampler from ``(seed, epoch)`` alone, so a run is
+repeatable whatever the number of DataLoader workers, and a resumed run draws
+exactly the batches the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from edge_asd.audio import SAMPLE_RATE, SegmentSpec, clip_segments, read_audio
+from edge_asd.dcase import AUDIO_EXTENSIONS, list_clips, list_machines
+from edge_asd.errors import AudioError, DataError
+
+# --- per-clip statistics --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipStats:
+    n_samples: int
+    mean: float
+    std: float
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edge-asd"
+
+
+class ClipStatsCache:
+    """SQLite map ``(absolute path, size, mtime) -> (n_samples, mean, std)``.
+
+    A file that changes gets a new key, so stale statistics are never used. Only
+    clips that passed :func:`edge_asd.audio.read_audio`'s checks are stored.
+    """
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), timeout=60.0)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS clip_stats (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+            " n_samples INTEGER, mean REAL, std REAL)"
+        )
+
+    @staticmethod
+    def key(path: Path) -> tuple[str, int, int]:
+        st = path.stat()
+        return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+    def get_many(self, keys: Sequence[tuple[str, int, int]]) -> dict[str, ClipStats]:
+        found: dict[str, ClipStats] = {}
+        cur = self._db.cursor()
+        for lo in range(0, len(keys), 500):
+            chunk = keys[lo : lo + 500]
+            rows = cur.execute(
+                f"SELECT path, size, mtime_ns, n_samples, mean, std FROM clip_stats WHERE path IN ({','.join('?' * len(chunk))})",
+                [k[0] for k in chunk],
+            ).fetchall()
+            wanted = {k[0]: k for k in chunk}
+            for p, size, mtime, n, mean, std in rows:
+                if wanted[p][1:] == (size, mtime):
+                    found[p] = ClipStats(int(n), float(mean), float(std))
+        return found
+
+    def put_many(self, items: Sequence[tuple[tuple[str, int, int], ClipStats]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO clip_stats VALUES (?, ?, ?, ?, ?, ?)",
+                [(k[0], k[1], k[2], s.n_samples, s.mean, s.std) for k, s in items],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def measure_clip(path: Path) -> ClipStats:
+    """Mean and standard deviation of a whole clip, as :func:`edge_asd.audio.standardize` computes them."""
+    x = read_audio(path).astype(np.float64)
+    mean = float(x.mean())
+    return ClipStats(x.size, mean, float((x - mean).std()))
+
+
+def clip_statistics(paths: Sequence[Path], cache: ClipStatsCache | None, threads: int = 8) -> list[ClipStats]:
+    """Statistics of every clip, reading only those the cache lacks (in parallel threads:
+    libsndfile and numpy release the GIL). Bad audio raises :class:`AudioError` naming the file."""
+    for p in paths:
+        if not p.is_file():
+            raise AudioError(f"{p}: no such file")
+    keys = [ClipStatsCache.key(p) for p in paths]
+    known = cache.get_many(keys) if cache is not None else {}
+    todo = [i for i, k in enumerate(keys) if k[0] not in known]
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            measured = list(pool.map(lambda i: measure_clip(paths[i]), todo))
+        if cache is not None:
+            cache.put_many([(keys[i], s) for i, s in zip(todo, measured)])
+        for i, s in zip(todo, measured):
+            known[keys[i][0]] = s
+    return [known[k[0]] for k in keys]
+
+
+def read_crop(path: Path, stats: ClipStats, offset: int, length: int) -> np.ndarray:
+    """Samples ``[offset, offset + length)`` of the standardized clip, reading only those.
+
+    Bit-identical to ``standardize(read_audio(path))[offset:offset + length]``.
+    """
+    x, _ = sf.read(str(path), start=offset, stop=offset + length, dtype="float32", always_2d=False)
+    return standardize_with(np.asarray(x).reshape(-1), stats)
+
+
+def standardize_with(x: np.ndarray, stats: ClipStats) -> np.ndarray:
+    if stats.std < 1e-8:  # a silent clip, as standardize() treats it
+        return np.zeros(x.size, dtype=np.float32)
+    return ((x.astype(np.float64) - stats.mean) / stats.std).astype(np.float32)
+
+
+# --- inventory and split ---------------------------------------------------------------
+
+
+def list_audio_files(folder: Path) -> list[Path]:
+    """Every .wav/.flac under ``folder`` (recursively), sorted."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
+
+
+@dataclass
+class ClipTable:
+    """Every clip a training batch can draw from; pools index into it."""
+
+    paths: list[Path]
+    stats: list[ClipStats]
+    normal: np.ndarray  # bool: target machine (t = 1)
+    section: np.ndarray  # int: section index, -1 for pseudo-anomalous clips
+    target: np.ndarray  # bool: target domain
+    audio: list[np.ndarray] | None = None  # standardized clips when held in memory
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([s.n_samples for s in self.stats], dtype=np.int64)
+
+
+@dataclass
+class Pools:
+    source: np.ndarray  # training normals, source domain
+    target: np.ndarray  # training normals, target domain
+    machines: np.ndarray  # other machine types
+    outliers: np.ndarray  # the outliers folder
+
+    @property
+    def anomalous(self) -> bool:
+        return bool(self.machines.size or self.outliers.size)
+
+
+@dataclass
+class PreparedData:
+    machine: str
+    sections: list[str]
+    table: ClipTable
+    pools: Pools
+    split: dict  # what split.json holds
+    heldout: list[tuple[Path, int, str]]  # (path, section index, domain) of held-out normals
+    skipped: list[Path] = field(default_factory=list)
+
+
+def split_normals(
+    clips: Sequence, sections: Sequence[str], r_train: float, n_target_train: int, seed: int
+) -> dict[Path, str]:
+    """``train``/``heldout`` for each normal clip: per section, a seeded ``r_train`` share of the
+    source clips and ``n_target_train`` target clips train the extractor; the rest are held out."""
+    rng = np.random.default_rng([seed, 0x5EC])
+    out: dict[Path, str] = {}
+    for sec in sections:
+        for domain in ("source", "target"):
+            group = sorted((c for c in clips if c.section == sec and (c.domain or "source") == domain), key=lambda c: c.name)
+            if not group:
+                continue
+            n_train = min(n_target_train, len(group)) if domain == "target" else max(1, int(round(r_train * len(group))))
+            chosen = set(rng.permutation(len(group))[:n_train].tolist())
+            for i, c in enumerate(group):
+                out[c.path] = "train" if i in chosen else "heldout"
+    return out
+
+
+def prepare_data(cfg, rank: int = 0, threads: int | None = None) -> PreparedData:
+    """Inventory, statistics and split for ``cfg`` (a :class:`train.config.TrainConfig`)."""
+    data = Path(cfg.data)
+    seg = cfg.segment_samples
+    own = [c for c in list_clips(data, cfg.machine, "train") if c.label in (None, "normal")]
+    others: list[Path] = []
+    per_machine: dict[str, int] = {}
+    for m in list_machines(data):
+        if m == cfg.machine or not (data / m / "train").is_dir():
+            continue
+        files = list_audio_files(data / m / "train")
+        per_machine[m] = len(files)
+        others += files
+    outliers = list_audio_files(Path(cfg.outliers)) if cfg.outliers is not None else []
+    if cfg.outliers is not None and not outliers:
+        raise DataError(f"{cfg.outliers}: outliers folder holds no .wav or .flac files")
+
+    cache = ClipStatsCache(Path(cfg.cache_dir or default_cache_dir()) / "clip_stats.sqlite")
+    threads = threads if threads is not None else min(16, os.cpu_count() or 1)
+    try:
+        own_stats = clip_statistics([c.path for c in own], cache, threads)
+        other_stats = clip_statistics(others + outliers, cache, threads)
+    finally:
+        cache.close()
+
+    skipped = [c.path for c, s in zip(own, own_stats) if s.n_samples < seg]
+    skipped += [p for p, s in zip(others + outliers, other_stats) if s.n_samples < seg]
+    if skipped and rank == 0:
+        shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warnings.warn(f"skipped {len(skipped)} clip(s) shorter than {cfg.segment_seconds:g} s: {shown}", stacklevel=2)
+    own_ok = [(c, s) for c, s in zip(own, own_stats) if s.n_samples >= seg]
+    if not own_ok:
+        raise DataError(f"{data / cfg.machine / 'train'}: no normal clip of at least {cfg.segment_seconds:g} s")
+    sections = sorted({c.section for c, _ in own_ok})
+    sec_index = {s: i for i, s in enumerate(sections)}
+    split = split_normals([c for c, _ in own_ok], sections, cfg.r_train, cfg.n_target_train, cfg.seed)
+
+    paths: list[Path] = []
+    stats: list[ClipStats] = []
+    normal, section, target = [], [], []
+    heldout: list[tuple[Path, int, str]] = []
+    for c, s in own_ok:
+        if split[c.path] == "heldout":
+            heldout.append((c.path, sec_index[c.section], c.domain or "source"))
+            continue
+        paths.append(c.path)
+        stats.append(s)
+        normal.append(True)
+        section.append(sec_index[c.section])
+        target.append(c.domain == "target")
+    n_own = len(paths)
+    n_machine_ok = 0
+    for i, (p, s) in enumerate(zip(others + outliers, other_stats)):
+        if s.n_samples < seg:
+            continue
+        n_machine_ok += i < len(others)
+        paths.append(p)
+        stats.append(s)
+        normal.append(False)
+        section.append(-1)
+        target.append(False)
+    normal_a, target_a = np.array(normal, bool), np.array(target, bool)
+    idx = np.arange(len(paths))
+    pools = Pools(
+        source=idx[:n_own][~target_a[:n_own]],
+        target=idx[:n_own][target_a[:n_own]],
+        machines=idx[n_own : n_own + n_machine_ok],
+        outliers=idx[n_own + n_machine_ok :],
+    )
+    if not pools.anomalous:
+        raise DataError(
+            f"{data}: no pseudo-anomalous data: the data set has no other machine type with train clips "
+            "and no outliers folder was given"
+        )
+    if pools.source.size == 0:
+        raise DataError(f"{data / cfg.machine / 'train'}: no source-domain normal clip left for training")
+    if cfg.domain_head and pools.target.size == 0:
+        raise DataError(
+            f"{data / cfg.machine / 'train'}: the domain head needs target-domain training clips "
+            "(n_target_train > 0 and target clips in the data), or turn domain_head off"
+        )
+
+    table = ClipTable(paths, stats, normal_a, np.array(section, np.int64), target_a)
+    total_mb = sum(s.n_samples for s in stats) * 4 / 2**20
+    if total_mb <= cfg.memory_cache_mb:
+        # Small sets: hold the standardized clips in RAM (DataLoader workers share
+        # them copy-on-write) instead of opening a file per example.
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            table.audio = list(pool.map(lambda ps: standardize_with(read_audio(ps[0]), ps[1]), zip(paths, stats)))
+
+    split_doc = {
+        "machine": cfg.machine,
+        "sections": sections,
+        "seed": cfg.seed,
+        "r_train": cfg.r_train,
+        "n_target_train": cfg.n_target_train,
+        "clips": [
+            {
+                "name": c.name,
+                "path": c.path.relative_to(data).as_posix() if c.path.is_relative_to(data) else str(c.path),
+                "section": c.section,
+                "domain": c.domain or "source",
+                "split": split[c.path],
+            }
+            for c, _ in own_ok
+        ],
+        "pseudo_anomalous": {
+            "machines": per_machine,
+            "outliers": str(cfg.outliers) if cfg.outliers is not None else None,
+            "n_outliers": int(pools.outliers.size),
+        },
+        "skipped_short": [str(p) for p in skipped],
+    }
+    return PreparedData(cfg.machine, sections, table, pools, split_doc, heldout, skipped)
+
+
+# --- batches -------------------------------------------------------------------------------
+
+# One training example: (clip, crop offset, Mixup partner or -1, partner offset, weight of the clip).
+Slot = tuple[int, int, int, int, float]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch_size: int = 128
+    domain_mode: bool = True
+    mixup: bool = False
+    mixup_alpha: float = 0.2
+    domain_mixup_alpha: float = 1.0
+    min_target_per_batch: int = 1
+    outlier_fraction: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg) -> "BatchPlan":
+        return cls(
+            batch_size=cfg.batch_size,
+            domain_mode=cfg.domain_head,
+            mixup=cfg.mixup,
+            mixup_alpha=cfg.mixup_alpha,
+            domain_mixup_alpha=cfg.domain_mixup_alpha,
+            min_target_per_batch=cfg.min_target_per_batch,
+            outlier_fraction=cfg.outlier_fraction,
+        )
+
+
+class OEBatchSampler:
+    """Yields each step's examples as :data:`Slot` tuples; see the module docstring.
+
+    Composition of a global batch of B:
+
+    * without the domain head: B/2 normals (``min_target_per_batch`` of them from the
+      target domain, the rest source) and B/2 pseudo-anomalous clips;
+    * with it (Section 2.4): B/4 source normals, B/4 pseudo-target Mixups
+      (target normal x pseudo-anomalous, ratio ~ Beta(domain_mixup_alpha)), and
+      B/2 pseudo-anomalous clips.
+
+    With ``mixup`` every normal slot is mixed with a pseudo-anomalous clip and every
+    pseudo-anomalous slot with a source normal, ratio ~ Beta(mixup_alpha), so the
+    expected t stays at 1:1. An epoch passes every source training clip once.
+
+    Multi-process (DDP) runs: every rank draws the same global batch and takes the
+    slots ``rank::world_size`` of a seeded shuffle of it, which is what a
+    DistributedSampler does for a plain index list.
+    """
+
+    def __init__(
+        self,
+        pools: Pools,
+        lengths: np.ndarray,
+        segment_samples: int,
+        plan: BatchPlan,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if plan.batch_size % world_size:
+            raise ValueError(f"batch size {plan.batch_size} is not a multiple of the {world_size} processes")
+        self.pools = pools
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.segment = int(segment_samples)
+        self.plan = plan
+        self.seed = int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        b = plan.batch_size
+        if plan.domain_mode:
+            self.n_source, self.n_target = b // 4, 0
+            self.n_pseudo_target = b // 4
+        else:
+            self.n_target = min(plan.min_target_per_batch, b // 2) if pools.target.size else 0
+            self.n_source = b // 2 - self.n_target
+            self.n_pseudo_target = 0
+        if self.n_source < 1:
+            raise ValueError(f"batch size {b} leaves no slot for a source-domain clip")
+        self.n_anomalous = b - self.n_source - self.n_target - self.n_pseudo_target
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.pools.source.size / self.n_source)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[list[Slot]]:
+        rng = np.random.default_rng([self.seed, 0xBA7C, self.epoch])
+        need = self.steps_per_epoch * self.n_source
+        reps = math.ceil(need / self.pools.source.size)
+        stream = np.concatenate([self.pools.source[rng.permutation(self.pools.source.size)] for _ in range(reps)])
+        for step in range(self.steps_per_epoch):
+            batch = self._batch(rng, stream[step * self.n_source : (step + 1) * self.n_source])
+            order = rng.permutation(len(batch))
+            yield [batch[i] for i in order[self.rank :: self.world_size]]
+
+    def _crop(self, rng: np.random.Generator, clip: int) -> int:
+        return int(rng.integers(0, self.lengths[clip] - self.segment + 1))
+
+    def _anomaly(self, rng: np.random.Generator) -> int:
+        p = self.pools
+        use_outliers = p.outliers.size and (not p.machines.size or rng.random() < self.plan.outlier_fraction)
+        pool = p.outliers if use_outliers else p.machines
+        return int(pool[rng.integers(pool.size)])
+
+    def _slot(self, rng: np.random.Generator, clip: int, partner: int = -1, alpha: float = 0.0) -> Slot:
+        if partner < 0:
+            return (clip, self._crop(rng, clip), -1, 0, 1.0)
+        lam = float(rng.beta(alpha, alpha))
+        return (clip, self._crop(rng, clip), partner, self._crop(rng, partner), lam)
+
+    def _batch(self, rng: np.random.Generator, sources: np.ndarray) -> list[Slot]:
+        plan, pools = self.plan, self.pools
+        normals = [int(i) for i in sources]
+        normals += [int(pools.target[rng.integers(pools.target.size)]) for _ in range(self.n_target)]
+        batch: list[Slot] = []
+        for clip in normals:
+            partner = self._anomaly(rng) if plan.mixup else -1
+            batch.append(self._slot(rng, clip, partner, plan.mixup_alpha))
+        for _ in range(self.n_pseudo_target):
+            clip = int(pools.target[rng.integers(pools.target.size)])
+            batch.append(self._slot(rng, clip, self._anomaly(rng), plan.domain_mixup_alpha))
+        for _ in range(self.n_anomalous):
+            clip = self._anomaly(rng)
+            partner = int(pools.source[rng.integers(pools.source.size)]) if plan.mixup else -1
+            batch.append(self._slot(rng, clip, partner, plan.mixup_alpha))
+        return batch
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Turns a :data:`Slot` into a standardized (possibly mixed) crop and its soft labels.
+
+    Labels are linear in the Mixup, so each follows from the mixed clips' own:
+    ``t = l t_a + (1 - l) t_b``; section target ``l t_a y_a + (1 - l) t_b y_b``;
+    domain ``d = l t_a [a is target] + (1 - l) t_b [b is target]``.
+    """
+
+    def __init__(self, table: ClipTable, n_sections: int, segment_samples: int):
+        self.table = table
+        self.k = n_sections
+        self.segment = segment_samples
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _crop(self, clip: int, offset: int) -> np.ndarray:
+        if self.table.audio is not None:
+            return self.table.audio[clip][offset : offset + self.segment]
+        return read_crop(self.table.paths[clip], self.table.stats[clip], offset, self.segment)
+
+    def _labels(self, clip: int, weight: float, section: np.ndarray) -> tuple[float, float]:
+        if not self.table.normal[clip]:
+            return 0.0, 0.0
+        section[self.table.section[clip]] += weight
+        return weight, weight * float(self.table.target[clip])
+
+    def __getitem__(self, slot: Slot) -> dict[str, torch.Tensor]:
+        clip, offset, partner, partner_offset, lam = slot
+        section = np.zeros(self.k, dtype=np.float32)
+        wave = self._crop(clip, offset)
+        t, d = self._labels(clip, lam, section)
+        if partner >= 0:
+            wave = lam * wave + (1.0 - lam) * self._crop(partner, partner_offset)
+            t2, d2 = self._labels(partner, 1.0 - lam, section)
+            t, d = t + t2, d + d2
+        return {
+            "wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+            "t": torch.tensor(t, dtype=torch.float32),
+            "section": torch.from_numpy(section),
+            "d": torch.tensor(d, dtype=torch.float32),
+        }
+
+
+# --- whole clips (validation, embedding) -------------------------------------------------------
+
+
+def iter_clip_batches(
+    paths: Sequence[Path], spec: SegmentSpec = SegmentSpec(), batch_clips: int = 16, threads: int = 4
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first clip index, segments [n, S, T*sr])`` for consecutive groups of clips.
+
+    Each clip is read, standardized and cut by :func:`edge_asd.audio.clip_segments`,
+    the same code the device runs. The next group is read in threads while the
+    caller computes on the current one; only two groups are ever held.
+    """
+    if spec.sample_rate != SAMPLE_RATE:
+        raise ValueError("the extractor runs at 16 kHz")
+    groups = [list(range(lo, min(lo + batch_clips, len(paths)))) for lo in range(0, len(paths), batch_clips)]
+    if not groups:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        def submit(g: list[int]):
+            return [pool.submit(clip_segments, paths[i], spec) for i in g]
+
+        pending = submit(groups[0])
+        for gi, g in enumerate(groups):
+            current = pending
+            if gi + 1 < len(groups):
+                pending = submit(groups[gi + 1])
+            yield g[0], np.stack([f.result() for f in current])

@@ -1,0 +1,495 @@
+"""Stage 1: train the outlier-exposure feature extractor (report Sections 2.1-2.4, 3.1).
+
+    run_dir = train_extractor(TrainConfig(data=..., machine="fan", out="runs/fan"))
+
+The run folder then holds::
+
+    config.json              the full TrainConfig
+    split.json               every normal clip of the machine: train or heldout; the section order
+    losses.csv               step, epoch, lr, loss, l_machine, l_section, l_domain (every step)
+    validation.csv           held-out section accuracy per epoch (epoch 0: before training)
+    checkpoints/last.pt      full training state after the latest epoch (what resume reads)
+    checkpoints/epoch_NNNN.pt  snapshots every `checkpoint_every` epochs (same content; copy one
+                             over last.pt to resume from it)
+    checkpoints/extractor.pt final weights + the model config: all load_extractor() needs
+
+Multi-GPU: launch with ``torchrun --nproc-per-node N``; with WORLD_SIZE > 1 each
+process trains on its share of every global batch under DistributedDataParallel
+and only rank 0 writes. ``batch_size`` is the global batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from edge_asd.audio import SegmentSpec
+from edge_asd.errors import ConfigError, DataError, UserError
+
+from .config import TrainConfig
+from .data import BatchPlan, CropDataset, OEBatchSampler, PreparedData, iter_clip_batches, prepare_data
+from .frontend import strict_fp32
+from .losses import LossTerms, LossWeights, oe_loss
+from .models import Extractor, build_extractor
+
+log = logging.getLogger(__name__)
+
+EXTRACTOR_FORMAT = "edge-asd-extractor"
+EXTRACTOR_VERSION = 1
+LOSS_COLUMNS = ["step", "epoch", "lr", "loss", "l_machine", "l_section", "l_domain"]
+VALIDATION_COLUMNS = ["epoch", "step", "n_clips", "section_acc", "section_acc_source", "section_acc_target", "section_loss"]
+
+
+# --- where it runs ------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Single process, or one DDP process of a ``torchrun`` launch (WORLD_SIZE > 1)."""
+    dev = resolve_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Runtime(dev)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    initialized = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        initialized = True
+    return Runtime(dev, dist.get_rank(), dist.get_world_size(), initialized)
+
+
+# --- one optimisation step ----------------------------------------------------------------
+
+
+class TrainForward(nn.Module):
+    """The training forward's precision policy: fp32 front end, bf16 encoder under AMP, fp32 heads.
+
+    Kept as one module so DistributedDataParallel sees a single forward.
+    """
+
+    def __init__(self, model: Extractor, amp: bool):
+        super().__init__()
+        self.model = model
+        self.amp = amp
+
+    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        with strict_fp32(wave.device):
+            logmel = self.model.frontend(wave.float())
+        with torch.autocast(wave.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            emb = self.model.features_to_embedding(logmel)
+        return self.model.heads(emb.float())
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # No weight decay on biases, norm scales and the scalar g_affine: decaying them
+    # pulls towards zero quantities that have no reason to be small.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = bool(cfg.fused_adamw and device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+
+
+class Trainer:
+    """Model + optimiser + OneCycleLR + loss weights; ``step(batch)`` is one update.
+
+    Shared by :func:`train_extractor` and ``benchmarks/bench_train.py`` so the
+    benchmark measures the code that trains.
+    """
+
+    def __init__(self, model: Extractor, cfg: TrainConfig, device: torch.device, total_steps: int, runtime: Runtime | None = None):
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        cuda = device.type == "cuda"
+        self.forward = TrainForward(model, amp=bool(cfg.amp and cuda and torch.cuda.is_bf16_supported()))
+        if runtime is not None and runtime.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.module: nn.Module = DistributedDataParallel(self.forward, device_ids=[device] if cuda else None)
+        else:
+            self.module = self.forward
+        self.optimizer = make_optimizer(model, cfg, device)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.pct_start
+        )
+        self.weights = LossWeights(cfg.lambda_section, cfg.lambda_domain, cfg.domain_weight_by_t)
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One update; returns ``[loss, l_machine, l_section, l_domain]`` on the device (no sync)."""
+        nb = self.device.type == "cuda"
+        wave = batch["wave"].to(self.device, non_blocking=nb)
+        t = batch["t"].to(self.device, non_blocking=nb)
+        section = batch["section"].to(self.device, non_blocking=nb)
+        d = batch["d"].to(self.device, non_blocking=nb) if self.cfg.domain_head else None
+        out = self.module(wave)
+        terms: LossTerms = oe_loss(out, t, section, d, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return terms.stacked()
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def prepare_model(model: Extractor, cfg: TrainConfig, device: torch.device) -> Extractor:
+    """Move to the device and apply the throughput options (FFT front end, NHWC, compile)."""
+    model.frontend.use_fft = cfg.frontend_fft
+    model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model.use_channels_last()
+    if cfg.compile:
+        # In place: state-dict keys stay unprefixed, and the front end stays eager fp32.
+        model.encoder.compile()
+    return model
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def evaluate_sections(
+    model: Extractor,
+    clips: Sequence[tuple[Path, int, str]],
+    spec: SegmentSpec = SegmentSpec(),
+    device: str | torch.device = "cpu",
+    batch_clips: int = 16,
+) -> dict[str, float]:
+    """Section accuracy of whole clips ``(path, section index, domain)``: the section head's
+    logits averaged over the clip's S segments, argmax against the true section."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct: list[bool] = []
+    losses: list[float] = []
+    k = model.config.n_sections
+    try:
+        for first, segs in iter_clip_batches([c[0] for c in clips], spec, batch_clips):
+            n, s, length = segs.shape
+            wave = torch.from_numpy(segs.reshape(n * s, length)).to(device)
+            with strict_fp32(device):
+                logits = model(wave)["section_logits"].float().reshape(n, s, k).mean(dim=1).cpu()
+            truth = torch.tensor([clips[first + i][1] for i in range(n)])
+            correct += (logits.argmax(dim=1) == truth).tolist()
+            onehot = F.one_hot(truth, k).float()
+            losses += F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").mean(dim=1).tolist()
+    finally:
+        model.train(was_training)
+    domains = np.array([c[2] for c in clips])
+    ok = np.array(correct, dtype=bool)
+
+    def acc(mask: np.ndarray) -> float:
+        return float(ok[mask].mean()) if mask.any() else float("nan")
+
+    return {
+        "n_clips": len(clips),
+        "section_acc": acc(np.ones(len(clips), bool)),
+        "section_acc_source": acc(domains == "source"),
+        "section_acc_target": acc(domains == "target"),
+        "section_loss": float(np.mean(losses)) if losses else float("nan"),
+    }
+
+
+def heldout_clips(run_dir: str | Path, data_root: str | Path) -> list[tuple[Path, int, str]]:
+    """The held-out normals of a run as ``(path, section index, domain)``, from its split.json."""
+    split = json.loads((Path(run_dir) / "split.json").read_text())
+    index = {s: i for i, s in enumerate(split["sections"])}
+    return [
+        (Path(data_root) / c["path"], index[c["section"]], c["domain"])
+        for c in split["clips"]
+        if c["split"] == "heldout"
+    ]
+
+
+# --- run folder -----------------------------------------------------------------------------
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _truncate_csv(path: Path, columns: list[str], keep) -> None:
+    """Rewrite a log keeping the rows ``keep(row)`` accepts (rows past the resumed checkpoint go)."""
+    rows = []
+    if path.exists():
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if keep(r)]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_rows(path: Path, rows: list[list]) -> None:
+    with path.open("a", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
+    stored = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()), ignore_unknown=True)
+    a, b = stored.to_dict(), cfg.to_dict()
+    differ = [k for k in a if k not in TrainConfig.RESUMABLE_CHANGES and a[k] != b[k]]
+    if differ:
+        raise ConfigError(
+            f"{run_dir / 'config.json'}: cannot resume with a different {', '.join(differ)} "
+            f"(stored: {', '.join(f'{k}={a[k]!r}' for k in differ)})"
+        )
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_extractor(model: Extractor, path: Path, extra: dict | None = None) -> None:
+    """Final weights with everything needed to rebuild the module (plain tensors and builtins)."""
+    _atomic_save(
+        {
+            "format": EXTRACTOR_FORMAT,
+            "version": EXTRACTOR_VERSION,
+            "model_config": model.config.to_dict(),
+            "frontend": model.frontend.config(),
+            "state_dict": _cpu_state(model),
+            **(extra or {}),
+        },
+        path,
+    )
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def train_extractor(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train stage 1 for ``cfg.machine``; returns the run folder (``cfg.out``)."""
+    runtime = setup_runtime(cfg.device)
+    try:
+        return _train(cfg, runtime, progress)
+    finally:
+        if runtime.initialized_here:
+            dist.destroy_process_group()
+
+
+def _prepare(cfg: TrainConfig, runtime: Runtime) -> PreparedData:
+    # Rank 0 reads every clip once and fills the statistics cache; the others
+    # then find everything cached instead of all reading the data set at once.
+    data = None
+    if runtime.is_main:
+        data = prepare_data(cfg, rank=0)
+    runtime.barrier()
+    if data is None:
+        data = prepare_data(cfg, rank=runtime.rank)
+    return data
+
+
+def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
+    cfg.validate()
+    device = runtime.device
+    run_dir = Path(cfg.out)
+    ckpt_dir = run_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    resuming = bool(cfg.resume and last_path.exists())
+    if last_path.exists() and not cfg.resume:
+        raise UserError(f"{run_dir}: already holds a stage-1 run (checkpoints/last.pt); resume it or choose another folder")
+    if resuming:
+        _check_resumable(run_dir, cfg)
+
+    data = _prepare(cfg, runtime)
+    if resuming and (run_dir / "split.json").exists():
+        stored = json.loads((run_dir / "split.json").read_text())
+        if stored.get("clips") != data.split["clips"] or stored.get("sections") != data.sections:
+            raise DataError(f"{cfg.data}: the training clips changed since {run_dir} was started; cannot resume")
+    if runtime.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (run_dir / "split.json").write_text(json.dumps(data.split, indent=2))
+    runtime.barrier()
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuning pays off
+    torch.manual_seed(cfg.seed)
+    model = build_extractor(cfg.model_config(data.sections), cfg.pretrained_weights)
+    if runtime.rank:
+        torch.manual_seed(cfg.seed + runtime.rank)  # different dropout masks per process
+    prepare_model(model, cfg, device)
+
+    seg = cfg.segment_samples
+    sampler = OEBatchSampler(
+        data.pools, data.table.lengths, seg, BatchPlan.from_config(cfg), cfg.seed, runtime.rank, runtime.world_size
+    )
+    workers = cfg.num_workers
+    loader = torch.utils.data.DataLoader(
+        CropDataset(data.table, len(data.sections), seg),
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        # A private generator: the loader's per-epoch seed draw must not consume
+        # the global RNG that dropout uses, or resumed runs would diverge.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    steps_per_epoch = len(sampler)
+    total_steps = steps_per_epoch * cfg.epochs
+    trainer = Trainer(model, cfg, device, total_steps, runtime)
+
+    start_epoch, step = 0, 0
+    if resuming:
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        trainer.load_state(state)
+        _set_rng_state(state["rng"], device)
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        if runtime.is_main:
+            log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
+
+    losses_csv, val_csv = run_dir / "losses.csv", run_dir / "validation.csv"
+    if runtime.is_main:
+        _truncate_csv(losses_csv, LOSS_COLUMNS, lambda r: int(r["step"]) <= step)
+        _truncate_csv(val_csv, VALIDATION_COLUMNS, lambda r: int(r["epoch"]) <= start_epoch)
+        log.info(
+            "stage 1 %s: %d sections, %d source + %d target training normals, %d held out, "
+            "%d pseudo-anomalous (%d outliers); %d steps/epoch x %d epochs on %s",
+            cfg.machine, len(data.sections), data.pools.source.size, data.pools.target.size, len(data.heldout),
+            data.pools.machines.size + data.pools.outliers.size, data.pools.outliers.size,
+            steps_per_epoch, cfg.epochs, device,
+        )
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not (progress and runtime.is_main), desc=f"stage 1 {cfg.machine}", unit="step"
+    )
+    spec = SegmentSpec(segment_seconds=cfg.segment_seconds)
+
+    def validate(epoch: int) -> None:
+        if not data.heldout:
+            return
+        res = evaluate_sections(model, data.heldout, spec, device)
+        _append_rows(val_csv, [[epoch, step, res["n_clips"]] + [_fmt(res[c]) for c in VALIDATION_COLUMNS[3:]]])
+        bar.set_postfix_str(f"val acc {res['section_acc']:.3f}", refresh=False)
+
+    if runtime.is_main and not resuming and start_epoch == 0:
+        validate(0)
+    runtime.barrier()
+
+    pending: list[tuple[int, int, float, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        values = torch.stack([p[3] for p in pending]).float().cpu().numpy()
+        if runtime.is_main:
+            _append_rows(losses_csv, [[s, e, _fmt(lr)] + [_fmt(v) for v in row] for (s, e, lr, _), row in zip(pending, values)])
+            bar.set_postfix_str(f"loss {values[-1, 0]:.4f}", refresh=False)
+        pending.clear()
+
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        for batch in loader:
+            lr = trainer.lr
+            values = trainer.step(batch)
+            step += 1
+            pending.append((step, epoch + 1, lr, values))
+            if len(pending) >= cfg.log_every:
+                flush()
+            bar.update(1)
+        flush()
+        done = epoch + 1
+        if runtime.is_main:
+            if done % cfg.validate_every == 0 or done == cfg.epochs:
+                validate(done)
+            state = {"model": _cpu_state(model), "epoch": done, "step": step, "rng": _rng_state(device), **trainer.state()}
+            _atomic_save(state, last_path)
+            if done % cfg.checkpoint_every == 0:
+                shutil.copyfile(last_path, ckpt_dir / f"epoch_{done:04d}.pt")
+                _prune_snapshots(ckpt_dir, cfg.keep_checkpoints)
+        runtime.barrier()
+    bar.close()
+
+    if runtime.is_main:
+        save_extractor(model, ckpt_dir / "extractor.pt", {"epochs": cfg.epochs, "steps": step, "seed": cfg.seed})
+    runtime.barrier()
+    return run_dir
+
+
+def _prune_snapshots(ckpt_dir: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    snaps = sorted(ckpt_dir.glob("epoch_*.pt"))
+    for old in snaps[:-keep]:
+        old.unlink()

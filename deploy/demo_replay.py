@@ -60,18 +60,16 @@ loop = false
     try:
         time.sleep(0.5)
         watch = subprocess.Popen(
-            [str(BIN / "edge-asd"), "watch", "--port", str(port), "--device", "demo-edge", "--count", str(n_clips)],
+            [str(BIN / "edge-asd"), "watch", "--port", str(port), "--device", "demo-edge"],
             stdout=subprocess.PIPE, text=True,
         )
         time.sleep(0.5)
         t0 = time.monotonic()
         rc = subprocess.run([str(BIN / "edge-asd"), "run", "--config", str(config)]).returncode
         elapsed = time.monotonic() - t0
-        try:
-            out, _ = watch.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            watch.kill()
-            out, _ = watch.communicate()
+        time.sleep(1.0)  # the last acknowledged messages reach the subscriber
+        watch.terminate()
+        out, _ = watch.communicate(timeout=30)
         lines = [l for l in out.splitlines() if l.strip()]
         for line in lines[:5] + (["..."] if len(lines) > 10 else []) + lines[-5:]:
             print(line)

@@ -108,7 +108,11 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_watch(args: argparse.Namespace) -> int:
     from .watch import watch
 
-    return watch(args.host, args.port, args.prefix, device=args.device, count=args.count)
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    return watch(
+        args.host, args.port, args.prefix, device=args.device, count=args.count, json_lines=args.json,
+        username=args.username, password=password, tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefix", default="edge_asd")
     s.add_argument("--device", default="+")
     s.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
+    s.add_argument("--json", action="store_true", help="print raw JSON lines")
+    s.add_argument("--username")
+    s.add_argument("--password-file", help="file holding the MQTT password")
+    s.add_argument("--tls-ca", help="CA certificate of a TLS broker")
     s.set_defaults(func=_cmd_watch)
     return p
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from . import __version__
 from .config import DaemonConfig, LoggingConfig, MachineConfig, MqttConfig, load_config
 from .errors import BundleError, ConfigError, UserError
+from .drift import DriftMonitor
 from .evidence import EvidenceStore
 from .sdnotify import Notifier
 from .sources import Clip, ClipSource, PortAudioHost, make_source
@@ -266,6 +267,13 @@ class Pipeline:
         self.crashed: BaseException | None = None
         self.busy_since: float | None = None  # monotonic start of the clip being scored
         self.published_state: str | None = None  # last source state announced on MQTT
+        self.drift = DriftMonitor(self._reference_quantiles(scoring))
+
+    @staticmethod
+    def _reference_quantiles(scoring) -> list[float] | None:
+        scorer = scoring.shared.scorer
+        section = scoring.section or scorer.sections[0]
+        return getattr(scorer, "reference_quantiles", {}).get(section)
 
     @property
     def id(self) -> str:
@@ -361,6 +369,7 @@ class Pipeline:
         with self._latency_lock:
             self._latencies.append((time.monotonic() - clip.ready_monotonic) * 1e3)
         self.scored += 1
+        self.drift.add(score, float(result.p_target))
         if anomalous:
             self.anomalous_clips += 1
         log.debug("machine %s: seq %s score %.3f threshold %.3f dbfs %.1f", self.id, seq, score, threshold, clip.dbfs)
@@ -643,6 +652,7 @@ class Daemon:
                 "evidence_saved": p.evidence_saved,
                 "model": p.scoring.bundle_id,
                 "backend": getattr(p.scoring.shared.scorer, "backend_name", None),
+                "drift": p.drift.summary(),
             }
         out = stats_payload(
             datetime.now(timezone.utc),
@@ -764,6 +774,7 @@ class Daemon:
             if p is not None and self._can_keep_source(old_machines[m.id], m, p.scoring, scoring):
                 p.machine = m
                 p.scoring = scoring
+                p.drift.quantiles = p._reference_quantiles(scoring)  # an enrolled bundle brings a new reference
                 p.debouncer.reconfigure(new.alerts.raise_after, new.alerts.clear_after)
                 kept.append(m.id)
                 continue

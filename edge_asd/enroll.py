@@ -28,7 +28,9 @@ from .audio import read_audio
 from .bundle import npz_bytes, open_bundle, write_bundle
 from .errors import UserError
 from .runtime import ClipScorer
-from .scoring import Stage2Config, fit_section, section_state
+from .drift import reference_quantiles
+from .scoring import Stage2Config, combine_parts, fit_section, p_target, section_state
+from .thresholds import fit_threshold
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ def enroll(
     files = bundle.members()
     n, s, length = segs.shape
     new_final = []
+    logits_all = []
     for member_manifest, member, (emb, logit) in zip(manifest["members"], scorer.members, scorer.embed(segs.reshape(n * s, length))):
         if not member_manifest.get("heldout"):
             raise UserError(f"{bundle_path}: bundle holds no held-out embeddings (exported by an older edge-asd); re-export it to enroll")
@@ -124,6 +127,7 @@ def enroll(
         logit_all = np.concatenate([held["domain_logits"][sel], logit.reshape(n, s)])
         res = fit_section(section, emb_all, dom_all, logit_all, cfg)
         new_final.append(res)
+        logits_all.append(logit_all)
         # the new section's detector state replaces the old one
         arrays = bundle.arrays(member_manifest["state"])
         arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{section}/")}
@@ -139,16 +143,13 @@ def enroll(
             "domain_logits": np.concatenate([held["domain_logits"], logit.reshape(n, s)]),
         }
         files[member_manifest["heldout"]] = npz_bytes(held_new)
-    if len(new_final) == 1:
-        threshold_after = new_final[0].model.threshold
-    else:
-        # An ensemble's threshold is fitted on the members' combined out-of-fold scores.
-        from .scoring import combine_parts, p_target
-        from .thresholds import fit_threshold
-
-        p = np.mean([p_target(logit_all, scorer.kappa) for _ in new_final], axis=0)
-        threshold_after = fit_threshold(combine_parts([r.oof_parts for r in new_final], p, scorer.approach), manifest["threshold_rule"])
+    # Members share the bundle's held-out clips, so the ensemble's out-of-fold
+    # score is their combination clip by clip, as at export.
+    p = np.mean([p_target(lg, scorer.kappa) for lg in logits_all], axis=0)
+    reference = combine_parts([r.oof_parts for r in new_final], p, scorer.approach)
+    threshold_after = float(fit_threshold(reference, manifest["threshold_rule"]))
     manifest["thresholds"][section] = threshold_after
+    manifest.setdefault("reference_quantiles", {})[section] = reference_quantiles(reference)
     manifest["parent_bundle_id"] = manifest.pop("bundle_id")
     manifest.pop("created", None)
     manifest.setdefault("enrollments", []).append(

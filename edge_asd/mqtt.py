@@ -31,7 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import field, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -342,7 +342,7 @@ class MqttSettings:
     prefix: str = "edge_asd"
     client_id: str | None = None          # default "edge-asd-<device_id>": a restarted daemon takes over its old session
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a logged repr
     tls_ca: Path | None = None            # CA bundle that signed the broker's certificate
     tls_cert: Path | None = None          # client certificate, for brokers that require one
     tls_key: Path | None = None

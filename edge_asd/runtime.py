@@ -68,6 +68,8 @@ class ClipScorer:
         self.kappa = float(m["kappa"])
         self.embedding_dim = int(m["embedding_dim"])
         self.thresholds = {s: float(m["thresholds"][s]) for s in self.sections}
+        # normal-score quantiles per section, the daemon's drift reference (absent in some bundles)
+        self.reference_quantiles: dict[str, list[float]] = dict(m.get("reference_quantiles", {}))
         self.members: list[_Member] = []
         for i, mm in enumerate(m["members"]):
             arrays = bundle.arrays(mm["state"])
@@ -78,10 +80,10 @@ class ClipScorer:
             for s, sm in sections.items():
                 for dom, dm in sm.domains.items():
                     dim = getattr(dm.detector, "n_features_in_", None)
-                    if dim is not None and int(dim) != self.embedding_dim:
+                    if dim is not None and int(dim) != int(mm.get("embedding_dim", self.embedding_dim)):
                         raise BundleError(
                             f"{bundle.path}: detector {s}/{dom} of member {i} expects {dim}-d embeddings, "
-                            f"the manifest says {self.embedding_dim}"
+                            f"the manifest says {mm.get('embedding_dim', self.embedding_dim)}"
                         )
             engine = bundle.read(mm["engine"]["file"]) if mm.get("engine") else None
             try:
@@ -95,11 +97,11 @@ class ClipScorer:
                 )
             except (RuntimeError, ValueError) as exc:
                 raise BundleError(f"{bundle.path}: member {i}: {exc}") from None
-            self._check_model_shape(be, i)
+            self._check_model_shape(be, i, int(mm.get("embedding_dim", self.embedding_dim)))
             self.members.append(_Member(mm.get("name", f"m{i}"), be, sections))
         self.backend_name = self.members[0].backend.name
 
-    def _check_model_shape(self, backend, i: int) -> None:
+    def _check_model_shape(self, backend, i: int, dim: int) -> None:
         """Refuse a model whose input or output sizes disagree with the manifest."""
         probe = np.zeros((1, self.spec.segment_samples), dtype=np.float32)
         try:
@@ -109,10 +111,10 @@ class ClipScorer:
                 f"{self.bundle_path}: model of member {i} does not take [batch, {self.spec.segment_samples}] "
                 f"waveforms as the manifest says ({str(exc).splitlines()[0]})"
             ) from None
-        if emb.shape != (1, self.embedding_dim) or logit.shape != (1,):
+        if emb.shape != (1, dim) or logit.shape != (1,):
             raise BundleError(
                 f"{self.bundle_path}: model of member {i} outputs embeddings of shape {tuple(emb.shape)[1:]}, "
-                f"the manifest says ({self.embedding_dim},)"
+                f"the manifest says ({dim},)"
             )
 
     def resolve_section(self, section: str | None) -> str:

@@ -15,7 +15,7 @@ from .precision import PRECISIONS
 
 def _export(args: argparse.Namespace) -> int:
     build_bundle(
-        Path(args.run),
+        [Path(r) for r in args.run] if len(args.run) > 1 else Path(args.run[0]),
         Path(args.out),
         fmt=args.format,
         precision=args.precision,
@@ -27,7 +27,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-asd-export", description="Export a trained run as one deployment bundle.")
-    p.add_argument("run", help="run folder written by edge-asd-train")
+    p.add_argument("run", nargs="+", help="run folder written by edge-asd-train; several runs of one machine type make an ensemble bundle")
     p.add_argument("--out", required=True, help="bundle file to write (e.g. pump.asd)")
     p.add_argument("--format", default="onnx", choices=FORMATS)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)

@@ -8,6 +8,7 @@ where the TorchScript one is unavailable.
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -19,22 +20,41 @@ OPSET = 17
 
 
 class EmbedGraph(nn.Module):
-    """The part of the extractor scoring needs: embedding and domain logit."""
+    """The part of the extractor scoring needs: embedding and domain logit.
 
-    def __init__(self, extractor: nn.Module):
+    With ``half_encoder`` the encoder and heads run in fp16 while the front end
+    and input normalization stay fp32: a power spectrum of standardized audio
+    exceeds fp16's 65504, so a whole-graph fp16 conversion overflows to inf.
+    Casting inside torch puts exactly two Casts in the graph; onnxruntime's
+    graph-level fp16 converter was seen to cast front-end outputs anyway.
+    """
+
+    def __init__(self, extractor: nn.Module, half_encoder: bool = False):
         super().__init__()
-        self.extractor = extractor
+        self.extractor = copy.deepcopy(extractor).float() if half_encoder else extractor
+        self.half_encoder = half_encoder
+        if half_encoder:
+            self.extractor.encoder.half()
+            self.extractor.heads.half()
 
     def forward(self, waveform: torch.Tensor):
-        emb, logit = self.extractor.embed(waveform)
-        return emb, logit.reshape(-1)
+        if not self.half_encoder:
+            emb, logit = self.extractor.embed(waveform)
+            return emb, logit.reshape(-1)
+        x = self.extractor.input_norm(self.extractor.frontend(waveform))
+        emb = self.extractor.encoder(x.half())
+        logit = self.extractor.heads.domain_logit(emb)
+        return emb.float(), logit.float().reshape(-1)
 
 
-def export_onnx(extractor: nn.Module, segment_samples: int, opset: int = OPSET) -> bytes:
-    """Serialized ONNX of the extractor in fp32, dynamic batch, checked with onnx's full check."""
+def export_onnx(extractor: nn.Module, segment_samples: int, opset: int = OPSET, half_encoder: bool = False) -> bytes:
+    """Serialized ONNX of the extractor, dynamic batch, checked with onnx's full check.
+
+    fp32 throughout, or with ``half_encoder`` the fp16 variant for GPUs and TensorRT.
+    """
     import onnx
 
-    graph = EmbedGraph(extractor).eval().cpu().float()
+    graph = EmbedGraph(extractor.eval().cpu().float(), half_encoder=half_encoder).eval()
     example = torch.zeros(2, segment_samples)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():

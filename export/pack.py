@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ from edge_asd.errors import UserError
 from edge_asd.inference import OnnxBackend
 from edge_asd.metrics import roc_auc
 from edge_asd.scoring import APPROACHES, Stage2Config, combine_parts, p_target, section_parts, section_state
+from edge_asd.drift import reference_quantiles
+from edge_asd.thresholds import fit_threshold
 
 from .onnx_export import export_onnx, relative_error, torch_embed
 from .precision import PRECISIONS, convert
@@ -72,23 +74,24 @@ def _proxy_auc(run_dir: Path, approach: str, held: dict, pseudo: dict, sections:
     return float(roc_auc(y, np.r_[np.concatenate(normal_scores), np.concatenate(other_scores)]))
 
 
-def build_bundle(
-    run_dir: Path,
-    out: Path,
-    fmt: str = "onnx",
-    precision: str = "fp32",
-    approach: str | None = None,
-    data_root: Path | None = None,
-    progress: bool = True,
-) -> Path:
+@dataclass
+class _Member:
+    """One exported extractor with its fitted stage 2, ready to pack."""
+
+    manifest: dict
+    files: dict[str, bytes]
+    s2cfg: Stage2Config
+    held: dict[str, np.ndarray]  # held-out normals as the deployed model embeds them
+    oof: dict[str, np.ndarray]  # out-of-fold standardized parts per "<section>/<domain key>"
+    config: dict
+    clip_seconds: float
+    precision_report: dict
+
+
+def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach: str | None, data_root: Path | None) -> _Member:
     from train.embed import load_extractor
-    from train.config import TrainConfig
     from train.stage2 import default_approach, embed_heldout, fit_stage2, heldout_clips, load_stage2
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
     run_dir = Path(run_dir)
     config = _run_config(run_dir)
     approach = approach or default_approach(run_dir)
@@ -97,6 +100,7 @@ def build_bundle(
     data_root = Path(data_root or config["data"])
     machine = config["machine"]
     spec = SegmentSpec()
+    prefix = f"members/m{index}/"
 
     extractor = load_extractor(run_dir, device="cpu")
     onnx_fp32 = export_onnx(extractor, spec.segment_samples)
@@ -108,17 +112,21 @@ def build_bundle(
     parity = relative_error(ref_emb, got_emb)
     if parity > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX export disagrees with torch: relative error {parity:.2e} > {PARITY_TOLERANCE:.0e}")
-    log.info("ONNX parity with torch: max relative error %.2e", parity)
+    log.info("%s: ONNX parity with torch: max relative error %.2e", run_dir, parity)
 
     s2cfg, sections = load_stage2(run_dir, approach)
-    held_deployed = embed_heldout(run_dir, data_root, progress=False)  # cached by edge-asd-train
+    held = embed_heldout(run_dir, data_root, progress=False)  # cached by edge-asd-train
+    with np.load(run_dir / "stage2" / approach / "oof.npz", allow_pickle=False) as z:
+        oof = {k: z[k] for k in z.files}
     model_bytes = onnx_fp32
     precision_report: dict = {"fp32_parity_relative_error": parity}
     if precision != "fp32":
         calib_paths = [data_root / c["path"] for c in json.loads((run_dir / "split.json").read_text())["clips"] if c["split"] == "train"]
         rng = np.random.default_rng(0)
         calib_paths = [calib_paths[i] for i in rng.permutation(len(calib_paths))[:16]]
-        model_bytes = convert(onnx_fp32, precision, _sample_segments(calib_paths, spec, 16) if precision == "int8" else None)
+        model_bytes = convert(
+            onnx_fp32, precision, _sample_segments(calib_paths, spec, 16) if precision == "int8" else None, extractor=extractor
+        )
         # The detectors must model the embeddings the deployed model produces, so
         # stage 2 is refitted on the reduced-precision model's embeddings.
         lowp = OnnxBackend(model_bytes)
@@ -138,6 +146,8 @@ def build_bundle(
             tmp_run = Path(tmp)
             fit_stage2(tmp_run, held_l, s2cfg)
             _, sections_l = load_stage2(tmp_run, approach)
+            with np.load(tmp_run / "stage2" / approach / "oof.npz", allow_pickle=False) as z:
+                oof = {k: z[k] for k in z.files}
         auc_report = {}
         if pseudo_paths:
             pe_l, pl_l = _embed_clips_ort(lowp, pseudo_paths, spec)
@@ -152,7 +162,7 @@ def build_bundle(
             }
         )
         sections = sections_l
-        held_deployed = held_l
+        held = held_l
         log.info("precision %s: %s", precision, precision_report)
 
     arrays: dict[str, np.ndarray] = {}
@@ -164,20 +174,23 @@ def build_bundle(
     # The held-out normals the detectors were fitted on travel with the bundle so
     # that on-device enrollment can refit a domain's model (GMM, LOF) and its
     # standardization exactly as the desktop did; a few hundred KB at most.
-    heldout = {k: held_deployed[k] for k in ("names", "sections", "domains", "embeddings", "domain_logits")}
+    heldout = {k: held[k] for k in ("names", "sections", "domains", "embeddings", "domain_logits")}
     files = {
-        "members/m0/extractor.onnx": model_bytes,
-        "members/m0/detectors.npz": npz_bytes(arrays),
-        "members/m0/heldout.npz": npz_bytes(heldout),
+        prefix + "extractor.onnx": model_bytes,
+        prefix + "detectors.npz": npz_bytes(arrays),
+        prefix + "heldout.npz": npz_bytes(heldout),
     }
     member = {
-        "name": "m0",
-        "run": run_dir.name,
+        "name": f"m{index}",
+        "run": str(run_dir),
+        "machine_type": machine,
         "backbone": config.get("backbone"),
-        "model": "members/m0/extractor.onnx",
+        "seed": config.get("seed"),
+        "embedding_dim": int(ref_emb.shape[1]),
+        "model": prefix + "extractor.onnx",
         "precision": precision,
-        "state": "members/m0/detectors.npz",
-        "heldout": "members/m0/heldout.npz",
+        "state": prefix + "detectors.npz",
+        "heldout": prefix + "heldout.npz",
         "detector": {"kind": s2cfg.detector, "params": s2cfg.detector_params},
         "sections": member_sections,
     }
@@ -185,34 +198,106 @@ def build_bundle(
         from edge_asd.engine import build_engine
 
         engine, meta = build_engine(model_bytes, precision=precision, max_batch=spec.n_segments)
-        files["members/m0/extractor.engine"] = engine
-        member["engine"] = {"file": "members/m0/extractor.engine", **meta}
-    frontend = TrainConfig.from_dict(config, ignore_unknown=True).frontend_dict()
+        files[prefix + "extractor.engine"] = engine
+        member["engine"] = {"file": prefix + "extractor.engine", **meta}
+    return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report)
+
+
+def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.ndarray]:
+    """Per section, the (ensemble's) final out-of-fold scores of held-out normals.
+
+    They fit the threshold, as for a single system, and their quantiles are the
+    daemon's reference for drift monitoring. An ensemble combines its members
+    (2.5) on the held-out clips all of them share; members trained on different
+    splits share few, and a section with fewer than 4 such clips is left out
+    (its threshold is then the mean of the members').
+    """
+    cfg = members[0].s2cfg
+    keys = ["all"] if approach == "generalization" else ["source", "target"]
+    out = {}
+    for section in sorted(members[0].manifest["sections"]):
+        common = sorted(set.intersection(*[set(m.oof[f"{section}/names"].tolist()) for m in members]))
+        if len(common) < 4:
+            continue
+        parts, ps = [], []
+        for m in members:
+            names = m.oof[f"{section}/names"].tolist()
+            idx = [names.index(n) for n in common]
+            parts.append({k: m.oof[f"{section}/{k}"][idx] for k in keys})
+            hnames = m.held["names"].tolist()
+            ps.append(p_target(m.held["domain_logits"][[hnames.index(n) for n in common]], cfg.kappa))
+        out[section] = combine_parts(parts, np.mean(ps, axis=0), approach)
+    return out
+
+
+def build_bundle(
+    run_dir: Path | list[Path],
+    out: Path,
+    fmt: str = "onnx",
+    precision: str = "fp32",
+    approach: str | None = None,
+    data_root: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """One bundle from one run, or an ensemble bundle (report 2.5) from several runs of a machine type."""
+    from train.config import TrainConfig
+    from train.stage2 import default_approach
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    runs = [Path(r) for r in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir])]
+    for r in runs:
+        _run_config(r)
+    approach = approach or default_approach(runs[0])
+    members = [_build_member(r, i, fmt, precision, approach, data_root) for i, r in enumerate(runs)]
+    first = members[0]
+    for m in members[1:]:
+        for what, a, b in (
+            ("machine type", m.manifest["machine_type"], first.manifest["machine_type"]),
+            ("sections", sorted(m.manifest["sections"]), sorted(first.manifest["sections"])),
+            ("aggregator", m.s2cfg.aggregator, first.s2cfg.aggregator),
+            ("kappa", m.s2cfg.kappa, first.s2cfg.kappa),
+        ):
+            if a != b:
+                raise UserError(f"{m.manifest['run']}: {what} {a} differs from {first.manifest['run']}'s {b}; ensemble members must share it")
+    reference = _reference_scores(members, approach)
+    thresholds = {
+        s: float(fit_threshold(reference[s], first.s2cfg.threshold_rule))
+        if s in reference
+        else float(np.mean([m.manifest["sections"][s]["threshold"] for m in members]))
+        for s in first.manifest["sections"]
+    }
+    spec = SegmentSpec()
     manifest = {
-        "machine_type": machine,
-        "sections": sorted(sections),
+        "machine_type": first.manifest["machine_type"],
+        "sections": sorted(first.manifest["sections"]),
         "audio": {
             "sample_rate": spec.sample_rate,
-            "clip_seconds": _clip_seconds(held_paths),
+            "clip_seconds": first.clip_seconds,
             "segment_seconds": spec.segment_seconds,
             "n_segments": spec.n_segments,
             "segment_align": spec.align,
             "amplitude": "standardize_per_clip",
         },
-        "frontend": frontend,
-        "embedding_dim": int(ref_emb.shape[1]),
+        "frontend": TrainConfig.from_dict(first.config, ignore_unknown=True).frontend_dict(),
+        "embedding_dim": first.manifest["embedding_dim"],
         "approach": approach,
-        "aggregator": s2cfg.aggregator,
-        "kappa": s2cfg.kappa,
-        "threshold_rule": s2cfg.threshold_rule,
-        "thresholds": {s: member_sections[s]["threshold"] for s in sorted(sections)},
-        "stage2": asdict(s2cfg),
-        "precision": precision_report,
-        "members": [member],
+        "aggregator": first.s2cfg.aggregator,
+        "kappa": first.s2cfg.kappa,
+        "threshold_rule": first.s2cfg.threshold_rule,
+        "thresholds": thresholds,
+        "reference_quantiles": {s: reference_quantiles(v) for s, v in reference.items()},
+        "stage2": asdict(first.s2cfg),
+        "precision": first.precision_report if len(members) == 1 else {m.manifest["name"]: m.precision_report for m in members},
+        "members": [m.manifest for m in members],
     }
+    files = {k: v for m in members for k, v in m.files.items()}
     path = write_bundle(out, manifest, files)
     if progress:
-        print(f"wrote {path} ({approach}, {precision}, {fmt}); ONNX parity {parity:.1e}")
+        parity = max(m.precision_report["fp32_parity_relative_error"] for m in members)
+        print(f"wrote {path} ({approach}, {precision}, {fmt}, {len(members)} member(s)); ONNX parity {parity:.1e}")
     return path
 
 

@@ -1,7 +1,7 @@
 """Reduced-precision variants of an exported extractor.
 
-* fp16: weights and activations in half precision with fp32 inputs/outputs,
-  for GPU execution providers and TensorRT (on a CPU, fp16 only costs time).
+* fp16: the encoder and heads in half precision, front end and inputs/outputs
+  fp32, for GPU execution providers and TensorRT (on a CPU, fp16 only costs time).
 * int8: onnxruntime static quantization (QDQ, per-channel weights) for the CPU,
   calibrated on the run's normal training clips. The log-mel front end stays
   fp32: a power spectrum spans ~100 dB, which 8 bits cannot hold, and it is a
@@ -18,16 +18,10 @@ import numpy as np
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def to_fp16(model: bytes) -> bytes:
+def _input_length(model: bytes) -> int:
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    m = onnx.load_from_string(model)
-    # Keep the log/pow of the front end in fp32 too: fp16 overflows above 65504,
-    # which a power spectrum of standardized audio reaches.
-    frontend_nodes = [n.name for n in m.graph.node if "frontend" in n.name]
-    m16 = convert_float_to_float16(m, keep_io_types=True, node_block_list=frontend_nodes)
-    return m16.SerializeToString()
+    return onnx.load_from_string(model).graph.input[0].type.tensor_type.shape.dim[1].dim_value
 
 
 class _SegmentReader:
@@ -64,11 +58,15 @@ def to_int8(model: bytes, calibration_segments: np.ndarray) -> bytes:
         return dst.read_bytes()
 
 
-def convert(model: bytes, precision: str, calibration_segments: np.ndarray | None = None) -> bytes:
+def convert(model: bytes, precision: str, calibration_segments: np.ndarray | None = None, extractor=None) -> bytes:
     if precision == "fp32":
         return model
     if precision == "fp16":
-        return to_fp16(model)
+        from .onnx_export import export_onnx
+
+        if extractor is None:
+            raise ValueError("fp16 export re-traces the extractor; pass it")
+        return export_onnx(extractor, segment_samples=_input_length(model), half_encoder=True)
     if precision == "int8":
         if calibration_segments is None or len(calibration_segments) == 0:
             raise ValueError("int8 quantization needs calibration segments")

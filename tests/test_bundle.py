@@ -114,6 +114,7 @@ def _rebuilt(tiny_bundle, tmp_path, edit):
 def test_model_disagreeing_with_manifest_is_refused(tiny_bundle, tmp_path):
     def edit(manifest, files):
         manifest["embedding_dim"] = manifest["embedding_dim"] + 3
+        manifest["members"][0]["embedding_dim"] = manifest["embedding_dim"]
 
     p = _rebuilt(tiny_bundle, tmp_path, edit)
     with pytest.raises(BundleError, match="expects .*-d embeddings, the manifest says|outputs embeddings of shape"):

@@ -564,8 +564,17 @@ def _edge_asd() -> str:
     return str(exe)
 
 
+def _default_sigint() -> None:
+    # A shell's background job (as some CI runners start tests) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: restore the
+    # default so the watcher gets Ctrl-C as in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_watcher(cmd: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    )
     line = proc.stderr.readline()  # printed once the subscription is acknowledged
     if "watching" not in line:
         proc.kill()

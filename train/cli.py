@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="DCASE-layout data root; only DATA/<machine>/train is read")
     p.add_argument("--machine", required=True)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--backbone", default="efficientnet_b0", choices=["efficientnet_b0", "conformer", "transformer"])
+    p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer"], help="default efficientnet_b0 (or the --config file's)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--approach", default="specialization", choices=["generalization", "specialization"])

@@ -87,11 +87,15 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs between numbered snapshots (last.pt is written every epoch)
     keep_checkpoints: int = 3  # numbered snapshots kept (0: all)
     validate_every: int = 1  # epochs between held-out section-accuracy checks
+    val_segments: int = 10  # segments per held-out clip in those checks (S of Eq. 4)
     log_every: int = 50  # steps between flushes of losses.csv (avoids a device sync per step)
     resume: bool = False
 
     # fields a resumed run may change without changing what is computed
-    RESUMABLE_CHANGES = ("device", "num_workers", "resume", "compile", "cache_dir", "memory_cache_mb", "log_every")
+    RESUMABLE_CHANGES = (
+        "data", "out", "device", "num_workers", "resume", "compile", "cache_dir", "memory_cache_mb", "log_every",
+        "validate_every", "val_segments", "checkpoint_every", "keep_checkpoints",
+    )
 
     def __post_init__(self) -> None:
         for name in _PATH_FIELDS:
@@ -167,7 +171,7 @@ class TrainConfig:
         for name in ("n_target_train", "min_target_per_batch", "num_workers", "memory_cache_mb", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise bad(f"{name} must not be negative")
-        for name in ("checkpoint_every", "validate_every", "log_every", "embedding_dim", "n_layers", "d_model", "n_heads"):
+        for name in ("checkpoint_every", "validate_every", "val_segments", "log_every", "embedding_dim", "n_layers", "d_model", "n_heads"):
             if getattr(self, name) < 1:
                 raise bad(f"{name} must be at least 1")
         for name in ("lr", "kappa", "mixup_alpha", "domain_mixup_alpha", "segment_seconds"):

@@ -1,0 +1,106 @@
+"""On-device enrollment of a new operating condition, rollback, and the anomalous-clip guard."""
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_asd.audio import read_audio
+from edge_asd.bundle import open_bundle
+from edge_asd.dcase import list_clips
+from edge_asd.enroll import enroll, rollback
+from edge_asd.errors import UserError
+from edge_asd.runtime import load_scorer
+
+
+def _scored_clips(tiny_bundle, tiny_data):
+    """Every fan and gearbox clip of section 00 with its score under the bundle."""
+    scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
+    out = []
+    for machine, split in (("fan", "test"), ("gearbox", "test"), ("fan", "train")):
+        for c in list_clips(tiny_data, machine, split):
+            if c.section == "00":
+                x = read_audio(c.path)
+                r = scorer.score(x, "00")
+                out.append((f"{machine}/{c.name}", x, r.score, r.threshold, c))
+    return scorer, out
+
+
+def test_enroll_adds_target_clips_and_keeps_the_old_bundle(tiny_bundle, tiny_data, tmp_path):
+    scorer, clips = _scored_clips(tiny_bundle, tiny_data)
+    normal = [(n, x) for n, x, s, t, c in clips if s <= t][:3]
+    assert len(normal) == 3
+    before = open_bundle(tiny_bundle)
+    held_before = before.arrays(before.manifest["members"][0]["heldout"])
+    rep = enroll(tiny_bundle, normal, tmp_path / "new.asd", section="00", domain="target")
+    assert rep.n_clips == 3 and rep.previous is None and not rep.flagged
+    new = open_bundle(tmp_path / "new.asd")
+    m = new.manifest
+    assert m["parent_bundle_id"] == before.bundle_id and m["bundle_id"] != before.bundle_id
+    assert m["enrollments"][-1]["clips"] == [n for n, _ in normal]
+    held = new.arrays(m["members"][0]["heldout"])
+    grew = (held["sections"] == "00") & (held["domains"] == "target")
+    was = (held_before["sections"] == "00") & (held_before["domains"] == "target")
+    assert grew.sum() == was.sum() + 3
+    assert m["thresholds"]["00"] == pytest.approx(rep.threshold_after)
+    # the other section is untouched
+    assert m["thresholds"]["01"] == before.manifest["thresholds"]["01"]
+    # a KNN bank only grows, so the enrolled clips' raw target distances can only shrink
+    new_scorer = load_scorer(tmp_path / "new.asd", backend="onnx-cpu")
+    segs = np.stack([scorer.prepare(x) for _, x in normal])
+    emb = scorer.embed(segs.reshape(-1, segs.shape[-1]))[0][0].reshape(3, 10, -1)
+    old_t = scorer.members[0].sections["00"].domains["target"]
+    new_t = new_scorer.members[0].sections["00"].domains["target"]
+    assert new_t.detector.n_bank == old_t.detector.n_bank + 30
+    raw_old = old_t.standardized(emb, scorer.aggregator) * old_t.std + old_t.mean
+    raw_new = new_t.standardized(emb, scorer.aggregator) * new_t.std + new_t.mean
+    assert np.all(raw_new <= raw_old + 1e-6) and np.all(raw_new < raw_old)
+    # the old bundle is intact
+    assert open_bundle(tiny_bundle).bundle_id == before.bundle_id
+
+
+def test_guard_refuses_clips_the_model_finds_anomalous(tiny_bundle, tiny_data, tmp_path):
+    _, clips = _scored_clips(tiny_bundle, tiny_data)
+    flagged = [(n, x) for n, x, s, t, c in clips if s > t]
+    assert flagged, "some clip (anomalies, another machine) must exceed the threshold"
+    one = flagged[:1]
+    with pytest.raises(UserError, match=r"already sound anomalous to this model: .*--accept-anomalous"):
+        enroll(tiny_bundle, one, tmp_path / "x.asd", section="00")
+    assert not (tmp_path / "x.asd").exists()
+    rep = enroll(tiny_bundle, one, tmp_path / "x.asd", section="00", accept_anomalous=True)
+    assert [f[0] for f in rep.flagged] == [one[0][0]]
+    assert open_bundle(tmp_path / "x.asd").manifest["enrollments"][-1]["accepted_anomalous"] == [one[0][0]]
+
+
+def test_enroll_in_place_then_rollback(tiny_bundle, tiny_data, tmp_path, edge_asd_exe):
+    _, clips = _scored_clips(tiny_bundle, tiny_data)
+    normal = [c for n, x, s, t, c in clips if s <= t and n.startswith("fan/")][:2]
+    bundle = tmp_path / "fan.asd"
+    original = Path(tiny_bundle).read_bytes()
+    bundle.write_bytes(original)
+    folder = tmp_path / "new_condition"
+    folder.mkdir()
+    for c in normal:
+        (folder / c.name).write_bytes(c.path.read_bytes())
+    r = subprocess.run([edge_asd_exe, "enroll", str(bundle), str(folder), "--clips", "2", "--out", str(bundle), "--section", "00"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "enrolled 2 clips into section 00, domain target" in r.stdout
+    assert bundle.read_bytes() != original
+    assert (tmp_path / "fan.asd.prev").read_bytes() == original
+    r = subprocess.run([edge_asd_exe, "rollback", str(bundle)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert bundle.read_bytes() == original
+    r = subprocess.run([edge_asd_exe, "rollback", str(bundle)], capture_output=True, text=True)
+    assert r.returncode == 2 and "no previous version" in r.stderr
+
+
+def test_enroll_cli_errors(tiny_bundle, edge_asd_exe, tmp_path):
+    r = subprocess.run([edge_asd_exe, "enroll", str(tiny_bundle), "--out", str(tmp_path / "o.asd")], capture_output=True, text=True)
+    assert r.returncode == 2 and "either --mic DEVICE or clip files" in r.stderr
+    r = subprocess.run([edge_asd_exe, "enroll", str(tiny_bundle), str(tmp_path / "nope"), "--out", str(tmp_path / "o.asd")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file or folder" in r.stderr
+    with pytest.raises(UserError, match="'source' or 'target'"):
+        enroll(tiny_bundle, [("a", np.zeros(64000, np.float32))], tmp_path / "o.asd", domain="weird")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,18 +42,7 @@ class OnnxBackend:
     name: str = "onnx-cpu"
 
     def __post_init__(self) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        # All graph optimizations: constant folding turns the fixed DFT and mel
-        # matrices into plain initializers, and conv/BN fusion matters on a CPU.
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-        # One model, one stream of batches: inter-op parallelism only adds threads.
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(self.model, sess_options=so, providers=self.providers)
+        self.session = self._session(self.model, self.providers, self.threads)
         inputs = self.session.get_inputs()
         outputs = [o.name for o in self.session.get_outputs()]
         if len(inputs) != 1 or "embedding" not in outputs or "domain_logit" not in outputs:
@@ -63,6 +53,21 @@ class OnnxBackend:
         self.input_name = inputs[0].name
         self.input_shape = inputs[0].shape
 
+    @staticmethod
+    def _session(model: bytes, providers: list, threads: int):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        # All graph optimizations: constant folding turns the fixed DFT and mel
+        # matrices into plain initializers, and conv/BN fusion matters on a CPU.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = threads
+        # One model, one stream of batches: inter-op parallelism only adds threads.
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        return ort.InferenceSession(model, sess_options=so, providers=providers)
+
     def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(segments, dtype=np.float32)
         embs, logits = [], []
@@ -71,6 +76,37 @@ class OnnxBackend:
             embs.append(emb)
             logits.append(logit.reshape(-1))
         return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32)
+
+
+@dataclass
+class SplitOnnx:
+    """Front end once per clip, encoder per segment (see export.onnx_export.FrontendGraph).
+
+    Gives the same embeddings as the whole-segment graph with about half the
+    front-end work, since a clip's segments overlap; segment starts must be
+    multiples of the hop, which :class:`edge_asd.audio.SegmentSpec` guarantees.
+    """
+
+    frontend: bytes
+    encoder: bytes
+    frames: int
+    hop: int
+    providers: list = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        self._fe = OnnxBackend._session(self.frontend, self.providers, self.threads)
+        self._enc = OnnxBackend._session(self.encoder, self.providers, self.threads)
+
+    def run_clip(self, clip: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(embedding [S, D], domain_logit [S], seconds spent in the front end)`` of a standardized clip."""
+        t0 = time.perf_counter()
+        (frames,) = self._fe.run(["logmel"], {"waveform": np.ascontiguousarray(clip, dtype=np.float32)[None]})
+        t_fe = time.perf_counter() - t0
+        first = np.asarray(starts) // self.hop
+        windows = np.stack([frames[0, :, f : f + self.frames] for f in first])
+        emb, logit = self._enc.run(["embedding", "domain_logit"], {"logmel": windows})
+        return emb.astype(np.float32), logit.reshape(-1).astype(np.float32), t_fe
 
 
 def available_ort_providers() -> list[str]:

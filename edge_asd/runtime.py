@@ -17,7 +17,7 @@ import numpy as np
 from .audio import SegmentSpec, segment, standardize
 from .bundle import Bundle, open_bundle
 from .errors import BundleError, UserError
-from .inference import make_backend
+from .inference import OnnxBackend, SplitOnnx, make_backend
 from .scoring import SectionModel, combine_parts, p_target, section_from_state, section_parts
 
 
@@ -36,6 +36,7 @@ class _Member:
     name: str
     backend: object
     sections: dict[str, SectionModel]
+    split: SplitOnnx | None = None  # front end once per clip (ONNX back ends, when the bundle has it)
 
 
 def segment_spec(manifest: dict) -> SegmentSpec:
@@ -98,7 +99,17 @@ class ClipScorer:
             except (RuntimeError, ValueError) as exc:
                 raise BundleError(f"{bundle.path}: member {i}: {exc}") from None
             self._check_model_shape(be, i, int(mm.get("embedding_dim", self.embedding_dim)))
-            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections))
+            split = None
+            if mm.get("split") and isinstance(be, OnnxBackend):
+                sp = mm["split"]
+                try:
+                    split = SplitOnnx(
+                        bundle.read(sp["frontend"]), bundle.read(sp["encoder"]), int(sp["frames_per_segment"]),
+                        int(sp["hop_length"]), providers=be.providers, threads=be.threads,
+                    )
+                except Exception as exc:
+                    raise BundleError(f"{bundle.path}: member {i}: split front-end/encoder graphs do not load ({exc})") from None
+            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, split))
         self.backend_name = self.members[0].backend.name
 
     def _check_model_shape(self, backend, i: int, dim: int) -> None:
@@ -154,14 +165,41 @@ class ClipScorer:
 
     def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:
         section = self.resolve_section(section)
-        t0 = time.perf_counter()
-        segs = self.prepare(clip)
-        t1 = time.perf_counter()
-        scores, p, timings = self.score_segments(segs[None], section)
-        timings = {"frontend": (t1 - t0) * 1e3, **timings}
+        if all(m.split is not None for m in self.members):
+            scores, p, timings = self._score_split(clip, section)
+        else:
+            t0 = time.perf_counter()
+            segs = self.prepare(clip)
+            t1 = time.perf_counter()
+            scores, p, timings = self.score_segments(segs[None], section)
+            timings = {"frontend": (t1 - t0) * 1e3, **timings}
         thr = self.thresholds[section]
         score = float(scores[0])
         return ClipResult(score, thr, score > thr, float(p[0]), section, timings)
+
+
+    def _score_split(self, clip: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        """One clip through the split graphs; "frontend" then includes the log-mel."""
+        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
+        if clip.size < self.spec.segment_samples:
+            raise UserError(
+                f"clip of {clip.size / self.sample_rate:.2f} s is shorter than one {self.segment_seconds:g} s segment"
+            )
+        t0 = time.perf_counter()
+        x = standardize(clip)
+        starts = self.spec.starts(x.size)
+        parts, ps, t_fe, t_enc, t_det = [], [], 0.0, 0.0, 0.0
+        for member in self.members:
+            ta = time.perf_counter()
+            emb, logit, fe_s = member.split.run_clip(x, starts)
+            tc = time.perf_counter()
+            parts.append(section_parts(member.sections[section], emb[None], self.aggregator))
+            ps.append(p_target(logit.reshape(1, -1), self.kappa))
+            t_fe, t_enc, t_det = t_fe + fe_s, t_enc + (tc - ta - fe_s), t_det + time.perf_counter() - tc
+        p = np.mean(ps, axis=0)
+        scores = combine_parts(parts, p, self.approach)
+        prep = time.perf_counter() - t0 - t_fe - t_enc - t_det
+        return scores, p, {"frontend": (prep + t_fe) * 1e3, "extractor": t_enc * 1e3, "detector": t_det * 1e3}
 
 
 def load_scorer(bundle_path: str | Path, backend: str = "auto", threads: int = 0, cache_dir: str | None = None) -> ClipScorer:

@@ -1323,7 +1323,7 @@ def _prepare(out: Path, machines: Iterable[str]) -> None:
         raise UserError(f"{out}: exists and is not a folder")
     for m in machines:
         folder = out / m
-        if folder.exists() and any(folder.iterdir()):
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise UserError(f"{folder}: already exists and is not empty; remove it or choose another output folder")
     for m in machines:
         for split in ("train", "test"):

@@ -109,3 +109,22 @@ def test_tensorrt_engine(tiny_run, tmp_path):
     path = build_bundle(tiny_run, tmp_path / "trt.asd", fmt="tensorrt", precision="fp16", progress=False)
     scorer = load_scorer(path, backend="tensorrt")
     assert scorer.backend_name == "tensorrt"
+
+
+def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
+    from edge_asd.audio import SegmentSpec, read_audio, segment, standardize
+    from export.onnx_export import relative_error
+
+    scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
+    member = scorer.members[0]
+    assert member.split is not None
+    x = read_audio(list_clips(tiny_data, "fan", "test")[1].path)
+    std = standardize(x)
+    emb_split, logit_split, _ = member.split.run_clip(std, SegmentSpec().starts(std.size))
+    emb_full, logit_full = member.backend.run(segment(std, SegmentSpec()))
+    assert relative_error(emb_full, emb_split) < 1e-4
+    assert np.allclose(logit_full, logit_split, atol=1e-4 * max(1.0, np.abs(logit_full).max()))
+    # the daemon's path (split) and the offline path (segments) give one score
+    via_split = scorer.score(x, "00").score
+    via_segments = scorer.score_segments(segment(std, SegmentSpec())[None], "00")[0][0]
+    assert via_split == pytest.approx(via_segments, rel=1e-4, abs=1e-4)

@@ -150,7 +150,12 @@ class Trainer:
         if runtime is not None and runtime.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.module: nn.Module = DistributedDataParallel(self.forward, device_ids=[device] if cuda else None)
+            # A domain head outside the loss (lambda_domain 0) gets no gradient, which
+            # DDP must be told about or it waits forever for that bucket.
+            unused = bool(cfg.domain_head and cfg.lambda_domain == 0)
+            self.module: nn.Module = DistributedDataParallel(
+                self.forward, device_ids=[device] if cuda else None, find_unused_parameters=unused
+            )
         else:
             self.module = self.forward
         self.optimizer = make_optimizer(model, cfg, device)
@@ -292,7 +297,13 @@ def _fmt(x: float) -> str:
 
 
 def _check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
-    stored = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()), ignore_unknown=True)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; cannot tell how the run in {run_dir} was configured")
+    try:
+        stored = TrainConfig.from_dict(json.loads(path.read_text()), ignore_unknown=True)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ConfigError(f"{path}: unreadable training config ({exc})") from None
     a, b = stored.to_dict(), cfg.to_dict()
     differ = [k for k in a if k not in TrainConfig.RESUMABLE_CHANGES and a[k] != b[k]]
     if differ:
@@ -387,6 +398,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     prepare_model(model, cfg, device)
 
     seg = cfg.segment_samples
+    if cfg.batch_size % runtime.world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not a multiple of the {runtime.world_size} processes")
     sampler = OEBatchSampler(
         data.pools, data.table.lengths, seg, BatchPlan.from_config(cfg), cfg.seed, runtime.rank, runtime.world_size
     )
@@ -408,7 +421,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
 
     start_epoch, step = 0, 0
     if resuming:
-        state = torch.load(last_path, map_location=device, weights_only=True)
+        # Loaded on the CPU: RNG states must stay CPU tensors, and the optimiser's
+        # load_state_dict moves its moments next to the parameters itself.
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         trainer.load_state(state)
         _set_rng_state(state["rng"], device)

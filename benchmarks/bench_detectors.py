@@ -111,8 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gmm-fit-max", type=int, default=5000, help="vectors the GMM is fitted on, at most")
     parser.add_argument("--gpu", action="store_true", help="search the KNN bank on the GPU when faiss can")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--faiss-threads", type=int, default=1, help="1 is what the runtime uses (edge_asd.runtime.quiet_faiss_threads)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_detectors.png"))
     args = parser.parse_args(argv)
+    import faiss
+
+    faiss.omp_set_num_threads(args.faiss_threads)
     timings = run(args)
     print_table(timings, args.batch)
     plot(timings, args.out, args.batch)

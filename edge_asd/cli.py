@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse, dispatch, and turn a :class:`UserError` into one line and status 2."""
     args = parser.parse_args(argv)
+    if parser.prog == "edge-asd" and args.command in ("score", "run", "enroll"):
+        from .runtime import quiet_faiss_threads
+
+        quiet_faiss_threads()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -202,5 +202,22 @@ class ClipScorer:
         return scores, p, {"frontend": (prep + t_fe) * 1e3, "extractor": t_enc * 1e3, "detector": t_det * 1e3}
 
 
+def quiet_faiss_threads() -> None:
+    """One faiss thread for the runtime's searches.
+
+    A clip's KNN query is 10 vectors: OpenMP's thread start and spin-waiting
+    cost more than the search and compete with onnxruntime's threads for the
+    device's few cores (median 0.1 ms single-threaded vs. 20+ ms with 2 busy
+    threads, benchmarks/bench_detectors.py). Process-wide, so the commands call
+    it, not the library.
+    """
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except (ImportError, AttributeError):
+        pass
+
+
 def load_scorer(bundle_path: str | Path, backend: str = "auto", threads: int = 0, cache_dir: str | None = None) -> ClipScorer:
     return ClipScorer(open_bundle(bundle_path), backend=backend, threads=threads, cache_dir=cache_dir)

@@ -56,18 +56,22 @@ def _embed_clips_ort(backend: OnnxBackend, paths: list[Path], spec: SegmentSpec)
     return np.stack(embs), np.stack(logits)
 
 
-def _proxy_auc(run_dir: Path, approach: str, held: dict, pseudo: dict, sections: dict, cfg: Stage2Config) -> float:
+def _proxy_auc(approach: str, held: dict, oof: dict, pseudo: dict, sections: dict, cfg: Stage2Config) -> float:
     """Held-out normals against pseudo-anomalous clips: a label-free quality check.
 
     Real anomalies are not available at export time; the other machines' clips
     are the same outliers the extractor was exposed to, which is enough to see
-    what a precision change costs.
+    what a precision change costs and to rank ensemble members. The normals'
+    scores are out of fold, as for the threshold: in-sample scores of a KNN's
+    own bank would flatter every member alike.
     """
+    keys = ["all"] if approach == "generalization" else ["source", "target"]
+    hnames = held["names"].tolist()
     normal_scores, other_scores = [], []
     for section, model in sections.items():
-        sel = held["sections"] == section
-        parts = section_parts(model, held["embeddings"][sel], cfg.aggregator)
-        normal_scores.append(combine_parts([parts], p_target(held["domain_logits"][sel], cfg.kappa), approach))
+        idx = [hnames.index(n) for n in oof[f"{section}/names"].tolist()]
+        parts = {k: oof[f"{section}/{k}"] for k in keys}
+        normal_scores.append(combine_parts([parts], p_target(held["domain_logits"][idx], cfg.kappa), approach))
         parts = section_parts(model, pseudo["embeddings"], cfg.aggregator)
         other_scores.append(combine_parts([parts], p_target(pseudo["domain_logits"], cfg.kappa), approach))
     y = np.r_[np.zeros(sum(map(len, normal_scores))), np.ones(sum(map(len, other_scores)))]
@@ -142,6 +146,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         emb_f, log_f = _embed_clips_ort(full, held_paths, spec)
         held_f = {**held_l, "embeddings": emb_f, "domain_logits": log_f}
         pseudo_paths = _pseudo_anomalous_paths(data_root, machine, 24)
+        oof_f = oof
         with tempfile.TemporaryDirectory() as tmp:
             tmp_run = Path(tmp)
             fit_stage2(tmp_run, held_l, s2cfg)
@@ -152,8 +157,8 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         if pseudo_paths:
             pe_l, pl_l = _embed_clips_ort(lowp, pseudo_paths, spec)
             pe_f, pl_f = _embed_clips_ort(full, pseudo_paths, spec)
-            auc_f = _proxy_auc(run_dir, approach, held_f, {"embeddings": pe_f, "domain_logits": pl_f}, sections, s2cfg)
-            auc_l = _proxy_auc(run_dir, approach, held_l, {"embeddings": pe_l, "domain_logits": pl_l}, sections_l, s2cfg)
+            auc_f = _proxy_auc(approach, held_f, oof_f, {"embeddings": pe_f, "domain_logits": pl_f}, sections, s2cfg)
+            auc_l = _proxy_auc(approach, held_l, oof, {"embeddings": pe_l, "domain_logits": pl_l}, sections_l, s2cfg)
             auc_report = {"proxy_auc_fp32": auc_f, f"proxy_auc_{precision}": auc_l, "proxy_auc_change": auc_l - auc_f}
         precision_report.update(
             {
@@ -164,6 +169,14 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         sections = sections_l
         held = held_l
         log.info("precision %s: %s", precision, precision_report)
+    else:
+        pseudo_paths = _pseudo_anomalous_paths(data_root, machine, 24)
+        if pseudo_paths:
+            pe, pl = _embed_clips_ort(OnnxBackend(onnx_fp32), pseudo_paths, spec)
+            # A label-free quality figure of the member, for choosing ensemble members.
+            precision_report["proxy_auc_fp32"] = _proxy_auc(
+                approach, held, oof, {"embeddings": pe, "domain_logits": pl}, sections, s2cfg
+            )
 
     arrays: dict[str, np.ndarray] = {}
     member_sections: dict[str, dict] = {}

@@ -27,26 +27,23 @@ def _train(args: argparse.Namespace) -> int:
     data, out = Path(args.data), Path(args.out)
     if not (data / args.machine / "train").is_dir():
         raise UserError(f"{data / args.machine / 'train'}: no such folder (expected the DCASE layout DATA/<machine>/train/)")
-    overrides = {
-        "data": str(data),
-        "machine": args.machine,
-        "out": str(out),
-        "backbone": args.backbone,
-        "epochs": args.epochs,
-        "device": args.device,
-        "seed": args.seed,
-        "outliers": args.outliers,
-        "resume": args.resume,
-        "mixup": args.mixup,
-    }
-    for key in ("batch_size", "embedding_dim", "r_train", "num_workers", "lr"):
+    # Only what the command line states overrides the --config file, or on
+    # --resume the run's own config.json (a resumed run must not change what it computes).
+    overrides = {"data": str(data), "machine": args.machine, "out": str(out), "device": args.device}
+    for key in ("backbone", "epochs", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    if args.config:
+    if args.mixup:
+        overrides["mixup"] = True
+    base: dict = {}
+    if args.resume and (out / "config.json").is_file():
+        base = json.loads((out / "config.json").read_text())
+        overrides["resume"] = True
+    elif args.resume:
+        raise UserError(f"{out}: nothing to resume (no config.json)")
+    elif args.config:
         base = json.loads(Path(args.config).read_text())
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        overrides = base
-    cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig.from_dict({**base, **overrides}, ignore_unknown=bool(args.resume))
     run_dir = Path(train_extractor(cfg, progress=not args.quiet))
 
     k = args.k if args.k is not None else (1 if args.detector == "knn" else 4 if args.detector == "gmm" else 16)
@@ -56,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
         detector_params={DETECTOR_PARAM[args.detector]: k},
         aggregator=args.aggregator,
         threshold_rule=args.threshold,
-        seed=args.seed,
+        seed=cfg.seed,
     )
     device = _device(args.device)
     # Both approaches are fitted (the report compares them); --approach is the one exported by default.
@@ -67,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
         from .baseline import AEBaselineConfig, train_ae_baseline
 
         paths = [c.path for c in list_clips(data, args.machine, "train")]
-        ae = train_ae_baseline(paths, AEBaselineConfig(epochs=args.baseline_epochs, seed=args.seed, device=device), progress=not args.quiet)
+        ae = train_ae_baseline(paths, AEBaselineConfig(epochs=args.baseline_epochs, seed=cfg.seed, device=device), progress=not args.quiet)
         (run_dir / "baseline").mkdir(exist_ok=True)
         ae.save(run_dir / "baseline" / "ae.pt")
     if not args.quiet:
@@ -109,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregator", default="mean", choices=["mean", "max", "median", "mean_above_median"])
     p.add_argument("--threshold", default="gamma:0.9", help="decision threshold rule: gamma:Q, quantile:Q or zscore:Z")
     p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default 0 (or the --config file's)")
     p.add_argument("--mixup", action="store_true", help="Mixup between normal and pseudo-anomalous data")
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--embedding-dim", dest="embedding_dim", type=int)

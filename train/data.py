@@ -111,7 +111,9 @@ def measure_clip(path: Path) -> ClipStats:
     return ClipStats(x.size, mean, float((x - mean).std()))
 
 
-def clip_statistics(paths: Sequence[Path], cache: ClipStatsCache | None, threads: int = 8) -> list[ClipStats]:
+def clip_statistics(
+    paths: Sequence[Path], cache: ClipStatsCache | None, threads: int = 8, progress: bool = False
+) -> list[ClipStats]:
     """Statistics of every clip, reading only those the cache lacks (in parallel threads:
     libsndfile and numpy release the GIL). Bad audio raises :class:`AudioError` naming the file."""
     for p in paths:
@@ -121,8 +123,11 @@ def clip_statistics(paths: Sequence[Path], cache: ClipStatsCache | None, threads
     known = cache.get_many(keys) if cache is not None else {}
     todo = [i for i, k in enumerate(keys) if k[0] not in known]
     if todo:
+        from tqdm import tqdm
+
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            measured = list(pool.map(lambda i: measure_clip(paths[i]), todo))
+            jobs = pool.map(lambda i: measure_clip(paths[i]), todo)
+            measured = list(tqdm(jobs, total=len(todo), disable=not progress, desc="clip statistics", unit="clip"))
         if cache is not None:
             cache.put_many([(keys[i], s) for i, s in zip(todo, measured)])
         for i, s in zip(todo, measured):
@@ -159,21 +164,49 @@ def list_audio_files(folder: Path) -> list[Path]:
 
 @dataclass
 class ClipTable:
-    """Every clip a training batch can draw from; pools index into it."""
+    """Every clip a training batch can draw from; pools index into it.
 
-    paths: list[Path]
-    stats: list[ClipStats]
+    Columns are numpy arrays rather than lists of Python objects: DataLoader
+    workers are forked, and touching millions of objects (AudioSet-sized outlier
+    sets) would copy their pages into every worker through reference counting.
+    """
+
+    path_bytes: np.ndarray  # uint8: every path, UTF-8, concatenated
+    path_offsets: np.ndarray  # int64: path i is path_bytes[offsets[i]:offsets[i + 1]]
+    n_samples: np.ndarray  # int64
+    mean: np.ndarray  # float64
+    std: np.ndarray  # float64
     normal: np.ndarray  # bool: target machine (t = 1)
-    section: np.ndarray  # int: section index, -1 for pseudo-anomalous clips
+    section: np.ndarray  # int64: section index, -1 for pseudo-anomalous clips
     target: np.ndarray  # bool: target domain
     audio: list[np.ndarray] | None = None  # standardized clips when held in memory
 
+    @classmethod
+    def build(cls, paths: Sequence[Path], stats: Sequence[ClipStats], normal, section, target) -> "ClipTable":
+        encoded = [str(p).encode("utf-8") for p in paths]
+        return cls(
+            path_bytes=np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            path_offsets=np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64),
+            n_samples=np.array([s.n_samples for s in stats], dtype=np.int64),
+            mean=np.array([s.mean for s in stats], dtype=np.float64),
+            std=np.array([s.std for s in stats], dtype=np.float64),
+            normal=np.asarray(normal, dtype=bool),
+            section=np.asarray(section, dtype=np.int64),
+            target=np.asarray(target, dtype=bool),
+        )
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.n_samples)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.array([s.n_samples for s in self.stats], dtype=np.int64)
+        return self.n_samples
+
+    def path(self, i: int) -> Path:
+        return Path(self.path_bytes[self.path_offsets[i] : self.path_offsets[i + 1]].tobytes().decode("utf-8"))
+
+    def stats(self, i: int) -> ClipStats:
+        return ClipStats(int(self.n_samples[i]), float(self.mean[i]), float(self.std[i]))
 
 
 @dataclass
@@ -218,7 +251,17 @@ def split_normals(
     return out
 
 
-def prepare_data(cfg, rank: int = 0, threads: int | None = None) -> PreparedData:
+def _open_cache(cfg) -> ClipStatsCache | None:
+    path = Path(cfg.cache_dir or default_cache_dir()) / "clip_stats.sqlite"
+    try:
+        return ClipStatsCache(path)
+    except (OSError, sqlite3.Error) as exc:
+        # A read-only home must not stop training; it only costs a re-read next time.
+        warnings.warn(f"{path}: clip statistics cache unavailable ({exc}); measuring every clip", stacklevel=3)
+        return None
+
+
+def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool = False) -> PreparedData:
     """Inventory, statistics and split for ``cfg`` (a :class:`train.config.TrainConfig`)."""
     data = Path(cfg.data)
     seg = cfg.segment_samples
@@ -234,14 +277,22 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None) -> PreparedData
     outliers = list_audio_files(Path(cfg.outliers)) if cfg.outliers is not None else []
     if cfg.outliers is not None and not outliers:
         raise DataError(f"{cfg.outliers}: outliers folder holds no .wav or .flac files")
+    # An outliers folder that contains the data set (or the machine's folder) must
+    # not turn the target machine's own normals into pseudo-anomalous examples.
+    own_root = (data / cfg.machine).resolve()
+    inside = [p for p in outliers if p.resolve().is_relative_to(own_root)]
+    if inside:
+        warnings.warn(f"{cfg.outliers}: ignoring {len(inside)} clip(s) of the target machine {cfg.machine!r}", stacklevel=2)
+        outliers = [p for p in outliers if not p.resolve().is_relative_to(own_root)]
 
-    cache = ClipStatsCache(Path(cfg.cache_dir or default_cache_dir()) / "clip_stats.sqlite")
+    cache = _open_cache(cfg)
     threads = threads if threads is not None else min(16, os.cpu_count() or 1)
     try:
-        own_stats = clip_statistics([c.path for c in own], cache, threads)
-        other_stats = clip_statistics(others + outliers, cache, threads)
+        own_stats = clip_statistics([c.path for c in own], cache, threads, progress)
+        other_stats = clip_statistics(others + outliers, cache, threads, progress)
     finally:
-        cache.close()
+        if cache is not None:
+            cache.close()
 
     skipped = [c.path for c, s in zip(own, own_stats) if s.n_samples < seg]
     skipped += [p for p, s in zip(others + outliers, other_stats) if s.n_samples < seg]
@@ -300,8 +351,8 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None) -> PreparedData
             "(n_target_train > 0 and target clips in the data), or turn domain_head off"
         )
 
-    table = ClipTable(paths, stats, normal_a, np.array(section, np.int64), target_a)
-    total_mb = sum(s.n_samples for s in stats) * 4 / 2**20
+    table = ClipTable.build(paths, stats, normal_a, section, target_a)
+    total_mb = float(table.n_samples.sum()) * 4 / 2**20
     if total_mb <= cfg.memory_cache_mb:
         # Small sets: hold the standardized clips in RAM (DataLoader workers share
         # them copy-on-write) instead of opening a file per example.
@@ -486,7 +537,7 @@ class CropDataset(torch.utils.data.Dataset):
     def _crop(self, clip: int, offset: int) -> np.ndarray:
         if self.table.audio is not None:
             return self.table.audio[clip][offset : offset + self.segment]
-        return read_crop(self.table.paths[clip], self.table.stats[clip], offset, self.segment)
+        return read_crop(self.table.path(clip), self.table.stats(clip), offset, self.segment)
 
     def _labels(self, clip: int, weight: float, section: np.ndarray) -> tuple[float, float]:
         if not self.table.normal[clip]:

@@ -44,10 +44,25 @@ def _resolve(device: str | torch.device) -> torch.device:
 
 @torch.inference_mode()
 def embed_segments(
-    model: Extractor, segments: np.ndarray, batch_size: int = 256, device: str | torch.device = "cpu"
+    model: Extractor, segments: np.ndarray, batch_size: int = 256, device: str | torch.device = "cpu", fft: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Segments ``[N, T*sr]`` float32 (already standardized per clip) -> ``(embedding [N, D], domain_logit [N])``."""
+    """Segments ``[N, T*sr]`` float32 (already standardized per clip) -> ``(embedding [N, D], domain_logit [N])``.
+
+    ``fft`` computes the log-mel with torch.stft instead of the exported DFT
+    convolution: the same values to float rounding (~1e-5, tests/test_frontend.py)
+    at a fraction of the cost, which is what desktop stage-2 fitting and reports
+    need. The export traces the DFT convolution whatever this says.
+    """
     device = _resolve(device)
+    previous = model.frontend.use_fft
+    model.frontend.use_fft = fft
+    try:
+        return _embed_segments(model, segments, batch_size, device)
+    finally:
+        model.frontend.use_fft = previous
+
+
+def _embed_segments(model: Extractor, segments: np.ndarray, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     model.eval().to(device)
     segments = np.asarray(segments, dtype=np.float32)
     if segments.ndim != 2:
@@ -71,6 +86,7 @@ def embed_clips(
     batch_clips: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    fft: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clip files -> ``(embedding [n_clips, S, D], domain_logit [n_clips, S])``.
 
@@ -86,7 +102,7 @@ def embed_clips(
     with tqdm(total=len(paths), disable=not progress, desc="embedding", unit="clip") as bar:
         for first, segs in iter_clip_batches(paths, spec, batch_clips):
             n = segs.shape[0]
-            e, l = embed_segments(model, segs.reshape(n * s, -1), batch_size=n * s, device=device)
+            e, l = embed_segments(model, segs.reshape(n * s, -1), batch_size=n * s, device=device, fft=fft)
             emb[first : first + n] = e.reshape(n, s, dim)
             logit[first : first + n] = l.reshape(n, s)
             bar.update(n)

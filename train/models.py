@@ -27,6 +27,11 @@ from .losses import OEHeads
 
 BACKBONES = ("efficientnet_b0", "conformer", "transformer")
 
+# Sequence-encoder sizes small enough for CPU tests and smoke runs (the
+# EfficientNet has no size knob: it is B0 as the report used it). Usable as
+# ``TrainConfig(..., **TINY_MODEL)`` or ``ModelConfig(..., **TINY_MODEL)``.
+TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "ff_mult": 2, "conv_kernel": 7, "embedding_dim": 16}
+
 
 @dataclass
 class ModelConfig:

@@ -354,12 +354,12 @@ def train_extractor(cfg: TrainConfig, progress: bool = True) -> Path:
             dist.destroy_process_group()
 
 
-def _prepare(cfg: TrainConfig, runtime: Runtime) -> PreparedData:
+def _prepare(cfg: TrainConfig, runtime: Runtime, progress: bool) -> PreparedData:
     # Rank 0 reads every clip once and fills the statistics cache; the others
     # then find everything cached instead of all reading the data set at once.
     data = None
     if runtime.is_main:
-        data = prepare_data(cfg, rank=0)
+        data = prepare_data(cfg, rank=0, progress=progress)
     runtime.barrier()
     if data is None:
         data = prepare_data(cfg, rank=runtime.rank)
@@ -378,7 +378,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     if resuming:
         _check_resumable(run_dir, cfg)
 
-    data = _prepare(cfg, runtime)
+    data = _prepare(cfg, runtime, progress)
     if resuming and (run_dir / "split.json").exists():
         stored = json.loads((run_dir / "split.json").read_text())
         if stored.get("clips") != data.split["clips"] or stored.get("sections") != data.sections:

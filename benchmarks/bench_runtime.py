@@ -42,8 +42,9 @@ def _peak_rss_mb() -> float:
 
 def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> dict:
     """Runs in a fresh interpreter: edge_asd only, never torch."""
-    from edge_asd.runtime import load_scorer
+    from edge_asd.runtime import load_scorer, quiet_faiss_threads
 
+    quiet_faiss_threads()  # as the edge-asd commands do
     scorer = load_scorer(bundle, backend="onnx-cpu", threads=threads)
     rng = np.random.default_rng(0)
     clip = rng.normal(size=int(CLIP_SECONDS * 16000)).astype(np.float32)
@@ -94,7 +95,7 @@ def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
 
     from edge_asd.bundle import npz_bytes, write_bundle
     from edge_asd.scoring import Stage2Config, fit_section, section_state
-    from export.onnx_export import export_onnx
+    from export.onnx_export import export_onnx, export_split
     from export.precision import to_int8
     from train.models import ModelConfig, build_extractor
 
@@ -103,6 +104,7 @@ def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
     model = build_extractor(cfg).eval()
     torch.save({"config": cfg.to_dict(), "weights": model.state_dict()}, work / "extractor.pt")
     fp32 = export_onnx(model, cfg.segment_samples)
+    fe, enc, frames = export_split(model, cfg.segment_samples)
     rng = np.random.default_rng(1)
     segs = rng.normal(size=(40, cfg.segment_samples)).astype(np.float32)
     int8 = to_int8(fp32, segs[:16])
@@ -113,7 +115,7 @@ def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
     bank = bank.reshape(100, 10, -1)
     domains = np.array(["source"] * 90 + ["target"] * 10)
     out = {"weights": str(work / "extractor.pt")}
-    for name, onnx_bytes in (("fp32", fp32), ("int8", int8)):
+    for name, onnx_bytes in (("fp32-segments", fp32), ("fp32", fp32), ("int8", int8)):
         arrays, sections = {}, {}
         for s in cfg.sections:
             res = fit_section(s, bank, domains, np.zeros((100, 10)), Stage2Config(detector="knn", detector_params={"k": 1}))
@@ -127,7 +129,13 @@ def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
             "kappa": 0.15, "threshold_rule": "gamma:0.9", "thresholds": {s: sections[s]["threshold"] for s in cfg.sections},
             "members": [{"name": "m0", "model": "m0.onnx", "state": "m0.npz", "precision": name, "sections": sections}],
         }
-        path = write_bundle(work / f"{name}.asd", manifest, {"m0.onnx": onnx_bytes, "m0.npz": npz_bytes(arrays)})
+        files = {"m0.onnx": onnx_bytes, "m0.npz": npz_bytes(arrays)}
+        if name == "fp32":  # as edge-asd-export writes it: the front end once per clip
+            files.update({"m0.fe.onnx": fe, "m0.enc.onnx": enc})
+            manifest["members"][0]["split"] = {
+                "frontend": "m0.fe.onnx", "encoder": "m0.enc.onnx", "frames_per_segment": frames, "hop_length": 256,
+            }
+        path = write_bundle(work / f"{name}.asd", manifest, files)
         out[name] = str(path)
     return out
 
@@ -155,11 +163,12 @@ def main() -> None:
         art = build_artifacts(Path(tmp), args.backbone)
         results = {
             "torch eager (fp32)": run_child("torch", art["weights"], args.threads, args.repeats),
-            "edge-asd onnxruntime fp32": run_child("runtime", art["fp32"], args.threads, args.repeats),
+            "edge-asd fp32, per segment": run_child("runtime", art["fp32-segments"], args.threads, args.repeats),
+            "edge-asd fp32 (default)": run_child("runtime", art["fp32"], args.threads, args.repeats),
             "edge-asd onnxruntime int8": run_child("runtime", art["int8"], args.threads, args.repeats),
         }
     ref = results["torch eager (fp32)"]["total_ms"]
-    print(f"{'variant':28s} {'ms/clip':>8s} {'vs torch':>8s} {'prep':>6s} {'extract':>8s} {'detect':>7s} {'RTF':>6s} {'RSS MB':>7s} {'1st score s':>11s}")
+    print(f"{'variant':28s} {'ms/clip':>8s} {'vs torch':>8s} {'front':>6s} {'extract':>8s} {'detect':>7s} {'RTF':>6s} {'RSS MB':>7s} {'1st score s':>11s}")
     for name, r in results.items():
         print(
             f"{name:28s} {r['total_ms']:8.1f} {r['total_ms'] / ref:8.2f} {r.get('prepare_ms', float('nan')):6.1f} "

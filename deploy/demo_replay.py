@@ -9,6 +9,8 @@ prints every message. Needs the `mosquitto` binary (deploy/setup.sh installs it)
 from __future__ import annotations
 
 import argparse
+import glob
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +32,7 @@ def main() -> int:
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--clips", required=True)
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--section", default="00", help="the section of the bundle the replayed machine is")
     args = ap.parse_args()
     if not shutil.which("mosquitto"):
         print("demo_replay: mosquitto is not installed (run deploy/setup.sh as root); skipping the daemon replay", file=sys.stderr)
@@ -39,7 +42,8 @@ def main() -> int:
     port = free_port()
     (work / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     broker = subprocess.Popen(["mosquitto", "-c", str(work / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    n_clips = len(list(Path(args.clips).glob("*.wav")))
+    pattern = str(Path(args.clips).resolve() / f"section_{args.section}_*.wav")
+    n_clips = len(glob.glob(pattern))
     config = work / "config.toml"
     config.write_text(
         f"""device_id = "demo-edge"
@@ -52,7 +56,8 @@ outbox = "{work / 'outbox.sqlite'}"
 [[machines]]
 id = "machine1"
 bundle = "{Path(args.bundle).resolve()}"
-source = "file:{Path(args.clips).resolve()}"
+source = "file:{pattern}"
+section = "{args.section}"
 realtime = false
 loop = false
 """
@@ -73,7 +78,7 @@ loop = false
         lines = [l for l in out.splitlines() if l.strip()]
         for line in lines[:5] + (["..."] if len(lines) > 10 else []) + lines[-5:]:
             print(line)
-        scores = [l for l in lines if "seq=" in l]
+        scores = [l for l in lines if re.search(r" seq=\d+ score=", l)]
         print(f"daemon exit {rc}; replayed {n_clips} clips in {elapsed:.1f} s; the subscriber received {len(scores)} score messages")
         return 0 if rc == 0 else rc
     finally:

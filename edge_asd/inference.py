@@ -43,6 +43,7 @@ class OnnxBackend:
 
     def __post_init__(self) -> None:
         self.session = self._session(self.model, self.providers, self.threads)
+        self.model = b""  # onnxruntime holds its own copy of the weights
         inputs = self.session.get_inputs()
         outputs = [o.name for o in self.session.get_outputs()]
         if len(inputs) != 1 or "embedding" not in outputs or "domain_logit" not in outputs:
@@ -93,15 +94,30 @@ class SplitOnnx:
     hop: int
     providers: list = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = 0
+    name: str = "onnx-cpu"
 
     def __post_init__(self) -> None:
         self._fe = OnnxBackend._session(self.frontend, self.providers, self.threads)
         self._enc = OnnxBackend._session(self.encoder, self.providers, self.threads)
+        # onnxruntime holds its own copy of the weights; the bundle's bytes can go
+        self.frontend = self.encoder = b""
+
+    def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The :class:`Backend` interface: whole segments, front end per segment."""
+        x = np.ascontiguousarray(segments, dtype=np.float32)
+        embs, logits = [], []
+        for lo in range(0, len(x), 64):
+            (frames,) = self._fe.run(["logmel"], {"waveform": x[lo : lo + 64]})
+            emb, logit = self._enc.run(["embedding", "domain_logit"], {"logmel": frames[:, :, : self.frames]})
+            embs.append(emb)
+            logits.append(logit.reshape(-1))
+        return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32)
 
     def run_clip(self, clip: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """``(embedding [S, D], domain_logit [S], seconds spent in the front end)`` of a standardized clip."""
         t0 = time.perf_counter()
-        (frames,) = self._fe.run(["logmel"], {"waveform": np.ascontiguousarray(clip, dtype=np.float32)[None]})
+        usable = clip.size // self.hop * self.hop  # the graph takes whole hop blocks; the rest is in no frame
+        (frames,) = self._fe.run(["logmel"], {"waveform": np.ascontiguousarray(clip[:usable], dtype=np.float32)[None]})
         t_fe = time.perf_counter() - t0
         first = np.asarray(starts) // self.hop
         windows = np.stack([frames[0, :, f : f + self.frames] for f in first])

@@ -8,6 +8,7 @@ aggregator, standardization, Eq. 8 mixing and the ensemble mean.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from .audio import SegmentSpec, segment, standardize
 from .bundle import Bundle, open_bundle
 from .errors import BundleError, UserError
-from .inference import OnnxBackend, SplitOnnx, make_backend
+from .inference import SplitOnnx, available_ort_providers, make_backend
 from .scoring import SectionModel, combine_parts, p_target, section_from_state, section_parts
 
 
@@ -34,9 +35,8 @@ class ClipResult:
 @dataclass
 class _Member:
     name: str
-    backend: object
+    backend: object  # a SplitOnnx (front end once per clip) on the CPU when the bundle has the split graphs
     sections: dict[str, SectionModel]
-    split: SplitOnnx | None = None  # front end once per clip (ONNX back ends, when the bundle has it)
 
 
 def segment_spec(manifest: dict) -> SegmentSpec:
@@ -53,7 +53,7 @@ class ClipScorer:
     """A loaded bundle, ready to score clips of its machine type."""
 
     def __init__(self, bundle: Bundle, backend: str = "auto", threads: int = 0, cache_dir: str | None = None):
-        self.bundle = bundle
+        # the bundle itself (its bytes) is not kept: the sessions hold the weights
         self.bundle_path = bundle.path
         m = bundle.manifest
         self.manifest = m
@@ -88,29 +88,35 @@ class ClipScorer:
                         )
             engine = bundle.read(mm["engine"]["file"]) if mm.get("engine") else None
             try:
-                be = make_backend(
-                    bundle.read(mm["model"]),
-                    backend=backend,
-                    threads=threads,
-                    engine=engine,
-                    engine_meta=mm.get("engine"),
-                    cache_dir=cache_dir,
-                )
-            except (RuntimeError, ValueError) as exc:
-                raise BundleError(f"{bundle.path}: member {i}: {exc}") from None
-            self._check_model_shape(be, i, int(mm.get("embedding_dim", self.embedding_dim)))
-            split = None
-            if mm.get("split") and isinstance(be, OnnxBackend):
-                sp = mm["split"]
-                try:
-                    split = SplitOnnx(
+                if self._use_split(mm, backend, engine):
+                    sp = mm["split"]
+                    be = SplitOnnx(
                         bundle.read(sp["frontend"]), bundle.read(sp["encoder"]), int(sp["frames_per_segment"]),
-                        int(sp["hop_length"]), providers=be.providers, threads=be.threads,
+                        int(sp["hop_length"]), threads=threads or (os.cpu_count() or 1),
                     )
-                except Exception as exc:
-                    raise BundleError(f"{bundle.path}: member {i}: split front-end/encoder graphs do not load ({exc})") from None
-            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, split))
+                else:
+                    be = make_backend(
+                        bundle.read(mm["model"]),
+                        backend=backend,
+                        threads=threads,
+                        engine=engine,
+                        engine_meta=mm.get("engine"),
+                        cache_dir=cache_dir,
+                    )
+            except BundleError:
+                raise
+            except Exception as exc:
+                raise BundleError(f"{bundle.path}: member {i}: {str(exc).splitlines()[0]}") from None
+            self._check_model_shape(be, i, int(mm.get("embedding_dim", self.embedding_dim)))
+            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections))
         self.backend_name = self.members[0].backend.name
+
+    @staticmethod
+    def _use_split(member: dict, backend: str, engine: bytes | None) -> bool:
+        """The CPU runs the split graphs; GPUs and TensorRT run the whole-segment graph."""
+        if not member.get("split") or backend not in ("auto", "onnx-cpu"):
+            return False
+        return backend == "onnx-cpu" or (engine is None and "CUDAExecutionProvider" not in available_ort_providers())
 
     def _check_model_shape(self, backend, i: int, dim: int) -> None:
         """Refuse a model whose input or output sizes disagree with the manifest."""
@@ -165,7 +171,7 @@ class ClipScorer:
 
     def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:
         section = self.resolve_section(section)
-        if all(m.split is not None for m in self.members):
+        if all(isinstance(m.backend, SplitOnnx) for m in self.members):
             scores, p, timings = self._score_split(clip, section)
         else:
             t0 = time.perf_counter()
@@ -191,7 +197,7 @@ class ClipScorer:
         parts, ps, t_fe, t_enc, t_det = [], [], 0.0, 0.0, 0.0
         for member in self.members:
             ta = time.perf_counter()
-            emb, logit, fe_s = member.split.run_clip(x, starts)
+            emb, logit, fe_s = member.backend.run_clip(x, starts)
             tc = time.perf_counter()
             parts.append(section_parts(member.sections[section], emb[None], self.aggregator))
             ps.append(p_target(logit.reshape(1, -1), self.kappa))

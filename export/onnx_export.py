@@ -2,8 +2,8 @@
 
 Uses the TorchScript-based exporter at opset 17: the graph it writes for the
 conv-DFT front end and the encoders holds only operators TensorRT parses
-(Conv, MatMul, Pow, Log, Softmax, ...). The dynamo exporter is the fallback
-where the TorchScript one is unavailable.
+(Conv, MatMul, Pow, Log, Softmax, ...), and it exports in a fraction of a
+second where the dynamo exporter takes several.
 """
 
 from __future__ import annotations
@@ -52,40 +52,11 @@ def export_onnx(extractor: nn.Module, segment_samples: int, opset: int = OPSET, 
 
     fp32 throughout, or with ``half_encoder`` the fp16 variant for GPUs and TensorRT.
     """
-    import onnx
-
-    graph = EmbedGraph(extractor.eval().cpu().float(), half_encoder=half_encoder).eval()
-    example = torch.zeros(2, segment_samples)
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                graph,
-                (example,),
-                buf,
-                input_names=["waveform"],
-                output_names=["embedding", "domain_logit"],
-                dynamic_axes={"waveform": {0: "batch"}, "embedding": {0: "batch"}, "domain_logit": {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,
-                do_constant_folding=True,
-            )
-        except Exception:
-            buf = io.BytesIO()
-            torch.onnx.export(
-                graph,
-                (example,),
-                buf,
-                input_names=["waveform"],
-                output_names=["embedding", "domain_logit"],
-                dynamic_shapes={"waveform": {0: torch.export.Dim("batch", min=1, max=4096)}},
-                opset_version=max(opset, 18),
-                dynamo=True,
-            )
-    model = onnx.load_from_string(buf.getvalue())
-    onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
+    graph = EmbedGraph(extractor.eval().cpu().float(), half_encoder=half_encoder)
+    return _export(
+        graph, torch.zeros(2, segment_samples), "waveform", ["embedding", "domain_logit"],
+        {"waveform": {0: "batch"}, "embedding": {0: "batch"}, "domain_logit": {0: "batch"}}, opset,
+    )
 
 
 def torch_embed(extractor: nn.Module, segments: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +125,7 @@ def export_split(extractor: nn.Module, segment_samples: int, opset: int = OPSET)
     frames = ex.frontend.n_frames(segment_samples)
     fe = _export(
         FrontendGraph(ex), torch.zeros(1, segment_samples * 2), "waveform", ["logmel"],
-        {"waveform": {1: "samples"}, "logmel": {2: "frames"}}, opset,
+        {"waveform": {0: "batch", 1: "samples"}, "logmel": {0: "batch", 2: "frames"}}, opset,
     )
     enc = _export(
         EncoderGraph(ex), torch.zeros(2, ex.frontend.n_mels, frames), "logmel", ["embedding", "domain_logit"],

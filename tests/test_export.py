@@ -38,10 +38,15 @@ def test_onnx_matches_torch_on_real_audio(tiny_run, tiny_bundle, tiny_data):
     clip = list_clips(tiny_data, "fan", "test")[0].path
     segs = clip_segments(clip)
     ref, ref_logit = torch_embed(load_extractor(tiny_run), segs)
-    scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
-    got, got_logit = scorer.members[0].backend.run(segs)
-    assert relative_error(ref, got) < 1e-4
-    assert np.allclose(ref_logit, got_logit, atol=1e-4 * max(1.0, np.abs(ref_logit).max()))
+    from edge_asd.inference import OnnxBackend
+
+    b = open_bundle(tiny_bundle)
+    whole = OnnxBackend(b.read(b.manifest["members"][0]["model"]))  # the [batch, 32000] contract graph
+    split = load_scorer(tiny_bundle, backend="onnx-cpu").members[0].backend  # what the CPU runs
+    for backend in (whole, split):
+        got, got_logit = backend.run(segs)
+        assert relative_error(ref, got) < 1e-4
+        assert np.allclose(ref_logit, got_logit, atol=1e-4 * max(1.0, np.abs(ref_logit).max()))
 
 
 def test_score_and_evaluate_match_torch(tiny_run, tiny_bundle, tiny_data, edge_asd_exe, tmp_path):
@@ -115,13 +120,17 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     from edge_asd.audio import SegmentSpec, read_audio, segment, standardize
     from export.onnx_export import relative_error
 
+    from edge_asd.inference import OnnxBackend, SplitOnnx
+
     scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
     member = scorer.members[0]
-    assert member.split is not None
+    assert isinstance(member.backend, SplitOnnx)
     x = read_audio(list_clips(tiny_data, "fan", "test")[1].path)
     std = standardize(x)
-    emb_split, logit_split, _ = member.split.run_clip(std, SegmentSpec().starts(std.size))
-    emb_full, logit_full = member.backend.run(segment(std, SegmentSpec()))
+    emb_split, logit_split, _ = member.backend.run_clip(std, SegmentSpec().starts(std.size))
+    b = open_bundle(tiny_bundle)
+    full = OnnxBackend(b.read(b.manifest["members"][0]["model"]))
+    emb_full, logit_full = full.run(segment(std, SegmentSpec()))
     assert relative_error(emb_full, emb_split) < 1e-4
     assert np.allclose(logit_full, logit_split, atol=1e-4 * max(1.0, np.abs(logit_full).max()))
     # the daemon's path (split) and the offline path (segments) give one score

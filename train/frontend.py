@@ -172,9 +172,31 @@ class LogMel(nn.Module):
                 return_complex=True,
             )[:, self.bin_lo : self.bin_hi]
             return spec.real.square() + spec.imag.square()
-        out = F.conv1d(wave.unsqueeze(1), self.dft_kernel.to(wave.dtype), stride=self.hop_length)
-        re, im = out[:, : self.n_bins], out[:, self.n_bins :]
-        return re * re + im * im
+        # The DFT as one matrix product over explicit frames: a GEMM runs several
+        # times faster in onnxruntime (and TensorRT) than the equivalent strided
+        # Conv1d with a 2048-tap kernel, on a whole clip most of all.
+        spec = torch.matmul(self._frames(wave), self.dft_kernel[:, 0, :].to(wave.dtype).t())  # [B, F, 2 * n_bins]
+        re, im = spec[..., : self.n_bins], spec[..., self.n_bins :]
+        return (re * re + im * im).transpose(1, 2)
+
+    def _frames(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[B, N] -> [B, F, n_fft]`` windows at every hop, built from reshapes and slices.
+
+        With the window a multiple of the hop, frame f is hop-blocks f .. f + r - 1:
+        stacking r shifted views of the block matrix needs no gather and keeps the
+        number of samples a dynamic axis of the exported graph. Samples after the
+        last whole hop block belong to no complete frame and are dropped (outside
+        a traced graph; exported graphs are fed whole blocks by the runtime).
+        """
+        hop, n_fft = self.hop_length, self.n_fft
+        if n_fft % hop:
+            return wave.unfold(1, n_fft, hop)
+        if wave.shape[-1] % hop:
+            wave = wave[:, : wave.shape[-1] // hop * hop]
+        blocks = wave.reshape(wave.shape[0], -1, hop)
+        r = n_fft // hop
+        views = [blocks[:, i : i - (r - 1)] if i < r - 1 else blocks[:, r - 1 :] for i in range(r)]
+        return torch.cat(views, dim=2)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         mel = torch.matmul(self.mel_fb.to(wave.dtype), self.power(wave))

@@ -1,0 +1,114 @@
+"""The daemon end to end: latency from a clip's end to its MQTT message, and resident memory.
+
+    .venv/bin/python benchmarks/bench_daemon.py BUNDLE CLIPS_DIR [--clips 6] [--threads 2]
+
+Starts a private Mosquitto, runs `edge-asd run` on a real-time file source (the
+same path a microphone takes after capture), subscribes to the scores, and
+measures for each clip the time from the clip's end (the payload's `ts`) to the
+message's arrival at the subscriber. Reports medians, the daemon's peak
+resident memory (VmHWM) and the time from start to the first score.
+Writes benchmarks/results/daemon.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle")
+    ap.add_argument("clips")
+    ap.add_argument("--clips-count", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp())
+    src = work / "clips"
+    src.mkdir()
+    for p in sorted(Path(args.clips).glob("*.wav"))[: args.clips_count]:
+        shutil.copy(p, src / p.name)
+    port = free_port()
+    (work / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(work / "m.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (work / "c.toml").write_text(
+        f'device_id = "bench"\nstats_interval_s = 5\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[storage]\noutbox = "{work / "o.sqlite"}"\n'
+        f'[[machines]]\nid = "m1"\nbundle = "{Path(args.bundle).resolve()}"\nsource = "file:{src}"\n'
+        f"realtime = true\nloop = false\nthreads = {args.threads}\n"
+    )
+    arrivals: list[tuple[float, dict]] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: arrivals.append((time.time(), json.loads(m.payload)))
+    time.sleep(0.5)
+    client.connect("127.0.0.1", port)
+    client.subscribe("edge_asd/bench/m1/score", qos=1)
+    client.loop_start()
+    t_start = time.time()
+    cmd = [str(Path(sys.executable).with_name("edge-asd")), "run", "--config", str(work / "c.toml")]
+    if args.threads:
+        cmd = ["taskset", "-c", ",".join(str(i) for i in range(args.threads))] + cmd
+    daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = [0.0]
+
+    def watch_rss() -> None:
+        status = Path(f"/proc/{daemon.pid}/status")
+        while daemon.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    # taskset execs the daemon in place, so the pid is the daemon's
+    threading.Thread(target=watch_rss, daemon=True).start()
+    daemon.wait(timeout=600)
+    time.sleep(1)
+    client.loop_stop()
+    broker.terminate()
+    latencies = [
+        (t - datetime.fromisoformat(p["ts"].replace("Z", "+00:00")).timestamp()) * 1e3 for t, p in arrivals
+    ]
+    first = min(t for t, _ in arrivals) - t_start if arrivals else float("nan")
+    clip_s = 10.0
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "clips": len(arrivals),
+        "latency_ms_median": float(np.median(latencies)) if latencies else None,
+        "latency_ms_max": float(np.max(latencies)) if latencies else None,
+        "peak_rss_mb": peak[0],
+        "first_score_after_start_s": first,
+        "first_score_after_first_clip_s": first - clip_s,
+        "threads": args.threads,
+        "daemon_exit": daemon.returncode,
+    }
+    print(json.dumps(result, indent=2))
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "daemon.json").write_text(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

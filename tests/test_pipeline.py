@@ -1,0 +1,48 @@
+"""End to end on synthetic data: the method against the DCASE autoencoder baseline, and the train CLI's errors."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "demo_train.json"
+
+
+def _exe(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+@pytest.mark.slow
+def test_method_beats_the_autoencoder_baseline(tmp_path):
+    from edge_asd.synth import SynthConfig, generate
+    from train.cli import main as train_main
+
+    data = tmp_path / "data"
+    generate(data, SynthConfig(machines=("fan", "gearbox"), sections=2, train_source=40, train_target=10, test=10, seed=0), progress=False)
+    runs = tmp_path / "runs"
+    rc = train_main(["--data", str(data), "--machine", "fan", "--out", str(runs / "fan" / "demo"), "--config", str(DEMO_CONFIG),
+                     "--device", "cpu", "--baseline-epochs", "20", "--quiet"])
+    assert rc == 0
+    rc = train_main(["report", "--data", str(data), "--out", str(runs), "--device", "cpu", "--quiet"])
+    assert rc == 0
+    with open(runs / "report" / "table3_all.csv") as fh:
+        rows = {r["Method"]: float(r["all/har-mean"]) for r in csv.DictReader(fh)}
+    baseline = rows["Official autoencoder baseline"]
+    assert rows["DS demo"] > baseline and rows["DG demo"] > baseline, rows
+    for png in ("roc_fan.png", "hist_fan.png"):
+        assert (runs / "report" / png).stat().st_size > 1000
+    metrics = json.loads((runs / "report" / "metrics.json").read_text())
+    assert set(metrics) == {"Official autoencoder baseline", "DG demo", "DS demo"}
+
+
+def test_train_cli_user_errors(tmp_path):
+    r = subprocess.run([_exe("edge-asd-train"), "--data", str(tmp_path), "--machine", "pump", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "pump/train: no such folder" in r.stderr
+    r = subprocess.run([_exe("edge-asd-train"), "report", "--data", str(tmp_path), "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "holds no finished runs" in r.stderr
+    r = subprocess.run([_exe("edge-asd-export"), str(tmp_path), "--out", str(tmp_path / "x.asd")], capture_output=True, text=True)
+    assert r.returncode == 2 and "not a training run" in r.stderr

@@ -67,6 +67,14 @@ class OnnxBackend:
         # One model, one stream of batches: inter-op parallelism only adds threads.
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle pool threads must not spin: the split front end and encoder are two
+        # sessions with two pools, and on a 2-core device one pool's spinning
+        # starves the other (and the capture thread).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The arena keeps every buffer size ever seen; a device scores one
+        # small batch at a time, where plain allocation costs nothing measurable
+        # and the resident memory stays at what the clip needs.
+        so.enable_cpu_mem_arena = False
         return ort.InferenceSession(model, sess_options=so, providers=providers)
 
     def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -89,11 +89,14 @@ def test_read_audio_accepts_exactly_the_usable_files(tmp_path, n, subtype, rate,
 def test_config_loader_accepts_only_valid_files(tmp_path, device_id, port, extra):
     bundle = tmp_path / "b.asd"
     bundle.write_bytes(b"x")
+    clips = tmp_path / "clips"
+    clips.mkdir(exist_ok=True)
+    sf.write(clips / "a.wav", np.zeros(32000), 16000)
     text = (
         f"device_id = {device_id!r}\n{extra}"
         f"[mqtt]\nhost = '127.0.0.1'\nport = {port if isinstance(port, int) else repr(port)}\n"
         f"[storage]\noutbox = '{tmp_path / 'o.sqlite'}'\n"
-        f"[[machines]]\nid = 'm1'\nbundle = '{bundle}'\nsource = 'file:{tmp_path}'\n"
+        f"[[machines]]\nid = 'm1'\nbundle = '{bundle}'\nsource = 'file:{clips}'\n"
     )
     p = tmp_path / "c.toml"
     p.write_text(text)

@@ -60,21 +60,39 @@ def _safe_member(name: str) -> bool:
 
 @dataclass
 class Bundle:
-    """An opened, verified bundle. Members are held in memory (a few MB)."""
+    """An opened, verified bundle.
+
+    Members stay on disk until asked for: an EfficientNet-B0 bundle holds two
+    copies of the extractor (whole-segment and split graphs, ~70 MB), and a
+    device that held them all while it built its sessions would need that much
+    more memory at start than it runs with. :meth:`read` checks each member's
+    sha256 again, so a file replaced after :func:`open_bundle` is refused
+    rather than half-trusted.
+    """
 
     path: Path
     manifest: dict
-    _members: dict[str, bytes]
 
     @property
     def bundle_id(self) -> str:
         return self.manifest["bundle_id"]
 
     def read(self, name: str) -> bytes:
+        digest = self.manifest["files"].get(name)
+        if digest is None:
+            raise BundleError(f"{self.path}: manifest names no member {name!r}")
         try:
-            return self._members[name]
+            with zipfile.ZipFile(self.path) as zf:
+                data = zf.read(name)
         except KeyError:
-            raise BundleError(f"{self.path}: manifest names no member {name!r}") from None
+            raise BundleError(f"{self.path}: member {name} is missing") from None
+        except zipfile.BadZipFile:
+            raise BundleError(f"{self.path}: not a bundle (not a zip archive, or truncated)") from None
+        except OSError as exc:
+            raise BundleError(f"{self.path}: cannot read bundle ({exc.strerror or exc})") from None
+        if sha256(data) != digest:
+            raise BundleError(f"{self.path}: checksum mismatch for member {name} (the bundle is corrupt or was modified)")
+        return data
 
     def arrays(self, name: str) -> dict[str, np.ndarray]:
         try:
@@ -86,7 +104,7 @@ class Bundle:
             raise BundleError(f"{self.path}: member {name} is not a valid array file ({exc})") from None
 
     def members(self) -> dict[str, bytes]:
-        return dict(self._members)
+        return {name: self.read(name) for name in self.manifest["files"]}
 
 
 def new_bundle_id(machine_type: str, files: Mapping[str, bytes]) -> str:
@@ -165,23 +183,29 @@ def open_bundle(path: str | Path) -> Bundle:
             extra = sorted(set(names) - set(listed) - {MANIFEST})
             if extra:
                 raise BundleError(f"{path}: member {extra[0]} is not listed in the manifest")
-            members: dict[str, bytes] = {}
             for name, digest in listed.items():
                 if not _safe_member(name):
                     raise BundleError(f"{path}: unsafe member name {name!r}")
                 if name not in names:
                     raise BundleError(f"{path}: member {name} is missing")
-                data = zf.read(name)
-                if sha256(data) != digest:
+                if _member_sha256(zf, name) != digest:
                     raise BundleError(f"{path}: checksum mismatch for member {name} (the bundle is corrupt or was modified)")
-                members[name] = data
     except zipfile.BadZipFile:
         raise BundleError(f"{path}: not a bundle (not a zip archive, or truncated)") from None
     except OSError as exc:
         raise BundleError(f"{path}: cannot read bundle ({exc.strerror or exc})") from None
-    bundle = Bundle(path, manifest, members)
+    bundle = Bundle(path, manifest)
     _check_references(bundle)
     return bundle
+
+
+def _member_sha256(zf: zipfile.ZipFile, name: str) -> str:
+    """A member's digest, hashed in blocks: verifying a bundle must not need its size in memory."""
+    h = hashlib.sha256()
+    with zf.open(name) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _check_references(bundle: Bundle) -> None:

@@ -71,10 +71,12 @@ class OnnxBackend:
         # sessions with two pools, and on a 2-core device one pool's spinning
         # starves the other (and the capture thread).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # The arena keeps every buffer size ever seen; a device scores one
-        # small batch at a time, where plain allocation costs nothing measurable
-        # and the resident memory stays at what the clip needs.
-        so.enable_cpu_mem_arena = False
+        if _shared_cpu_arena(ort):
+            # Every CPU session draws on one arena: the sessions of a clip run one
+            # after the other, so the process holds the largest one's activations,
+            # not their sum, and the arena's reuse spares the page faults that
+            # plain allocation pays on every clip.
+            so.add_session_config_entry("session.use_env_allocators", "1")
         return ort.InferenceSession(model, sess_options=so, providers=providers)
 
     def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,9 +104,16 @@ class SplitOnnx:
     hop: int
     providers: list = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = 0
+    # Segments per encoder run. A clip's 10 segments in one batch need ~90 MB of
+    # activations at the peak for EfficientNet-B0; 2 at a time need a fifth of
+    # that and run no slower on a 2-core CPU (the working set stays in cache;
+    # benchmarks/bench_runtime.py).
+    encoder_batch: int = 2
     name: str = "onnx-cpu"
 
     def __post_init__(self) -> None:
+        if self.encoder_batch < 1:
+            raise ValueError(f"encoder_batch must be at least 1, got {self.encoder_batch}")
         self._fe = OnnxBackend._session(self.frontend, self.providers, self.threads)
         self._enc = OnnxBackend._session(self.encoder, self.providers, self.threads)
         # onnxruntime holds its own copy of the weights; the bundle's bytes can go
@@ -129,8 +138,33 @@ class SplitOnnx:
         t_fe = time.perf_counter() - t0
         first = np.asarray(starts) // self.hop
         windows = np.stack([frames[0, :, f : f + self.frames] for f in first])
-        emb, logit = self._enc.run(["embedding", "domain_logit"], {"logmel": windows})
-        return emb.astype(np.float32), logit.reshape(-1).astype(np.float32), t_fe
+        embs, logits = [], []
+        for lo in range(0, len(windows), self.encoder_batch):
+            emb, logit = self._enc.run(["embedding", "domain_logit"], {"logmel": windows[lo : lo + self.encoder_batch]})
+            embs.append(emb)
+            logits.append(logit.reshape(-1))
+        return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32), t_fe
+
+
+_ARENA_REGISTERED: list[bool] = []
+
+
+def _shared_cpu_arena(ort) -> bool:
+    """Register one CPU arena in onnxruntime's process-wide environment, once.
+
+    onnxruntime's environment is global to the process whatever we do, so the
+    once-flag has to be too. False (each session keeps its own arena) where this
+    onnxruntime build cannot share one.
+    """
+    if not _ARENA_REGISTERED:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _ARENA_REGISTERED.append(True)
+        except Exception as exc:  # an older or trimmed build: lose the saving, not the service
+            log.debug("onnxruntime cannot share a CPU arena (%s); each session keeps its own", exc)
+            _ARENA_REGISTERED.append(False)
+    return _ARENA_REGISTERED[0]
 
 
 def available_ort_providers() -> list[str]:

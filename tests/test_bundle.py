@@ -53,12 +53,26 @@ def test_npz_members_have_no_pickles(tiny_bundle):
     assert arrays and all(a.dtype != object for a in arrays.values())
 
 
-def test_tampered_member_is_refused(tiny_bundle, tmp_path):
-    p = _copy(tiny_bundle, tmp_path)
-    members = _members(p)
+def tampered_bundle(src: Path, dst: Path) -> str:
+    """Write to ``dst`` a copy of bundle ``src`` with bytes flipped inside a member; returns that member's name.
+
+    The zip stays valid (its CRCs match the new bytes): only the manifest's sha256 can catch it.
+    The copy replaces ``dst`` in one rename, as an operator's ``cp`` then ``mv`` would.
+    """
+    members = _members(src)
     name = next(n for n in members if n.endswith(".npz"))
-    members[name] = members[name][:-8] + b"\x00" * 8
-    _rewrite(p, members)
+    data = bytearray(members[name])
+    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])
+    members[name] = bytes(data)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    _rewrite(tmp, members)
+    tmp.replace(dst)
+    return name
+
+
+def test_tampered_member_is_refused(tiny_bundle, tmp_path):
+    p = tmp_path / "b.asd"
+    name = tampered_bundle(tiny_bundle, p)
     with pytest.raises(BundleError, match=rf"checksum mismatch for member {name}"):
         open_bundle(p)
 
@@ -151,3 +165,19 @@ def test_score_cli_bad_bundle_exits_2(tiny_bundle, tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "checksum mismatch" in lines[0] and str(p) in lines[0]
+
+
+def test_member_changed_after_opening_is_refused_when_read(tiny_bundle, tmp_path):
+    # Members are read from disk when asked for, so each read is verified again:
+    # a bundle swapped under an opened one must not be half-trusted.
+    p = _copy(tiny_bundle, tmp_path)
+    b = open_bundle(p)
+    name = tampered_bundle(tiny_bundle, p)
+    with pytest.raises(BundleError, match=rf"{p}: checksum mismatch for member {name}"):
+        b.read(name)
+    p.write_bytes(b"not a zip")
+    with pytest.raises(BundleError, match=rf"{p}: not a bundle"):
+        b.read(name)
+    p.unlink()
+    with pytest.raises(BundleError, match=rf"{p}: cannot read bundle"):
+        b.read(name)

@@ -123,8 +123,8 @@ class SplitOnnx:
         """The :class:`Backend` interface: whole segments, front end per segment."""
         x = np.ascontiguousarray(segments, dtype=np.float32)
         embs, logits = [], []
-        for lo in range(0, len(x), 64):
-            (frames,) = self._fe.run(["logmel"], {"waveform": x[lo : lo + 64]})
+        for lo in range(0, len(x), self.encoder_batch):
+            (frames,) = self._fe.run(["logmel"], {"waveform": x[lo : lo + self.encoder_batch]})
             emb, logit = self._enc.run(["embedding", "domain_logit"], {"logmel": frames[:, :, : self.frames]})
             embs.append(emb)
             logits.append(logit.reshape(-1))

@@ -263,15 +263,17 @@ def test_domain_batches_follow_section_2_4(data_root, cache_dir, tmp_path):
     data = prepare_data(cfg)
     table = data.table
     sampler = OEBatchSampler(data.pools, table.lengths, cfg.segment_samples, BatchPlan.from_config(cfg), seed=0)
-    assert len(sampler) == int(np.ceil(data.pools.source.size / 4))  # an epoch passes every source clip once
+    assert len(sampler) == int(np.ceil(data.pools.source.size / 3))  # an epoch passes every source clip once
     seen_sources = []
     for slots in sampler:
         items = _labels(data, cfg, slots)
-        source = [s for s in slots if s[2] < 0 and table.normal[s[0]]]
+        normal = [s for s in slots if s[2] < 0 and table.normal[s[0]]]
+        source = [s for s in normal if not table.target[s[0]]]
+        target = [s for s in normal if table.target[s[0]]]
         pseudo_target = [s for s in slots if s[2] >= 0]
         anomalous = [s for s in slots if s[2] < 0 and not table.normal[s[0]]]
-        assert len(source) == 4 and len(pseudo_target) == 4 and len(anomalous) == 8
-        assert all(not table.target[s[0]] for s in source)
+        # the normal quarter keeps Section 2.3's real target-domain clip
+        assert len(normal) == 4 and len(target) == 1 and len(pseudo_target) == 4 and len(anomalous) == 8
         assert all(table.target[s[0]] and not table.normal[s[2]] for s in pseudo_target)
         seen_sources += [s[0] for s in source]
         for s, it in zip(slots, items):
@@ -282,6 +284,8 @@ def test_domain_batches_follow_section_2_4(data_root, cache_dir, tmp_path):
                 assert it["section"].sum().item() == pytest.approx(lam)
             elif s in source:
                 assert it["t"] == 1 and it["d"] == 0 and it["section"].max() == 1
+            elif s in target:
+                assert it["t"] == 1 and it["d"] == 1 and it["section"].max() == 1
             else:
                 assert it["t"] == 0 and it["d"] == 0 and it["section"].sum() == 0
     assert sorted(seen_sources) == sorted(data.pools.source.tolist())

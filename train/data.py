@@ -421,9 +421,12 @@ class OEBatchSampler:
 
     * without the domain head: B/2 normals (``min_target_per_batch`` of them from the
       target domain, the rest source) and B/2 pseudo-anomalous clips;
-    * with it (Section 2.4): B/4 source normals, B/4 pseudo-target Mixups
-      (target normal x pseudo-anomalous, ratio ~ Beta(domain_mixup_alpha)), and
-      B/2 pseudo-anomalous clips.
+    * with it (Section 2.4): B/4 normals (``min_target_per_batch`` of them from the
+      target domain, the rest source), B/4 pseudo-target Mixups (target normal x
+      pseudo-anomalous, ratio ~ Beta(domain_mixup_alpha)), and B/2 pseudo-anomalous
+      clips. A pseudo-target Mixup's labels follow its ratio (t = d = ratio), so t
+      is 3:5 in expectation here; the report fixes these quarters for the domain
+      classifier, and 1:1 holds for the batches without it.
 
     With ``mixup`` every normal slot is mixed with a pseudo-anomalous clip and every
     pseudo-anomalous slot with a source normal, ratio ~ Beta(mixup_alpha), so the
@@ -455,7 +458,11 @@ class OEBatchSampler:
         self.epoch = 0
         b = plan.batch_size
         if plan.domain_mode:
-            self.n_source, self.n_target = b // 4, 0
+            # Section 2.4's quarters, with Section 2.3's rule kept inside the normal
+            # quarter: real target-domain normals (d = 1) in every batch are the
+            # domain head's only unmixed examples of the target domain.
+            self.n_target = min(plan.min_target_per_batch, b // 4 - 1) if pools.target.size else 0
+            self.n_source = b // 4 - self.n_target
             self.n_pseudo_target = b // 4
         else:
             self.n_target = min(plan.min_target_per_batch, b // 2) if pools.target.size else 0

@@ -14,6 +14,17 @@ from pathlib import Path
 from .errors import UserError
 
 
+class CliParser(argparse.ArgumentParser):
+    """argparse with the product's rule for user mistakes: one line on stderr, status 2.
+
+    argparse's own habit (the usage block, then the error) is several lines that
+    scripts and journals split apart; the usage stays one ``--help`` away.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from .synth import SynthConfig, generate
 
@@ -47,6 +58,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from .offline import score_paths
 
+    # Passed only when given, so that the default lives in offline.py alone.
+    limit = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
     score_paths(
         Path(args.bundle),
         [Path(p) for p in args.paths],
@@ -55,6 +68,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         batch_clips=args.batch_clips,
         threads=args.threads,
         progress=not args.quiet,
+        **limit,
     )
     return 0
 
@@ -106,9 +120,9 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from .watch import watch
+    from .watch import read_password_file, watch
 
-    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    password = read_password_file(Path(args.password_file)) if args.password_file else None
     return watch(
         args.host, args.port, args.prefix, device=args.device, count=args.count, json_lines=args.json,
         username=args.username, password=password, tls_ca=Path(args.tls_ca) if args.tls_ca else None,
@@ -116,7 +130,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-asd", description="Machine-condition monitoring by sound (runtime).")
+    p = CliParser(prog="edge-asd", description="Machine-condition monitoring by sound (runtime).")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write a synthetic machine-sound data set in the DCASE layout")
@@ -138,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", help="auto, onnx-cpu, onnx-cuda, onnx-tensorrt or tensorrt")
     s.add_argument("--batch-clips", type=int, default=8)
     s.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    s.add_argument("--max-seconds", type=float,
+                   help="refuse files longer than this (default 600): each file is scored as one clip, so replay "
+                        "long recordings through `edge-asd run` with a file: source instead")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_score)
 

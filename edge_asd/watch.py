@@ -9,7 +9,6 @@ with the payload parsed when it is JSON (the status payloads are plain strings).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -175,8 +174,20 @@ def watch(
     return 0
 
 
+def read_password_file(path: Path) -> str:
+    """The first line of a password file; a missing, unreadable or empty file is a :class:`UserError`."""
+    try:
+        return path.read_text().splitlines()[0]
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the password ({exc.strerror or exc})") from None
+    except IndexError:
+        raise UserError(f"{path}: password file is empty") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edge_asd.watch", description="Print what edge-asd daemons publish.")
+    from .cli import CliParser
+
+    p = CliParser(prog="python -m edge_asd.watch", description="Print what edge-asd daemons publish.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--prefix", default="edge_asd")
@@ -188,12 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-ca", type=Path, help="CA certificate of the broker (enables TLS)")
     args = p.parse_args(argv)
     try:
-        password = None
-        if args.password_file is not None:
-            try:
-                password = args.password_file.read_text().splitlines()[0]
-            except (OSError, IndexError) as exc:
-                raise UserError(f"{args.password_file}: cannot read the password: {exc}") from None
+        password = read_password_file(args.password_file) if args.password_file is not None else None
         return watch(
             args.host, args.port, args.prefix, device=args.device, count=args.count, json_lines=args.json,
             username=args.username, password=password, tls_ca=args.tls_ca,

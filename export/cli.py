@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_asd.cli import run_cli
+from edge_asd.cli import CliParser, run_cli
 
 from .pack import FORMATS, build_bundle
 from .precision import PRECISIONS
@@ -26,7 +26,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-asd-export", description="Export a trained run as one deployment bundle.")
+    p = CliParser(prog="edge-asd-export", description="Export a trained run as one deployment bundle.")
     p.add_argument("run", nargs="+", help="run folder written by edge-asd-train; several runs of one machine type make an ensemble bundle")
     p.add_argument("--out", required=True, help="bundle file to write (e.g. pump.asd)")
     p.add_argument("--format", default="onnx", choices=FORMATS)

@@ -46,3 +46,28 @@ def test_train_cli_user_errors(tmp_path):
     assert r.returncode == 2 and "holds no finished runs" in r.stderr
     r = subprocess.run([_exe("edge-asd-export"), str(tmp_path), "--out", str(tmp_path / "x.asd")], capture_output=True, text=True)
     assert r.returncode == 2 and "not a training run" in r.stderr
+
+
+def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_bad_config_files_and_flags_are_one_line_errors(tmp_path):
+    (tmp_path / "fan" / "train").mkdir(parents=True)
+    base = [_exe("edge-asd-train"), "--data", str(tmp_path), "--machine", "fan", "--out", str(tmp_path / "r")]
+    run = lambda *a: subprocess.run([*a], capture_output=True, text=True)  # noqa: E731
+    _one_line_error(run(*base, "--config", str(tmp_path / "missing.json")), "missing.json: cannot read the configuration")
+    (tmp_path / "bad.json").write_text("{epochs: 3")
+    _one_line_error(run(*base, "--config", str(tmp_path / "bad.json")), "bad.json: not valid JSON")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    _one_line_error(run(*base, "--config", str(tmp_path / "list.json")), "list.json: the configuration must be a JSON object")
+    # argparse's own mistakes follow the same rule, in every command
+    _one_line_error(run(*base, "--epochs", "many"), "edge-asd-train: error:", "--epochs", "--help")
+    _one_line_error(run(_exe("edge-asd"), "score"), "edge-asd score: error:", "required")
+    _one_line_error(run(_exe("edge-asd-export"), str(tmp_path), "--precision", "fp8"), "edge-asd-export: error:", "fp8")
+    _one_line_error(run(_exe("edge-asd"), "watch", "--password-file", str(tmp_path / "nope")), "nope: cannot read the password")
+    (tmp_path / "empty").write_text("")
+    _one_line_error(run(_exe("edge-asd"), "watch", "--password-file", str(tmp_path / "empty")), "empty: password file is empty")

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_asd.cli import run_cli
+from edge_asd.cli import CliParser, run_cli
 from edge_asd.errors import UserError
 from edge_asd.scoring import Stage2Config
 
@@ -37,12 +37,12 @@ def _train(args: argparse.Namespace) -> int:
         overrides["mixup"] = True
     base: dict = {}
     if args.resume and (out / "config.json").is_file():
-        base = json.loads((out / "config.json").read_text())
+        base = _read_config(out / "config.json")
         overrides["resume"] = True
     elif args.resume:
         raise UserError(f"{out}: nothing to resume (no config.json)")
     elif args.config:
-        base = json.loads(Path(args.config).read_text())
+        base = _read_config(Path(args.config))
     cfg = TrainConfig.from_dict({**base, **overrides}, ignore_unknown=bool(args.resume))
     run_dir = Path(train_extractor(cfg, progress=not args.quiet))
 
@@ -88,8 +88,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_config(path: Path) -> dict:
+    try:
+        base = json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the configuration ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(base, dict):
+        raise UserError(f"{path}: the configuration must be a JSON object of TrainConfig fields")
+    return base
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="edge-asd-train",
         description="Train the two-stage ASD system for one machine type (stage 1 extractor, stage 2 inlier models). "
         "`edge-asd-train report --data DATA --out DIR` writes the report's tables for the runs under DIR.",
@@ -122,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-asd-train report", description="Tables 1-4 of the report for every run under DIR.")
+    p = CliParser(prog="edge-asd-train report", description="Tables 1-4 of the report for every run under DIR.")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="folder holding the runs; the report is written into DIR/report")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -15,6 +15,11 @@ else
 fi
 
 PY=${PYTHON:-python3}
+# Debian's own python3 ships venv and ensurepip as a separate package.
+if ! "$PY" -c "import ensurepip, venv" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

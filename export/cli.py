@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge_asd.cli import CliParser, run_cli
 
-from .pack import FORMATS, build_bundle
+from .pack import FORMATS, SELECT_BY, build_bundle
 from .precision import PRECISIONS
 
 
@@ -21,6 +21,9 @@ def _export(args: argparse.Namespace) -> int:
         precision=args.precision,
         approach=args.approach,
         data_root=Path(args.data) if args.data else None,
+        select=args.select,
+        select_by=args.select_by,
+        validation=[Path(v) for v in args.validation] if args.validation else None,
     )
     return 0
 
@@ -33,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--approach", choices=["generalization", "specialization"], help="default: the run's")
     p.add_argument("--data", help="data root, if it moved since training")
+    p.add_argument("--select", type=int, metavar="K", help="ensemble: keep only the K best of the runs given")
+    p.add_argument("--select-by", choices=SELECT_BY,
+                   help="how --select ranks runs: proxy (label-free: held-out normals against other machines' clips; "
+                   "the default) or validation (official score on --validation clips)")
+    p.add_argument("--validation", nargs="+", metavar="PATH",
+                   help="labelled clips (files or folders, DCASE test naming) for --select-by validation; never the test set you report on")
     p.set_defaults(func=_export)
     return p
 

@@ -251,6 +251,9 @@ def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.nda
     return out
 
 
+SELECT_BY = ("proxy", "validation")
+
+
 def build_bundle(
     run_dir: Path | list[Path],
     out: Path,
@@ -259,9 +262,19 @@ def build_bundle(
     approach: str | None = None,
     data_root: Path | None = None,
     progress: bool = True,
+    select: int | None = None,
+    select_by: str | None = None,
+    validation: list[Path] | None = None,
 ) -> Path:
-    """One bundle from one run, or an ensemble bundle (report 2.5) from several runs of a machine type."""
-    from train.config import TrainConfig
+    """One bundle from one run, or an ensemble bundle (report 2.5) from several runs of a machine type.
+
+    With ``select`` K, only the K best of the runs go in. The report picked its
+    members by their test scores, which a product cannot see; here they are
+    ranked by the label-free proxy AUC (``select_by="proxy"``: held-out normals
+    against other machines' clips) or, when the user has labelled clips in the
+    DCASE naming, by the official score on those (``"validation"``). Every
+    candidate's figure is recorded in the manifest's ``selection`` block.
+    """
     from train.stage2 import default_approach
 
     if fmt not in FORMATS:
@@ -269,6 +282,13 @@ def build_bundle(
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
     runs = [Path(r) for r in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir])]
+    select_by = select_by or ("validation" if validation else "proxy")
+    if select_by not in SELECT_BY:
+        raise UserError(f"--select-by must be one of {', '.join(SELECT_BY)}")
+    if select is not None and not 1 <= select <= len(runs):
+        raise UserError(f"--select {select}: choose between 1 and the {len(runs)} run(s) given")
+    if select_by == "validation" and not validation:
+        raise UserError("--select-by validation needs --validation PATH (labelled clips in the DCASE naming)")
     for r in runs:
         _run_config(r)
     approach = approach or default_approach(runs[0])
@@ -283,6 +303,25 @@ def build_bundle(
         ):
             if a != b:
                 raise UserError(f"{m.manifest['run']}: {what} {a} differs from {first.manifest['run']}'s {b}; ensemble members must share it")
+    selection = None
+    if select is not None:
+        members, selection = _select(members, select, select_by, validation or [], approach, precision)
+    manifest, files = _assemble(members, approach)
+    if selection is not None:
+        manifest["selection"] = selection
+    path = write_bundle(out, manifest, files)
+    if progress:
+        parity = max(m.precision_report["fp32_parity_relative_error"] for m in members)
+        chosen = f", chosen by {select_by} from {len(runs)}" if selection else ""
+        print(f"wrote {path} ({approach}, {precision}, {fmt}, {len(members)} member(s){chosen}); ONNX parity {parity:.1e}")
+    return path
+
+
+def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and files of a bundle of these members."""
+    from train.config import TrainConfig
+
+    first = members[0]
     reference = _reference_scores(members, approach)
     thresholds = {
         s: float(fit_threshold(reference[s], first.s2cfg.threshold_rule))
@@ -314,12 +353,52 @@ def build_bundle(
         "precision": first.precision_report if len(members) == 1 else {m.manifest["name"]: m.precision_report for m in members},
         "members": [m.manifest for m in members],
     }
-    files = {k: v for m in members for k, v in m.files.items()}
-    path = write_bundle(out, manifest, files)
-    if progress:
-        parity = max(m.precision_report["fp32_parity_relative_error"] for m in members)
-        print(f"wrote {path} ({approach}, {precision}, {fmt}, {len(members)} member(s)); ONNX parity {parity:.1e}")
-    return path
+    return manifest, {k: v for m in members for k, v in m.files.items()}
+
+
+def _select(
+    members: list[_Member], k: int, by: str, validation: list[Path], approach: str, precision: str
+) -> tuple[list[_Member], dict]:
+    """The ``k`` best members by the chosen criterion, in their original order, and the record of the choice."""
+    if by == "proxy":
+        key = f"proxy_auc_{precision}"
+        figures = [m.precision_report.get(key) for m in members]
+        if any(f is None for f in figures):
+            raise UserError(
+                "label-free selection needs other machine types' clips in DATA to score against; "
+                "give labelled clips with --validation PATH instead"
+            )
+        criterion = f"proxy AUC ({precision}): held-out normals against other machine types' clips"
+    else:
+        figures = [_validation_score(m, approach, validation) for m in members]
+        criterion = "official score (harmonic mean of AUC(source), AUC(target), pAUC) on " + ", ".join(map(str, validation))
+    order = sorted(range(len(members)), key=lambda i: -figures[i])
+    keep = sorted(order[:k])
+    record = {
+        "criterion": criterion,
+        "k": k,
+        "candidates": [
+            {"run": m.manifest["run"], "name": m.manifest["name"], "figure": float(f), "chosen": i in keep}
+            for i, (m, f) in enumerate(zip(members, figures))
+        ],
+    }
+    log.info("ensemble selection by %s: %s", by, record["candidates"])
+    return [members[i] for i in keep], record
+
+
+def _validation_score(member: _Member, approach: str, validation: list[Path]) -> float:
+    """The official score of one member alone on the user's labelled clips, scored as the device would."""
+    from edge_asd.metrics import evaluate_dir
+    from edge_asd.offline import score_paths
+
+    manifest, files = _assemble([member], approach)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = write_bundle(Path(tmp) / "member.asd", manifest, files)
+        score_paths(bundle, validation, Path(tmp) / "sub", backend="onnx-cpu", progress=False)
+        try:
+            return float(evaluate_dir(Path(tmp) / "sub")["official_score"])
+        except UserError as exc:
+            raise UserError(f"--validation: {exc}") from None
 
 
 def _clip_seconds(paths: list[Path]) -> float:

@@ -137,3 +137,60 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     via_split = scorer.score(x, "00").score
     via_segments = scorer.score_segments(segment(std, SegmentSpec())[None], "00")[0][0]
     assert via_split == pytest.approx(via_segments, rel=1e-4, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def second_run(tiny_data, tmp_path_factory):
+    """Another tiny run of the same machine type, another seed: an ensemble candidate."""
+    from conftest import TINY_MODEL
+    from train.cli import main as train_main
+
+    root = tmp_path_factory.mktemp("runs2")
+    cfg = root / "tiny.json"
+    cfg.write_text(json.dumps({**TINY_MODEL, "r_train": 0.8}))
+    run = root / "fan" / "seed1"
+    assert train_main(["--data", str(tiny_data), "--machine", "fan", "--out", str(run), "--config", str(cfg), "--seed", "1",
+                       "--device", "cpu", "--baseline-epochs", "0", "--quiet", "--detector", "knn", "--k", "2"]) == 0
+    return run
+
+
+def test_ensemble_members_are_selected_without_test_labels(tiny_run, second_run, tiny_data, tmp_path):
+    from edge_asd.metrics import evaluate_dir
+    from edge_asd.offline import score_paths
+    from export.pack import build_bundle
+
+    runs = [tiny_run, second_run]
+    both = open_bundle(build_bundle(runs, tmp_path / "both.asd", progress=False))
+    assert len(both.manifest["members"]) == 2 and "selection" not in both.manifest
+    proxies = [both.manifest["precision"][m]["proxy_auc_fp32"] for m in ("m0", "m1")]
+
+    # label-free: the member with the higher proxy AUC, and the figures recorded
+    best = open_bundle(build_bundle(runs, tmp_path / "proxy.asd", select=1, progress=False))
+    sel = best.manifest["selection"]
+    assert [c["figure"] for c in sel["candidates"]] == pytest.approx(proxies)
+    winner = int(np.argmax(proxies))
+    assert [c["chosen"] for c in sel["candidates"]] == [i == winner for i in range(2)]
+    assert [m["run"] for m in best.manifest["members"]] == [str(runs[winner])]
+
+    # labelled validation clips: each candidate's figure is its own bundle's official score on them
+    val = [c.path for c in list_clips(tiny_data, "fan", "test")]
+    chosen = open_bundle(build_bundle(runs, tmp_path / "val.asd", select=1, validation=val, progress=False))
+    sel = chosen.manifest["selection"]
+    assert sel["criterion"].startswith("official score")
+    for run, cand in zip(runs, sel["candidates"]):
+        alone = build_bundle(run, tmp_path / f"{run.name}.asd", progress=False)
+        score_paths(alone, val, tmp_path / f"sub_{run.name}", progress=False)
+        assert cand["figure"] == pytest.approx(evaluate_dir(tmp_path / f"sub_{run.name}")["official_score"], abs=1e-9)
+    figures = [c["figure"] for c in sel["candidates"]]
+    assert [m["run"] for m in chosen.manifest["members"]] == [str(runs[int(np.argmax(figures))])]
+
+
+def test_selection_mistakes_are_user_errors(tiny_run, second_run, tmp_path):
+    from edge_asd.errors import UserError
+    from export.pack import build_bundle
+
+    with pytest.raises(UserError, match=r"--select 3: choose between 1 and the 2 run\(s\)"):
+        build_bundle([tiny_run, second_run], tmp_path / "x.asd", select=3, progress=False)
+    with pytest.raises(UserError, match="--select-by validation needs --validation"):
+        build_bundle([tiny_run, second_run], tmp_path / "x.asd", select=1, select_by="validation", progress=False)
+    assert not (tmp_path / "x.asd").exists()

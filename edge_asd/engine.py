@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,16 @@ def build_engine(
     return bytes(serialized), meta
 
 
+def engine_source(member: dict) -> str:
+    """The bundle member a TensorRT engine is built from.
+
+    onnxruntime's int8 model (asymmetric uint8 activations, for the CPU) is not
+    one TensorRT can run; an int8 bundle for TensorRT therefore also carries the
+    fp32 model, which TensorRT quantizes itself with the stored calibration cache.
+    """
+    return member.get("engine_source", member["model"])
+
+
 class TensorRTBackend:
     """Runs a serialized engine; refuses one built for another GPU or TensorRT."""
 
@@ -210,8 +221,21 @@ def build_engine_in_bundle(bundle_path: Path, precision: str = "fp16", out: Path
     n_seg = int(manifest["audio"]["n_segments"])
     seg_samples = int(round(manifest["audio"]["segment_seconds"] * manifest["audio"]["sample_rate"]))
     for i, member in enumerate(manifest["members"]):
+        cache = member.get("calibration_cache")
+        if precision == "int8" and cache is None:
+            raise UserError(
+                f"{bundle_path}: member {i} carries no int8 calibration cache; export the bundle with "
+                "`edge-asd-export RUN --format tensorrt --precision int8` (which calibrates on the run's normal clips), "
+                "or build an fp16 engine"
+            )
         log.info("building a %s TensorRT engine for member %d (takes minutes on a Jetson)", precision, i)
-        engine, meta = build_engine(files[member["model"]], precision=precision, max_batch=n_seg, segment_samples=seg_samples)
+        with tempfile.TemporaryDirectory() as tmp:
+            cache_path = None
+            if precision == "int8":
+                cache_path = Path(tmp) / "calibration.cache"
+                cache_path.write_bytes(files[cache])
+            engine, meta = build_engine(files[engine_source(member)], precision=precision, max_batch=n_seg,
+                                        segment_samples=seg_samples, calibration_cache=cache_path)
         name = member["model"].rsplit(".", 1)[0] + ".engine"
         files[name] = engine
         member["engine"] = {"file": name, **meta}

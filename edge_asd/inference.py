@@ -198,16 +198,17 @@ def make_backend(
     """The best back end that loads, trying the next one when one fails."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown back end {backend!r}; choose from {', '.join(BACKENDS)}")
+    # Fastest first; an explicit choice falls back along the same order, so a
+    # refused engine still gets the GPU through onnxruntime before the CPU.
+    providers = available_ort_providers()
+    chain = (["tensorrt"] if engine is not None else []) + [
+        kind for kind, provider in (("onnx-tensorrt", "TensorrtExecutionProvider"), ("onnx-cuda", "CUDAExecutionProvider"))
+        if provider in providers
+    ] + ["onnx-cpu"]
     if backend == "auto":
-        order = []
-        if engine is not None:
-            order.append("tensorrt")
-        providers = available_ort_providers()
-        if "CUDAExecutionProvider" in providers:
-            order.append("onnx-cuda")
-        order.append("onnx-cpu")
+        order = chain
     else:
-        order = [backend] + (["onnx-cpu"] if backend != "onnx-cpu" else [])
+        order = chain[chain.index(backend) :] if backend in chain else [backend] + chain
     errors = []
     for kind in order:
         try:

@@ -124,13 +124,14 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         oof = {k: z[k] for k in z.files}
     model_bytes = onnx_fp32
     precision_report: dict = {"fp32_parity_relative_error": parity}
-    if precision != "fp32":
+    calibration = None
+    if precision == "int8":
         calib_paths = [data_root / c["path"] for c in json.loads((run_dir / "split.json").read_text())["clips"] if c["split"] == "train"]
         rng = np.random.default_rng(0)
         calib_paths = [calib_paths[i] for i in rng.permutation(len(calib_paths))[:16]]
-        model_bytes = convert(
-            onnx_fp32, precision, _sample_segments(calib_paths, spec, 16) if precision == "int8" else None, extractor=extractor
-        )
+        calibration = _sample_segments(calib_paths, spec, 16)
+    if precision != "fp32":
+        model_bytes = convert(onnx_fp32, precision, calibration, extractor=extractor)
         # The detectors must model the embeddings the deployed model produces, so
         # stage 2 is refitted on the reduced-precision model's embeddings.
         lowp = OnnxBackend(model_bytes)
@@ -218,7 +219,22 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
     if fmt == "tensorrt":
         from edge_asd.engine import build_engine
 
-        engine, meta = build_engine(model_bytes, precision=precision, max_batch=spec.n_segments)
+        source = model_bytes
+        cache_path = None
+        with tempfile.TemporaryDirectory() as tmp:
+            if precision == "int8":
+                # TensorRT quantizes the fp32 model itself (see edge_asd.engine.engine_source);
+                # the cache lets `edge-asd build-engine` redo it on the device without the data.
+                source = onnx_fp32
+                files[prefix + "extractor.fp32.onnx"] = onnx_fp32
+                member["engine_source"] = prefix + "extractor.fp32.onnx"
+                cache_path = Path(tmp) / "calibration.cache"
+            engine, meta = build_engine(source, precision=precision, max_batch=spec.n_segments,
+                                        segment_samples=spec.segment_samples, calibration_segments=calibration,
+                                        calibration_cache=cache_path)
+            if cache_path is not None and cache_path.exists():
+                files[prefix + "calibration.cache"] = cache_path.read_bytes()
+                member["calibration_cache"] = prefix + "calibration.cache"
         files[prefix + "extractor.engine"] = engine
         member["engine"] = {"file": prefix + "extractor.engine", **meta}
     return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report)

@@ -1,6 +1,7 @@
 """Export to ONNX, precision variants, and offline scoring parity with torch."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -194,3 +195,33 @@ def test_selection_mistakes_are_user_errors(tiny_run, second_run, tmp_path):
     with pytest.raises(UserError, match="--select-by validation needs --validation"):
         build_bundle([tiny_run, second_run], tmp_path / "x.asd", select=1, select_by="validation", progress=False)
     assert not (tmp_path / "x.asd").exists()
+
+
+def test_int8_engine_needs_the_bundles_calibration_cache(tiny_bundle, edge_asd_exe, tmp_path):
+    # Checked before TensorRT is touched, so it holds on machines without it too.
+    r = subprocess.run([edge_asd_exe, "build-engine", str(tiny_bundle), "--precision", "int8", "--out", str(tmp_path / "e.asd")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "member 0 carries no int8 calibration cache" in r.stderr and str(tiny_bundle) in r.stderr
+    assert not (tmp_path / "e.asd").exists()
+
+
+@pytest.mark.parametrize(
+    "backend, engine, expected",
+    [
+        ("auto", None, ["onnx-tensorrt", "onnx-cuda", "onnx-cpu"]),
+        ("auto", b"engine", ["tensorrt", "onnx-tensorrt", "onnx-cuda", "onnx-cpu"]),
+        ("tensorrt", None, ["tensorrt", "onnx-tensorrt", "onnx-cuda", "onnx-cpu"]),
+        ("onnx-cuda", None, ["onnx-cuda", "onnx-cpu"]),
+    ],
+)
+def test_back_ends_fall_back_fastest_first(monkeypatch, backend, engine, expected):
+    from edge_asd import inference
+
+    # A GPU device's providers; the model is not ONNX, so every back end really fails and says so in turn.
+    monkeypatch.setattr(inference, "available_ort_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="no inference back end could load the model") as err:
+        inference.make_backend(b"not an onnx model", backend=backend, engine=engine)
+    tried = re.findall(r"(?:model: |; )(tensorrt|onnx-tensorrt|onnx-cuda|onnx-cpu): ", str(err.value))
+    assert tried == expected

@@ -87,8 +87,9 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
+    from .bundle import open_bundle
     from .enroll import enroll, read_clips, record_clips
-    from .runtime import load_scorer
+    from .runtime import load_scorer, segment_spec
 
     bundle = Path(args.bundle)
     if bool(args.mic) == bool(args.paths):
@@ -97,7 +98,8 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         scorer = load_scorer(bundle, backend="onnx-cpu")
         clips = record_clips(args.mic, args.clips, scorer.clip_seconds, scorer.sample_rate)
     else:
-        clips = read_clips([Path(p) for p in args.paths], 16000, 2.0)
+        spec = segment_spec(open_bundle(bundle).manifest)  # the bundle's own rate and segment length
+        clips = read_clips([Path(p) for p in args.paths], spec.sample_rate, spec.segment_seconds)
         if args.clips and len(clips) < args.clips:
             raise UserError(f"--clips {args.clips} asked for, but only {len(clips)} clip files were given")
         clips = clips[: args.clips] if args.clips else clips

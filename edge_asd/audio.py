@@ -48,7 +48,36 @@ class SegmentSpec:
         return np.minimum(snapped, span)
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: float | None = None) -> np.ndarray:
+def open_audio(path: str | Path) -> sf.SoundFile:
+    """An open soundfile handle, to be read in blocks where a file may be long.
+
+    :class:`AudioError` naming the file and the problem when it cannot be opened.
+    """
+    path = Path(path)
+    try:
+        return sf.SoundFile(str(path))
+    except Exception as exc:  # soundfile raises several types for bad headers
+        if not path.exists():
+            raise AudioError(f"{path}: no such file") from None
+        try:
+            empty = path.is_file() and path.stat().st_size == 0
+        except OSError:
+            empty = False
+        if empty:
+            # libsndfile calls this "format not recognised", which sends users hunting for a codec.
+            raise AudioError(f"{path}: empty file (0 bytes)") from None
+        detail = _short(exc)
+        # libsndfile repeats the path; the message already starts with it.
+        detail = detail.removeprefix(f"Error opening {str(path)!r}: ")
+        raise AudioError(f"{path}: unreadable audio file ({detail})") from None
+
+
+def read_audio(
+    path: str | Path,
+    sample_rate: int = SAMPLE_RATE,
+    min_seconds: float | None = None,
+    max_seconds: float | None = None,
+) -> np.ndarray:
     """Read a mono WAV/FLAC clip as float32 in [-1, 1].
 
     PCM 16/24/32-bit and float files are accepted (soundfile converts them);
@@ -56,22 +85,20 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: fl
     unreadable or too-short file, or non-finite samples raise :class:`AudioError`
     naming the file: resampling or down-mixing silently would change what the
     model hears, so it is left to the user (or to the daemon's explicit resampler).
+    ``max_seconds`` refuses a longer file from its header, before any of it is read.
     """
     path = Path(path)
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # soundfile raises several types for bad headers
-        if not path.exists():
-            raise AudioError(f"{path}: no such file") from None
-        raise AudioError(f"{path}: unreadable audio file ({_short(exc)})") from None
-    if info.samplerate != sample_rate:
-        raise AudioError(f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz")
-    if info.channels != 1:
-        raise AudioError(f"{path}: {info.channels} channels, expected mono")
-    try:
-        data, _ = sf.read(str(path), dtype="float32", always_2d=False)
-    except Exception as exc:
-        raise AudioError(f"{path}: unreadable audio data ({_short(exc)})") from None
+    with open_audio(path) as f:
+        if f.samplerate != sample_rate:
+            raise AudioError(f"{path}: sample rate {f.samplerate} Hz, expected {sample_rate} Hz")
+        if f.channels != 1:
+            raise AudioError(f"{path}: {f.channels} channels, expected mono")
+        if max_seconds is not None and f.frames > max_seconds * f.samplerate:
+            raise TooLongError(path, f.frames / f.samplerate, max_seconds)
+        try:
+            data = f.read(dtype="float32", always_2d=False)
+        except Exception as exc:
+            raise AudioError(f"{path}: unreadable audio data ({_short(exc)})") from None
     data = np.asarray(data, dtype=np.float32).reshape(-1)
     if data.size == 0:
         raise AudioError(f"{path}: contains no samples")
@@ -82,6 +109,16 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_seconds: fl
             f"{path}: {data.size / sample_rate:.3f} s long, shorter than one {min_seconds:g} s segment"
         )
     return data
+
+
+class TooLongError(AudioError):
+    """A file longer than a caller reads at once; ``seconds`` is its length from the header."""
+
+    def __init__(self, path: Path, seconds: float, max_seconds: float):
+        self.path = path
+        self.seconds = seconds
+        self.max_seconds = max_seconds
+        super().__init__(f"{path}: {seconds:.1f} s long, more than the {max_seconds:g} s read at once")
 
 
 def _short(exc: Exception) -> str:

@@ -591,6 +591,10 @@ class Daemon:
             if not self.publisher.flush(timeout):
                 log.warning("%d message(s) not delivered within %g s; they stay in %s for the next start",
                             self.outbox.depth(), timeout, self.cfg.storage.outbox)
+            if clean:
+                # The final counters: an outage that ended just before the exit, or the last clips,
+                # would otherwise never reach the stats topic (heartbeats are skipped while offline).
+                self.publish_stats(final=True)
             self.publisher.stop(clean=clean)
         if self.outbox is not None:
             self.outbox.close()
@@ -675,10 +679,10 @@ class Daemon:
             out["evidence_mb"] = round(self.evidence.total_bytes / 1048576, 3)
         return out
 
-    def publish_stats(self) -> None:
+    def publish_stats(self, final: bool = False) -> None:
         payload = self.stats_payload()
         log.debug("stats: %s", json.dumps(payload))
-        self.publisher.publish_stats(payload)
+        self.publisher.publish_stats(payload, final=final)
 
     def _status_line(self) -> str:
         scored = sum(p.scored for p in self.pipelines.values())

@@ -562,14 +562,16 @@ class Publisher:
         self.outbox.append(self.topic(machine_id, kind), encode(payload), qos=1, retain=retain)
         self._notify()
 
-    def publish_stats(self, payload: dict) -> None:
+    def publish_stats(self, payload: dict, final: bool = False) -> None:
         """Best effort heartbeat: QoS 0, not journaled, skipped while disconnected.
 
         A stale heartbeat is worthless, and queueing them during an outage would
-        only delay the scores that matter.
+        only delay the scores that matter. The ``final`` one of a clean stop goes
+        at QoS 1: a broker busy passing on a backlog drops QoS 0 messages, and
+        no later heartbeat would carry the last counters.
         """
         if self.connected:
-            self._client.publish(self.topic("stats"), encode(payload), qos=0, retain=False)
+            self._client.publish(self.topic("stats"), encode(payload), qos=1 if final else 0, retain=False)
 
     # --- state ------------------------------------------------------------------
 

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import read_audio
+from .audio import TooLongError, read_audio
 from .dcase import AUDIO_EXTENSIONS, parse_name
 from .errors import DataError, UserError
 from .progress import Progress
 from .runtime import ClipScorer, load_scorer
 from .submission import write_section
+
+# A DCASE clip is 10 s. Scoring reads a whole file (one score per file) and
+# standardizes it as one clip: a recording of hours would take gigabytes and
+# still give one meaningless number, so it is refused from its header.
+DEFAULT_MAX_SECONDS = 600.0
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:
@@ -46,7 +51,12 @@ def section_of(path: Path, scorer: ClipScorer) -> str:
 
 
 def score_files(
-    scorer: ClipScorer, files: list[Path], batch_clips: int = 8, progress: bool = True, workers: int = 2
+    scorer: ClipScorer,
+    files: list[Path],
+    batch_clips: int = 8,
+    progress: bool = True,
+    workers: int = 2,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
 ) -> tuple[dict[Path, tuple[str, float]], dict[Path, str]]:
     """Score every file; bad files are reported and skipped, never the whole run.
 
@@ -65,8 +75,14 @@ def score_files(
 
     def load(path: Path):
         try:
-            x = read_audio(path, scorer.sample_rate, min_seconds=scorer.segment_seconds)
+            x = read_audio(path, scorer.sample_rate, min_seconds=scorer.segment_seconds, max_seconds=max_seconds)
             return path, scorer.prepare(x), None
+        except TooLongError as exc:
+            return path, None, (
+                f"{path}: {exc.seconds:.0f} s long, more than the {exc.max_seconds:g} s `edge-asd score` takes as one clip; "
+                f"replay it through `edge-asd run` with a `file:` source (realtime = false), which cuts it into clips, "
+                f"or raise --max-seconds"
+            )
         except UserError as exc:
             return path, None, str(exc)
 
@@ -97,10 +113,13 @@ def score_paths(
     batch_clips: int = 8,
     threads: int = 0,
     progress: bool = True,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
 ) -> dict[Path, tuple[str, float]]:
+    if max_seconds is not None and not max_seconds > 0:
+        raise UserError(f"--max-seconds must be positive, got {max_seconds:g}")
     scorer = load_scorer(bundle, backend=backend, threads=threads)
     files = expand_paths(paths)
-    results, errors = score_files(scorer, files, batch_clips=batch_clips, progress=progress)
+    results, errors = score_files(scorer, files, batch_clips=batch_clips, progress=progress, max_seconds=max_seconds)
     by_section: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for path, (section, score) in results.items():
         by_section[section].append((path.name, score))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from .audio import SAMPLE_RATE, dbfs, resample
+from .audio import SAMPLE_RATE, dbfs, open_audio, resample
 from .config import list_source_files
 from .errors import AudioError
 
@@ -740,11 +740,15 @@ class FileSource(ClipSource):
       are picked up.
     * Each file is cut on its own: clips never straddle two recordings, and a
       tail shorter than a clip is not scored.
-    * A file at another sample rate is resampled to 16 kHz with the same
-      anti-aliasing resampler as the microphone path (logged once per file).
+    * A file is streamed in blocks of :attr:`block_frames` frames, never read
+      whole, so a recording of many hours replays in the memory of a few blocks.
+      Clips are cut at the file's own rate and each clip is resampled to 16 kHz,
+      exactly as the microphone path does (a rate change is logged once per file).
     * A multi-channel file contributes channel ``channel`` (logged once per file).
-    * A bad file (unreadable, too short for one clip, non-finite samples, no such
-      channel) is logged with its name and skipped; the rest carry on.
+    * A bad file (unreadable, empty, too short for one clip, no such channel) is
+      logged with its name and skipped; the rest carry on. A block of NaN or
+      infinite samples (or unreadable data) ends its file there: the clips before
+      it were scored, the rest of the file is skipped and the file is named.
     * A clip's timestamp is the start of its file on a replay timeline plus the
       offset of the clip's end in the file. A file starts at the later of "now"
       and the end of the previous file on that timeline, so timestamps always
@@ -757,6 +761,9 @@ class FileSource(ClipSource):
       queued clip when scoring falls behind (exactly like a microphone);
       ``realtime=False`` waits for the scorer, so every clip is scored.
     """
+
+    # 64 Ki frames: 4 s at 16 kHz, 1.4 s at 48 kHz; a few MB even for many channels.
+    block_frames = 65536
 
     def __init__(
         self,
@@ -787,55 +794,62 @@ class FileSource(ClipSource):
         self._noted.add((str(path), kind))
         log.log(level, msg, *args)
 
-    def load(self, path: Path) -> np.ndarray:
-        """One file as float32 mono 16 kHz, per the class rules; :class:`AudioError` when it cannot be used."""
+    def open_file(self, path: Path) -> sf.SoundFile:
+        """An open file that can give at least one clip, per the class rules; :class:`AudioError` when it cannot."""
         try:
-            info = sf.info(str(path))
-            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        except Exception as exc:  # soundfile raises several types for bad files
+            f = open_audio(path)
+        except AudioError:
             if not path.exists():
                 raise AudioError(f"{path}: no such file (it disappeared)") from None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AudioError(f"{path}: unreadable audio file ({first})") from None
-        if data.shape[0] == 0:
+            raise
+        try:
+            self._check(path, f)
+        except AudioError:
+            f.close()
+            raise
+        return f
+
+    def _check(self, path: Path, f: sf.SoundFile) -> None:
+        if f.frames == 0:
             raise AudioError(f"{path}: contains no samples")
-        if info.channels > 1:
-            if self.channel >= info.channels:
-                raise AudioError(f"{path}: has {info.channels} channels; channel {self.channel} does not exist")
+        if f.channels > 1:
+            if self.channel >= f.channels:
+                raise AudioError(f"{path}: has {f.channels} channels; channel {self.channel} does not exist")
             self._note(path, "channel", logging.INFO, "source %s: %s has %d channels; using channel %d",
-                       self.name, path, info.channels, self.channel)
+                       self.name, path, f.channels, self.channel)
         elif self.channel > 0:
             self._note(path, "channel", logging.INFO, "source %s: %s is mono; using its only channel",
                        self.name, path)
-        x = data[:, self.channel if info.channels > 1 else 0]
-        if not np.all(np.isfinite(x)):
-            raise AudioError(f"{path}: contains NaN or infinite samples")
-        if rate != SAMPLE_RATE:
+        if f.frames < int(round(self.clip_seconds * f.samplerate)):
+            raise AudioError(
+                f"{path}: {f.frames / f.samplerate:.2f} s long, shorter than one {self.clip_seconds:g} s clip"
+            )
+        if f.samplerate != SAMPLE_RATE:
             self._note(path, "rate", logging.INFO, "source %s: %s is %d Hz; resampling to %d Hz",
-                       self.name, path, rate, SAMPLE_RATE)
-            x = resample(x, rate, SAMPLE_RATE)
-        clip_n = int(round(self.clip_seconds * SAMPLE_RATE))
-        if x.size < clip_n:
-            raise AudioError(f"{path}: {x.size / SAMPLE_RATE:.2f} s long, shorter than one {self.clip_seconds:g} s clip")
-        return np.ascontiguousarray(x, dtype=np.float32)
+                       self.name, path, f.samplerate, SAMPLE_RATE)
 
     def _run(self) -> None:
-        clip_n = int(round(self.clip_seconds * SAMPLE_RATE))
-        cutter = ClipCutter(clip_n, max(1, int(round(self.hop_seconds * SAMPLE_RATE))))
         while not self._stop.is_set():
             played = 0
             for path in list_source_files(self.target):
                 if self._stop.is_set():
                     return
+                clips_before = self.clips
                 try:
-                    x = self.load(path)
+                    with self.open_file(path) as f:
+                        if not self._replay(path, f):
+                            return
                 except AudioError as exc:
                     self.bad_files += 1
                     self._last_error = str(exc)
-                    self._note(path, "bad", logging.ERROR, "source %s: skipping %s", self.name, exc)
+                    scored = self.clips - clips_before
+                    if scored:
+                        self._note(path, "bad", logging.ERROR,
+                                   "source %s: skipping the rest of the file after %d clip(s): %s", self.name, scored, exc)
+                        played += 1
+                    else:
+                        self._note(path, "bad", logging.ERROR, "source %s: skipping %s", self.name, exc)
                     continue
-                if not self._replay(path, x, cutter):
-                    return
                 played += 1
                 self.files_played += 1
             if not self.loop:
@@ -845,32 +859,58 @@ class FileSource(ClipSource):
                 if self._stop.wait(self.empty_retry_s):
                     return
 
-    def _replay(self, path: Path, x: np.ndarray, cutter: ClipCutter) -> bool:
-        """Queue one file's clips; False when stopped midway."""
+    def _blocks(self, path: Path, f: sf.SoundFile):
+        """``(mono block, frames read so far)`` of the selected channel; :class:`AudioError` at the first bad block."""
+        ch = self.channel if f.channels > 1 else 0
+        done = 0
+        while True:
+            try:
+                block = f.read(self.block_frames, dtype="float32", always_2d=True)
+            except Exception as exc:  # a decoder error in the middle of a damaged file
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise AudioError(f"{path}: unreadable audio data at {done / f.samplerate:.2f} s ({first})") from None
+            if block.shape[0] == 0:
+                return
+            x = block[:, ch]
+            if not np.all(np.isfinite(x)):
+                at = done + int(np.argmin(np.isfinite(x)))
+                raise AudioError(f"{path}: contains NaN or infinite samples (first at {at / f.samplerate:.2f} s)")
+            done += x.size
+            yield x, done
+
+    def _replay(self, path: Path, f: sf.SoundFile) -> bool:
+        """Queue one file's clips, streaming it; False when stopped midway."""
         if self._state != "ok":
             self._state = "ok"
-        cutter.reset()
+        rate = f.samplerate
+        cutter = ClipCutter(int(round(self.clip_seconds * rate)), max(1, int(round(self.hop_seconds * rate))))
+        out_n = int(round(self.clip_seconds * SAMPLE_RATE))
+        duration = f.frames / rate
         start_wall = datetime.now(timezone.utc)
         if self._timeline_end is not None and self._timeline_end > start_wall:
             start_wall = self._timeline_end
-        self._timeline_end = start_wall + timedelta(seconds=x.size / SAMPLE_RATE)
+        self._timeline_end = start_wall + timedelta(seconds=duration)
         start_mono = time.monotonic()
-        for samples, end in cutter.feed(x, x.size):
-            offset = end / SAMPLE_RATE
-            if self.realtime and self._stop.wait(max(0.0, start_mono + offset - time.monotonic())):
-                return False
-            clip = Clip(
-                samples=samples,
-                end_time=start_wall + timedelta(seconds=offset),
-                dbfs=dbfs(samples),
-                ready_monotonic=time.monotonic(),
-                origin=f"{path}@{offset - self.clip_seconds:.3f}s",
-            )
-            if not self._emit(clip, wait=not self.realtime):
+        for x, end_index in self._blocks(path, f):
+            for native, end in cutter.feed(x, end_index):
+                offset = end / rate
+                if self.realtime and self._stop.wait(max(0.0, start_mono + offset - time.monotonic())):
+                    return False
+                samples = _fit_length(resample(native, rate, SAMPLE_RATE), out_n)
+                clip = Clip(
+                    samples=samples,
+                    end_time=start_wall + timedelta(seconds=offset),
+                    dbfs=dbfs(samples),
+                    ready_monotonic=time.monotonic(),
+                    origin=f"{path}@{offset - self.clip_seconds:.3f}s",
+                )
+                if not self._emit(clip, wait=not self.realtime):
+                    return False
+            if self._stop.is_set():
                 return False
         if self.realtime:
             # The next file starts when this one would have finished playing.
-            return not self._stop.wait(max(0.0, start_mono + x.size / SAMPLE_RATE - time.monotonic()))
+            return not self._stop.wait(max(0.0, start_mono + duration - time.monotonic()))
         return True
 
 

@@ -66,3 +66,12 @@ def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def edge_asd_exe() -> str:
     return str(Path(sys.executable).with_name("edge-asd"))
+
+
+@pytest.fixture
+def daemons() -> list:
+    """Daemon processes a test started (tests/test_daemon.py ``Daemon``), killed if the test fails midway."""
+    started: list = []
+    yield started
+    for d in started:
+        d.kill()

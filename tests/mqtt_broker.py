@@ -251,6 +251,24 @@ class Broker:
         self.stop()
         return self.start()
 
+    def save(self, timeout: float = 20.0) -> Path:
+        """Write the persistence database now (SIGUSR1), e.g. so that a subscriber's session survives a later kill().
+
+        With ``autosave_interval 0`` the file is otherwise written only on a graceful stop; a crashed broker
+        restarts from the last save.
+        """
+        assert self.persistence and self._proc is not None
+        db = self.dir / "mosquitto.db"
+        before = db.stat().st_mtime_ns if db.exists() else None
+        self._proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        # Mosquitto writes a temporary file and renames it, so a new mtime means a complete file.
+        while not db.exists() or db.stat().st_mtime_ns == before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not write {db}:\n{self.log_text()}")
+            time.sleep(0.02)
+        return db
+
     def _end(self, sig: int) -> None:
         if self._proc is not None:
             if self._proc.poll() is None:
@@ -341,6 +359,8 @@ class Subscriber:
         self.topics = tuple(self.topics)
         self._cond = threading.Condition()
         self._subscribed = False
+        self.connects = 0  # successful connections so far (a broker restart adds one)
+        self.connected = False
         client_id = f"test-sub-{uuid.uuid4().hex[:10]}"
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -361,6 +381,7 @@ class Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
         self.client.connect(b.host, b.port, keepalive=10)
         self.client.loop_start()
         if not self._wait(lambda: self._subscribed, 20.0):
@@ -370,6 +391,15 @@ class Subscriber:
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if not reason.is_failure:
             client.subscribe([(t, 1) for t in self.topics])
+            with self._cond:
+                self.connects += 1
+                self.connected = True
+                self._cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        with self._cond:
+            self.connected = False
+            self._cond.notify_all()
 
     def _on_subscribe(self, client, userdata, mid, reasons, properties) -> None:
         with self._cond:
@@ -393,6 +423,11 @@ class Subscriber:
             raise AssertionError(f"timed out waiting for {what or 'messages'}; last received: {got}")
         with self._cond:
             return list(self.messages)
+
+    def wait_reconnected(self, after: int, timeout: float = 30.0) -> None:
+        """Wait until connected again after ``after`` connections (e.g. ``connects`` read before a broker restart)."""
+        if not self._wait(lambda: self.connected and self.connects > after, timeout):
+            raise AssertionError(f"subscriber did not reconnect within {timeout} s:\n{self.broker.log_text()}")
 
     def on(self, topic: str) -> list[Received]:
         with self._cond:

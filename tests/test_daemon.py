@@ -29,6 +29,7 @@ from edge_asd.sdnotify import Notifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import MOSQUITTO, MOSQUITTO_PASSWD, Broker, free_port, make_ca, make_leaf, require_mosquitto  # noqa: E402
+from test_bundle import tampered_bundle  # noqa: E402
 from vmic import DEVICE, VirtualMic, unavailable_reason  # noqa: E402
 
 SR = 16000
@@ -225,10 +226,21 @@ class Daemon:
         assert m is not None, f"no log line matching {pattern!r} (exit {self.proc.poll()}); log:\n" + self.log()
         return m
 
-    def last_seq(self) -> int:
+    def seqs(self) -> list[int]:
+        """The seq of every clip this process scored and journaled, in order (its ``seq N score`` log lines)."""
         with self._cond:
-            seqs = [int(m.group(1)) for line in self.lines for m in [re.search(r"fan1: seq (\d+) score", line)] if m]
-        return max(seqs, default=0)
+            return [int(m.group(1)) for line in self.lines for m in [re.search(r"fan1: seq (\d+) score", line)] if m]
+
+    def last_seq(self) -> int:
+        return max(self.seqs(), default=0)
+
+    def wait_scored(self, n: int, timeout: float = 60.0) -> list[int]:
+        """Wait until this process has scored ``n`` clips (whatever their seqs); returns the seqs so far."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.seqs()) >= n or self.proc.poll() is not None, timeout)
+        got = self.seqs()
+        assert len(got) >= n, f"scored {len(got)} of {n} clips (exit {self.proc.poll()}); log:\n" + self.log()
+        return got
 
     def wait_seq(self, n: int, timeout: float = 60.0) -> None:
         self.wait_log(rf"fan1: seq {n} score", timeout)
@@ -251,13 +263,13 @@ class Daemon:
             self.proc.wait(10)
 
 
-@pytest.fixture
-def daemons():
-    """Daemons started by a test, killed if the test fails midway."""
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
+def replay_daemon(exe: str, tmp_path: Path, broker: Broker, bundle: Path, daemons: list,
+                  machine: str = "realtime = false\n") -> Daemon:
+    """``edge-asd run`` replaying ``tmp_path/rec`` to ``broker``, with the machine settings given."""
+    cfg = write_config(tmp_path / "edge-asd.toml", broker.port, bundle, f"file:{tmp_path / 'rec'}", machine=machine)
+    d = Daemon(exe, cfg)
+    daemons.append(d)
+    return d
 
 
 def scores(sub, topic: str = "edge_asd/box1/fan1/score") -> list[dict]:
@@ -272,6 +284,16 @@ def unique_in_order(msgs: list[dict]) -> list[int]:
             seen.add(m["seq"])
             out.append(m["seq"])
     return out
+
+
+def stop_and_check_every_seq(d: Daemon, sub, why: str) -> None:
+    """SIGTERM, a clean exit, then every seq the daemon journaled delivered, first arrivals in order."""
+    d.send(signal.SIGTERM)
+    assert d.wait(60) == 0, d.log()
+    final = d.last_seq()
+    sub.wait_for(lambda _: set(range(1, final + 1)) <= {m["seq"] for m in scores(sub)}, timeout=60,
+                 what=f"every seq up to {final} after SIGTERM")
+    assert unique_in_order(scores(sub)) == list(range(1, final + 1)), why
 
 
 def check_score_schema(msg: dict, model: str) -> None:
@@ -364,12 +386,7 @@ def test_broker_outage_loses_no_score_and_sigterm_stops_cleanly(tiny_bundle, edg
         target = d.last_seq()
         sub.wait_for(lambda _: set(range(1, target + 1)) <= {m["seq"] for m in scores(sub)}, timeout=60,
                      what=f"every seq up to {target} after the broker came back")
-        d.send(signal.SIGTERM)
-        assert d.wait(60) == 0, d.log()
-        final = d.last_seq()
-        sub.wait_for(lambda _: set(range(1, final + 1)) <= {m["seq"] for m in scores(sub)}, timeout=30,
-                     what=f"every seq up to {final} after SIGTERM")
-        assert unique_in_order(scores(sub)) == list(range(1, final + 1)), "delivered in order, none missing"
+        stop_and_check_every_seq(d, sub, "delivered in order, none missing")
         assert broker.retained("edge_asd/box1/status") == b"stopped"
         assert "stop requested" in d.log()
         sub.close()
@@ -396,6 +413,26 @@ def test_sigkill_and_restart_delivers_the_journal_and_continues_seq(tiny_bundle,
         sub.wait_for(lambda _: len(scores(sub)) >= 6, what="3 journaled + 3 new scores")
         assert [m["seq"] for m in scores(sub)] == [1, 2, 3, 4, 5, 6]
         assert broker.retained("edge_asd/box1/status") == b"stopped"
+
+
+def test_a_full_outbox_is_reported_and_recovers(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    # outbox_max_mb gives SQLite's SQLITE_FULL exactly as a full disk does (tests/test_outbox.py).
+    noise_wavs(tmp_path / "rec", 2, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
+    port = free_port()
+    cfg = write_config(tmp_path / "edge-asd.toml", port, tiny_bundle, f"file:{tmp_path / 'rec'}",
+                       machine="realtime = false\nloop = true\n", storage="outbox_max_mb = 0.05\n")
+    d = Daemon(edge_asd_exe, cfg)
+    daemons.append(d)
+    line = d.wait_log(r"machine fan1: score not stored: .*").group(0)
+    assert "outbox.sqlite" in line and "full" in line, line
+    stored = d.last_seq()
+    assert stored > 0
+    with Broker(tmp_path, port=port) as broker:
+        sub = broker.subscriber("edge_asd/box1/#")
+        sub.wait_for(lambda _: any(m.json()["outbox_errors"] > 0 for m in sub.on("edge_asd/box1/stats")),
+                     what="a heartbeat counting the scores that could not be stored")
+        d.wait_seq(stored + 2)  # delivery made room: scores are journaled again, with the next seqs
+        stop_and_check_every_seq(d, sub, "a refused score spends no seq")
 
 
 def test_sighup_reloads_without_restarting_the_source(tiny_bundle, edge_asd_exe, tmp_path, daemons):
@@ -442,6 +479,54 @@ def test_sighup_reloads_without_restarting_the_source(tiny_bundle, edge_asd_exe,
     notify.close()
 
 
+def test_sighup_with_a_tampered_bundle_keeps_the_old_one(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    from edge_asd.bundle import open_bundle, write_bundle
+
+    bundle = tmp_path / "fan.asd"
+    bundle.write_bytes(tiny_bundle.read_bytes())
+    old_id = bundle_manifest(bundle)["bundle_id"]
+    noise_wavs(tmp_path / "rec", 2, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
+    with Broker(tmp_path) as broker:
+        sub = broker.subscriber("edge_asd/box1/#")
+        d = replay_daemon(edge_asd_exe, tmp_path, broker, bundle, daemons, machine="realtime = false\nloop = true\n")
+        d.wait_seq(2)
+        member = tampered_bundle(tiny_bundle, bundle)
+        d.send(signal.SIGHUP)
+        line = d.wait_log(r"reload failed, keeping the running configuration: .*").group(0)
+        assert f"{bundle}: checksum mismatch for member {member}" in line, line
+        after_failure = d.last_seq()
+        d.wait_seq(after_failure + 2)
+
+        # A good bundle again (a new id, so the switch shows in the scores): the next SIGHUP takes it.
+        good = open_bundle(tiny_bundle)
+        write_bundle(bundle, {**good.manifest, "bundle_id": "fan-reloaded"}, good.members())
+        d.send(signal.SIGHUP)
+        d.wait_log(r"reloaded: sources kept running for \['fan1'\]")
+        sub.wait_for(lambda _: any(m["model"] == "fan-reloaded" for m in scores(sub)), what="a score of the new bundle")
+        d.send(signal.SIGTERM)
+        assert d.wait(60) == 0, d.log()
+
+    by_seq = {m["seq"]: m["model"] for m in scores(sub)}
+    assert sorted(by_seq) == list(range(1, len(by_seq) + 1)), "seq consecutive across both reloads"
+    models = [by_seq[s] for s in sorted(by_seq)]
+    switch = models.index("fan-reloaded")
+    assert switch >= after_failure + 2 and set(models[:switch]) == {old_id}, "the old bundle kept scoring"
+    assert set(models[switch:]) == {"fan-reloaded"}
+
+
+def test_run_refuses_to_start_on_a_tampered_bundle(tiny_bundle, edge_asd_exe, tmp_path):
+    bundle = tmp_path / "fan.asd"
+    member = tampered_bundle(tiny_bundle, bundle)
+    noise_wavs(tmp_path / "rec", 1, 2.0)
+    cfg = write_config(tmp_path / "edge-asd.toml", free_port(), bundle, f"file:{tmp_path / 'rec'}")
+    proc = subprocess.run([edge_asd_exe, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"machines[0].bundle: {bundle}: checksum mismatch for member {member}" in lines[0], lines[0]
+    assert not (tmp_path / "state" / "outbox.sqlite").exists(), "nothing was started"
+
+
 def test_a_silent_source_is_reported(tiny_bundle, edge_asd_exe, tmp_path, daemons):
     clip_s = float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0))
     (tmp_path / "rec").mkdir()
@@ -462,6 +547,100 @@ def test_a_silent_source_is_reported(tiny_bundle, edge_asd_exe, tmp_path, daemon
         assert all(m["dbfs"] < -80 for m in scores(sub))
         retained = json.loads(broker.retained("edge_asd/box1/fan1/source"))
         assert retained["state"] == "silent", "the source state is retained for dashboards that subscribe later"
+
+
+def bad_audio_folder(folder: Path, clip_s: float) -> tuple[list[tuple[Path, int]], dict[Path, str]]:
+    """Good recordings mixed with every kind of bad audio, in replay (name) order.
+
+    Returns the accepted files with the clips each must give, and the refused ones
+    with the problem the log must name. Accepted files carry a 1 kHz tone of a
+    level of their own, so each score message can be traced to its file by dbfs.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+
+    def tone(amp: float, seconds: float = clip_s, rate: int = SR) -> np.ndarray:
+        t = np.arange(int(round(seconds * rate))) / rate
+        return (amp * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+
+    def wav(name: str, x: np.ndarray, rate: int = SR, subtype: str = "PCM_16") -> Path:
+        sf.write(folder / name, x, rate, subtype=subtype)
+        return folder / name
+
+    accepted: list[tuple[Path, int]] = []
+    refused: dict[Path, str] = {}
+    accepted.append((wav("01-good.wav", tone(0.05)), 1))
+    whole = wav("02-truncated-header.wav", tone(0.5)).read_bytes()
+    (folder / "02-truncated-header.wav").write_bytes(whole[:30])  # cut inside the fmt chunk
+    refused[folder / "02-truncated-header.wav"] = "unreadable audio file"
+    whole = wav("03-truncated-data.wav", tone(0.07, 2 * clip_s)).read_bytes()
+    (folder / "03-truncated-data.wav").write_bytes(whole[: 44 + int(1.5 * clip_s * SR) * 2])  # a copy cut short
+    accepted.append((folder / "03-truncated-data.wav", 1))
+    (folder / "04-zero-length.wav").write_bytes(b"")
+    refused[folder / "04-zero-length.wav"] = "empty file (0 bytes)"
+    (folder / "05-garbage.wav").write_bytes(rng.bytes(5000))
+    refused[folder / "05-garbage.wav"] = "unreadable audio file"
+    accepted.append((wav("06-44k1.wav", tone(0.1, rate=44100), rate=44100), 1))
+    accepted.append((wav("07-stereo.wav", np.stack([tone(0.12), tone(0.9)], axis=1)), 1))  # channel 0 is scored
+    accepted.append((wav("08-pcm-u8.wav", tone(0.15), subtype="PCM_U8"), 1))
+    accepted.append((wav("09-pcm-24.wav", tone(0.2), subtype="PCM_24"), 1))
+    accepted.append((wav("10-float.wav", tone(0.25), subtype="FLOAT"), 1))
+    refused[wav("11-short.wav", tone(0.3, clip_s / 2))] = f"{clip_s / 2:.2f} s long, shorter than one {clip_s:g} s clip"
+    x = tone(0.35)
+    x[SR // 2] = np.nan
+    refused[wav("12-nan.wav", x, subtype="FLOAT")] = "contains NaN or infinite samples (first at 0.50 s)"
+    x = tone(0.35)
+    x[SR] = np.inf
+    refused[wav("13-inf.wav", x, subtype="FLOAT")] = "contains NaN or infinite samples (first at 1.00 s)"
+    accepted.append((wav("14-silence.wav", np.zeros(int(clip_s * SR), dtype=np.float32)), 1))
+    accepted.append((wav("15-dc-offset.wav", 0.5 + tone(0.1)), 1))
+    accepted.append((wav("16-clipped.wav", np.clip(tone(4.0), -1.0, 1.0)), 1))  # full scale, flat-topped
+    # NaN in the third clip, blocks past the start: the two clips before it are scored, the rest is skipped.
+    x = tone(0.4, 3 * clip_s)
+    x[int(2.5 * clip_s * SR)] = np.nan
+    path = wav("17-nan-late.wav", x, subtype="FLOAT")
+    accepted.append((path, 2))
+    refused[path] = f"skipping the rest of the file after 2 clip(s): {path}: contains NaN or infinite samples"
+    accepted.append((wav("18-good.wav", tone(0.45)), 1))
+    return accepted, refused
+
+
+def test_replay_carries_on_over_every_kind_of_bad_audio(tiny_bundle, edge_asd_exe, tmp_path, daemons):
+    from edge_asd.audio import dbfs
+
+    model = bundle_manifest(tiny_bundle)["bundle_id"]
+    clip_s = float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0))
+    accepted, refused = bad_audio_folder(tmp_path / "rec", clip_s)
+    expected_levels = []
+    for path, n in accepted:
+        data, rate = sf.read(path, dtype="float64", always_2d=True)
+        n_clip = int(round(clip_s * rate))
+        expected_levels += [dbfs(data[i * n_clip : (i + 1) * n_clip, 0]) for i in range(n)]
+    total = len(expected_levels)
+    with Broker(tmp_path) as broker:
+        sub = broker.subscriber("edge_asd/box1/#")
+        d = replay_daemon(edge_asd_exe, tmp_path, broker, tiny_bundle, daemons)
+        assert d.wait(180) == 0, d.log()
+        log_text = d.log()
+        sub.wait_for(lambda _: len(scores(sub)) >= total, what=f"{total} scores")
+        msgs = scores(sub)
+        assert [m["seq"] for m in msgs] == list(range(1, total + 1)), "every accepted clip scored, in file order"
+        for m in msgs:
+            check_score_schema(m, model)  # finite score, p_target and dbfs
+        got = [m["dbfs"] for m in msgs]
+        assert got == pytest.approx(expected_levels, abs=0.1), "each score comes from the file it should"
+        assert got[accepted.index(next(a for a in accepted if a[0].name == "14-silence.wav"))] == -200.0
+        for path, problem in refused.items():
+            assert re.search(rf"ERROR edge_asd\.sources: source fan1: skipping .*{re.escape(f'{path}: ')}", log_text) \
+                and problem in log_text, f"{path.name}: no log line naming {problem!r}:\n{log_text}"
+        for path in (tmp_path / "rec" / "06-44k1.wav", tmp_path / "rec" / "07-stereo.wav"):
+            assert str(path) in log_text, "a resampled or down-selected file is logged"
+        assert "Traceback" not in log_text
+        sub.wait_for(lambda _: any(m.json()["machines"]["fan1"]["clips"] == total
+                                   for m in sub.on("edge_asd/box1/stats")), what="a heartbeat after the last clip")
+        last = [m.json() for m in sub.on("edge_asd/box1/stats")][-1]["machines"]["fan1"]
+        assert last["bad_files"] == len(refused) and last["score_errors"] == 0, last
+        assert broker.retained("edge_asd/box1/status") == b"stopped"
 
 
 def test_validate_config_loads_the_bundle(tiny_bundle, edge_asd_exe, tmp_path):

@@ -85,10 +85,13 @@ def test_read_audio_errors(tmp_path):
         read_audio(bad)
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
-    with pytest.raises(AudioError, match=r"empty\.wav"):
+    with pytest.raises(AudioError, match=r"empty\.wav: empty file \(0 bytes\)"):
         read_audio(empty)
     p = _wav(tmp_path / "nan.wav", np.r_[np.zeros(100), np.nan, np.zeros(100)].astype(np.float32), subtype="FLOAT")
     with pytest.raises(AudioError, match=r"nan\.wav: contains NaN"):
+        read_audio(p)
+    p = _wav(tmp_path / "inf.wav", np.r_[np.zeros(100), -np.inf, np.zeros(100)].astype(np.float32), subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"inf\.wav: contains NaN or infinite samples"):
         read_audio(p)
 
 

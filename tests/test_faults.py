@@ -1,0 +1,157 @@
+"""Fault injection: the broker and the daemon SIGKILLed and restarted, again and again, during one fast replay.
+
+What "every scored clip" means: a daemon restarted (by systemd, here by the test) replays its file source from
+the beginning, since it keeps no replay progress, so those clips are scored again under new seqs. Every clip a
+daemon journaled, that is every ``seq N score`` log line of every run (killed or not), must reach the subscriber
+exactly once after dedupe by seq, and the seqs delivered must run from 1 with no gap. A daemon killed between
+journaling a clip and logging it leaves a seq that is delivered without a log line; that is allowed and counted.
+
+Broker crashes: a SIGKILLed Mosquitto loses what only it held, i.e. messages it acknowledged to the daemon but had
+not yet passed on to a subscriber that was away (its persistence is written only on a graceful stop or SIGUSR1).
+That is the broker's durability, beyond any publisher, so the broker is killed only while the subscriber is
+connected and holds every seq logged so far. The subscriber's session (clean_session=False, QoS 1) is saved to
+the broker's database before the first fault, so each restarted broker queues for it even before it is back.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mqtt_broker import Broker  # noqa: E402
+from test_daemon import Daemon, check_score_schema, bundle_manifest, noise_wavs, scores, write_config  # noqa: E402
+
+CLIP_S = 2.0          # the tiny bundle's segment length: the shortest clip it takes
+FILES, CLIPS_PER_FILE = 10, 6
+CLIPS = FILES * CLIPS_PER_FILE
+
+
+def test_broker_and_daemon_killed_during_a_replay_lose_and_duplicate_nothing(tiny_bundle, edge_asd_exe, tmp_path,
+                                                                             daemons):
+    rng = random.Random(20260521)
+    model = bundle_manifest(tiny_bundle)["bundle_id"]
+    noise_wavs(tmp_path / "rec", FILES, CLIP_S * CLIPS_PER_FILE)
+    faults: Counter[str] = Counter()
+    runs: list[Daemon] = []
+    broker = Broker(tmp_path).start()
+    sub = broker.subscriber("edge_asd/box1/#", persistent=True)
+    try:
+        broker.save()
+        cfg = write_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"file:{tmp_path / 'rec'}",
+                           machine=f"realtime = false\nclip_seconds = {CLIP_S}\n")
+
+        def delivered() -> set[int]:
+            return {m["seq"] for m in scores(sub)}
+
+        def logged() -> list[int]:
+            return [s for d in runs for s in d.seqs()]
+
+        def start_daemon() -> Daemon:
+            d = Daemon(edge_asd_exe, cfg)
+            daemons.append(d)
+            runs.append(d)
+            return d
+
+        def jitter() -> None:
+            # Lands the kill anywhere within a clip's scoring and journaling, not just after a log line.
+            time.sleep(rng.uniform(0.0, 0.05))
+
+        def kill_daemon(d: Daemon) -> None:
+            jitter()
+            assert d.proc.poll() is None, "the replay ended before the fault; it needs more clips"
+            d.proc.send_signal(signal.SIGKILL)
+            assert d.wait(30) == -signal.SIGKILL
+            faults["daemon killed"] += 1
+
+        def kill_broker() -> None:
+            so_far = set(logged())
+            sub.wait_for(lambda _: so_far <= delivered(), timeout=90, what=f"every seq logged so far ({len(so_far)})")
+            jitter()
+            broker.kill()
+            faults["broker killed"] += 1
+
+        def start_broker() -> None:
+            connects = sub.connects
+            broker.start()
+            sub.wait_reconnected(connects)
+
+        # Run 1: a broker crash and restart, then the daemon killed.
+        d = start_daemon()
+        at = rng.randint(2, 5)
+        d.wait_scored(at)
+        kill_broker()
+        d.wait_scored(at + 2)  # scored and journaled while the broker is away
+        start_broker()
+        d.wait_scored(rng.randint(at + 5, 14))
+        kill_daemon(d)
+
+        # Run 2: the broker crashes, and the daemon is killed while it is still down.
+        d = start_daemon()
+        at = rng.randint(2, 6)
+        d.wait_scored(at)
+        kill_broker()
+        d.wait_scored(rng.randint(at + 2, 14))
+        kill_daemon(d)
+
+        # Run 3: starts with no broker; it comes back, crashes again and comes back; then the daemon is killed.
+        d = start_daemon()
+        d.wait_scored(2)
+        start_broker()
+        at = rng.randint(4, 8)
+        d.wait_scored(at)
+        kill_broker()
+        d.wait_scored(at + 2)
+        start_broker()
+        d.wait_scored(rng.randint(at + 4, 16))
+        kill_daemon(d)
+
+        # Run 4: one more broker crash; the replay ends while the broker is away, the daemon waits for it,
+        # delivers everything and exits by itself.
+        d = start_daemon()
+        at = rng.randint(3, CLIPS // 2)
+        d.wait_scored(at)
+        kill_broker()
+        d.wait_log("every source has ended")
+        d.wait_log("mqtt 127.0.0.1:%d: cannot connect" % broker.port)
+        start_broker()
+        assert d.wait(180) == 0, d.log()
+        assert len(d.seqs()) == CLIPS, "the last run replayed every file"
+
+        journaled = d.last_seq()
+        sub.wait_for(lambda _: set(range(1, journaled + 1)) <= delivered(), timeout=90,
+                     what=f"every seq up to {journaled}")
+        msgs = scores(sub)
+        received = [m["seq"] for m in msgs]
+        all_logged = logged()
+        assert len(all_logged) == len(set(all_logged)), "no seq was ever given to two clips"
+        assert set(all_logged) <= set(received), "every journaled clip was delivered"
+        assert set(received) == set(range(1, journaled + 1)), "seqs from 1 with no gap and nothing unknown"
+        for m in {m["seq"]: m for m in msgs}.values():
+            check_score_schema(m, model)
+        duplicates = len(received) - len(set(received))
+        lost = journaled - len(set(received))
+
+        # Every outage is in the log of the run that saw it.
+        assert "mqtt 127.0.0.1:%d: connection lost" % broker.port in runs[0].log()
+        assert "mqtt 127.0.0.1:%d: cannot connect" % broker.port in runs[2].log()
+        # The last run's final heartbeat (sent once the broker was back) reports its outage.
+        sub.wait_for(lambda _: any(m.json()["machines"]["fan1"]["clips"] == CLIPS and m.json()["mqtt"]["reconnects"]
+                                   for m in sub.on("edge_asd/box1/stats")), what="the last run's final heartbeat")
+        final = [m.json() for m in sub.on("edge_asd/box1/stats") if m.json()["machines"]["fan1"]["clips"] == CLIPS][-1]
+        assert final["mqtt"]["reconnects"] >= 1 and final["mqtt"]["connect_failures"] >= 1, final["mqtt"]
+        assert final["mqtt"]["last_error"].startswith("cannot connect"), final["mqtt"]
+        assert faults["broker killed"] >= 3 and faults["daemon killed"] >= 3, faults
+
+        print(
+            f"\nfault injection: {faults['broker killed']} broker kills, {faults['daemon killed']} daemon kills, "
+            f"{len(runs)} daemon runs; clips scored (seq log lines) {len(all_logged)}, seqs journaled {journaled}, "
+            f"score messages delivered {len(received)}, duplicates delivered {duplicates}, lost {lost}"
+        )
+    finally:
+        sub.close()
+        broker.stop()

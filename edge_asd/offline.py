@@ -60,9 +60,8 @@ def score_files(
 ) -> tuple[dict[Path, tuple[str, float]], dict[Path, str]]:
     """Score every file; bad files are reported and skipped, never the whole run.
 
-    Files are read and segmented on a thread pool (soundfile releases the GIL)
-    while the extractor runs batches of several clips, so a core never waits
-    on the disk.
+    Files are read on a thread pool (soundfile releases the GIL) a batch of
+    clips ahead of the extractor, so a core never waits on the disk.
     """
     results: dict[Path, tuple[str, float]] = {}
     errors: dict[Path, str] = {}
@@ -76,7 +75,7 @@ def score_files(
     def load(path: Path):
         try:
             x = read_audio(path, scorer.sample_rate, min_seconds=scorer.segment_seconds, max_seconds=max_seconds)
-            return path, scorer.prepare(x), None
+            return path, x, None
         except TooLongError as exc:
             return path, None, (
                 f"{path}: {exc.seconds:.0f} s long, more than the {exc.max_seconds:g} s `edge-asd score` takes as one clip; "
@@ -96,8 +95,7 @@ def score_files(
                     if e is not None:
                         errors[p] = e
                 if good:
-                    segs = np.stack([s for _, s in good])
-                    scores, _, _ = scorer.score_segments(segs, section)
+                    scores = scorer.score_many([x for _, x in good], section)
                     for (p, _), sc in zip(good, scores):
                         results[p] = (section, float(sc))
                 bar.update(len(loaded))

@@ -169,6 +169,17 @@ class ClipScorer:
         t2 = time.perf_counter()
         return scores, p, {"extractor": (t1 - t0) * 1e3, "detector": (t2 - t1) * 1e3}
 
+    def score_many(self, clips: list[np.ndarray], section: str) -> np.ndarray:
+        """Anomaly scores of several raw clips of one section (offline scoring).
+
+        On the CPU's split graphs each clip's spectrogram is computed once and
+        sliced, as in the daemon; other back ends take all the clips' segments
+        in one batch, which is what a GPU wants.
+        """
+        if all(isinstance(m.backend, SplitOnnx) for m in self.members):
+            return np.array([self._score_split(np.asarray(c, dtype=np.float32).reshape(-1), section)[0][0] for c in clips])
+        return self.score_segments(np.stack([self.prepare(c) for c in clips]), section)[0]
+
     def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:
         section = self.resolve_section(section)
         if all(isinstance(m.backend, SplitOnnx) for m in self.members):

@@ -138,6 +138,10 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     via_split = scorer.score(x, "00").score
     via_segments = scorer.score_segments(segment(std, SegmentSpec())[None], "00")[0][0]
     assert via_split == pytest.approx(via_segments, rel=1e-4, abs=1e-4)
+    # offline scoring of several clips (edge-asd score) takes the same per-clip path
+    clips = [read_audio(c.path) for c in list_clips(tiny_data, "fan", "test")[:3]]
+    batched = scorer.score_segments(np.stack([segment(standardize(c), SegmentSpec()) for c in clips]), "00")[0]
+    np.testing.assert_allclose(scorer.score_many(clips, "00"), batched, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -181,6 +181,17 @@ def rollback(bundle_path: Path) -> Path:
 
 
 def read_clips(paths: list[Path], sample_rate: int, min_seconds: float) -> list[tuple[str, np.ndarray]]:
-    from .offline import expand_paths
+    """Each file as one clip, as `edge-asd score` reads them (a recording of hours is refused from its header)."""
+    from .audio import TooLongError
+    from .offline import DEFAULT_MAX_SECONDS, expand_paths
 
-    return [(p.name, read_audio(p, sample_rate, min_seconds=min_seconds)) for p in expand_paths(paths)]
+    out = []
+    for p in expand_paths(paths):
+        try:
+            out.append((p.name, read_audio(p, sample_rate, min_seconds=min_seconds, max_seconds=DEFAULT_MAX_SECONDS)))
+        except TooLongError as exc:
+            raise UserError(
+                f"{p}: {exc.seconds:.0f} s long; enrollment takes each file as one clip of the condition "
+                f"(at most {DEFAULT_MAX_SECONDS:g} s): cut the recording into clips first"
+            ) from None
+    return out

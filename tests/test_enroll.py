@@ -4,6 +4,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import pytest
 
 from edge_asd.audio import read_audio
@@ -102,5 +103,16 @@ def test_enroll_cli_errors(tiny_bundle, edge_asd_exe, tmp_path):
     r = subprocess.run([edge_asd_exe, "enroll", str(tiny_bundle), str(tmp_path / "nope"), "--out", str(tmp_path / "o.asd")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no such file or folder" in r.stderr
+    # a recording of hours is refused from its header, not read into memory
+    long = tmp_path / "hours.wav"
+    with sf.SoundFile(long, "w", 16000, 1, "PCM_16") as f:
+        block = np.zeros(16000 * 60, dtype=np.int16)
+        for _ in range(11):
+            f.write(block)
+    r = subprocess.run([edge_asd_exe, "enroll", str(tiny_bundle), str(long), "--out", str(tmp_path / "o.asd")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "hours.wav: 660 s long; enrollment takes each file as one clip" in r.stderr
+    assert not (tmp_path / "o.asd").exists()
     with pytest.raises(UserError, match="'source' or 'target'"):
         enroll(tiny_bundle, [("a", np.zeros(64000, np.float32))], tmp_path / "o.asd", domain="weird")

@@ -354,6 +354,13 @@ def test_file_replay_end_to_end(tiny_bundle, edge_asd_exe, tmp_path, daemons):
             assert key in last
         lat = last["machines"]["fan1"]["latency_ms"]
         assert set(lat) >= {"mean", "max", "median", "p95"}
+        # Drift monitoring: the domain classifier's mean p_target over the recent clips, and how far their
+        # scores sit from the bundle's held-out normals (KS distance, share above the normals' 95th percentile).
+        drift = last["machines"]["fan1"]["drift"]
+        sent = scores(sub)
+        assert drift["window"] == 5
+        assert drift["p_target_mean"] == pytest.approx(np.mean([m["p_target"] for m in sent]), abs=1e-4)
+        assert 0.0 <= drift["ks"] <= 1.0 and drift["above_ref_p95"] in [i / 5 for i in range(6)]
 
     ev = sorted((tmp_path / "evidence" / "fan1").glob("*.wav"))
     assert len(ev) == 2, "anomalous clips are kept as evidence within the size cap"

@@ -138,8 +138,8 @@ def test_front_end_exports_to_onnx_with_plain_operators():
     model = onnx.load_from_string(buf.getvalue())
     ops = {n.op_type for n in model.graph.node}
     assert "MatMul" in ops and "STFT" not in ops and "DFT" not in ops
-    # operators TensorRT parses; framing is reshapes, slices and a concat, the DFT a GEMM
-    assert ops <= {"Slice", "Mul", "Add", "MatMul", "Log", "Constant", "Unsqueeze", "Shape", "Gather", "Pow", "Cast",
+    # operators TensorRT parses; framing is reshapes, slices and a concat, the DFT two GEMMs with a twiddle between
+    assert ops <= {"Slice", "Mul", "Add", "Sub", "MatMul", "Log", "Constant", "Unsqueeze", "Shape", "Gather", "Pow", "Cast",
                    "Reshape", "Concat", "Transpose", "Div", "Floor"}, ops
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     clip = _machine_like(10.0, seed=5)[None]

@@ -66,7 +66,7 @@ def open_audio(path: str | Path) -> sf.SoundFile:
         if empty:
             # libsndfile calls this "format not recognised", which sends users hunting for a codec.
             raise AudioError(f"{path}: empty file (0 bytes)") from None
-        detail = _short(exc)
+        detail = short_error(exc)
         # libsndfile repeats the path; the message already starts with it.
         detail = detail.removeprefix(f"Error opening {str(path)!r}: ")
         raise AudioError(f"{path}: unreadable audio file ({detail})") from None
@@ -98,7 +98,7 @@ def read_audio(
         try:
             data = f.read(dtype="float32", always_2d=False)
         except Exception as exc:
-            raise AudioError(f"{path}: unreadable audio data ({_short(exc)})") from None
+            raise AudioError(f"{path}: unreadable audio data ({short_error(exc)})") from None
     data = np.asarray(data, dtype=np.float32).reshape(-1)
     if data.size == 0:
         raise AudioError(f"{path}: contains no samples")
@@ -121,7 +121,8 @@ class TooLongError(AudioError):
         super().__init__(f"{path}: {seconds:.1f} s long, more than the {max_seconds:g} s read at once")
 
 
-def _short(exc: Exception) -> str:
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to several), or its type."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from .audio import SAMPLE_RATE, dbfs, open_audio, resample
+from .audio import SAMPLE_RATE, dbfs, open_audio, resample, short_error
 from .config import list_source_files
 from .errors import AudioError
 
@@ -867,8 +867,7 @@ class FileSource(ClipSource):
             try:
                 block = f.read(self.block_frames, dtype="float32", always_2d=True)
             except Exception as exc:  # a decoder error in the middle of a damaged file
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise AudioError(f"{path}: unreadable audio data at {done / f.samplerate:.2f} s ({first})") from None
+                raise AudioError(f"{path}: unreadable audio data at {done / f.samplerate:.2f} s ({short_error(exc)})") from None
             if block.shape[0] == 0:
                 return
             x = block[:, ch]

@@ -35,6 +35,7 @@ class Timing:
     dim: int
     median_ms: float
     p90_ms: float
+    note: str = ""
 
 
 def time_scoring(detector: InlierDetector, queries: np.ndarray, repeats: int, warmup: int = 3) -> tuple[float, float]:
@@ -48,6 +49,31 @@ def time_scoring(detector: InlierDetector, queries: np.ndarray, repeats: int, wa
     return statistics.median(samples), float(np.percentile(samples, 90))
 
 
+def time_hnsw(bank: np.ndarray, queries: np.ndarray, args: argparse.Namespace) -> Timing:
+    """An approximate index (faiss HNSW) for comparison: search time, build time and recall@k against exact search.
+
+    Not what the runtime uses (its KNN is exact, see edge_asd.detectors): the
+    figures say from which bank size an approximate index would pay for its
+    build time, its second copy of the vectors and its missed neighbours.
+    """
+    index = faiss.IndexHNSWFlat(bank.shape[1], args.hnsw_m)
+    t0 = time.perf_counter()
+    index.add(bank)
+    build_s = time.perf_counter() - t0
+    index.hnsw.efSearch = args.hnsw_ef
+    for _ in range(3):
+        index.search(queries, args.k)
+    samples = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        _, found = index.search(queries, args.k)
+        samples.append((time.perf_counter() - start) * 1e3)
+    _, exact = faiss.knn(queries, bank, args.k)
+    recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(found, exact)])
+    return Timing(f"hnsw{args.hnsw_m} k={args.k}", bank.shape[0], bank.shape[1], statistics.median(samples),
+                  float(np.percentile(samples, 90)), f"recall {recall:.2f}, build {build_s:.1f} s")
+
+
 def run(args: argparse.Namespace) -> list[Timing]:
     rng = np.random.default_rng(args.seed)
     timings = []
@@ -59,6 +85,8 @@ def run(args: argparse.Namespace) -> list[Timing]:
             median, p90 = time_scoring(knn, queries, args.repeats)
             label = f"knn k={args.k}" + (" (gpu)" if knn.on_gpu else "")
             timings.append(Timing(label, size, dim, median, p90))
+            if args.hnsw_m:
+                timings.append(time_hnsw(bank, queries, args))
             gmm = GMMDetector(n_components=args.components, max_iter=args.gmm_iter, reg_covar=1e-3)
             gmm.fit(bank[: args.gmm_fit_max])
             median, p90 = time_scoring(gmm, queries, args.repeats)
@@ -71,7 +99,7 @@ def print_table(timings: list[Timing], batch: int) -> None:
     print(f"\nscoring a batch of {batch} embeddings (ms; median and p90); faiss threads: {faiss.omp_get_max_threads()}")
     print(f"{'detector':<20} {'bank':>8} {'dim':>5} {'median':>9} {'p90':>9}")
     for t in timings:
-        print(f"{t.detector:<20} {t.bank_size:>8} {t.dim:>5} {t.median_ms:>9.3f} {t.p90_ms:>9.3f}")
+        print(f"{t.detector:<20} {t.bank_size:>8} {t.dim:>5} {t.median_ms:>9.3f} {t.p90_ms:>9.3f}  {t.note}".rstrip())
 
 
 def plot(timings: list[Timing], out: Path, batch: int) -> None:
@@ -109,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--components", type=int, default=16, help="GMM components")
     parser.add_argument("--gmm-iter", type=int, default=5, help="EM iterations when fitting the GMM")
     parser.add_argument("--gmm-fit-max", type=int, default=5000, help="vectors the GMM is fitted on, at most")
+    parser.add_argument("--hnsw-m", type=int, default=32, help="also time a faiss HNSW index with this M (0: skip)")
+    parser.add_argument("--hnsw-ef", type=int, default=64, help="HNSW efSearch")
     parser.add_argument("--gpu", action="store_true", help="search the KNN bank on the GPU when faiss can")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--faiss-threads", type=int, default=1, help="1 is what the runtime uses (edge_asd.runtime.quiet_faiss_threads)")

@@ -1,20 +1,25 @@
 """The daemon end to end: latency from a clip's end to its MQTT message, and resident memory.
 
-    .venv/bin/python benchmarks/bench_daemon.py BUNDLE CLIPS_DIR [--clips 6] [--threads 2]
+    .venv/bin/python benchmarks/bench_daemon.py BUNDLE CLIPS_DIR [--clips-count 6] [--threads 2] [--mic]
 
 Starts a private Mosquitto, runs `edge-asd run` on a real-time file source (the
 same path a microphone takes after capture), subscribes to the scores, and
 measures for each clip the time from the clip's end (the payload's `ts`) to the
 message's arrival at the subscriber. Reports medians, the daemon's peak
 resident memory (VmHWM) and the time from start to the first score.
-Writes benchmarks/results/daemon.json.
+With ``--mic`` the source is a real PortAudio stream instead: a PulseAudio
+virtual microphone (tests/vmic.py) fed the clips at real time, so PortAudio's
+libraries count in the memory; the daemon is stopped with SIGTERM after
+``--clips-count`` scores. Writes benchmarks/results/daemon[_mic].json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +47,7 @@ def main() -> None:
     ap.add_argument("clips")
     ap.add_argument("--clips-count", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mic", action="store_true", help="capture from a virtual microphone through PortAudio")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp())
     src = work / "clips"
@@ -54,9 +60,24 @@ def main() -> None:
     (work / "c.toml").write_text(
         f'device_id = "bench"\nstats_interval_s = 5\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
         f'[storage]\noutbox = "{work / "o.sqlite"}"\n'
-        f'[[machines]]\nid = "m1"\nbundle = "{Path(args.bundle).resolve()}"\nsource = "file:{src}"\n'
-        f"realtime = true\nloop = false\nthreads = {args.threads}\n"
+        f'[[machines]]\nid = "m1"\nbundle = "{Path(args.bundle).resolve()}"\n'
+        + (f'source = "mic:pulse"\n' if args.mic else f'source = "file:{src}"\nrealtime = true\nloop = false\n')
+        + f"threads = {args.threads}\n"
     )
+    env = None
+    mic = None
+    if args.mic:
+        import soundfile as sf
+
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from vmic import VirtualMic
+
+        wavs = sorted(src.glob("*.wav"))
+        sf.write(work / "feed.wav", np.concatenate([sf.read(w, dtype="float32")[0] for w in wavs]), 16000, subtype="PCM_16")
+        mic = VirtualMic(rate=16000)
+        mic.start()
+        mic.feed(work / "feed.wav", loop=True)
+        env = {**os.environ, **mic.env}
     arrivals: list[tuple[float, dict]] = []
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.on_message = lambda c, u, m: arrivals.append((time.time(), json.loads(m.payload)))
@@ -68,7 +89,7 @@ def main() -> None:
     cmd = [str(Path(sys.executable).with_name("edge-asd")), "run", "--config", str(work / "c.toml")]
     if args.threads:
         cmd = ["taskset", "-c", ",".join(str(i) for i in range(args.threads))] + cmd
-    daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     peak = [0.0]
 
     def watch_rss() -> None:
@@ -84,7 +105,14 @@ def main() -> None:
 
     # taskset execs the daemon in place, so the pid is the daemon's
     threading.Thread(target=watch_rss, daemon=True).start()
+    if args.mic:
+        deadline = time.time() + 60 + 15 * args.clips_count
+        while len(arrivals) < args.clips_count and daemon.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=600)
+    if mic is not None:
+        mic.stop()
     time.sleep(1)
     client.loop_stop()
     broker.terminate()
@@ -103,10 +131,11 @@ def main() -> None:
         "first_score_after_first_clip_s": first - clip_s,
         "threads": args.threads,
         "daemon_exit": daemon.returncode,
+        "source": "microphone (PortAudio, PulseAudio virtual source)" if args.mic else "file, real time",
     }
     print(json.dumps(result, indent=2))
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "daemon.json").write_text(json.dumps(result, indent=2))
+    (HERE / "results" / ("daemon_mic.json" if args.mic else "daemon.json")).write_text(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 
 

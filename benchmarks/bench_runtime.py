@@ -125,7 +125,7 @@ def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
         manifest = {
             "machine_type": "bench", "sections": cfg.sections,
             "audio": {"sample_rate": 16000, "clip_seconds": CLIP_SECONDS, "segment_seconds": 2.0, "n_segments": 10, "segment_align": 256},
-            "frontend": {}, "embedding_dim": cfg.embedding_dim, "approach": "specialization", "aggregator": "mean",
+            "frontend": model.frontend.config(), "embedding_dim": cfg.embedding_dim, "approach": "specialization", "aggregator": "mean",
             "kappa": 0.15, "threshold_rule": "gamma:0.9", "thresholds": {s: sections[s]["threshold"] for s in cfg.sections},
             "members": [{"name": "m0", "model": "m0.onnx", "state": "m0.npz", "precision": name, "sections": sections}],
         }

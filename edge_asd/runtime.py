@@ -93,6 +93,7 @@ class ClipScorer:
                     be = SplitOnnx(
                         bundle.read(sp["frontend"]), bundle.read(sp["encoder"]), int(sp["frames_per_segment"]),
                         int(sp["hop_length"]), threads=threads or (os.cpu_count() or 1),
+                        window=int(m["frontend"].get("n_fft", 0)),
                     )
                 else:
                     be = make_backend(

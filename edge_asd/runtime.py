@@ -170,6 +170,11 @@ class ClipScorer:
         t2 = time.perf_counter()
         return scores, p, {"extractor": (t1 - t0) * 1e3, "detector": (t2 - t1) * 1e3}
 
+    @property
+    def clip_level(self) -> bool:
+        """Whether every member computes a clip's spectrogram once (the CPU's split graphs)."""
+        return all(isinstance(m.backend, SplitOnnx) for m in self.members)
+
     def score_many(self, clips: list[np.ndarray], section: str) -> np.ndarray:
         """Anomaly scores of several raw clips of one section (offline scoring).
 
@@ -177,13 +182,13 @@ class ClipScorer:
         sliced, as in the daemon; other back ends take all the clips' segments
         in one batch, which is what a GPU wants.
         """
-        if all(isinstance(m.backend, SplitOnnx) for m in self.members):
-            return np.array([self._score_split(np.asarray(c, dtype=np.float32).reshape(-1), section)[0][0] for c in clips])
+        if self.clip_level:
+            return np.array([self._score_split(c, section)[0][0] for c in clips])
         return self.score_segments(np.stack([self.prepare(c) for c in clips]), section)[0]
 
     def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:
         section = self.resolve_section(section)
-        if all(isinstance(m.backend, SplitOnnx) for m in self.members):
+        if self.clip_level:
             scores, p, timings = self._score_split(clip, section)
         else:
             t0 = time.perf_counter()
@@ -194,7 +199,6 @@ class ClipScorer:
         thr = self.thresholds[section]
         score = float(scores[0])
         return ClipResult(score, thr, score > thr, float(p[0]), section, timings)
-
 
     def _score_split(self, clip: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
         """One clip through the split graphs; "frontend" then includes the log-mel."""

@@ -213,7 +213,8 @@ def _check_references(bundle: Bundle) -> None:
     if not isinstance(m["members"], list) or not m["members"]:
         raise BundleError(f"{bundle.path}: manifest lists no extractor members")
     for i, member in enumerate(m["members"]):
-        for key in ("model", "state"):
+        # a numpy-feature member (the plain system) has detector state but no model file
+        for key in ("state",) if member.get("features") else ("model", "state"):
             name = member.get(key)
             if name not in m["files"]:
                 raise BundleError(f"{bundle.path}: member {i} refers to {key} {name!r}, which the bundle does not hold")

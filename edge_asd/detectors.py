@@ -167,7 +167,8 @@ class InlierDetector(ABC):
     def _header(self) -> dict[str, np.ndarray]:
         state = {"kind": np.array(self.kind), "version": np.array(STATE_VERSION, dtype=np.int64)}
         for key, value in self.params().items():
-            state[key] = np.array(value)
+            # flags as integers: states hold numbers and strings only
+            state[key] = np.array(int(value) if isinstance(value, bool) else value)
         return state
 
     def __repr__(self) -> str:
@@ -355,15 +356,27 @@ class KNNDetector(InlierDetector):
     kind = "knn"
     METHODS = ("largest", "mean")
 
-    def __init__(self, k: int = 1, metric: str = "l2", method: str = "largest", *, use_gpu: bool = False) -> None:
+    def __init__(
+        self, k: int = 1, metric: str = "l2", method: str = "largest", standardize: bool = False, *, use_gpu: bool = False
+    ) -> None:
         self.k = _positive_int("k", k)
         self.metric = _choice("metric", metric, _METRICS)
         self.method = _choice("method", method, self.METHODS)
+        self.standardize = bool(standardize)
         self.use_gpu = bool(use_gpu)
         self._search: _FlatSearch | None = None
+        # per-feature z-scoring fitted on the bank: hand-made features (dB means
+        # next to dB deviations) have scales that differ by orders of magnitude
+        self._scale_mean: np.ndarray | None = None
+        self._scale_std: np.ndarray | None = None
 
     def params(self) -> dict[str, Any]:
-        return {"k": self.k, "metric": self.metric, "method": self.method}
+        return {"k": self.k, "metric": self.metric, "method": self.method, "standardize": self.standardize}
+
+    def _scaled(self, X: np.ndarray) -> np.ndarray:
+        if self._scale_mean is None:
+            return X
+        return ((X - self._scale_mean) / self._scale_std).astype(np.float32)
 
     @property
     def is_fitted(self) -> bool:
@@ -390,21 +403,26 @@ class KNNDetector(InlierDetector):
         X = _as_matrix(X, np.float32, min_rows=1)
         if self.k > X.shape[0]:
             raise ValueError(f"k={self.k} neighbours need at least {self.k} fitted vectors, got {X.shape[0]}")
-        self._search = _FlatSearch.fitted_on(self.metric, X, self.use_gpu)
+        self._scale_mean = self._scale_std = None
+        if self.standardize:
+            self._scale_mean = X.mean(axis=0, dtype=np.float64)
+            std = X.std(axis=0, dtype=np.float64)
+            self._scale_std = np.where(std > 1e-12, std, 1.0)
+        self._search = _FlatSearch.fitted_on(self.metric, self._scaled(X), self.use_gpu)
         return self
 
     def add(self, X: np.ndarray) -> KNNDetector:
-        """Append normal embeddings to the bank; returns self."""
+        """Append normal embeddings to the bank (on the scale fitted first); returns self."""
         self._require_fitted()
         assert self._search is not None
-        self._search.add(_as_matrix(X, np.float32, dim=self._search.dim))
+        self._search.add(self._scaled(_as_matrix(X, np.float32, dim=self._search.dim)))
         return self
 
     def kneighbors(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distances [n, k] (ascending) and bank indices [n, k] of each row's k nearest bank vectors."""
         self._require_fitted()
         assert self._search is not None
-        return self._search.search(_as_matrix(X, np.float32, dim=self._search.dim), self.k)
+        return self._search.search(self._scaled(_as_matrix(X, np.float32, dim=self._search.dim)), self.k)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """k-NN distance per row; HIGHER = MORE ANOMALOUS (unlike scikit-learn's sign)."""
@@ -415,7 +433,8 @@ class KNNDetector(InlierDetector):
         """Header, hyper-parameters, ``bank`` and ``offset`` (see :meth:`_FlatSearch.bank`)."""
         self._require_fitted()
         assert self._search is not None
-        return {**self._header(), **self._search.get_state()}
+        scale = {} if self._scale_mean is None else {"scale_mean": self._scale_mean.copy(), "scale_std": self._scale_std.copy()}
+        return {**self._header(), **self._search.get_state(), **scale}
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], *, use_gpu: bool = False) -> KNNDetector:
@@ -424,9 +443,17 @@ class KNNDetector(InlierDetector):
             k=int(_state_scalar(state, "k")),
             metric=str(_state_scalar(state, "metric")),
             method=str(_state_scalar(state, "method")),
+            # states written before the option existed are unscaled
+            standardize=bool(_state_scalar(state, "standardize")) if "standardize" in state else False,
             use_gpu=use_gpu,
         )
         detector._search = _FlatSearch.from_state(state, detector.metric, detector.k, use_gpu)
+        if detector.standardize:
+            mean, std = _state_array(state, "scale_mean", 1), _state_array(state, "scale_std", 1)
+            dim = detector._search.dim
+            if mean.shape != (dim,) or std.shape != (dim,) or not np.all(std > 0) or not np.all(np.isfinite(mean)):
+                raise ValueError(f"detector state entries 'scale_mean'/'scale_std' must be {dim} finite numbers (std > 0)")
+            detector._scale_mean, detector._scale_std = mean.astype(np.float64), std.astype(np.float64)
         return detector
 
 

@@ -96,10 +96,12 @@ def enroll(
     domain = _domain_name(scorer, domain)
     if not clips:
         raise UserError("no clips to enroll")
-    segs = np.stack([scorer.prepare(x) for _, x in clips])  # [n, S, samples]
+    # each member's embeddings of every clip: [(emb [n, S_m, D_m], logit [n, S_m])]
+    per_clip = [scorer.embed_clip(x)[0] for _, x in clips]
+    embedded = [(np.stack([c[i][0] for c in per_clip]), np.stack([c[i][1] for c in per_clip])) for i in range(len(scorer.members))]
 
     flagged = []
-    scores, _, _ = scorer.score_segments(segs, section)
+    scores, _ = scorer.combine(embedded, section)
     threshold_before = scorer.thresholds[section]
     for (name, _), sc in zip(clips, scores):
         if sc > threshold_before:
@@ -113,21 +115,24 @@ def enroll(
 
     manifest = json.loads(json.dumps(bundle.manifest))
     files = bundle.members()
-    n, s, length = segs.shape
+    n = len(clips)
     new_final = []
     logits_all = []
-    for member_manifest, member, (emb, logit) in zip(manifest["members"], scorer.members, scorer.embed(segs.reshape(n * s, length))):
+    for member_manifest, member, (emb, logit) in zip(manifest["members"], scorer.members, embedded):
         if not member_manifest.get("heldout"):
             raise UserError(f"{bundle_path}: bundle holds no held-out embeddings (exported by an older edge-asd); re-export it to enroll")
         held = bundle.arrays(member_manifest["heldout"])
-        cfg = Stage2Config(**manifest["stage2"])
+        s = emb.shape[1]
+        # members of one ensemble may differ in stage 2 (the plain system's own); older bundles have one
+        cfg = Stage2Config(**member_manifest.get("stage2", manifest["stage2"]))
         sel = held["sections"] == section
         emb_all = np.concatenate([held["embeddings"][sel], emb.reshape(n, s, -1)])
         dom_all = np.concatenate([held["domains"][sel], np.array([domain] * n)])
         logit_all = np.concatenate([held["domain_logits"][sel], logit.reshape(n, s)])
         res = fit_section(section, emb_all, dom_all, logit_all, cfg)
         new_final.append(res)
-        logits_all.append(logit_all)
+        if member.has_domain_head:
+            logits_all.append(logit_all)
         # the new section's detector state replaces the old one
         arrays = bundle.arrays(member_manifest["state"])
         arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{section}/")}
@@ -145,7 +150,7 @@ def enroll(
         files[member_manifest["heldout"]] = npz_bytes(held_new)
     # Members share the bundle's held-out clips, so the ensemble's out-of-fold
     # score is their combination clip by clip, as at export.
-    p = np.mean([p_target(lg, scorer.kappa) for lg in logits_all], axis=0)
+    p = np.mean([p_target(lg, scorer.kappa) for lg in logits_all], axis=0) if logits_all else np.zeros(len(new_final[0].oof_domains))
     reference = combine_parts([r.oof_parts for r in new_final], p, scorer.approach)
     threshold_after = float(fit_threshold(reference, manifest["threshold_rule"]))
     manifest["thresholds"][section] = threshold_after

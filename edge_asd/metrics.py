@@ -140,12 +140,19 @@ class SectionMetrics:
     n_target_normal: int
     n_anomaly: int
 
-    def official(self) -> dict[str, float]:
-        return {"auc_source": self.auc_source, "auc_target": self.auc_target, "pauc": self.pauc}
+    def official(self) -> dict[str, float | None]:
+        """The three official figures; None for a domain the section has no normal test clips of."""
+        return {k: (None if math.isnan(v) else v) for k, v in
+                (("auc_source", self.auc_source), ("auc_target", self.auc_target), ("pauc", self.pauc))}
 
     @property
     def hmean(self) -> float:
-        return harmonic_mean(self.official().values())
+        return harmonic_mean(present(self.official().values()))
+
+
+def present(values: Iterable[float | None]) -> list[float]:
+    """The figures that exist (a missing domain's AUC is None or NaN)."""
+    return [v for v in values if v is not None and not math.isnan(v)]
 
 
 def labelled_metrics(
@@ -165,17 +172,22 @@ def labelled_metrics(
     counts = f"{int(src_normal.sum())} source normal, {int(tgt_normal.sum())} target normal, {int(a.sum())} anomalous clips"
     if not a.any():
         raise UserError(f"no anomalous clips ({counts}); AUC needs both classes")
-    for name, normals in (("source", src_normal), ("target", tgt_normal)):
-        if not normals.any():
-            raise UserError(f"no {name}-domain normal clips ({counts}); AUC({name}) needs them")
+    if not (src_normal.any() or tgt_normal.any()):
+        raise UserError(f"no normal clips ({counts}); AUC needs both classes")
     source = src_normal | a
     target_subset = tgt_normal | a
+
+    def per_domain(normals: np.ndarray, subset: np.ndarray, metric) -> float:
+        # A section recorded in one domain only (real recordings often are) has
+        # no AUC of the other: NaN, left out of every harmonic mean.
+        return metric(a[subset], s[subset]) if normals.any() else math.nan
+
     return SectionMetrics(
-        auc_source=roc_auc(a[source], s[source]),
-        auc_target=roc_auc(a[target_subset], s[target_subset]),
+        auc_source=per_domain(src_normal, source, roc_auc),
+        auc_target=per_domain(tgt_normal, target_subset, roc_auc),
         pauc=partial_auc(a, s, max_fpr),
-        pauc_source=partial_auc(a[source], s[source], max_fpr),
-        pauc_target=partial_auc(a[target_subset], s[target_subset], max_fpr),
+        pauc_source=per_domain(src_normal, source, lambda y, x: partial_auc(y, x, max_fpr)),
+        pauc_target=per_domain(tgt_normal, target_subset, lambda y, x: partial_auc(y, x, max_fpr)),
         auc_all=roc_auc(a, s),
         n_source_normal=int(src_normal.sum()),
         n_target_normal=int(tgt_normal.sum()),
@@ -278,14 +290,18 @@ def official_result(sections: Mapping[SectionKey, SectionMetrics]) -> dict:
         entry = machines.setdefault(machine, {"sections": {}, "hmean": 0.0})
         entry["sections"][section] = sections[(machine, section)].official()
     for entry in machines.values():
-        entry["hmean"] = harmonic_mean(v for sec in entry["sections"].values() for v in sec.values())
-    official = harmonic_mean(v for m in sections.values() for v in m.official().values())
+        entry["hmean"] = harmonic_mean(present(v for sec in entry["sections"].values() for v in sec.values()))
+    official = harmonic_mean(present(v for m in sections.values() for v in m.official().values()))
     return {"machines": machines, "official_score": official}
 
 
 def evaluate_dir(directory: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None) -> dict:
     """``edge-asd evaluate``: the CONTRACT's JSON object for the submission files in ``directory``."""
     return official_result(evaluate_sections(directory, data_root))
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
 
 
 def format_table(result: Mapping) -> str:
@@ -296,9 +312,9 @@ def format_table(result: Mapping) -> str:
         secs = entry["sections"]
         for section, m in secs.items():
             values = [m[k] for k in OFFICIAL_KEYS]
-            rows.append((machine, section, *(f"{100 * v:.2f}" for v in values), f"{100 * harmonic_mean(values):.2f}"))
-        column_hmeans = [harmonic_mean(s[k] for s in secs.values()) for k in OFFICIAL_KEYS]
-        rows.append((machine, "hmean", *(f"{100 * v:.2f}" for v in column_hmeans), f"{100 * entry['hmean']:.2f}"))
+            rows.append((machine, section, *map(_pct, values), _pct(harmonic_mean(present(values)))))
+        column = [present(s[k] for s in secs.values()) for k in OFFICIAL_KEYS]
+        rows.append((machine, "hmean", *(_pct(harmonic_mean(c)) if c else "n/a" for c in column), _pct(entry["hmean"])))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:

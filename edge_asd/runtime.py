@@ -18,6 +18,7 @@ import numpy as np
 from .audio import SegmentSpec, segment, standardize
 from .bundle import Bundle, open_bundle
 from .errors import BundleError, UserError
+from .features import LogMelStats, LogMelStatsConfig
 from .inference import SplitOnnx, available_ort_providers, make_backend
 from .scoring import SectionModel, combine_parts, p_target, section_from_state, section_parts
 
@@ -37,6 +38,25 @@ class _Member:
     name: str
     backend: object  # a SplitOnnx (front end once per clip) on the CPU when the bundle has the split graphs
     sections: dict[str, SectionModel]
+    has_domain_head: bool = True  # whether its domain logits mean anything (Eq. 7)
+
+
+class FeatureBackend:
+    """A member computed in numpy from the raw clip (the plain log-mel statistics).
+
+    One embedding per clip (S = 1) and no domain classifier. It sees the clip as
+    recorded, not amplitude-standardized: the level is part of the feature.
+    """
+
+    name = "numpy"
+
+    def __init__(self, features: LogMelStats):
+        self.features = features
+
+    def run_raw_clip(self, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        t0 = time.perf_counter()
+        emb = self.features(clip)[None]
+        return emb, np.zeros(1, dtype=np.float32), time.perf_counter() - t0
 
 
 def segment_spec(manifest: dict) -> SegmentSpec:
@@ -86,6 +106,13 @@ class ClipScorer:
                             f"{bundle.path}: detector {s}/{dom} of member {i} expects {dim}-d embeddings, "
                             f"the manifest says {mm.get('embedding_dim', self.embedding_dim)}"
                         )
+            if mm.get("features"):
+                try:
+                    be = FeatureBackend(LogMelStats(LogMelStatsConfig.from_dict(mm["features"])))
+                except (TypeError, ValueError) as exc:
+                    raise BundleError(f"{bundle.path}: member {i}: features unusable ({exc})") from None
+                self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, has_domain_head=False))
+                continue
             engine = bundle.read(mm["engine"]["file"]) if mm.get("engine") else None
             try:
                 if self._use_split(mm, backend, engine):
@@ -109,8 +136,8 @@ class ClipScorer:
             except Exception as exc:
                 raise BundleError(f"{bundle.path}: member {i}: {str(exc).splitlines()[0]}") from None
             self._check_model_shape(be, i, int(mm.get("embedding_dim", self.embedding_dim)))
-            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections))
-        self.backend_name = self.members[0].backend.name
+            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, bool(mm.get("domain_head", True))))
+        self.backend_name = "+".join(dict.fromkeys(m.backend.name for m in self.members))
 
     @staticmethod
     def _use_split(member: dict, backend: str, engine: bytes | None) -> bool:
@@ -144,84 +171,103 @@ class ClipScorer:
 
     def prepare(self, clip: np.ndarray) -> np.ndarray:
         """Standardize and segment a raw clip: ``[S, segment_samples]``."""
+        clip = self._checked(clip)
+        return segment(standardize(clip), self.spec)
+
+    def _checked(self, clip: np.ndarray) -> np.ndarray:
         clip = np.asarray(clip, dtype=np.float32).reshape(-1)
         if clip.size < self.spec.segment_samples:
             raise UserError(
                 f"clip of {clip.size / self.sample_rate:.2f} s is shorter than one {self.segment_seconds:g} s segment"
             )
-        return segment(standardize(clip), self.spec)
+        return clip
 
     def embed(self, segments: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each member's ``(embedding [N, D], domain_logit [N])`` of segments."""
-        return [m.backend.run(segments) for m in self.members]
+        """Each extractor member's ``(embedding [N, D], domain_logit [N])`` of segments."""
+        return [m.backend.run(segments) for m in self.members if not isinstance(m.backend, FeatureBackend)]
+
+    @property
+    def clip_level(self) -> bool:
+        """Whether every member works on the whole clip (the CPU's split graphs, numpy features)."""
+        return all(isinstance(m.backend, (SplitOnnx, FeatureBackend)) for m in self.members)
+
+    def embed_clip(self, clip: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
+        """Each member's ``(embedding [S_m, D_m], domain_logit [S_m])`` of one raw clip, and timings in ms.
+
+        "frontend" includes standardization and the split graphs' log-mel.
+        """
+        clip = self._checked(clip)
+        t0 = time.perf_counter()
+        x = standardize(clip)
+        starts = self.spec.starts(x.size)
+        segs = None
+        outs, t_fe, t_enc = [], 0.0, 0.0
+        for member in self.members:
+            ta = time.perf_counter()
+            if isinstance(member.backend, FeatureBackend):
+                emb, logit, fe_s = member.backend.run_raw_clip(clip)
+            elif isinstance(member.backend, SplitOnnx):
+                emb, logit, fe_s = member.backend.run_clip(x, starts)
+            else:
+                if segs is None:
+                    segs = segment(x, self.spec)
+                emb, logit = member.backend.run(segs)
+                fe_s = 0.0
+            outs.append((emb, logit))
+            t_fe, t_enc = t_fe + fe_s, t_enc + (time.perf_counter() - ta - fe_s)
+        prep = time.perf_counter() - t0 - t_fe - t_enc
+        return outs, {"frontend": (prep + t_fe) * 1e3, "extractor": t_enc * 1e3}
+
+    def combine(self, outs: list[tuple[np.ndarray, np.ndarray]], section: str) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and p_target of clips from each member's ``(embedding [n, S_m, D_m], logit [n, S_m])``.
+
+        p_target is the mean over the members that have a domain classifier (0
+        where none has: the bundle then scores both domains with one model).
+        """
+        parts, ps = [], []
+        for member, (emb, logit) in zip(self.members, outs):
+            parts.append(section_parts(member.sections[section], emb, self.aggregator))
+            if member.has_domain_head:
+                ps.append(p_target(logit, self.kappa))
+        n = outs[0][0].shape[0]
+        p = np.mean(ps, axis=0) if ps else np.zeros(n)
+        return combine_parts(parts, p, self.approach), p
 
     def score_segments(self, segs: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Scores of clips given as ``[n_clips, S, samples]`` standardized segments."""
+        """Scores of clips given as ``[n_clips, S, samples]`` standardized segments (extractor members only)."""
+        if any(isinstance(m.backend, FeatureBackend) for m in self.members):
+            raise ValueError("a bundle with a numpy feature member scores raw clips (score_many), not segments")
         n, s, length = segs.shape
         t0 = time.perf_counter()
         outs = self.embed(segs.reshape(n * s, length))
         t1 = time.perf_counter()
-        parts, ps = [], []
-        for member, (emb, logit) in zip(self.members, outs):
-            parts.append(section_parts(member.sections[section], emb.reshape(n, s, -1), self.aggregator))
-            ps.append(p_target(logit.reshape(n, s), self.kappa))
-        p = np.mean(ps, axis=0)
-        scores = combine_parts(parts, p, self.approach)
+        scores, p = self.combine([(e.reshape(n, s, -1), l.reshape(n, s)) for e, l in outs], section)
         t2 = time.perf_counter()
         return scores, p, {"extractor": (t1 - t0) * 1e3, "detector": (t2 - t1) * 1e3}
-
-    @property
-    def clip_level(self) -> bool:
-        """Whether every member computes a clip's spectrogram once (the CPU's split graphs)."""
-        return all(isinstance(m.backend, SplitOnnx) for m in self.members)
 
     def score_many(self, clips: list[np.ndarray], section: str) -> np.ndarray:
         """Anomaly scores of several raw clips of one section (offline scoring).
 
-        On the CPU's split graphs each clip's spectrogram is computed once and
-        sliced, as in the daemon; other back ends take all the clips' segments
+        Clip-level members (the CPU's split graphs, numpy features) take one clip
+        at a time, as in the daemon; GPU back ends take all the clips' segments
         in one batch, which is what a GPU wants.
         """
-        if self.clip_level:
-            return np.array([self._score_split(c, section)[0][0] for c in clips])
+        if self.clip_level or any(isinstance(m.backend, FeatureBackend) for m in self.members):
+            return np.array([self._score_clip(c, section)[0][0] for c in clips])
         return self.score_segments(np.stack([self.prepare(c) for c in clips]), section)[0]
 
     def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:
         section = self.resolve_section(section)
-        if self.clip_level:
-            scores, p, timings = self._score_split(clip, section)
-        else:
-            t0 = time.perf_counter()
-            segs = self.prepare(clip)
-            t1 = time.perf_counter()
-            scores, p, timings = self.score_segments(segs[None], section)
-            timings = {"frontend": (t1 - t0) * 1e3, **timings}
+        scores, p, timings = self._score_clip(clip, section)
         thr = self.thresholds[section]
         score = float(scores[0])
         return ClipResult(score, thr, score > thr, float(p[0]), section, timings)
 
-    def _score_split(self, clip: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One clip through the split graphs; "frontend" then includes the log-mel."""
-        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
-        if clip.size < self.spec.segment_samples:
-            raise UserError(
-                f"clip of {clip.size / self.sample_rate:.2f} s is shorter than one {self.segment_seconds:g} s segment"
-            )
+    def _score_clip(self, clip: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        outs, timings = self.embed_clip(clip)
         t0 = time.perf_counter()
-        x = standardize(clip)
-        starts = self.spec.starts(x.size)
-        parts, ps, t_fe, t_enc, t_det = [], [], 0.0, 0.0, 0.0
-        for member in self.members:
-            ta = time.perf_counter()
-            emb, logit, fe_s = member.backend.run_clip(x, starts)
-            tc = time.perf_counter()
-            parts.append(section_parts(member.sections[section], emb[None], self.aggregator))
-            ps.append(p_target(logit.reshape(1, -1), self.kappa))
-            t_fe, t_enc, t_det = t_fe + fe_s, t_enc + (tc - ta - fe_s), t_det + time.perf_counter() - tc
-        p = np.mean(ps, axis=0)
-        scores = combine_parts(parts, p, self.approach)
-        prep = time.perf_counter() - t0 - t_fe - t_enc - t_det
-        return scores, p, {"frontend": (prep + t_fe) * 1e3, "extractor": t_enc * 1e3, "detector": t_det * 1e3}
+        scores, p = self.combine([(e[None], l[None]) for e, l in outs], section)
+        return scores, p, {**timings, "detector": (time.perf_counter() - t0) * 1e3}
 
 
 def quiet_faiss_threads() -> None:

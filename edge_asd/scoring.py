@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -74,8 +74,29 @@ class SectionModel:
     threshold: float = math.nan
 
 
+BANKS = ("heldout", "all")
+TARGET_STANDARDIZATION = ("own", "shrunk")
+
+
 @dataclass
 class Stage2Config:
+    """Every stage-2 choice; the report's rule is ``bank="heldout", source_centres=0, target_std="own"``.
+
+    * ``bank``: which normal clips the inlier models are fitted on: the held-out
+      ones only (the report), or ``"all"`` the normals of a section (those stage 1
+      trained on too). Standardization stays out of fold either way. Used by the
+      caller that picks the clips (``train.stage2``); recorded here so that the
+      bundle says what was done.
+    * ``source_centres`` K > 0 (domain generalization): the bank is the K k-means
+      centres of the source segments plus every target segment, so both domains
+      are equally dense in it and one minimum distance scores both (the DCASE
+      2023/2024 systems' stage 2, no domain classifier needed).
+    * ``target_std`` (domain specialization): ``"own"`` standardizes the target
+      model by its own out-of-fold scores; ``"shrunk"`` pulls that estimate towards
+      the source model's, weighted by ``shrink_clips`` pseudo-clips, which keeps it
+      stable when a section has a handful of target clips.
+    """
+
     approach: str = "specialization"
     detector: str = "knn"
     detector_params: dict = field(default_factory=lambda: {"k": 1})
@@ -85,10 +106,20 @@ class Stage2Config:
     n_folds: int = 5
     mixup_pseudo_normals: int = N_MIXUP_PSEUDO_NORMAL
     seed: int = 0
+    bank: str = "heldout"
+    source_centres: int = 0
+    target_std: str = "own"
+    shrink_clips: float = 10.0
 
     def __post_init__(self) -> None:
         if self.approach not in APPROACHES:
             raise ValueError(f"approach must be one of {APPROACHES}, not {self.approach!r}")
+        if self.bank not in BANKS:
+            raise ValueError(f"bank must be one of {BANKS}, not {self.bank!r}")
+        if self.target_std not in TARGET_STANDARDIZATION:
+            raise ValueError(f"target_std must be one of {TARGET_STANDARDIZATION}, not {self.target_std!r}")
+        if self.source_centres < 0 or not self.shrink_clips >= 0:
+            raise ValueError("source_centres and shrink_clips must not be negative")
 
 
 def clip_raw_scores(detector, emb: np.ndarray, aggregator: str) -> np.ndarray:
@@ -125,6 +156,9 @@ def _fold_ids(n_clips: int, n_folds: int, rng: np.random.Generator) -> np.ndarra
     return ids
 
 
+BankBuilder = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 def out_of_fold_raw(
     kind: str,
     params: dict,
@@ -133,15 +167,24 @@ def out_of_fold_raw(
     n_folds: int,
     rng: np.random.Generator,
     extra_fit: np.ndarray | None = None,
+    *,
+    domains: np.ndarray | None = None,
+    build_bank: BankBuilder | None = None,
 ) -> np.ndarray:
-    """Raw clip scores of each clip from a detector that never saw that clip."""
+    """Raw clip scores of each clip from a detector that never saw that clip.
+
+    The detector of a fold is fitted on ``build_bank(emb, domains)`` of the other
+    folds' clips (default: all their segments), plus ``extra_fit``.
+    """
     n = emb.shape[0]
     if n < 2:
-        raise ValueError("standardization needs at least two held-out normal clips per section and domain")
+        raise ValueError("standardization needs at least two normal clips per section and domain")
+    domains = np.full(n, "source") if domains is None else np.asarray(domains)
+    build_bank = build_bank or _all_segments
     folds = _fold_ids(n, n_folds, rng)
     out = np.empty(n)
     for f in np.unique(folds):
-        train = emb[folds != f].reshape(-1, emb.shape[-1])
+        train = build_bank(emb[folds != f], domains[folds != f])
         if extra_fit is not None and len(extra_fit):
             train = np.concatenate([train, extra_fit])
         det = fit_detector(kind, params, train)
@@ -149,9 +192,65 @@ def out_of_fold_raw(
     return out
 
 
+def _all_segments(emb: np.ndarray, domains: np.ndarray) -> np.ndarray:
+    return emb.reshape(-1, emb.shape[-1])
+
+
+def kmeans_centres(x: np.ndarray, k: int, seed: int = 0, niter: int = 25) -> np.ndarray:
+    """``k`` k-means centres of the rows of ``x`` (faiss: Lloyd iterations from a seeded start).
+
+    With no more rows than ``k`` the rows themselves are the centres.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x) <= k:
+        return x.copy()
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], int(k), niter=niter, seed=int(seed) + 1, verbose=False, min_points_per_centroid=1)
+    km.train(x)
+    return np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
+
+
+def centres_bank(n_centres: int, seed: int) -> BankBuilder:
+    """Source segments compressed to k-means centres, target segments kept whole.
+
+    A section with no target normals keeps every source segment: compressing
+    only pays when it balances the two domains' densities.
+    """
+
+    def build(emb: np.ndarray, domains: np.ndarray) -> np.ndarray:
+        d = emb.shape[-1]
+        src = emb[domains == "source"].reshape(-1, d)
+        tgt = emb[domains == "target"].reshape(-1, d)
+        if len(tgt) == 0 or len(src) == 0:
+            return emb.reshape(-1, d)
+        return np.concatenate([kmeans_centres(src, n_centres, seed), tgt])
+
+    return build
+
+
 def _stats(raw: np.ndarray) -> tuple[float, float]:
     std = float(np.std(raw))
     return float(np.mean(raw)), (std if std > 1e-12 else 1.0)
+
+
+def shrunk_stats(own: tuple[float, float], n_own: int, prior: tuple[float, float], prior_clips: float) -> tuple[float, float]:
+    """A few clips' mean and spread pulled towards another model's, as ``prior_clips`` clips of it.
+
+    The mean is the clips' own (the two models' score levels differ with their
+    banks' densities and must be removed as measured). The spread is what a
+    handful of leave-one-out scores estimate worst, so it is pooled: for
+    positive scores (distances, LOF) as a coefficient of variation, since a
+    sparser bank scales every distance up alike; otherwise as a variance.
+    """
+    (m, s), (mp, sp) = own, prior
+    w = n_own / (n_own + prior_clips) if n_own + prior_clips > 0 else 1.0
+    if m > 0 and mp > 0:
+        cv = w * (s / m) + (1.0 - w) * (sp / mp)
+        std = cv * m
+    else:
+        std = math.sqrt(w * s * s + (1.0 - w) * sp * sp)
+    return m, (std if std > 1e-12 else 1.0)
 
 
 def mixup_pseudo_normals(src: np.ndarray, tgt: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -170,11 +269,31 @@ def mixup_pseudo_normals(src: np.ndarray, tgt: np.ndarray, n: int, rng: np.rando
 
 @dataclass
 class FitResult:
-    """A fitted section model plus the out-of-fold scores of its held-out normals."""
+    """A fitted section model plus the out-of-fold scores of its normals."""
 
     model: SectionModel
     oof_parts: dict[str, np.ndarray]  # standardized out-of-fold score parts per domain key
-    oof_domains: np.ndarray  # "source"/"target" per held-out clip
+    oof_domains: np.ndarray  # "source"/"target" per normal clip
+
+
+def check_fittable(section: str, n_source: int, n_target: int, cfg: Stage2Config) -> None:
+    """ValueError naming what is missing when these clip counts cannot be fitted.
+
+    Called before the fit (and by ``edge-asd-train`` before stage 1), so that a
+    data set that makes an approach impossible is refused before any work.
+    """
+    if cfg.approach == "generalization":
+        if n_source + n_target < 2:
+            raise ValueError(
+                f"section {section}: standardization needs at least 2 normal clips, got {n_source + n_target}"
+            )
+        return
+    for name, n in (("source", n_source), ("target", n_target)):
+        if n < 2:
+            raise ValueError(
+                f"section {section}: domain specialization needs at least 2 {name}-domain normal clips "
+                f"for stage 2, got {n}"
+            )
 
 
 def fit_section(
@@ -184,39 +303,45 @@ def fit_section(
     domain_logits: np.ndarray,
     cfg: Stage2Config,
 ) -> FitResult:
-    """Fit one section's inlier model(s) on its held-out normal clips.
+    """Fit one section's inlier model(s) on its normal clips.
 
     ``emb`` ``[n, S, D]`` and ``domains`` (``"source"``/``"target"``) are the
-    held-out normals of the section; ``domain_logits`` ``[n, S]`` feed the
-    out-of-fold Eq. 8 scores used for the threshold.
+    normals stage 2 is fitted on (held-out ones, or all, by ``cfg.bank``);
+    ``domain_logits`` ``[n, S]`` feed the out-of-fold Eq. 8 scores used for the
+    threshold.
     """
     rng = np.random.default_rng(cfg.seed)
     domains = np.asarray(domains)
     d = emb.shape[-1]
     src, tgt = emb[domains == "source"], emb[domains == "target"]
+    check_fittable(section, len(src), len(tgt), cfg)
     parts: dict[str, np.ndarray] = {}
     models: dict[str, DomainModel] = {}
     if cfg.approach == "generalization":
         pseudo = mixup_pseudo_normals(src.reshape(-1, d), tgt.reshape(-1, d), cfg.mixup_pseudo_normals, rng)
-        raw = out_of_fold_raw(cfg.detector, cfg.detector_params, emb, cfg.aggregator, cfg.n_folds, rng, pseudo)
+        build = centres_bank(cfg.source_centres, cfg.seed) if cfg.source_centres > 0 else _all_segments
+        raw = out_of_fold_raw(
+            cfg.detector, cfg.detector_params, emb, cfg.aggregator, cfg.n_folds, rng, pseudo,
+            domains=domains, build_bank=build,
+        )
         mean, std = _stats(raw)
-        det = fit_detector(cfg.detector, cfg.detector_params, np.concatenate([emb.reshape(-1, d), pseudo]))
+        det = fit_detector(cfg.detector, cfg.detector_params, np.concatenate([build(emb, domains), pseudo]))
         models[DG_DOMAIN] = DomainModel(det, mean, std)
         parts[DG_DOMAIN] = (raw - mean) / std
     else:
+        raws: dict[str, np.ndarray] = {}
         for name, sub in (("source", src), ("target", tgt)):
-            if len(sub) < 2:
-                raise ValueError(
-                    f"section {section}: domain specialization needs at least 2 held-out {name} clips, got {len(sub)}"
-                )
-            raw_own = out_of_fold_raw(cfg.detector, cfg.detector_params, sub, cfg.aggregator, cfg.n_folds, rng)
-            mean, std = _stats(raw_own)
+            raws[name] = out_of_fold_raw(cfg.detector, cfg.detector_params, sub, cfg.aggregator, cfg.n_folds, rng)
+        for name, sub in (("source", src), ("target", tgt)):
+            mean, std = _stats(raws[name])
+            if name == "target" and cfg.target_std == "shrunk":
+                mean, std = shrunk_stats((mean, std), len(sub), _stats(raws["source"]), cfg.shrink_clips)
             det = fit_detector(cfg.detector, cfg.detector_params, sub.reshape(-1, d))
             models[name] = DomainModel(det, mean, std)
-            # Every held-out clip's score under this domain's model, out of fold
-            # for the clips the model was fitted on, plain for the others.
+            # Every clip's score under this domain's model, out of fold for the
+            # clips the model was fitted on, plain for the others.
             z = np.empty(len(emb))
-            z[domains == name] = (raw_own - mean) / std
+            z[domains == name] = (raws[name] - mean) / std
             other = domains != name
             if other.any():
                 z[other] = models[name].standardized(emb[other], cfg.aggregator)
@@ -228,11 +353,20 @@ def fit_section(
 
 
 def combine_parts(member_parts: list[Mapping[str, np.ndarray]], p: np.ndarray, approach: str) -> np.ndarray:
-    """Ensemble (2.5) and Eq. 8: average members per domain key, then mix by ``p``."""
+    """Ensemble (2.5) and Eq. 8: average members per domain key, then mix by ``p``.
+
+    A member with one model for both domains (``"all"``: domain generalization,
+    the plain system) joins a domain-specialization ensemble with that score on
+    both sides of Eq. 8; a DS member joins a DG ensemble with its Eq. 8 score.
+    """
+
+    def key(m: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+        return m[name] if name in m else m[DG_DOMAIN]
+
     if approach == "generalization":
-        return np.mean([m[DG_DOMAIN] for m in member_parts], axis=0)
-    zs = np.mean([m["source"] for m in member_parts], axis=0)
-    zt = np.mean([m["target"] for m in member_parts], axis=0)
+        return np.mean([m[DG_DOMAIN] if DG_DOMAIN in m else mix_eq8(m["source"], m["target"], p) for m in member_parts], axis=0)
+    zs = np.mean([key(m, "source") for m in member_parts], axis=0)
+    zt = np.mean([key(m, "target") for m in member_parts], axis=0)
     return mix_eq8(zs, zt, p)
 
 

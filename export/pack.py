@@ -92,11 +92,68 @@ class _Member:
     precision_report: dict
 
 
+def _stage2_files(prefix: str, sections: dict, held: dict) -> tuple[dict[str, bytes], dict[str, dict]]:
+    """A member's detector state and the normals it was fitted on, and the manifest's numbers per section.
+
+    The normals travel with the bundle so that on-device enrollment can refit a
+    domain's model (GMM, LOF) and its standardization exactly as the desktop
+    did; a few hundred KB at most.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    member_sections: dict[str, dict] = {}
+    for section, model in sections.items():
+        a, numbers = section_state(model)
+        arrays.update(a)
+        member_sections[section] = numbers
+    normals = {k: held[k] for k in ("names", "sections", "domains", "embeddings", "domain_logits")}
+    return {prefix + "detectors.npz": npz_bytes(arrays), prefix + "heldout.npz": npz_bytes(normals)}, member_sections
+
+
+def _build_plain_member(run_dir: Path, index: int, data_root: Path | None) -> _Member:
+    """The plain system: numpy features from the raw clip, no model file, its own stage 2."""
+    from train.plain import plain_embeddings
+    from train.stage2 import bank_clips, embed_normals, load_stage2
+
+    config = _run_config(run_dir)
+    data_root = Path(data_root or config["data"])
+    prefix = f"members/m{index}/"
+    s2cfg, sections = load_stage2(run_dir, "generalization")
+    held = embed_normals(run_dir, data_root, s2cfg.bank, progress=False)
+    with np.load(run_dir / "stage2" / "generalization" / "oof.npz", allow_pickle=False) as z:
+        oof = {k: z[k] for k in z.files}
+    report: dict = {}
+    pseudo_paths = _pseudo_anomalous_paths(data_root, config["machine"], 24)
+    if pseudo_paths:
+        pe, pl = plain_embeddings(run_dir, pseudo_paths)
+        report["proxy_auc_fp32"] = _proxy_auc("generalization", held, oof, {"embeddings": pe, "domain_logits": pl}, sections, s2cfg)
+    files, member_sections = _stage2_files(prefix, sections, held)
+    member = {
+        "name": f"m{index}",
+        "run": str(run_dir),
+        "system": "plain",
+        "machine_type": config["machine"],
+        "features": config["features"],
+        "amplitude": "raw",
+        "domain_head": False,
+        "embedding_dim": int(held["embeddings"].shape[-1]),
+        "state": prefix + "detectors.npz",
+        "heldout": prefix + "heldout.npz",
+        "detector": {"kind": s2cfg.detector, "params": s2cfg.detector_params},
+        "stage2": asdict(s2cfg),
+        "sections": member_sections,
+    }
+    paths = [data_root / c["path"] for c in bank_clips(run_dir, s2cfg.bank)]
+    return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(paths), {"fp32_parity_relative_error": 0.0, **report})
+
+
 def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach: str | None, data_root: Path | None) -> _Member:
     from train.embed import load_extractor
-    from train.stage2 import default_approach, embed_heldout, fit_stage2, heldout_clips, load_stage2
+    from train.plain import is_plain_run
+    from train.stage2 import bank_clips, default_approach, embed_normals, fit_stage2, load_stage2
 
     run_dir = Path(run_dir)
+    if is_plain_run(run_dir):
+        return _build_plain_member(run_dir, index, data_root)
     config = _run_config(run_dir)
     approach = approach or default_approach(run_dir)
     if approach not in APPROACHES:
@@ -106,9 +163,12 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
     spec = SegmentSpec()
     prefix = f"members/m{index}/"
 
+    if not (run_dir / "stage2" / approach / "stage2.json").is_file():
+        raise UserError(f"{run_dir}: stage 2 was not fitted for {approach} (see the training log for why)")
+    s2cfg, sections = load_stage2(run_dir, approach)
     extractor = load_extractor(run_dir, device="cpu")
     onnx_fp32 = export_onnx(extractor, spec.segment_samples)
-    held_clips = heldout_clips(run_dir)
+    held_clips = bank_clips(run_dir, s2cfg.bank)
     held_paths = [data_root / c["path"] for c in held_clips]
     probe = _sample_segments(held_paths, spec, 2)
     ref_emb, _ = torch_embed(extractor, probe)
@@ -118,8 +178,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         raise RuntimeError(f"ONNX export disagrees with torch: relative error {parity:.2e} > {PARITY_TOLERANCE:.0e}")
     log.info("%s: ONNX parity with torch: max relative error %.2e", run_dir, parity)
 
-    s2cfg, sections = load_stage2(run_dir, approach)
-    held = embed_heldout(run_dir, data_root, progress=False)  # cached by edge-asd-train
+    held = embed_normals(run_dir, data_root, s2cfg.bank, progress=False)  # cached by edge-asd-train
     with np.load(run_dir / "stage2" / approach / "oof.npz", allow_pickle=False) as z:
         oof = {k: z[k] for k in z.files}
     model_bytes = onnx_fp32
@@ -179,21 +238,8 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
                 approach, held, oof, {"embeddings": pe, "domain_logits": pl}, sections, s2cfg
             )
 
-    arrays: dict[str, np.ndarray] = {}
-    member_sections: dict[str, dict] = {}
-    for section, model in sections.items():
-        a, numbers = section_state(model)
-        arrays.update(a)
-        member_sections[section] = numbers
-    # The held-out normals the detectors were fitted on travel with the bundle so
-    # that on-device enrollment can refit a domain's model (GMM, LOF) and its
-    # standardization exactly as the desktop did; a few hundred KB at most.
-    heldout = {k: held[k] for k in ("names", "sections", "domains", "embeddings", "domain_logits")}
-    files = {
-        prefix + "extractor.onnx": model_bytes,
-        prefix + "detectors.npz": npz_bytes(arrays),
-        prefix + "heldout.npz": npz_bytes(heldout),
-    }
+    files, member_sections = _stage2_files(prefix, sections, held)
+    files[prefix + "extractor.onnx"] = model_bytes
     member = {
         "name": f"m{index}",
         "run": str(run_dir),
@@ -206,6 +252,9 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         "state": prefix + "detectors.npz",
         "heldout": prefix + "heldout.npz",
         "detector": {"kind": s2cfg.detector, "params": s2cfg.detector_params},
+        "stage2": asdict(s2cfg),
+        "amplitude": "standardize_per_clip",
+        "domain_head": bool(config.get("domain_head", True)),
         "sections": member_sections,
     }
     if precision == "fp32":
@@ -240,6 +289,10 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
     return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report)
 
 
+def _part_keys(member: _Member) -> list[str]:
+    return ["all"] if member.s2cfg.approach == "generalization" else ["source", "target"]
+
+
 def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.ndarray]:
     """Per section, the (ensemble's) final out-of-fold scores of held-out normals.
 
@@ -250,7 +303,6 @@ def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.nda
     (its threshold is then the mean of the members').
     """
     cfg = members[0].s2cfg
-    keys = ["all"] if approach == "generalization" else ["source", "target"]
     out = {}
     for section in sorted(members[0].manifest["sections"]):
         common = sorted(set.intersection(*[set(m.oof[f"{section}/names"].tolist()) for m in members]))
@@ -260,10 +312,11 @@ def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.nda
         for m in members:
             names = m.oof[f"{section}/names"].tolist()
             idx = [names.index(n) for n in common]
-            parts.append({k: m.oof[f"{section}/{k}"][idx] for k in keys})
-            hnames = m.held["names"].tolist()
-            ps.append(p_target(m.held["domain_logits"][[hnames.index(n) for n in common]], cfg.kappa))
-        out[section] = combine_parts(parts, np.mean(ps, axis=0), approach)
+            parts.append({k: m.oof[f"{section}/{k}"][idx] for k in _part_keys(m)})
+            if m.manifest.get("domain_head", True):
+                hnames = m.held["names"].tolist()
+                ps.append(p_target(m.held["domain_logits"][[hnames.index(n) for n in common]], cfg.kappa))
+        out[section] = combine_parts(parts, np.mean(ps, axis=0) if ps else np.zeros(len(common)), approach)
     return out
 
 
@@ -311,12 +364,14 @@ def build_bundle(
     members = [_build_member(r, i, fmt, precision, approach, data_root) for i, r in enumerate(runs)]
     first = members[0]
     for m in members[1:]:
-        for what, a, b in (
+        shared = [
             ("machine type", m.manifest["machine_type"], first.manifest["machine_type"]),
             ("sections", sorted(m.manifest["sections"]), sorted(first.manifest["sections"])),
-            ("aggregator", m.s2cfg.aggregator, first.s2cfg.aggregator),
-            ("kappa", m.s2cfg.kappa, first.s2cfg.kappa),
-        ):
+        ]
+        if not (m.manifest.get("features") or first.manifest.get("features")):
+            # the plain system has one vector per clip and no domain classifier: nothing to share
+            shared += [("aggregator", m.s2cfg.aggregator, first.s2cfg.aggregator), ("kappa", m.s2cfg.kappa, first.s2cfg.kappa)]
+        for what, a, b in shared:
             if a != b:
                 raise UserError(f"{m.manifest['run']}: {what} {a} differs from {first.manifest['run']}'s {b}; ensemble members must share it")
     selection = None
@@ -346,6 +401,7 @@ def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, by
         for s in first.manifest["sections"]
     }
     spec = SegmentSpec()
+    learned = [m for m in members if not m.manifest.get("features")]
     manifest = {
         "machine_type": first.manifest["machine_type"],
         "sections": sorted(first.manifest["sections"]),
@@ -355,12 +411,13 @@ def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, by
             "segment_seconds": spec.segment_seconds,
             "n_segments": spec.n_segments,
             "segment_align": spec.align,
-            "amplitude": "standardize_per_clip",
+            # each member states its own (the plain system hears the clip as recorded)
+            "amplitude": "standardize_per_clip" if learned else "raw",
         },
-        "frontend": TrainConfig.from_dict(first.config, ignore_unknown=True).frontend_dict(),
-        "embedding_dim": first.manifest["embedding_dim"],
+        "frontend": TrainConfig.from_dict(learned[0].config, ignore_unknown=True).frontend_dict() if learned else first.manifest["features"],
+        "embedding_dim": (learned[0] if learned else first).manifest["embedding_dim"],
         "approach": approach,
-        "aggregator": first.s2cfg.aggregator,
+        "aggregator": (learned[0] if learned else first).s2cfg.aggregator,
         "kappa": first.s2cfg.kappa,
         "threshold_rule": first.s2cfg.threshold_rule,
         "thresholds": thresholds,

@@ -88,7 +88,7 @@ def test_knn_k_is_capped_by_the_few_target_clips():
 def test_specialization_needs_two_clips_per_domain():
     rng = np.random.default_rng(2)
     emb = np.concatenate([_blobs(rng, 10, 0.0), _blobs(rng, 1, 1.0)])
-    with pytest.raises(ValueError, match="at least 2 held-out target clips"):
+    with pytest.raises(ValueError, match="at least 2 target-domain normal clips"):
         fit_section("00", emb, np.array(["source"] * 10 + ["target"]), np.zeros((11, 10)), Stage2Config())
 
 

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edge_asd.audio import SAMPLE_RATE, read_audio
+from edge_asd.features import hz_to_mel, mel_filterbank, mel_to_hz
 from edge_asd.errors import UserError
 
 _FORMAT = "edge-asd-ae-baseline"
@@ -112,56 +113,24 @@ class AEBaselineConfig:
 
 
 # --- Slaney mel scale and filterbank ------------------------------------------
-# The Auditory Toolbox (Slaney 1998) scale that librosa uses by default: linear
-# below 1 kHz at 3 mels per 200 Hz (so 1 kHz = 15 mels), logarithmic above with
-# 27 mels per factor of 6.4 in frequency.
-_SLANEY_F_SP = 200.0 / 3.0
-_SLANEY_MIN_LOG_HZ = 1000.0
-_SLANEY_MIN_LOG_MEL = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
-_SLANEY_LOGSTEP = math.log(6.4) / 27.0
+# librosa's default (the Auditory Toolbox scale, area-normalized triangles) is
+# the runtime's mel filterbank; the baseline only needs it in float32, as
+# librosa hands it out.
 
 
 def slaney_hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
-    hz = np.asarray(hz, dtype=np.float64)
-    linear = hz / _SLANEY_F_SP
-    # np.maximum keeps log() away from 0 Hz; those entries take the linear branch anyway.
-    logarithmic = _SLANEY_MIN_LOG_MEL + np.log(np.maximum(hz, _SLANEY_MIN_LOG_HZ) / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP
-    return np.where(hz >= _SLANEY_MIN_LOG_HZ, logarithmic, linear)
+    return hz_to_mel(hz)
 
 
 def slaney_mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
-    mel = np.asarray(mel, dtype=np.float64)
-    linear = _SLANEY_F_SP * mel
-    logarithmic = _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOGSTEP * (np.maximum(mel, _SLANEY_MIN_LOG_MEL) - _SLANEY_MIN_LOG_MEL))
-    return np.where(mel >= _SLANEY_MIN_LOG_MEL, logarithmic, linear)
+    return mel_to_hz(mel)
 
 
 def slaney_mel_filterbank(
     sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
 ) -> np.ndarray:
-    """``[n_mels, n_fft // 2 + 1]`` triangular filters, as ``librosa.filters.mel`` builds by default.
-
-    Filter ``i`` rises from edge ``f[i]`` to 1 at ``f[i + 1]`` and falls to 0 at
-    ``f[i + 2]``, with the ``n_mels + 2`` edges equally spaced on the Slaney mel
-    scale between ``fmin`` and ``fmax``; it is then scaled by
-    ``2 / (f[i + 2] - f[i])`` so that every triangle has unit area in Hz
-    (Slaney normalization: equal energy per filter, not equal peak height).
-    """
-    if fmax is None:
-        fmax = sample_rate / 2.0
-    if not 0.0 <= fmin < fmax <= sample_rate / 2.0:
-        raise ValueError(f"mel band {fmin}-{fmax} Hz does not fit a {sample_rate} Hz sample rate")
-    fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    edges_hz = slaney_mel_to_hz(np.linspace(slaney_hz_to_mel(fmin), slaney_hz_to_mel(fmax), n_mels + 2))
-    widths = np.diff(edges_hz)
-    # ramps[j, k] = edge j minus FFT bin k, in Hz
-    ramps = edges_hz[:, None] - fft_hz[None, :]
-    rising = -ramps[:-2] / widths[:-1, None]
-    falling = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
-    # librosa hands the filterbank out as float32; the mel energies follow.
-    return weights.astype(np.float32)
+    """``[n_mels, n_fft // 2 + 1]`` float32 triangles, as ``librosa.filters.mel`` builds by default."""
+    return mel_filterbank(sample_rate, n_fft, n_mels, fmin, sample_rate / 2.0 if fmax is None else fmax).astype(np.float32)
 
 
 # --- features -----------------------------------------------------------------

@@ -14,19 +14,73 @@ from pathlib import Path
 
 from edge_asd.cli import CliParser, run_cli
 from edge_asd.errors import UserError
-from edge_asd.scoring import Stage2Config
+from edge_asd.scoring import APPROACHES, Stage2Config
 
 DETECTOR_PARAM = {"knn": "k", "lof": "k", "gmm": "n_components"}
+KNN_SCORE = {"kth": "largest", "mean": "mean"}
+
+
+def stage2_config(args: argparse.Namespace, seed: int, approach: str) -> Stage2Config:
+    """The stage-2 configuration the command line asks for (one place for every flag)."""
+    k = args.k if args.k is not None else (1 if args.detector == "knn" else 4 if args.detector == "gmm" else 16)
+    params: dict = {DETECTOR_PARAM[args.detector]: k}
+    if args.detector in ("knn", "lof"):
+        params["metric"] = args.metric
+    if args.detector == "knn":
+        params["method"] = KNN_SCORE[args.knn_score]
+    try:
+        return Stage2Config(
+            approach=approach,
+            detector=args.detector,
+            detector_params=params,
+            aggregator=args.aggregator,
+            threshold_rule=args.threshold,
+            seed=seed,
+            bank=args.bank,
+            source_centres=args.source_centres,
+            target_std=args.target_std,
+        )
+    except ValueError as exc:
+        raise UserError(f"stage 2: {exc}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
+    from .plain import fit_plain, plain_stage2
     from .stage1 import train_extractor
     from .stage2 import fit_all
 
     data, out = Path(args.data), Path(args.out)
     if not (data / args.machine / "train").is_dir():
         raise UserError(f"{data / args.machine / 'train'}: no such folder (expected the DCASE layout DATA/<machine>/train/)")
+    if args.system == "plain":
+        s2 = plain_stage2(seed=args.seed or 0, threshold_rule=args.threshold)
+        fit_plain(data, args.machine, out, s2)
+        if not args.quiet:
+            print(f"plain system ready: {out} (export with: edge-asd-export {out} --out {args.machine}.asd)")
+        return 0
+    approaches = list(APPROACHES) if args.approach == "both" else [args.approach]
+    # --approach both: one extractor per approach, side by side (RUN/generalization, RUN/specialization)
+    outs = {a: (out / a if len(approaches) > 1 else out) for a in approaches}
+    plans = [_plan(args, data, outs[a], a) for a in approaches]  # every data check before any training
+    device = _device(args.device)
+    for cfg, s2 in plans:
+        run_dir = Path(train_extractor(cfg, progress=not args.quiet))
+        # An extractor with a domain head serves both approaches (the report compares
+        # them on one extractor); without one, only generalization. s2.approach is
+        # the one edge-asd-export deploys by default.
+        fit_all(run_dir, data, s2, device=device, progress=not args.quiet,
+                approaches=APPROACHES if cfg.domain_head else ("generalization",))
+        _references(args, data, run_dir, cfg.seed, device)
+        if not args.quiet:
+            print(f"run ready: {run_dir} (export with: edge-asd-export {run_dir} --out {args.machine}.asd)")
+    return 0
+
+
+def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
+    """The stage-1 and stage-2 configurations of one run, checked against the data."""
+    from .config import TrainConfig
+    from .preflight import preflight
+
     # Only what the command line states overrides the --config file, or on
     # --resume the run's own config.json (a resumed run must not change what it computes).
     overrides = {"data": str(data), "machine": args.machine, "out": str(out), "device": args.device}
@@ -43,33 +97,35 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: nothing to resume (no config.json)")
     elif args.config:
         base = _read_config(Path(args.config))
+    if "domain_head" not in base:
+        # The extractor the approach needs: specialization's Eq. 8 needs the domain
+        # classifier; generalization trains without it, at t 1:1 (report 2.3), so
+        # that Eq. 6 does not pull the domains apart in the embedding.
+        overrides["domain_head"] = approach == "specialization"
     cfg = TrainConfig.from_dict({**base, **overrides}, ignore_unknown=bool(args.resume))
-    run_dir = Path(train_extractor(cfg, progress=not args.quiet))
+    s2 = stage2_config(args, cfg.seed, approach)
+    cfg.validate()
+    if approach == "specialization" and not cfg.domain_head:
+        raise UserError("domain specialization needs the domain head (domain_head: false in the --config file)")
+    return preflight(cfg, [approach], s2), s2
 
-    k = args.k if args.k is not None else (1 if args.detector == "knn" else 4 if args.detector == "gmm" else 16)
-    s2 = Stage2Config(
-        approach=args.approach,
-        detector=args.detector,
-        detector_params={DETECTOR_PARAM[args.detector]: k},
-        aggregator=args.aggregator,
-        threshold_rule=args.threshold,
-        seed=cfg.seed,
-    )
-    device = _device(args.device)
-    # Both approaches are fitted (the report compares them); --approach is the one exported by default.
-    fit_all(run_dir, data, s2, device=device, progress=not args.quiet)
+
+def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, device: str) -> None:
+    """The plain system and the DCASE autoencoder beside the run: the reference rows of every report."""
+    from .plain import fit_plain, plain_stage2
+
+    if not args.no_plain:
+        # also an ensemble member: edge-asd-export RUN RUN/baseline/plain
+        fit_plain(data, args.machine, run_dir / "baseline" / "plain", plain_stage2(seed, args.threshold))
     if args.baseline_epochs > 0:
         from edge_asd.dcase import list_clips
 
         from .baseline import AEBaselineConfig, train_ae_baseline
 
         paths = [c.path for c in list_clips(data, args.machine, "train")]
-        ae = train_ae_baseline(paths, AEBaselineConfig(epochs=args.baseline_epochs, seed=cfg.seed, device=device), progress=not args.quiet)
+        ae = train_ae_baseline(paths, AEBaselineConfig(epochs=args.baseline_epochs, seed=seed, device=device), progress=not args.quiet)
         (run_dir / "baseline").mkdir(exist_ok=True)
         ae.save(run_dir / "baseline" / "ae.pt")
-    if not args.quiet:
-        print(f"run ready: {run_dir} (export with: edge-asd-export {run_dir} --out {args.machine}.asd)")
-    return 0
 
 
 def _device(name: str) -> str:
@@ -112,11 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer"], help="default efficientnet_b0 (or the --config file's)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--approach", default="specialization", choices=["generalization", "specialization"])
+    p.add_argument("--approach", default="specialization", choices=["generalization", "specialization", "both"],
+                   help="the approach the extractor is trained for and exported by default; both: one extractor each, "
+                   "in RUN/generalization and RUN/specialization")
     p.add_argument("--detector", default="knn", choices=["knn", "gmm", "lof"])
     p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
     p.add_argument("--aggregator", default="mean", choices=["mean", "max", "median", "mean_above_median"])
     p.add_argument("--threshold", default="gamma:0.9", help="decision threshold rule: gamma:Q, quantile:Q or zscore:Z")
+    p.add_argument("--bank", default="heldout", choices=["heldout", "all"],
+                   help="normal clips the inlier models are fitted on: held out from stage 1 (the report) or all of them")
+    p.add_argument("--metric", default="l2", choices=["l2", "cosine"], help="distance of knn and lof (cosine: length-normalised)")
+    p.add_argument("--knn-score", dest="knn_score", default="kth", choices=["kth", "mean"],
+                   help="knn score: distance to the k-th neighbour, or the mean over the k nearest (the authors' recipe)")
+    p.add_argument("--source-centres", dest="source_centres", type=int, default=0,
+                   help="generalization: bank of K k-means centres of the source segments plus every target segment (0: off)")
+    p.add_argument("--target-std", dest="target_std", default="own", choices=["own", "shrunk"],
+                   help="specialization: standardize the target model by its own scores, or shrunk towards the source's")
+    p.add_argument("--system", default="extractor", choices=["extractor", "plain"],
+                   help="plain: only the log-mel-statistics nearest-neighbour system, no stage 1 (numpy, seconds)")
+    p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",
+                   help="do not fit the plain reference system into RUN/baseline/plain")
     p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet)")
     p.add_argument("--seed", type=int, help="default 0 (or the --config file's)")
     p.add_argument("--mixup", action="store_true", help="Mixup between normal and pseudo-anomalous data")

@@ -16,6 +16,7 @@ from edge_asd.dcase import list_clips
 from edge_asd.scoring import combine_parts, p_target, section_parts
 from edge_asd.submission import write_section
 
+from .plain import is_plain_run, plain_embeddings
 from .stage2 import load_stage2
 
 
@@ -29,8 +30,11 @@ def embed_test(run_dir: Path, data_root: Path, machine: str, device: str = "cpu"
         with np.load(cache, allow_pickle=False) as z:
             if z["names"].tolist() == names.tolist():
                 return {k: z[k] for k in z.files}
-    model = load_extractor(run_dir, device=device)
-    emb, logit = embed_clips(model, [c.path for c in clips], SegmentSpec(), device=device, progress=progress)
+    if is_plain_run(run_dir):
+        emb, logit = plain_embeddings(run_dir, [c.path for c in clips])
+    else:
+        model = load_extractor(run_dir, device=device)
+        emb, logit = embed_clips(model, [c.path for c in clips], SegmentSpec(), device=device, progress=progress)
     out = {
         "names": names,
         "sections": np.array([c.section for c in clips]),

@@ -28,60 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# --- mel filterbank ---------------------------------------------------------------
-# Slaney's mel scale (linear below 1 kHz, logarithmic above) with area-normalized
-# triangles: librosa's default, which the report's authors used. The HTK scale is
-# available, but with 224 bands from 50 Hz and a 7.8 Hz bin spacing its lowest
-# triangles are narrower than one DFT bin and some come out empty.
-
-_F_SP = 200.0 / 3.0  # Hz per mel below the break
-_MIN_LOG_HZ = 1000.0
-_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
-_LOGSTEP = math.log(6.4) / 27.0
-
-
-def hz_to_mel(f: np.ndarray, htk: bool = False) -> np.ndarray:
-    f = np.asarray(f, dtype=np.float64)
-    if htk:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-    mel = f / _F_SP
-    log_part = _MIN_LOG_MEL + np.log(np.maximum(f, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
-    return np.where(f >= _MIN_LOG_HZ, log_part, mel)
-
-
-def mel_to_hz(m: np.ndarray, htk: bool = False) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    if htk:
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-    hz = m * _F_SP
-    log_part = _MIN_LOG_HZ * np.exp(_LOGSTEP * (np.maximum(m, _MIN_LOG_MEL) - _MIN_LOG_MEL))
-    return np.where(m >= _MIN_LOG_MEL, log_part, hz)
-
-
-def mel_filterbank(
-    sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float, mel_scale: str = "slaney"
-) -> np.ndarray:
-    """Triangular mel filters ``[n_mels, n_fft // 2 + 1]`` (float64), as ``librosa.filters.mel``.
-
-    ``mel_scale="slaney"``: Slaney scale and area normalization (librosa's default,
-    ``htk=False, norm="slaney"``); ``"htk"``: HTK scale, unit-peak triangles.
-    """
-    if mel_scale not in ("slaney", "htk"):
-        raise ValueError(f"mel_scale must be 'slaney' or 'htk', not {mel_scale!r}")
-    if not 0.0 <= f_min < f_max <= sample_rate / 2:
-        raise ValueError(f"need 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
-    htk = mel_scale == "htk"
-    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    mel_pts = np.linspace(hz_to_mel(f_min, htk), hz_to_mel(f_max, htk), n_mels + 2)
-    hz_pts = mel_to_hz(mel_pts, htk)
-    fdiff = np.diff(hz_pts)
-    ramps = hz_pts[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    if not htk:
-        weights *= (2.0 / (hz_pts[2 : n_mels + 2] - hz_pts[:n_mels]))[:, None]
-    return weights
+# The mel filterbank is the runtime's (one definition for training, export and the
+# device's plain log-mel features); re-exported here for the front end and its tests.
+from edge_asd.features import hz_to_mel, mel_filterbank, mel_to_hz  # noqa: E402,F401
 
 
 def n_frames(n_samples: int, n_fft: int, hop_length: int) -> int:

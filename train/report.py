@@ -1,6 +1,7 @@
 """``edge-asd-train report``: Tables 1-4 of the report for every run under a folder.
 
-Rows are systems (the DCASE autoencoder reference, and the domain
+Rows are systems (the DCASE autoencoder reference, the plain log-mel-statistics
+nearest-neighbour reference, and the domain
 generalization and specialization approaches of every run), columns are
 machine types and the all/har-mean (Table 4: all/mean), exactly as the report
 lays them out. Written as Markdown and CSV, with ROC curves and per-domain
@@ -18,12 +19,15 @@ import numpy as np
 
 from edge_asd.dcase import list_clips
 from edge_asd.errors import UserError
-from edge_asd.metrics import harmonic_mean, labelled_metrics, roc_auc, roc_curve
+from edge_asd.metrics import harmonic_mean, labelled_metrics, present, roc_auc, roc_curve
 from edge_asd.scoring import APPROACHES
 
 from .evaluate import embed_test, score_embedded, write_submission
+from .plain import is_plain_run
 
 SHORT = {"generalization": "DG", "specialization": "DS"}
+PLAIN_ROW = "Plain baseline (log-mel statistics, 1-NN)"
+REFERENCE_ROWS = ("Official autoencoder baseline", PLAIN_ROW)
 TABLES = {
     "table1_source": ("Harmonic mean of AUC and pAUC (p=0.1) [%] of the source domain", ("auc_source", "pauc_source")),
     "table2_target": ("Harmonic mean of AUC and pAUC (p=0.1) [%] of the target domain", ("auc_target", "pauc_target")),
@@ -42,6 +46,12 @@ def _system_scores(data: Path, runs: list[Path], device: str, progress: bool) ->
     for run in runs:
         cfg = json.loads((run / "config.json").read_text())
         machine = cfg["machine"]
+        if is_plain_run(run):
+            # the same features and scorer for every run of a machine: one row
+            if machine not in systems[PLAIN_ROW]:
+                test = embed_test(run, data, machine, device=device, progress=progress)
+                systems[PLAIN_ROW][machine] = {**score_embedded(run, test, "generalization"), "p_target": None}
+            continue
         test = embed_test(run, data, machine, device=device, progress=progress)
         for approach in APPROACHES:
             if (run / "stage2" / approach).is_dir():
@@ -96,7 +106,7 @@ def make_report(data: Path, root: Path, device: str = "cpu", progress: bool = Tr
     out.mkdir(parents=True, exist_ok=True)
     systems = _system_scores(data, runs, device, progress)
     machines = sorted({m for per in systems.values() for m in per})
-    order = sorted(systems, key=lambda s: (not s.startswith("Official"), s))
+    order = sorted(systems, key=lambda s: (s not in REFERENCE_ROWS, REFERENCE_ROWS.index(s) if s in REFERENCE_ROWS else 0, s))
     metrics = {s: {m: _metrics(systems[s][m]) for m in systems[s]} for s in order}
 
     md = [f"# Evaluation of {len(runs)} run(s) on {data}", ""]
@@ -105,7 +115,7 @@ def make_report(data: Path, root: Path, device: str = "cpu", progress: bool = Tr
         for s in order:
             row, everything = [s], []
             for m in machines:
-                vals = [getattr(sm, f) for sm in metrics[s].get(m, {}).values() for f in fields]
+                vals = present(getattr(sm, f) for sm in metrics[s].get(m, {}).values() for f in fields)
                 everything += vals
                 row.append(f"{100 * harmonic_mean(vals):.2f}" if vals else "")
             row.append(f"{100 * harmonic_mean(everything):.2f}" if everything else "")

@@ -1,4 +1,4 @@
-"""Stage 2 on the desktop: embed the held-out normals and fit the inlier models.
+"""Stage 2 on the desktop: embed the normals of the bank and fit the inlier models.
 
 The models, standardization and thresholds are :mod:`edge_asd.scoring` itself;
 this module only feeds it embeddings from the trained extractor and stores the
@@ -7,54 +7,86 @@ result in the run folder, for ``report`` and ``edge-asd-export``:
     RUN/stage2/<approach>/detectors.npz   detector state (plain arrays)
     RUN/stage2/<approach>/stage2.json     config, per-section standardization and threshold
     RUN/stage2/<approach>/oof.npz         out-of-fold scores of the held-out normals (ensembles)
-    RUN/stage2/heldout_embeddings.npz     the embeddings themselves (enrollment and ensembles reuse them)
+    RUN/stage2/normal_embeddings.npz      the embeddings of normal clips, by name (enrollment and ensembles reuse them)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from edge_asd.audio import SegmentSpec
-from edge_asd.scoring import APPROACHES, Stage2Config, fit_section, section_from_state, section_state
-from edge_asd.scoring import SectionModel
+from edge_asd.scoring import APPROACHES, SectionModel, Stage2Config, check_fittable, fit_section
+from edge_asd.scoring import section_from_state, section_state
+
+log = logging.getLogger(__name__)
+
+
+def split_clips(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "split.json").read_text())["clips"]
 
 
 def heldout_clips(run_dir: Path) -> list[dict]:
-    split = json.loads((run_dir / "split.json").read_text())
-    return [c for c in split["clips"] if c["split"] == "heldout"]
+    return [c for c in split_clips(run_dir) if c["split"] == "heldout"]
+
+
+def bank_clips(run_dir: Path, bank: str) -> list[dict]:
+    """The normal clips stage 2 is fitted on: the held-out ones (the report) or all of them."""
+    return heldout_clips(run_dir) if bank == "heldout" else split_clips(run_dir)
+
+
+_CACHE = "normal_embeddings.npz"
+
+
+def embed_normals(
+    run_dir: Path, data_root: Path, bank: str = "heldout", device: str = "cpu", progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Embeddings of the normal clips of ``bank``, in split.json's order.
+
+    Cached in the run folder by clip name, so the held-out clips embedded for
+    one approach are not embedded again for a bank of all normals.
+    """
+    clips = bank_clips(run_dir, bank)
+    cache = run_dir / "stage2" / _CACHE
+    known: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            known = {n: (e, l) for n, e, l in zip(z["names"].tolist(), z["embeddings"], z["domain_logits"])}
+    todo = [c for c in clips if c["name"] not in known]
+    if todo:
+        from .embed import embed_clips, load_extractor
+
+        model = load_extractor(run_dir, device=device)
+        emb, logit = embed_clips(model, [data_root / c["path"] for c in todo], SegmentSpec(), device=device, progress=progress)
+        for c, e, l in zip(todo, emb.astype(np.float32), logit.astype(np.float32)):
+            known[c["name"]] = (e, l)
+        names = sorted(known)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            cache,
+            names=np.array(names),
+            embeddings=np.stack([known[n][0] for n in names]),
+            domain_logits=np.stack([known[n][1] for n in names]),
+        )
+    return {
+        "names": np.array([c["name"] for c in clips]),
+        "sections": np.array([c["section"] for c in clips]),
+        "domains": np.array([c["domain"] for c in clips]),
+        "embeddings": np.stack([known[c["name"]][0] for c in clips]),
+        "domain_logits": np.stack([known[c["name"]][1] for c in clips]),
+    }
 
 
 def embed_heldout(run_dir: Path, data_root: Path, device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
-    """Embeddings of the held-out normal clips, cached in the run folder."""
-    from .embed import embed_clips, load_extractor
-
-    cache = run_dir / "stage2" / "heldout_embeddings.npz"
-    clips = heldout_clips(run_dir)
-    names = np.array([c["name"] for c in clips])
-    if cache.exists():
-        with np.load(cache, allow_pickle=False) as z:
-            if z["names"].tolist() == names.tolist():
-                return {k: z[k] for k in z.files}
-    model = load_extractor(run_dir, device=device)
-    paths = [data_root / c["path"] for c in clips]
-    emb, logit = embed_clips(model, paths, SegmentSpec(), device=device, progress=progress)
-    out = {
-        "names": names,
-        "sections": np.array([c["section"] for c in clips]),
-        "domains": np.array([c["domain"] for c in clips]),
-        "embeddings": emb.astype(np.float32),
-        "domain_logits": logit.astype(np.float32),
-    }
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **out)
-    return out
+    return embed_normals(run_dir, data_root, "heldout", device=device, progress=progress)
 
 
 def fit_stage2(run_dir: Path, held: dict[str, np.ndarray], cfg: Stage2Config) -> Path:
+    # ``held``: the normals of the bank (embed_normals), whatever cfg.bank chose
     """Fit every section's models for one approach and save them under the run."""
     out = run_dir / "stage2" / cfg.approach
     out.mkdir(parents=True, exist_ok=True)
@@ -86,16 +118,36 @@ def load_stage2(run_dir: Path, approach: str) -> tuple[Stage2Config, dict[str, S
     return cfg, sections
 
 
-def fit_all(run_dir: Path, data_root: Path, base: Stage2Config, device: str = "cpu", progress: bool = True) -> None:
-    """Both approaches from one extractor: the report's DG and DS rows side by side.
+def fit_all(
+    run_dir: Path, data_root: Path, base: Stage2Config, device: str = "cpu", progress: bool = True, approaches=APPROACHES
+) -> list[str]:
+    """The approaches from one extractor: the report's DG and DS rows side by side.
 
-    ``base.approach`` is recorded as the run's default, the one ``edge-asd-export`` deploys.
+    ``base.approach`` is recorded as the run's default, the one ``edge-asd-export``
+    deploys. An approach this data cannot support (domain specialization
+    without target clips) is skipped with one log line; the default must fit.
     """
-    held = embed_heldout(run_dir, data_root, device=device, progress=progress)
-    for approach in APPROACHES:
+    fitted = []
+    for approach in approaches:
         cfg = Stage2Config(**{**asdict(base), "approach": approach})
-        fit_stage2(run_dir, held, cfg)
+        normals = embed_normals(run_dir, data_root, cfg.bank, device=device, progress=progress)
+        try:
+            check_normals(normals, cfg)
+        except ValueError as exc:
+            if approach == base.approach:
+                raise
+            log.info("%s: %s not fitted (%s)", run_dir, approach, exc)
+            continue
+        fit_stage2(run_dir, normals, cfg)
+        fitted.append(approach)
     (run_dir / "stage2" / "default.json").write_text(json.dumps({"approach": base.approach}))
+    return fitted
+
+
+def check_normals(normals: dict[str, np.ndarray], cfg: Stage2Config) -> None:
+    for section in sorted(set(normals["sections"].tolist())):
+        dom = normals["domains"][normals["sections"] == section]
+        check_fittable(section, int(np.sum(dom == "source")), int(np.sum(dom == "target")), cfg)
 
 
 def default_approach(run_dir: Path) -> str:

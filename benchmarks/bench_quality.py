@@ -1,0 +1,259 @@
+"""Detection quality side by side: learned systems, stage-2 rules, the plain baseline and the autoencoder.
+
+    .venv/bin/python benchmarks/bench_quality.py DATA... --out DIR [--machines a,b] [--systems NAME,...]
+        [--variants NAME,...] [--epochs N] [--ae-epochs N] [--seed S]
+
+For each data set and machine type it trains every named stage-1 system once
+(``edge-asd-train``, which also fits the plain baseline and the autoencoder
+into the run), then fits every named stage-2 variant on the same embeddings
+with :mod:`edge_asd.scoring` (the code the device runs) and scores the test
+clips; ensembles with the plain system average standardized scores (report
+2.5). The plain baseline and the first system's first variant are also run
+through the whole product path (``edge-asd-export`` -> ``edge-asd score`` ->
+``edge-asd evaluate``) as a check that the figures are the product's.
+
+Prints one table per data set (official score, AUC source, AUC target, pAUC;
+harmonic means over all sections, %), writes ``DIR/quality.json``,
+``DIR/quality.md`` and ``DIR/quality.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_asd.dcase import list_clips, list_machines  # noqa: E402
+from edge_asd.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
+from edge_asd.scoring import Stage2Config, combine_parts, fit_section, p_target, section_parts  # noqa: E402
+
+# Stage-1 systems (TrainConfig overrides). "epochs" is set by --epochs unless given here.
+SYSTEMS = {
+    "transformer": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                    "batch_size": 32, "num_workers": 0},
+    "transformer-dg": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                       "batch_size": 32, "num_workers": 0, "domain_head": False},
+    "effnet_b0": {"backbone": "efficientnet_b0", "batch_size": 32, "num_workers": 0},
+}
+
+_KNN = {"k": 1, "metric": "l2", "method": "largest"}
+_COS = {"k": 1, "metric": "cosine", "method": "largest"}
+# Stage-2 variants: (Stage2Config fields, ensemble with the plain system?)
+VARIANTS = {
+    "report-DS": ({"approach": "specialization", "detector_params": _KNN}, False),
+    "report-DG": ({"approach": "generalization", "detector_params": _KNN}, False),
+    "all-DS-l2": ({"approach": "specialization", "bank": "all", "detector_params": _KNN}, False),
+    "all-DS-cos": ({"approach": "specialization", "bank": "all", "detector_params": _COS}, False),
+    "all-DS-cos-shrunk": ({"approach": "specialization", "bank": "all", "detector_params": _COS, "target_std": "shrunk"}, False),
+    "all-DG-cos": ({"approach": "generalization", "bank": "all", "detector_params": _COS, "mixup_pseudo_normals": 0}, False),
+    "all-DG-cos-kmeans16": ({"approach": "generalization", "bank": "all", "detector_params": _COS,
+                             "mixup_pseudo_normals": 0, "source_centres": 16}, False),
+    "all-DG-cos-kmeans16-mean4": ({"approach": "generalization", "bank": "all", "mixup_pseudo_normals": 0,
+                                   "source_centres": 16, "detector_params": {"k": 4, "metric": "cosine", "method": "mean"}}, False),
+    "all-DG-cos-kmeans16+plain": ({"approach": "generalization", "bank": "all", "detector_params": _COS,
+                                   "mixup_pseudo_normals": 0, "source_centres": 16}, True),
+    "all-DS-cos-shrunk+plain": ({"approach": "specialization", "bank": "all", "detector_params": _COS, "target_std": "shrunk"}, True),
+}
+
+
+def _test_truth(data: Path, machine: str):
+    clips = list_clips(data, machine, "test")
+    return clips, np.array([c.section for c in clips]), np.array([c.is_anomaly for c in clips]), np.array([c.domain == "target" for c in clips])
+
+
+def _fit_parts(normals: dict, test: dict, cfg: Stage2Config) -> tuple[dict[str, dict], np.ndarray]:
+    """Per section, standardized test-score parts of ``cfg`` fitted on ``normals``; and test p_target."""
+    parts = {}
+    for section in sorted(set(normals["sections"].tolist())):
+        sel = normals["sections"] == section
+        res = fit_section(section, normals["embeddings"][sel], normals["domains"][sel], normals["domain_logits"][sel], cfg)
+        tsel = test["sections"] == section
+        parts[section] = section_parts(res.model, test["embeddings"][tsel], cfg.aggregator)
+    return parts, p_target(test["domain_logits"], cfg.kappa)
+
+
+def _metrics(sections: np.ndarray, anomaly: np.ndarray, target: np.ndarray, scores: np.ndarray) -> dict:
+    per = {}
+    for s in sorted(set(sections.tolist())):
+        sel = sections == s
+        per[s] = labelled_metrics(anomaly[sel], target[sel], scores[sel]).official()
+    return per
+
+
+def summarize(per_machine: dict[str, dict]) -> dict[str, float | None]:
+    """Harmonic means over every section of every machine, as the official score."""
+    out = {}
+    for key in ("auc_source", "auc_target", "pauc"):
+        vals = present(sec[key] for m in per_machine.values() for sec in m.values())
+        out[key] = harmonic_mean(vals) if vals else None
+    out["official"] = harmonic_mean(present(v for m in per_machine.values() for sec in m.values() for v in sec.values()))
+    out["min_target_auc"] = min(present(sec["auc_target"] for m in per_machine.values() for sec in m.values()), default=None)
+    return out
+
+
+def _train(data: Path, machine: str, out: Path, system: str, epochs: int, ae_epochs: int, seed: int) -> Path:
+    from train.cli import main as train_main
+
+    run = out / "runs" / data.name / machine / system
+    if (run / "stage2" / "default.json").exists():
+        return run  # finished earlier: a benchmark may be resumed
+    cfg = {"epochs": epochs, **SYSTEMS[system]}
+    cfg_file = out / "runs" / f"{system}.json"
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg_file.write_text(json.dumps(cfg))
+    has_target = any(c.domain == "target" for c in list_clips(data, machine, "train"))
+    approach = "specialization" if has_target and cfg.get("domain_head", True) else "generalization"
+    argv = ["--data", str(data), "--machine", machine, "--out", str(run), "--config", str(cfg_file), "--device", "cpu",
+            "--seed", str(seed), "--approach", approach, "--bank", "all", "--baseline-epochs", str(ae_epochs), "--quiet"]
+    rc = train_main(argv)
+    if rc != 0:
+        raise SystemExit(f"training {system} on {data}/{machine} failed ({rc})")
+    return run
+
+
+def _product_score(runs: list[Path], data: Path, machine: str, tmp: Path) -> float:
+    """The official score of a bundle of ``runs`` as a user gets it: export, score, evaluate."""
+    from edge_asd.metrics import evaluate_dir
+    from edge_asd.offline import score_paths
+    from export.pack import build_bundle
+
+    bundle = build_bundle(runs, tmp / f"{machine}.asd", progress=False)
+    sub = tmp / f"sub-{machine}"
+    score_paths(bundle, [data / machine / "test"], sub, backend="onnx-cpu", progress=False)
+    return float(evaluate_dir(sub)["official_score"])
+
+
+def bench_dataset(data: Path, args, out: Path) -> dict:
+    from train.baseline import AEBaseline
+    from train.evaluate import embed_test
+    from train.plain import plain_embeddings
+    from train.stage2 import embed_normals
+
+    machines = args.machines.split(",") if args.machines else [
+        m for m in list_machines(data) if (data / m / "test").is_dir()
+    ]
+    rows: dict[str, dict[str, dict]] = {}
+    product: dict[str, dict] = {}
+    walls: dict[str, float] = {}
+    for machine in machines:
+        clips, sections, anomaly, target = _test_truth(data, machine)
+        for system in args.systems.split(","):
+            t0 = time.perf_counter()
+            run = _train(data, machine, out, system, args.epochs, args.ae_epochs, args.seed)
+            walls[f"{system}/{machine}"] = time.perf_counter() - t0
+            plain_run = run / "baseline" / "plain"
+            if "plain" not in rows or machine not in rows["plain"]:
+                pt = embed_test(plain_run, data, machine, progress=False)
+                pn = embed_normals(plain_run, data, "all", progress=False)
+                from train.plain import plain_stage2
+
+                pparts, _ = _fit_parts(pn, pt, plain_stage2(args.seed))
+                scores = np.zeros(len(clips))
+                for s, part in pparts.items():
+                    scores[sections == s] = part["all"]
+                rows.setdefault("plain", {})[machine] = _metrics(sections, anomaly, target, scores)
+                ae = AEBaseline.load(run / "baseline" / "ae.pt")
+                rows.setdefault("autoencoder", {})[machine] = _metrics(
+                    sections, anomaly, target, np.asarray(ae.score_paths([c.path for c in clips]), dtype=float))
+                with tempfile.TemporaryDirectory() as tmp:
+                    product.setdefault("plain", {})[machine] = _product_score([plain_run], data, machine, Path(tmp))
+            test = embed_test(run, data, machine, progress=False)
+            for variant in args.variants.split(","):
+                fields, with_plain = VARIANTS[variant]
+                cfg = Stage2Config(**{**fields, "seed": args.seed})
+                normals = embed_normals(run, data, cfg.bank, progress=False)
+                has_target = bool(np.any(normals["domains"] == "target"))
+                if cfg.approach == "specialization" and not has_target:
+                    continue
+                try:
+                    parts, p = _fit_parts(normals, test, cfg)
+                except ValueError as exc:
+                    print(f"  {system}/{variant} on {machine}: not fittable ({exc})")
+                    continue
+                scores = np.zeros(len(clips))
+                for s, part in parts.items():
+                    sel = sections == s
+                    members = [part]
+                    if with_plain:
+                        members.append(pparts[s])
+                    scores[sel] = combine_parts(members, p[sel], cfg.approach)
+                rows.setdefault(f"{system} {variant}", {})[machine] = _metrics(sections, anomaly, target, scores)
+    table = {name: summarize(per) for name, per in rows.items()}
+    return {"machines": machines, "systems": table, "per_machine": rows, "product_path": product, "train_wall_s": walls}
+
+
+def _format(name: str, result: dict) -> str:
+    base = result["systems"]["plain"]["official"]
+    lines = [f"### {name}", "", "| system | official | vs plain | AUC source | AUC target | pAUC | min target AUC |", "|---|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
+    for sys_name, r in sorted(result["systems"].items(), key=lambda kv: -kv[1]["official"]):
+        lines.append(f"| {sys_name} | {pct(r['official'])} | {r['official'] / base:.2f}x | {pct(r['auc_source'])} | "
+                     f"{pct(r['auc_target'])} | {pct(r['pauc'])} | {pct(r['min_target_auc'])} |")
+    prod = ", ".join(f"{m} {100 * v:.2f}" for m, v in result["product_path"].get("plain", {}).items())
+    lines += ["", f"Product path check (plain bundle: export -> score -> evaluate, official per machine): {prod}", ""]
+    return "\n".join(lines)
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 5), squeeze=False)
+    for ax, (name, res) in zip(axes[0], results.items()):
+        items = sorted(res["systems"].items(), key=lambda kv: kv[1]["official"])
+        ax.barh([k for k, _ in items], [100 * v["official"] for _, v in items],
+                color=["tab:gray" if k in ("plain", "autoencoder") else "tab:blue" for k, _ in items])
+        ax.axvline(100 * res["systems"]["plain"]["official"], color="k", ls="--", lw=1, label="plain baseline")
+        ax.axvline(125 * res["systems"]["plain"]["official"], color="tab:red", ls=":", lw=1, label="1.25x plain")
+        ax.set_title(name)
+        ax.set_xlabel("official score (%)")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("data", nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--machines", help="comma-separated; default every machine type with test clips")
+    p.add_argument("--systems", default="transformer", help=f"stage-1 systems: {', '.join(SYSTEMS)}")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"stage-2 variants: {', '.join(VARIANTS)}")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--ae-epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results, md = {}, []
+    for data in args.data:
+        t0 = time.perf_counter()
+        res = bench_dataset(data, args, args.out)
+        res["wall_s"] = time.perf_counter() - t0
+        results[str(data)] = res
+        text = _format(f"{data} ({', '.join(res['machines'])}; {res['wall_s']:.0f} s)", res)
+        print(text, flush=True)
+        md.append(text)
+        (args.out / "quality.json").write_text(json.dumps(results, indent=1))
+    (args.out / "quality.md").write_text("\n".join(md))
+    _plot(results, args.out / "quality.png")
+    print(f"written: {args.out / 'quality.md'}, {args.out / 'quality.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

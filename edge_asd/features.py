@@ -1,0 +1,150 @@
+"""Hand-made audio features in numpy: the mel filterbank and the plain log-mel statistics.
+
+The mel filterbank is defined once here; the learned extractor's front end
+(``train/frontend.py``, baked into the ONNX graph) and the plain baseline below
+both build theirs from it.
+
+The plain system (issue "Detection quality I"): per clip, the mean and the
+standard deviation over time of each log-mel band. It is the simplest thing
+that could work and, with few training clips, it is a strong one: a learned
+extractor must beat it to earn its place, and it can join a standardized
+ensemble with the learned systems (report 2.5). It runs on the device with
+numpy alone (an rFFT of a 1024-point window costs a few ms per 10 s clip), so
+it needs no model file and no GPU, which also makes it the fallback for a user
+who has nothing to train on. The audio is used as recorded (no per-clip
+amplitude standardization): the absolute level of a machine is information.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# --- mel filterbank ---------------------------------------------------------------
+# Slaney's mel scale (linear below 1 kHz, logarithmic above) with area-normalized
+# triangles: librosa's default, which the report's authors used. The HTK scale is
+# available, but with 224 bands from 50 Hz and a 7.8 Hz bin spacing its lowest
+# triangles are narrower than one DFT bin and some come out empty.
+
+_F_SP = 200.0 / 3.0  # Hz per mel below the break
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+
+def hz_to_mel(f: np.ndarray, htk: bool = False) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    if htk:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    mel = f / _F_SP
+    log_part = _MIN_LOG_MEL + np.log(np.maximum(f, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
+    return np.where(f >= _MIN_LOG_HZ, log_part, mel)
+
+
+def mel_to_hz(m: np.ndarray, htk: bool = False) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    if htk:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    hz = m * _F_SP
+    log_part = _MIN_LOG_HZ * np.exp(_LOGSTEP * (np.maximum(m, _MIN_LOG_MEL) - _MIN_LOG_MEL))
+    return np.where(m >= _MIN_LOG_MEL, log_part, hz)
+
+
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float, mel_scale: str = "slaney"
+) -> np.ndarray:
+    """Triangular mel filters ``[n_mels, n_fft // 2 + 1]`` (float64), as ``librosa.filters.mel``.
+
+    ``mel_scale="slaney"``: Slaney scale and area normalization (librosa's default,
+    ``htk=False, norm="slaney"``); ``"htk"``: HTK scale, unit-peak triangles.
+    """
+    if mel_scale not in ("slaney", "htk"):
+        raise ValueError(f"mel_scale must be 'slaney' or 'htk', not {mel_scale!r}")
+    if not 0.0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"need 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
+    htk = mel_scale == "htk"
+    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    mel_pts = np.linspace(hz_to_mel(f_min, htk), hz_to_mel(f_max, htk), n_mels + 2)
+    hz_pts = mel_to_hz(mel_pts, htk)
+    fdiff = np.diff(hz_pts)
+    ramps = hz_pts[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    if not htk:
+        weights *= (2.0 / (hz_pts[2 : n_mels + 2] - hz_pts[:n_mels]))[:, None]
+    return weights
+
+
+# --- plain log-mel statistics ---------------------------------------------------------
+
+PLAIN_KIND = "logmel_stats"
+_FRAME_BLOCK = 256  # frames per rFFT call: bounds memory on a long recording
+
+
+@dataclass(frozen=True)
+class LogMelStatsConfig:
+    """The plain system's features. Defaults are the DCASE autoencoder baseline's STFT
+    (1024-point window, 512 hop) with 64 bands, as the issue's reference scorer."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float = 8000.0
+
+    def __post_init__(self) -> None:
+        if self.n_fft < 16 or self.hop_length < 1 or self.n_mels < 1:
+            raise ValueError("logmel_stats: n_fft >= 16, hop_length >= 1 and n_mels >= 1 are needed")
+        mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max)  # raises on a bad band
+
+    @property
+    def dim(self) -> int:
+        return 2 * self.n_mels
+
+    def to_dict(self) -> dict:
+        return {"kind": PLAIN_KIND, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LogMelStatsConfig":
+        if d.get("kind", PLAIN_KIND) != PLAIN_KIND:
+            raise ValueError(f"feature kind {d.get('kind')!r} is not {PLAIN_KIND!r}")
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
+
+
+class LogMelStats:
+    """Clip -> ``[2 * n_mels]``: the mean, then the standard deviation, of each band's dB over time."""
+
+    def __init__(self, cfg: LogMelStatsConfig | None = None):
+        self.cfg = cfg or LogMelStatsConfig()
+        c = self.cfg
+        self._fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max).T.astype(np.float32)
+        self._window = np.hanning(c.n_fft + 1)[:-1].astype(np.float32)  # periodic Hann
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.dim
+
+    def logmel(self, clip: np.ndarray) -> np.ndarray:
+        """``[frames, n_mels]`` log-mel in dB of an uncentred STFT."""
+        c = self.cfg
+        x = np.ascontiguousarray(np.asarray(clip, dtype=np.float32).reshape(-1))
+        if x.size < c.n_fft:
+            raise ValueError(f"clip of {x.size} samples is shorter than the {c.n_fft}-sample window")
+        n_frames = 1 + (x.size - c.n_fft) // c.hop_length
+        frames = np.lib.stride_tricks.as_strided(
+            x, shape=(n_frames, c.n_fft), strides=(x.strides[0] * c.hop_length, x.strides[0]), writeable=False
+        )
+        out = np.empty((n_frames, c.n_mels), dtype=np.float32)
+        for lo in range(0, n_frames, _FRAME_BLOCK):
+            spec = np.fft.rfft(frames[lo : lo + _FRAME_BLOCK] * self._window, axis=1)
+            power = (spec.real**2 + spec.imag**2).astype(np.float32)
+            out[lo : lo + _FRAME_BLOCK] = 10.0 * np.log10(power @ self._fb + 1e-10)
+        return out
+
+    def __call__(self, clip: np.ndarray) -> np.ndarray:
+        lm = self.logmel(clip).astype(np.float64)
+        return np.concatenate([lm.mean(axis=0), lm.std(axis=0)]).astype(np.float32)

@@ -30,6 +30,10 @@ class SegmentSpec:
     segment_seconds: float = 2.0
     n_segments: int = 10
     align: int = FRONTEND_HOP
+    # Amplitude normalization before the extractor: None standardizes each clip
+    # (the report); (mean, std) is one fixed scale for the machine type, from its
+    # training clips (the authors' recipe), which keeps the absolute level.
+    level: tuple[float, float] | None = None
 
     @property
     def segment_samples(self) -> int:
@@ -139,6 +143,32 @@ def standardize(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     return (centered / std).astype(np.float32)
 
 
+def normalize(x: np.ndarray, spec: SegmentSpec) -> np.ndarray:
+    """The extractor's amplitude normalization of a clip, as ``spec.level`` says."""
+    if spec.level is None:
+        return standardize(x)
+    mean, std = spec.level
+    return ((np.asarray(x, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+def amplitude_manifest(spec: SegmentSpec) -> str | dict:
+    """How a bundle's manifest states ``spec.level`` (read back by :func:`level_from_manifest`)."""
+    if spec.level is None:
+        return "standardize_per_clip"
+    return {"mode": "machine", "mean": float(spec.level[0]), "std": float(spec.level[1])}
+
+
+def level_from_manifest(amplitude) -> tuple[float, float] | None:
+    if amplitude in (None, "standardize_per_clip", "raw"):
+        return None
+    if not isinstance(amplitude, dict) or amplitude.get("mode") != "machine":
+        raise ValueError(f"unknown amplitude normalization {amplitude!r}")
+    mean, std = float(amplitude["mean"]), float(amplitude["std"])
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"amplitude normalization needs a finite mean and a positive std, got {mean}, {std}")
+    return mean, std
+
+
 def segment(x: np.ndarray, spec: SegmentSpec = SegmentSpec()) -> np.ndarray:
     """Cut a clip into ``[S, T * sr]`` overlapping segments (see :meth:`SegmentSpec.starts`)."""
     x = np.asarray(x, dtype=np.float32).reshape(-1)
@@ -148,9 +178,9 @@ def segment(x: np.ndarray, spec: SegmentSpec = SegmentSpec()) -> np.ndarray:
 
 
 def clip_segments(path: str | Path, spec: SegmentSpec = SegmentSpec()) -> np.ndarray:
-    """Read, standardize and segment one clip file: what the extractor takes."""
+    """Read, normalize and segment one clip file: what the extractor takes."""
     x = read_audio(path, spec.sample_rate, min_seconds=spec.segment_seconds)
-    return segment(standardize(x), spec)
+    return segment(normalize(x, spec), spec)
 
 
 def dbfs(x: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SegmentSpec, segment, standardize
+from .audio import SegmentSpec, level_from_manifest, normalize, segment
 from .bundle import Bundle, open_bundle
 from .errors import BundleError, UserError
 from .features import LogMelStats, LogMelStatsConfig
@@ -66,6 +66,7 @@ def segment_spec(manifest: dict) -> SegmentSpec:
         segment_seconds=float(a["segment_seconds"]),
         n_segments=int(a["n_segments"]),
         align=int(a.get("segment_align", 1)),
+        level=level_from_manifest(a.get("amplitude")),
     )
 
 
@@ -80,7 +81,10 @@ class ClipScorer:
         self.bundle_id: str = m["bundle_id"]
         self.machine_type: str = m["machine_type"]
         self.sections: list[str] = list(m["sections"])
-        self.spec = segment_spec(m)
+        try:
+            self.spec = segment_spec(m)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: audio settings unusable ({exc})") from None
         self.sample_rate = self.spec.sample_rate
         self.segment_seconds = self.spec.segment_seconds
         self.clip_seconds = float(m["audio"].get("clip_seconds", 10.0))
@@ -172,7 +176,7 @@ class ClipScorer:
     def prepare(self, clip: np.ndarray) -> np.ndarray:
         """Standardize and segment a raw clip: ``[S, segment_samples]``."""
         clip = self._checked(clip)
-        return segment(standardize(clip), self.spec)
+        return segment(normalize(clip, self.spec), self.spec)
 
     def _checked(self, clip: np.ndarray) -> np.ndarray:
         clip = np.asarray(clip, dtype=np.float32).reshape(-1)
@@ -198,7 +202,7 @@ class ClipScorer:
         """
         clip = self._checked(clip)
         t0 = time.perf_counter()
-        x = standardize(clip)
+        x = normalize(clip, self.spec)
         starts = self.spec.starts(x.size)
         segs = None
         outs, t_fe, t_enc = [], 0.0, 0.0

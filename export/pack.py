@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.audio import SegmentSpec, clip_segments
+from edge_asd.audio import SegmentSpec, amplitude_manifest, clip_segments
 from edge_asd.bundle import npz_bytes, write_bundle
 from edge_asd.errors import UserError
 from edge_asd.inference import OnnxBackend
@@ -23,6 +23,8 @@ from edge_asd.metrics import roc_auc
 from edge_asd.scoring import APPROACHES, Stage2Config, combine_parts, p_target, section_parts, section_state
 from edge_asd.drift import reference_quantiles
 from edge_asd.thresholds import fit_threshold
+
+from train.data import run_spec
 
 from .onnx_export import export_onnx, export_split, relative_error, torch_embed
 from .precision import PRECISIONS, convert
@@ -90,6 +92,7 @@ class _Member:
     config: dict
     clip_seconds: float
     precision_report: dict
+    spec: SegmentSpec | None = None  # None: the plain system, which takes the clip as recorded
 
 
 def _stage2_files(prefix: str, sections: dict, held: dict) -> tuple[dict[str, bytes], dict[str, dict]]:
@@ -160,7 +163,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         raise UserError(f"approach must be one of {', '.join(APPROACHES)}")
     data_root = Path(data_root or config["data"])
     machine = config["machine"]
-    spec = SegmentSpec()
+    spec = run_spec(run_dir)
     prefix = f"members/m{index}/"
 
     if not (run_dir / "stage2" / approach / "stage2.json").is_file():
@@ -253,7 +256,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         "heldout": prefix + "heldout.npz",
         "detector": {"kind": s2cfg.detector, "params": s2cfg.detector_params},
         "stage2": asdict(s2cfg),
-        "amplitude": "standardize_per_clip",
+        "amplitude": amplitude_manifest(spec),
         "domain_head": bool(config.get("domain_head", True)),
         "sections": member_sections,
     }
@@ -286,7 +289,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
                 member["calibration_cache"] = prefix + "calibration.cache"
         files[prefix + "extractor.engine"] = engine
         member["engine"] = {"file": prefix + "extractor.engine", **meta}
-    return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report)
+    return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report, spec)
 
 
 def _part_keys(member: _Member) -> list[str]:
@@ -370,7 +373,8 @@ def build_bundle(
         ]
         if not (m.manifest.get("features") or first.manifest.get("features")):
             # the plain system has one vector per clip and no domain classifier: nothing to share
-            shared += [("aggregator", m.s2cfg.aggregator, first.s2cfg.aggregator), ("kappa", m.s2cfg.kappa, first.s2cfg.kappa)]
+            shared += [("aggregator", m.s2cfg.aggregator, first.s2cfg.aggregator), ("kappa", m.s2cfg.kappa, first.s2cfg.kappa),
+                       ("amplitude normalization", m.spec.level, first.spec.level)]
         for what, a, b in shared:
             if a != b:
                 raise UserError(f"{m.manifest['run']}: {what} {a} differs from {first.manifest['run']}'s {b}; ensemble members must share it")
@@ -411,8 +415,8 @@ def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, by
             "segment_seconds": spec.segment_seconds,
             "n_segments": spec.n_segments,
             "segment_align": spec.align,
-            # each member states its own (the plain system hears the clip as recorded)
-            "amplitude": "standardize_per_clip" if learned else "raw",
+            # the extractors' (a plain member states "raw" itself: it hears the clip as recorded)
+            "amplitude": amplitude_manifest(learned[0].spec) if learned else "raw",
         },
         "frontend": TrainConfig.from_dict(learned[0].config, ignore_unknown=True).frontend_dict() if learned else first.manifest["features"],
         "embedding_dim": (learned[0] if learned else first).manifest["embedding_dim"],

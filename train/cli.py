@@ -84,7 +84,7 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
     # Only what the command line states overrides the --config file, or on
     # --resume the run's own config.json (a resumed run must not change what it computes).
     overrides = {"data": str(data), "machine": args.machine, "out": str(out), "device": args.device}
-    for key in ("backbone", "epochs", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr"):
+    for key in ("backbone", "epochs", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr", "amplitude"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.mixup:
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet)")
     p.add_argument("--seed", type=int, help="default 0 (or the --config file's)")
     p.add_argument("--mixup", action="store_true", help="Mixup between normal and pseudo-anomalous data")
+    p.add_argument("--amplitude", choices=["clip", "machine"],
+                   help="amplitude normalization: each clip standardized (the report; default) or one mean/std per machine type")
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--embedding-dim", dest="embedding_dim", type=int)
     p.add_argument("--r-train", dest="r_train", type=float)

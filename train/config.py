@@ -20,6 +20,7 @@ from .models import BACKBONES, ModelConfig
 
 _PATH_FIELDS = ("data", "out", "outliers", "pretrained_weights", "cache_dir")
 DEVICES = ("auto", "cpu", "cuda")
+AMPLITUDES = ("clip", "machine")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class TrainConfig:
     f_max: float = 7800.0
     mel_scale: str = "slaney"
     segment_seconds: float = 2.0
+    amplitude: str = "clip"  # "clip": standardize each clip (the report); "machine": one mean/std per machine type
     # --- data split and batches ---------------------------------------------------
     r_train: float = 0.9  # fraction of each section's source clips used for training
     n_target_train: int = 6  # target-domain clips per section used for training
@@ -159,6 +161,8 @@ class TrainConfig:
 
         if self.backbone not in BACKBONES:
             raise bad(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        if self.amplitude not in AMPLITUDES:
+            raise bad(f"amplitude {self.amplitude!r} is not one of {', '.join(AMPLITUDES)}")
         if self.device not in DEVICES:
             raise bad(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         quantum = 4 if self.domain_head else 2

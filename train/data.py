@@ -135,6 +135,27 @@ def clip_statistics(
     return [known[k[0]] for k in keys]
 
 
+def pooled_stats(stats: Sequence[ClipStats]) -> ClipStats:
+    """Mean and standard deviation of the samples of all these clips together."""
+    n = np.array([s.n_samples for s in stats], dtype=np.float64)
+    m = np.array([s.mean for s in stats])
+    sd = np.array([s.std for s in stats])
+    mean = float((n * m).sum() / n.sum())
+    var = float((n * (sd**2 + (m - mean) ** 2)).sum() / n.sum())
+    return ClipStats(int(n.sum()), mean, math.sqrt(var))
+
+
+def run_spec(run_dir: Path, base: SegmentSpec = SegmentSpec()) -> SegmentSpec:
+    """The segment spec of a run's extractor: its amplitude normalization from split.json."""
+    import dataclasses
+    import json
+
+    amp = json.loads((Path(run_dir) / "split.json").read_text()).get("amplitude") or {"mode": "clip"}
+    if amp.get("mode") == "machine":
+        return dataclasses.replace(base, level=(float(amp["mean"]), float(amp["std"])))
+    return base
+
+
 def read_crop(path: Path, stats: ClipStats, offset: int, length: int) -> np.ndarray:
     """Samples ``[offset, offset + length)`` of the standardized clip, reading only those.
 
@@ -302,6 +323,20 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool 
     own_ok = [(c, s) for c, s in zip(own, own_stats) if s.n_samples >= seg]
     if not own_ok:
         raise DataError(f"{data / cfg.machine / 'train'}: no normal clip of at least {cfg.segment_seconds:g} s")
+    level = None
+    if getattr(cfg, "amplitude", "clip") == "machine":
+        # One scale per machine type from its clips, so the level a machine runs
+        # at stays in the input; other machine types by their own scale, the
+        # outliers folder (no types) clip by clip.
+        level = pooled_stats([s for _, s in own_ok])
+        own_ok = [(c, ClipStats(s.n_samples, level.mean, level.std)) for c, s in own_ok]
+        by_machine: dict[str, list[int]] = {}
+        for i, p in enumerate(others):
+            by_machine.setdefault(p.parent.parent.name, []).append(i)
+        for idx in by_machine.values():
+            pooled = pooled_stats([other_stats[i] for i in idx if other_stats[i].n_samples >= seg] or [other_stats[idx[0]]])
+            for i in idx:
+                other_stats[i] = ClipStats(other_stats[i].n_samples, pooled.mean, pooled.std)
     sections = sorted({c.section for c, _ in own_ok})
     sec_index = {s: i for i, s in enumerate(sections)}
     split = split_normals([c for c, _ in own_ok], sections, cfg.r_train, cfg.n_target_train, cfg.seed)
@@ -381,6 +416,7 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool 
             "n_outliers": int(pools.outliers.size),
         },
         "skipped_short": [str(p) for p in skipped],
+        "amplitude": {"mode": "clip"} if level is None else {"mode": "machine", "mean": level.mean, "std": level.std},
     }
     return PreparedData(cfg.machine, sections, table, pools, split_doc, heldout, skipped)
 

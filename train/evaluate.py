@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.audio import SegmentSpec
 from edge_asd.dcase import list_clips
 from edge_asd.scoring import combine_parts, p_target, section_parts
 from edge_asd.submission import write_section
 
+from .data import run_spec
 from .plain import is_plain_run, plain_embeddings
 from .stage2 import load_stage2
 
@@ -34,7 +34,7 @@ def embed_test(run_dir: Path, data_root: Path, machine: str, device: str = "cpu"
         emb, logit = plain_embeddings(run_dir, [c.path for c in clips])
     else:
         model = load_extractor(run_dir, device=device)
-        emb, logit = embed_clips(model, [c.path for c in clips], SegmentSpec(), device=device, progress=progress)
+        emb, logit = embed_clips(model, [c.path for c in clips], run_spec(run_dir), device=device, progress=progress)
     out = {
         "names": names,
         "sections": np.array([c.section for c in clips]),

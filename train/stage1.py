@@ -448,7 +448,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     bar = tqdm(
         total=total_steps, initial=step, disable=not (progress and runtime.is_main), desc=f"stage 1 {cfg.machine}", unit="step"
     )
-    spec = SegmentSpec(segment_seconds=cfg.segment_seconds, n_segments=cfg.val_segments)
+    amp = data.split["amplitude"]
+    spec = SegmentSpec(segment_seconds=cfg.segment_seconds, n_segments=cfg.val_segments,
+                       level=(amp["mean"], amp["std"]) if amp["mode"] == "machine" else None)
 
     def validate(epoch: int) -> None:
         if not data.heldout:

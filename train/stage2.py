@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.audio import SegmentSpec
+from .data import run_spec
 from edge_asd.scoring import APPROACHES, SectionModel, Stage2Config, check_fittable, fit_section
 from edge_asd.scoring import section_from_state, section_state
 
@@ -61,7 +61,7 @@ def embed_normals(
         from .embed import embed_clips, load_extractor
 
         model = load_extractor(run_dir, device=device)
-        emb, logit = embed_clips(model, [data_root / c["path"] for c in todo], SegmentSpec(), device=device, progress=progress)
+        emb, logit = embed_clips(model, [data_root / c["path"] for c in todo], run_spec(run_dir), device=device, progress=progress)
         for c, e, l in zip(todo, emb.astype(np.float32), logit.astype(np.float32)):
             known[c["name"]] = (e, l)
         names = sorted(known)

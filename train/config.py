@@ -16,7 +16,7 @@ from typing import Any
 from edge_asd.dcase import list_clips, list_machines
 from edge_asd.errors import ConfigError, DataError, UserError
 
-from .models import BACKBONES, ModelConfig
+from .models import BACKBONES, OBJECTIVES, ModelConfig
 
 _PATH_FIELDS = ("data", "out", "outliers", "pretrained_weights", "cache_dir")
 DEVICES = ("auto", "cpu", "cuda")
@@ -90,6 +90,13 @@ class TrainConfig:
     val_segments: int = 10  # segments per held-out clip in those checks (S of Eq. 4)
     log_every: int = 50  # steps between flushes of losses.csv (avoids a device sync per step)
     resume: bool = False
+    # --- beyond the report: objective and FFT branch (train/adacos.py, train/fft_branch.py) ---------
+    objective: str = "oe"  # "oe": the report's Eq. 3/6; "subcluster_adacos": Wilkinghoff's sub-cluster AdaCos
+    n_subclusters: int = 16  # AdaCos centres per class
+    adacos_pseudo_classes: bool = True  # other machine types (and the outliers folder) as AdaCos classes; False: left out
+    fft_branch: bool = False  # full-segment magnitude-spectrum branch, its embedding concatenated to the log-mel one
+    fft_channels: int = 128  # width of the FFT branch's convolutions and MLP
+    fft_embedding_dim: int | None = None  # FFT branch's share of the embedding; None: embedding_dim
 
     # fields a resumed run may change without changing what is computed
     RESUMABLE_CHANGES = (
@@ -182,6 +189,13 @@ class TrainConfig:
                 raise bad(f"{name} must not be negative")
         if not 0.0 <= self.outlier_fraction <= 1.0 or not 0.0 < self.pct_start < 1.0:
             raise bad("outlier_fraction must be in [0, 1] and pct_start in (0, 1)")
+        if self.objective not in OBJECTIVES:
+            raise bad(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        for name in ("n_subclusters", "fft_channels"):
+            if getattr(self, name) < 1:
+                raise bad(f"{name} must be at least 1")
+        if self.fft_embedding_dim is not None and self.fft_embedding_dim < 1:
+            raise bad("fft_embedding_dim must be at least 1 (or null: embedding_dim)")
         self.model_config(["00"]).validate()
         if self.segment_samples < self.n_fft:
             raise bad(f"segment of {self.segment_samples} samples is shorter than the {self.n_fft}-sample window")

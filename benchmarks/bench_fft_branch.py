@@ -10,7 +10,8 @@
   its spectrum alone (the factorised 32000-point DFT), and the whole deployed graph
   (``waveform -> embedding, domain_logit``) without and with the branch.
 
-Medians over ``--repeats`` timed windows after one untimed warm-up.
+Medians over ``--repeats`` timed windows (x5 for inference) after one untimed warm-up, the
+variants' windows taken in turn.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _config(args: argparse.Namespace, fft_branch: bool, objective: str) -> Train
     )
 
 
-def training_rate(args: argparse.Namespace, fft_branch: bool, objective: str) -> list[float]:
+def _trainer(args: argparse.Namespace, fft_branch: bool, objective: str):
     cfg = _config(args, fft_branch, objective)
     torch.manual_seed(0)
     model = prepare_model(build_extractor(cfg.model_config(SECTIONS)), cfg, torch.device("cpu")).train()
@@ -53,15 +54,33 @@ def training_rate(args: argparse.Namespace, fft_branch: bool, objective: str) ->
     batch = synthetic_batch(args.batch, len(SECTIONS), cfg.segment_samples, pin=False)
     batch["label"] = batch["section"]  # one AdaCos class per section, as a model built from sections has
     trainer.step(batch)
-    rates = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            losses = trainer.step(batch)
-        rates.append(args.batch * args.steps / (time.perf_counter() - start))
-        if not torch.isfinite(losses).all():
-            raise RuntimeError(f"non-finite loss {losses.tolist()}")
-    return rates
+    return trainer, batch
+
+
+def interleaved(runs: dict, repeats: int) -> dict[str, list[float]]:
+    """Time each variant's window in turn, ``repeats`` rounds: load from other processes on a shared
+    machine then falls on every variant alike instead of on whichever ran during a busy minute."""
+    out: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, window in runs.items():
+            out[name].append(window())
+    return out
+
+
+def training_rates(args: argparse.Namespace) -> dict[str, list[float]]:
+    def window(trainer, batch):
+        def run() -> float:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                losses = trainer.step(batch)
+            if not torch.isfinite(losses).all():
+                raise RuntimeError(f"non-finite loss {losses.tolist()}")
+            return args.batch * args.steps / (time.perf_counter() - start)
+        return run
+
+    variants = {"log-mel only (oe)": (False, "oe"), "+ FFT branch (oe)": (True, "oe"),
+                "+ FFT branch (subcluster_adacos)": (True, "subcluster_adacos")}
+    return interleaved({k: window(*_trainer(args, *v)) for k, v in variants.items()}, args.repeats)
 
 
 class _Call(nn.Module):
@@ -83,17 +102,17 @@ def _session(model: bytes, threads: int):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def clip_ms(model: bytes, threads: int, repeats: int) -> list[float]:
+def clip_window(model: bytes, threads: int):
     sess = _session(model, threads)
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((CLIP_SEGMENTS, 32000)).astype(np.float32)
     sess.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
+
+    def run() -> float:
         start = time.perf_counter()
         sess.run(None, {name: x})
-        times.append(1e3 * (time.perf_counter() - start))
-    return times
+        return 1e3 * (time.perf_counter() - start)
+    return run
 
 
 def inference_costs(args: argparse.Namespace) -> dict[str, list[float]]:
@@ -109,7 +128,7 @@ def inference_costs(args: argparse.Namespace) -> dict[str, list[float]]:
         f"whole graph, {args.backbone}": export_onnx(without, 32000),
         f"whole graph, {args.backbone} + FFT branch": export_onnx(with_branch, 32000),
     }
-    return {k: clip_ms(g, args.threads, args.repeats * 3) for k, g in graphs.items()}
+    return interleaved({k: clip_window(g, args.threads) for k, g in graphs.items()}, args.repeats * 5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,11 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"FFT branch cost: {args.backbone}, batch {args.batch}, {args.threads} CPU threads, torch {torch.__version__}")
-    train = {
-        "log-mel only (oe)": training_rate(args, False, "oe"),
-        "+ FFT branch (oe)": training_rate(args, True, "oe"),
-        "+ FFT branch (subcluster_adacos)": training_rate(args, True, "subcluster_adacos"),
-    }
+    train = training_rates(args)
     base = statistics.median(train["log-mel only (oe)"])
     print(f"\n{'training step':<36} {'segments/s':>10} {'vs log-mel only':>16}")
     for k, r in train.items():

@@ -6,7 +6,8 @@ The run folder then holds::
 
     config.json              the full TrainConfig
     split.json               every normal clip of the machine: train or heldout; the section order
-    losses.csv               step, epoch, lr, loss, l_machine, l_section, l_domain (every step)
+    losses.csv               step, epoch, lr, loss, l_machine, l_section, l_domain (every step; under
+                             sub-cluster AdaCos its loss is l_section and l_machine is 0)
     validation.csv           held-out section accuracy per epoch (epoch 0: before training)
     checkpoints/last.pt      full training state after the latest epoch (what resume reads)
     checkpoints/epoch_NNNN.pt  snapshots every `checkpoint_every` epochs (same content; copy one

@@ -1,7 +1,7 @@
 """Cost of the full-segment FFT-spectrum branch (train/fft_branch.py) and of sub-cluster AdaCos.
 
     python benchmarks/bench_fft_branch.py --threads 2            # CPU, EfficientNet-B0, batch 4
-    python benchmarks/bench_fft_branch.py --backbone transformer --batch 16
+    python benchmarks/bench_fft_branch.py --config deploy/demo_train.json --batch 16   # the demo's Transformer
 
 * training throughput (segments/s) of the real training step (:class:`train.stage1.Trainer`,
   the same synthetic batches as ``bench_train.py``) for the log-mel extractor alone, with
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -39,10 +40,16 @@ SECTIONS = [f"{i:02d}" for i in range(6)]
 CLIP_SEGMENTS = 10
 
 
+# what a --config file may not set: the variants and the batch are this script's
+_FIXED = ("data", "machine", "out", "device", "batch_size", "fft_branch", "objective")
+
+
 def _config(args: argparse.Namespace, fft_branch: bool, objective: str) -> TrainConfig:
+    base = {k: v for k, v in args.model.items() if k not in _FIXED}
+    base.setdefault("backbone", args.backbone)
     return TrainConfig(
-        data=Path("."), machine="bench", out=Path("."), backbone=args.backbone, batch_size=args.batch,
-        fft_branch=fft_branch, objective=objective, device="cpu",
+        data=Path("."), machine="bench", out=Path("."), batch_size=args.batch, fft_branch=fft_branch,
+        objective=objective, device="cpu", **base,
     )
 
 
@@ -57,25 +64,26 @@ def _trainer(args: argparse.Namespace, fft_branch: bool, objective: str):
     return trainer, batch
 
 
-def interleaved(runs: dict, repeats: int) -> dict[str, list[float]]:
-    """Time each variant's window in turn, ``repeats`` rounds: load from other processes on a shared
-    machine then falls on every variant alike instead of on whichever ran during a busy minute."""
-    out: dict[str, list[float]] = {k: [] for k in runs}
+def interleaved(runs: dict, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """``(wall, CPU)`` seconds of each variant's window, taken in turn for ``repeats`` rounds: load from
+    other processes on a shared machine then falls on every variant alike instead of on whichever ran
+    during a busy minute. The CPU time (all of this process's threads) hardly depends on that load."""
+    out: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     for _ in range(repeats):
         for name, window in runs.items():
-            out[name].append(window())
+            wall, cpu = time.perf_counter(), time.process_time()
+            window()
+            out[name].append((time.perf_counter() - wall, time.process_time() - cpu))
     return out
 
 
-def training_rates(args: argparse.Namespace) -> dict[str, list[float]]:
+def training_rates(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
     def window(trainer, batch):
-        def run() -> float:
-            start = time.perf_counter()
+        def run() -> None:
             for _ in range(args.steps):
                 losses = trainer.step(batch)
             if not torch.isfinite(losses).all():
                 raise RuntimeError(f"non-finite loss {losses.tolist()}")
-            return args.batch * args.steps / (time.perf_counter() - start)
         return run
 
     variants = {"log-mel only (oe)": (False, "oe"), "+ FFT branch (oe)": (True, "oe"),
@@ -108,10 +116,8 @@ def clip_window(model: bytes, threads: int):
     x = np.random.default_rng(0).standard_normal((CLIP_SEGMENTS, 32000)).astype(np.float32)
     sess.run(None, {name: x})
 
-    def run() -> float:
-        start = time.perf_counter()
+    def run() -> None:
         sess.run(None, {name: x})
-        return 1e3 * (time.perf_counter() - start)
     return run
 
 
@@ -125,8 +131,8 @@ def inference_costs(args: argparse.Namespace) -> dict[str, list[float]]:
     graphs = {
         "FFT branch alone": _export(_Call(branch), torch.zeros(2, 32000), "waveform", ["out"], dyn, OPSET),
         "its spectrum alone (factorised DFT)": _export(_Call(branch.frontend), torch.zeros(2, 32000), "waveform", ["out"], dyn, OPSET),
-        f"whole graph, {args.backbone}": export_onnx(without, 32000),
-        f"whole graph, {args.backbone} + FFT branch": export_onnx(with_branch, 32000),
+        "whole graph, log-mel only": export_onnx(without, 32000),
+        "whole graph, + FFT branch": export_onnx(with_branch, 32000),
     }
     return interleaved({k: clip_window(g, args.threads) for k, g in graphs.items()}, args.repeats * 5)
 
@@ -138,22 +144,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="training steps per timed window")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--config", help="JSON file of TrainConfig fields for the extractor (e.g. deploy/demo_train.json)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    args.model = json.loads(Path(args.config).read_text()) if args.config else {}
     torch.set_num_threads(args.threads)
-    print(f"FFT branch cost: {args.backbone}, batch {args.batch}, {args.threads} CPU threads, torch {torch.__version__}")
+    label = args.config or args.backbone
+    print(f"FFT branch cost: {label}, batch {args.batch}, {args.threads} CPU threads, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f} at the start")
+    segments = args.batch * args.steps
     train = training_rates(args)
-    base = statistics.median(train["log-mel only (oe)"])
-    print(f"\n{'training step':<36} {'segments/s':>10} {'vs log-mel only':>16}")
+    base = statistics.median(segments / w for w, _ in train["log-mel only (oe)"])
+    print(f"\n{'training step':<36} {'segments/s':>10} {'vs log-mel only':>16} {'CPU ms / segment':>17}")
+    summary: dict[str, dict[str, float]] = {}
     for k, r in train.items():
-        print(f"{k:<36} {statistics.median(r):10.2f} {statistics.median(r) / base:15.2f}x")
+        rate = statistics.median(segments / w for w, _ in r)
+        cpu = statistics.median(1e3 * c / segments for _, c in r)
+        summary[k] = {"segments_per_s": rate, "cpu_ms_per_segment": cpu}
+        print(f"{k:<36} {rate:10.2f} {rate / base:15.2f}x {cpu:17.1f}")
     infer = inference_costs(args)
-    print(f"\n{'onnxruntime fp32, one 10 s clip':<44} {'ms / clip':>10} {'range':>15}")
+    print(f"\n{'onnxruntime fp32, one 10 s clip':<40} {'ms / clip':>10} {'range':>15} {'CPU ms / clip':>14}")
     for k, t in infer.items():
-        print(f"{k:<44} {statistics.median(t):10.1f} {min(t):7.1f}-{max(t):<7.1f}")
+        walls = [1e3 * w for w, _ in t]
+        cpu = statistics.median(1e3 * c for _, c in t)
+        summary[k] = {"ms_per_clip": statistics.median(walls), "cpu_ms_per_clip": cpu}
+        print(f"{k:<40} {statistics.median(walls):10.1f} {min(walls):7.1f}-{max(walls):<7.1f} {cpu:14.1f}")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
-        summary = {k: statistics.median(v) for k, v in {**train, **infer}.items()}
-        print(json.dumps({"backbone": args.backbone, "batch": args.batch, "threads": args.threads, "median": summary}))
+        print(json.dumps({"extractor": label, "batch": args.batch, "threads": args.threads, "median": summary}))
     return 0
 
 

@@ -109,6 +109,10 @@ def test_gradients_reach_the_centres_and_the_embedding():
     torch.optim.SGD(head.parameters(), lr=0.5).step()
     assert subcluster_adacos_loss(head, head.cosine(emb), y, update_scale=False) < loss
     assert not torch.equal(head.centres, before)
+    fixed = SubClusterAdaCos(embedding_dim=6, class_sections=[0, 0, 1], n_sections=2, n_subclusters=3, trainable=False)
+    assert not fixed.centres.requires_grad
+    subcluster_adacos_loss(fixed, fixed.cosine(emb), y).backward()
+    assert fixed.centres.grad is None and "centres" in fixed.state_dict()
 
 
 def test_initial_scale_and_option_errors(data_root, cache_dir, tmp_path):

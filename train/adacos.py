@@ -14,10 +14,10 @@ sample's own classes counted as "its class":
   (no gradient) before its logits are scaled, starting at ``sqrt(2) log(C M - 1)``.
 
 Classes (see :func:`adacos_classes`): the machine type's section x domain x
-attribute string as its file names give them, and, as ASDKit does by training
-every machine type together, the other machine types' clips as classes of their
-own (their sections and attributes); clips of an outliers folder form one more
-class. Mixup labels are the clips' one-hot classes mixed with the batch's ratios.
+attribute string as its file names give them, and the other machine types' clips
+as classes of their own (their sections and attributes), which is what
+Wilkinghoff's systems (and ASDKit's re-runs) get by training one model on every
+machine type; clips of an outliers folder form one more class. Mixup labels are the clips' one-hot classes mixed with the batch's ratios.
 Stage 2 sees only the embedding; the class head is training-only.
 """
 
@@ -57,13 +57,18 @@ class SubClusterAdaCos(nn.Module):
     """Centres ``[C * M, D]`` (class-major: centre ``c * M + m`` is sub-cluster m of class c), the scale,
     and which section each class belongs to (-1: a pseudo-anomalous class)."""
 
-    def __init__(self, embedding_dim: int, class_sections: list[int], n_sections: int, n_subclusters: int):
+    def __init__(
+        self, embedding_dim: int, class_sections: list[int], n_sections: int, n_subclusters: int, trainable: bool = True
+    ):
         super().__init__()
         self.n_classes = len(class_sections)
         self.n_subclusters = int(n_subclusters)
         n = self.n_classes * self.n_subclusters
         self.centres = nn.Parameter(torch.empty(n, embedding_dim))
         nn.init.xavier_uniform_(self.centres)
+        # Wilkinghoff's DCASE 2023 code keeps the centres at their random start
+        # (only the embedding moves); trained centres are the default here.
+        self.centres.requires_grad_(trainable)
         # A buffer, not a parameter: AdaCos sets it from each batch, and it is
         # saved with the weights so a resumed run continues from the same scale.
         self.register_buffer("scale", torch.tensor(max(initial_scale(n), MIN_SCALE)))

@@ -93,6 +93,7 @@ class TrainConfig:
     # --- beyond the report: objective and FFT branch (train/adacos.py, train/fft_branch.py) ---------
     objective: str = "oe"  # "oe": the report's Eq. 3/6; "subcluster_adacos": Wilkinghoff's sub-cluster AdaCos
     n_subclusters: int = 16  # AdaCos centres per class
+    adacos_trainable_centres: bool = True  # False: centres stay at their random start, as in Wilkinghoff's DCASE 2023 code
     adacos_pseudo_classes: bool = True  # other machine types (and the outliers folder) as AdaCos classes; False: left out
     fft_branch: bool = False  # full-segment magnitude-spectrum branch, its embedding concatenated to the log-mel one
     fft_channels: int = 128  # width of the FFT branch's convolutions and MLP

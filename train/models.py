@@ -70,6 +70,7 @@ class ModelConfig:
     # training objective: the report's outlier exposure, or sub-cluster AdaCos (train/adacos.py)
     objective: str = "oe"
     n_subclusters: int = 16
+    adacos_trainable_centres: bool = True
     adacos_classes: list[str] = field(default_factory=list)  # empty: one class per section
     adacos_class_sections: list[int] = field(default_factory=list)  # section index per class, -1 pseudo-anomalous
     # full-segment FFT-spectrum branch beside the log-mel encoder (train/fft_branch.py)
@@ -384,7 +385,9 @@ class Extractor(nn.Module):
         self.fft_branch = FFTBranch(cfg.segment_samples, cfg.fft_channels, cfg.fft_dim) if cfg.fft_branch else None
         self.heads = OEHeads(cfg.embedding_size, cfg.n_sections, cfg.domain_head)
         self.adacos = (
-            SubClusterAdaCos(cfg.embedding_size, cfg.class_sections(), cfg.n_sections, cfg.n_subclusters)
+            SubClusterAdaCos(
+                cfg.embedding_size, cfg.class_sections(), cfg.n_sections, cfg.n_subclusters, cfg.adacos_trainable_centres
+            )
             if cfg.objective == "subcluster_adacos" else None
         )
 

@@ -16,7 +16,8 @@ from typing import Any
 from edge_asd.dcase import list_clips, list_machines
 from edge_asd.errors import ConfigError, DataError, UserError
 
-from .models import BACKBONES, OBJECTIVES, ModelConfig
+from .adacos import OBJECTIVES
+from .models import BACKBONES, ModelConfig
 
 _PATH_FIELDS = ("data", "out", "outliers", "pretrained_weights", "cache_dir")
 DEVICES = ("auto", "cpu", "cuda")

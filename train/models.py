@@ -22,13 +22,12 @@ from torch import nn
 
 from edge_asd.errors import UserError
 
-from .adacos import SubClusterAdaCos, initial_scale
+from .adacos import OBJECTIVES, SubClusterAdaCos, initial_scale
 from .fft_branch import FFTBranch
 from .frontend import LogMel
 from .losses import OEHeads
 
 BACKBONES = ("efficientnet_b0", "conformer", "transformer")
-OBJECTIVES = ("oe", "subcluster_adacos")
 
 # Sequence-encoder sizes small enough for CPU tests and smoke runs (the
 # EfficientNet has no size knob: it is B0 as the report used it). Usable as
@@ -106,19 +105,6 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         return cls(**d)
 
-    def validate(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise UserError(f"backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
-        if self.backbone != "efficientnet_b0" and self.d_model % self.n_heads:
-            raise UserError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
-        if self.subsample not in (1, 2, 4):
-            raise UserError(f"subsample {self.subsample}: expected 1, 2 or 4")
-        if self.pool not in ("mean", "cls"):
-            raise UserError(f"pool {self.pool!r}: expected 'mean' or 'cls'")
-        if self.embedding_dim < 1 or not self.sections:
-            raise UserError("embedding_dim must be positive and there must be at least one section")
-        self._validate_options()
-
     def _validate_options(self) -> None:
         if self.objective not in OBJECTIVES:
             raise UserError(f"objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
@@ -135,6 +121,19 @@ class ModelConfig:
                 raise UserError(f"{exc} (one class and n_subclusters 1 leave only one)") from None
         if self.fft_channels < 1 or self.fft_dim < 1:
             raise UserError("fft_channels and fft_embedding_dim must be positive")
+
+    def validate(self) -> None:
+        self._validate_options()
+        if self.backbone not in BACKBONES:
+            raise UserError(f"backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+        if self.backbone != "efficientnet_b0" and self.d_model % self.n_heads:
+            raise UserError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.subsample not in (1, 2, 4):
+            raise UserError(f"subsample {self.subsample}: expected 1, 2 or 4")
+        if self.pool not in ("mean", "cls"):
+            raise UserError(f"pool {self.pool!r}: expected 'mean' or 'cls'")
+        if self.embedding_dim < 1 or not self.sections:
+            raise UserError("embedding_dim must be positive and there must be at least one section")
 
 
 # --- EfficientNet-B0 ----------------------------------------------------------------

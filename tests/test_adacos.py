@@ -20,7 +20,7 @@ import torch
 
 from edge_asd.audio import SegmentSpec, clip_segments
 from edge_asd.dcase import list_clips
-from edge_asd.errors import ConfigError, UserError
+from edge_asd.errors import UserError
 from test_stage1 import cache_dir, data_root, tiny_config  # noqa: F401 (module fixtures: the same synthetic data)
 from train.adacos import AdaCosCropDataset, SubClusterAdaCos, adacos_classes, initial_scale, subcluster_adacos_loss
 from train.config import TrainConfig
@@ -123,7 +123,7 @@ def test_initial_scale_and_option_errors(data_root, cache_dir, tmp_path):
     cfg.validate()
     for change, match in ((dict(objective="arcface"), "objective 'arcface'"), (dict(n_subclusters=0), "n_subclusters"),
                           (dict(fft_channels=0), "fft_channels"), (dict(fft_embedding_dim=0), "fft_embedding_dim")):
-        with pytest.raises(ConfigError, match=match):
+        with pytest.raises(UserError, match=match):
             replace(cfg, **change).validate()
     with pytest.raises(UserError, match="one class and n_subclusters 1"):
         ModelConfig(objective="subcluster_adacos", n_subclusters=1, adacos_classes=["00_source"], adacos_class_sections=[0]).validate()

@@ -16,7 +16,6 @@ from typing import Any
 from edge_asd.dcase import list_clips, list_machines
 from edge_asd.errors import ConfigError, DataError, UserError
 
-from .adacos import OBJECTIVES
 from .models import BACKBONES, ModelConfig
 
 _PATH_FIELDS = ("data", "out", "outliers", "pretrained_weights", "cache_dir")
@@ -191,13 +190,6 @@ class TrainConfig:
                 raise bad(f"{name} must not be negative")
         if not 0.0 <= self.outlier_fraction <= 1.0 or not 0.0 < self.pct_start < 1.0:
             raise bad("outlier_fraction must be in [0, 1] and pct_start in (0, 1)")
-        if self.objective not in OBJECTIVES:
-            raise bad(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
-        for name in ("n_subclusters", "fft_channels"):
-            if getattr(self, name) < 1:
-                raise bad(f"{name} must be at least 1")
-        if self.fft_embedding_dim is not None and self.fft_embedding_dim < 1:
-            raise bad("fft_embedding_dim must be at least 1 (or null: embedding_dim)")
         self.model_config(["00"]).validate()
         if self.segment_samples < self.n_fft:
             raise bad(f"segment of {self.segment_samples} samples is shorter than the {self.n_fft}-sample window")

@@ -107,9 +107,9 @@ class ModelConfig:
 
     def _validate_options(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise UserError(f"objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+            raise UserError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if self.n_subclusters < 1:
-            raise UserError(f"n_subclusters {self.n_subclusters}: must be at least 1")
+            raise UserError(f"n_subclusters {self.n_subclusters} must be at least 1")
         if len(self.adacos_class_sections) != len(self.adacos_classes):
             raise UserError("adacos_classes and adacos_class_sections must have the same length")
         if any(not -1 <= s < self.n_sections for s in self.adacos_class_sections):
@@ -119,8 +119,10 @@ class ModelConfig:
                 initial_scale(len(self.class_sections()) * self.n_subclusters)
             except ValueError as exc:
                 raise UserError(f"{exc} (one class and n_subclusters 1 leave only one)") from None
-        if self.fft_channels < 1 or self.fft_dim < 1:
-            raise UserError("fft_channels and fft_embedding_dim must be positive")
+        if self.fft_channels < 1:
+            raise UserError(f"fft_channels {self.fft_channels} must be at least 1")
+        if self.fft_dim < 1:
+            raise UserError(f"fft_embedding_dim {self.fft_dim} must be at least 1 (or null: embedding_dim)")
 
     def validate(self) -> None:
         self._validate_options()

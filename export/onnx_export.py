@@ -127,15 +127,9 @@ def _export(graph: nn.Module, example: torch.Tensor, input_name: str, outputs: l
     return model.SerializeToString()
 
 
-def split_supported(extractor: nn.Module) -> bool:
-    """Whether the front-end-once-per-clip graphs can represent the extractor: not with an FFT branch,
-    whose spectrum spans the whole segment and so cannot be sliced out of a clip's frames."""
-    return getattr(extractor, "fft_branch", None) is None
-
-
 def export_split(extractor: nn.Module, segment_samples: int, opset: int = OPSET) -> tuple[bytes, bytes, int]:
     """(front-end graph, encoder graph, frames per segment) of an extractor in fp32."""
-    if not split_supported(extractor):
+    if not getattr(extractor, "frame_sliceable", True):
         raise ValueError("an extractor with an FFT branch has no split graphs; deploy the whole-segment graph")
     ex = extractor.eval().cpu().float()
     frames = ex.frontend.n_frames(segment_samples)

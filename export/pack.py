@@ -24,7 +24,7 @@ from edge_asd.scoring import APPROACHES, Stage2Config, combine_parts, p_target, 
 from edge_asd.drift import reference_quantiles
 from edge_asd.thresholds import fit_threshold
 
-from .onnx_export import export_onnx, export_split, relative_error, split_supported, torch_embed
+from .onnx_export import export_onnx, export_split, relative_error, torch_embed
 from .precision import PRECISIONS, convert
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         "detector": {"kind": s2cfg.detector, "params": s2cfg.detector_params},
         "sections": member_sections,
     }
-    if precision == "fp32" and split_supported(extractor):
+    if precision == "fp32" and extractor.frame_sliceable:
         fe, enc, frames = export_split(extractor, spec.segment_samples)
         files[prefix + "frontend.onnx"] = fe
         files[prefix + "encoder.onnx"] = enc

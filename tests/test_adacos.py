@@ -260,7 +260,7 @@ def test_adacos_fft_run_exports_with_parity(adacos_run, data_root):
     import onnx
 
     from edge_asd.inference import OnnxBackend
-    from export.onnx_export import export_onnx, export_split, relative_error, split_supported, torch_embed
+    from export.onnx_export import export_onnx, export_split, relative_error, torch_embed
 
     _, run = adacos_run
     model = load_extractor(run)
@@ -278,7 +278,7 @@ def test_adacos_fft_run_exports_with_parity(adacos_run, data_root):
     # the fp16 variant keeps both spectra in fp32
     half, _ = OnnxBackend(export_onnx(model, 32000, half_encoder=True)).run(segs)
     assert relative_error(ref, half) < 0.05
-    assert not split_supported(model)
+    assert not model.frame_sliceable and build_extractor(replace(model.config, fft_branch=False)).frame_sliceable
     with pytest.raises(ValueError, match="FFT branch"):
         export_split(model, 32000)
 

@@ -400,6 +400,12 @@ class Extractor(nn.Module):
         """Log-mel ``[B, n_mels, F]`` -> embedding f(x) ``[B, D]``."""
         return self.encoder(self.input_norm(logmel))
 
+    @property
+    def frame_sliceable(self) -> bool:
+        """Whether the embedding depends on the log-mel frames alone, as the export's front-end-once-per-clip
+        graphs need: not with an FFT branch, whose spectrum spans the whole segment."""
+        return self.fft_branch is None
+
     def wave_features(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fixed front ends: ``(log-mel [B, n_mels, F], segment spectrum [B, bins] or None)``."""
         spectrum = self.fft_branch.features(wave) if self.fft_branch is not None else None

@@ -1,24 +1,26 @@
 """Sub-cluster AdaCos objective (Wilkinghoff, IJCNN 2021; the DCASE 2023/2024 systems and ASDKit), an
 alternative to the report's outlier-exposure losses for training the same extractor.
 
-Each class has M trainable sub-cluster centres; the logits are the cosines
-between the embedding and every centre times an adaptive scale s, and the
-probability of a class is the sum of its sub-clusters' softmax probabilities.
+Each class has M sub-cluster centres (trained, or fixed at their random start);
+the logits are the cosines between the embedding and every centre times an
+adaptive scale s, and the probability of a class is the sum of its sub-clusters'
+softmax probabilities.
 The scale follows AdaCos (Zhang et al., CVPR 2019) with every sub-cluster of a
 sample's own classes counted as "its class":
 
 * ``B_avg = mean_i sum_{j not of y_i} exp(s * cos_ij)`` over the labelled samples,
 * ``theta_i`` the label-weighted angle to the nearest sub-cluster of each of its
   classes, ``theta_med`` their median,
-* ``s <- log(B_avg) / cos(min(pi / 4, theta_med))``, computed from the batch
-  (no gradient) before its logits are scaled, starting at ``sqrt(2) log(C M - 1)``.
+* ``s <- max(1, log(B_avg) / cos(min(pi / 4, theta_med)))``, computed from the
+  batch (no gradient) before its logits are scaled, starting at ``sqrt(2) log(C M - 1)``.
 
 Classes (see :func:`adacos_classes`): the machine type's section x domain x
 attribute string as its file names give them, and the other machine types' clips
 as classes of their own (their sections and attributes), which is what
 Wilkinghoff's systems (and ASDKit's re-runs) get by training one model on every
-machine type; clips of an outliers folder form one more class. Mixup labels are the clips' one-hot classes mixed with the batch's ratios.
-Stage 2 sees only the embedding; the class head is training-only.
+machine type; clips of an outliers folder form one more class. Mixup labels are
+the clips' one-hot classes mixed with the batch's ratios. Stage 2 sees only the
+embedding; the class head is training-only.
 """
 
 from __future__ import annotations

@@ -36,6 +36,11 @@ class EmbedGraph(nn.Module):
         if half_encoder:
             self.extractor.encoder.half()
             self.extractor.heads.half()
+            branch = getattr(self.extractor, "fft_branch", None)
+            if branch is not None:
+                # Its spectrum (constants and output) stays fp32, as the log-mel front end does.
+                for part in (branch.convs, branch.mlp, branch.proj):
+                    part.half()
 
     def forward(self, waveform: torch.Tensor):
         if not self.half_encoder:
@@ -43,6 +48,9 @@ class EmbedGraph(nn.Module):
             return emb, logit.reshape(-1)
         x = self.extractor.input_norm(self.extractor.frontend(waveform))
         emb = self.extractor.encoder(x.half())
+        branch = getattr(self.extractor, "fft_branch", None)
+        if branch is not None:
+            emb = torch.cat([emb, branch.encode(branch.features(waveform).half())], dim=-1)
         logit = self.extractor.heads.domain_logit(emb)
         return emb.float(), logit.float().reshape(-1)
 
@@ -121,6 +129,8 @@ def _export(graph: nn.Module, example: torch.Tensor, input_name: str, outputs: l
 
 def export_split(extractor: nn.Module, segment_samples: int, opset: int = OPSET) -> tuple[bytes, bytes, int]:
     """(front-end graph, encoder graph, frames per segment) of an extractor in fp32."""
+    if not getattr(extractor, "frame_sliceable", True):
+        raise ValueError("an extractor with an FFT branch has no split graphs; deploy the whole-segment graph")
     ex = extractor.eval().cpu().float()
     frames = ex.frontend.n_frames(segment_samples)
     fe = _export(

@@ -260,7 +260,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         "domain_head": bool(config.get("domain_head", True)),
         "sections": member_sections,
     }
-    if precision == "fp32":
+    if precision == "fp32" and extractor.frame_sliceable:
         fe, enc, frames = export_split(extractor, spec.segment_samples)
         files[prefix + "frontend.onnx"] = fe
         files[prefix + "encoder.onnx"] = enc

@@ -89,6 +89,9 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
             overrides[key] = getattr(args, key)
     if args.mixup:
         overrides["mixup"] = True
+    for key in ("objective", "n_subclusters", "fft_branch"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
     base: dict = {}
     if args.resume and (out / "config.json").is_file():
         base = _read_config(out / "config.json")
@@ -198,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r-train", dest="r_train", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--num-workers", dest="num_workers", type=int)
+    p.add_argument("--objective", choices=["oe", "subcluster_adacos"],
+                   help="stage-1 objective: the report's outlier exposure (default) or sub-cluster AdaCos")
+    p.add_argument("--n-subclusters", dest="n_subclusters", type=int, help="sub-cluster AdaCos centres per class (default 16)")
+    p.add_argument("--fft-branch", dest="fft_branch", action="store_true", default=None,
+                   help="add the full-segment FFT-spectrum branch beside the log-mel encoder")
+    p.add_argument("--no-fft-branch", dest="fft_branch", action="store_false", help="without it, whatever --config says")
     p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
     p.add_argument("--baseline-epochs", type=int, default=100, help="epochs of the DCASE autoencoder reference (0: skip)")
     p.add_argument("--resume", action="store_true")

@@ -92,6 +92,14 @@ class TrainConfig:
     val_segments: int = 10  # segments per held-out clip in those checks (S of Eq. 4)
     log_every: int = 50  # steps between flushes of losses.csv (avoids a device sync per step)
     resume: bool = False
+    # --- beyond the report: objective and FFT branch (train/adacos.py, train/fft_branch.py) ---------
+    objective: str = "oe"  # "oe": the report's Eq. 3/6; "subcluster_adacos": Wilkinghoff's sub-cluster AdaCos
+    n_subclusters: int = 16  # AdaCos centres per class
+    adacos_trainable_centres: bool = True  # False: centres stay at their random start, as in Wilkinghoff's DCASE 2023 code
+    adacos_pseudo_classes: bool = True  # other machine types (and the outliers folder) as AdaCos classes; False: left out
+    fft_branch: bool = False  # full-segment magnitude-spectrum branch, its embedding concatenated to the log-mel one
+    fft_channels: int = 128  # width of the FFT branch's convolutions and MLP
+    fft_embedding_dim: int | None = None  # FFT branch's share of the embedding; None: embedding_dim
 
     # fields a resumed run may change without changing what is computed
     RESUMABLE_CHANGES = (

@@ -75,7 +75,7 @@ def _embed_segments(model: Extractor, segments: np.ndarray, batch_size: int, dev
         embs.append(e.float().cpu().numpy())
         logits.append(l.float().cpu().numpy())
     if not embs:
-        return np.zeros((0, model.config.embedding_dim), np.float32), np.zeros(0, np.float32)
+        return np.zeros((0, model.config.embedding_size), np.float32), np.zeros(0, np.float32)
     return np.concatenate(embs), np.concatenate(logits)
 
 
@@ -94,7 +94,7 @@ def embed_clips(
     cut into S segments), exactly as the device prepares it.
     """
     paths = [Path(p) for p in paths]
-    s, dim = spec.n_segments, model.config.embedding_dim
+    s, dim = spec.n_segments, model.config.embedding_size
     emb = np.zeros((len(paths), s, dim), np.float32)
     logit = np.zeros((len(paths), s), np.float32)
     from tqdm import tqdm

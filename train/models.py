@@ -22,6 +22,8 @@ from torch import nn
 
 from edge_asd.errors import UserError
 
+from .adacos import OBJECTIVES, SubClusterAdaCos, initial_scale
+from .fft_branch import FFTBranch
 from .frontend import LogMel
 from .losses import OEHeads
 
@@ -64,10 +66,33 @@ class ModelConfig:
     # efficientnet
     drop_rate: float = 0.2  # dropout before the embedding Linear (timm's B0 default)
     drop_path_rate: float = 0.0
+    # training objective: the report's outlier exposure, or sub-cluster AdaCos (train/adacos.py)
+    objective: str = "oe"
+    n_subclusters: int = 16
+    adacos_trainable_centres: bool = True
+    adacos_classes: list[str] = field(default_factory=list)  # empty: one class per section
+    adacos_class_sections: list[int] = field(default_factory=list)  # section index per class, -1 pseudo-anomalous
+    # full-segment FFT-spectrum branch beside the log-mel encoder (train/fft_branch.py)
+    fft_branch: bool = False
+    fft_channels: int = 128
+    fft_embedding_dim: int | None = None  # None: embedding_dim
 
     @property
     def n_sections(self) -> int:
         return len(self.sections)
+
+    @property
+    def embedding_size(self) -> int:
+        """Size of the deployed embedding: the log-mel branch's, plus the FFT branch's when present."""
+        return self.embedding_dim + (self.fft_dim if self.fft_branch else 0)
+
+    @property
+    def fft_dim(self) -> int:
+        return self.fft_embedding_dim if self.fft_embedding_dim is not None else self.embedding_dim
+
+    def class_sections(self) -> list[int]:
+        """Section of each AdaCos class; the sections themselves when no classes were given."""
+        return list(self.adacos_class_sections) if self.adacos_classes else list(range(self.n_sections))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +105,27 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         return cls(**d)
 
+    def _validate_options(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if self.n_subclusters < 1:
+            raise UserError(f"n_subclusters {self.n_subclusters} must be at least 1")
+        if len(self.adacos_class_sections) != len(self.adacos_classes):
+            raise UserError("adacos_classes and adacos_class_sections must have the same length")
+        if any(not -1 <= s < self.n_sections for s in self.adacos_class_sections):
+            raise UserError(f"adacos_class_sections must be -1 or a section index below {self.n_sections}")
+        if self.objective == "subcluster_adacos" and self.adacos_classes:
+            try:
+                initial_scale(len(self.class_sections()) * self.n_subclusters)
+            except ValueError as exc:
+                raise UserError(f"{exc} (one class and n_subclusters 1 leave only one)") from None
+        if self.fft_channels < 1:
+            raise UserError(f"fft_channels {self.fft_channels} must be at least 1")
+        if self.fft_dim < 1:
+            raise UserError(f"fft_embedding_dim {self.fft_dim} must be at least 1 (or null: embedding_dim)")
+
     def validate(self) -> None:
+        self._validate_options()
         if self.backbone not in BACKBONES:
             raise UserError(f"backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         if self.backbone != "efficientnet_b0" and self.d_model % self.n_heads:
@@ -338,7 +383,14 @@ class Extractor(nn.Module):
             self.encoder = ConformerEncoder(cfg)
         else:
             self.encoder = TransformerEncoder(cfg)
-        self.heads = OEHeads(cfg.embedding_dim, cfg.n_sections, cfg.domain_head)
+        self.fft_branch = FFTBranch(cfg.segment_samples, cfg.fft_channels, cfg.fft_dim) if cfg.fft_branch else None
+        self.heads = OEHeads(cfg.embedding_size, cfg.n_sections, cfg.domain_head)
+        self.adacos = (
+            SubClusterAdaCos(
+                cfg.embedding_size, cfg.class_sections(), cfg.n_sections, cfg.n_subclusters, cfg.adacos_trainable_centres
+            )
+            if cfg.objective == "subcluster_adacos" else None
+        )
 
     @property
     def segment_frames(self) -> int:
@@ -348,13 +400,39 @@ class Extractor(nn.Module):
         """Log-mel ``[B, n_mels, F]`` -> embedding f(x) ``[B, D]``."""
         return self.encoder(self.input_norm(logmel))
 
+    @property
+    def frame_sliceable(self) -> bool:
+        """Whether the embedding depends on the log-mel frames alone, as the export's front-end-once-per-clip
+        graphs need: not with an FFT branch, whose spectrum spans the whole segment."""
+        return self.fft_branch is None
+
+    def wave_features(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fixed front ends: ``(log-mel [B, n_mels, F], segment spectrum [B, bins] or None)``."""
+        spectrum = self.fft_branch.features(wave) if self.fft_branch is not None else None
+        return self.frontend(wave), spectrum
+
+    def branch_embedding(self, logmel: torch.Tensor, spectrum: torch.Tensor | None) -> torch.Tensor:
+        """f(x) ``[B, embedding_size]``: the log-mel embedding, then the FFT branch's when present."""
+        emb = self.features_to_embedding(logmel)
+        if self.fft_branch is None:
+            return emb
+        return torch.cat([emb, self.fft_branch.encode(spectrum).to(emb.dtype)], dim=-1)
+
+    def output_heads(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's output; with sub-cluster AdaCos its cosines, and section logits from its classes."""
+        out = self.heads(emb)
+        if self.adacos is not None:
+            out.update(self.adacos.outputs(emb))
+        return out
+
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Waveform ``[B, N]`` -> ``embedding [B, D]``, ``section_logits [B, K]``, ``machine_logit [B]``, ``domain_logit [B]``."""
-        return self.heads(self.features_to_embedding(self.frontend(wave)))
+        """Waveform ``[B, N]`` -> ``embedding [B, D]``, ``section_logits [B, K]``, ``machine_logit [B]``, ``domain_logit [B]``
+        (and ``class_cosine [B, C * M]`` with sub-cluster AdaCos)."""
+        return self.output_heads(self.branch_embedding(*self.wave_features(wave)))
 
     def embed(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveform ``[B, N]`` -> ``(embedding [B, D], domain_logit [B])``: the deployed graph."""
-        emb = self.features_to_embedding(self.frontend(wave))
+        emb = self.branch_embedding(*self.wave_features(wave))
         return emb, self.heads.domain_logit(emb)
 
     def use_channels_last(self) -> None:

@@ -6,7 +6,8 @@ The run folder then holds::
 
     config.json              the full TrainConfig
     split.json               every normal clip of the machine: train or heldout; the section order
-    losses.csv               step, epoch, lr, loss, l_machine, l_section, l_domain (every step)
+    losses.csv               step, epoch, lr, loss, l_machine, l_section, l_domain (every step; under
+                             sub-cluster AdaCos its loss is l_section and l_machine is 0)
     validation.csv           held-out section accuracy per epoch (epoch 0: before training)
     checkpoints/last.pt      full training state after the latest epoch (what resume reads)
     checkpoints/epoch_NNNN.pt  snapshots every `checkpoint_every` epochs (same content; copy one
@@ -38,10 +39,11 @@ from torch import nn
 from edge_asd.audio import SegmentSpec
 from edge_asd.errors import ConfigError, DataError, UserError
 
+from .adacos import AdaCosCropDataset, adacos_classes, subcluster_adacos_loss
 from .config import TrainConfig
 from .data import BatchPlan, CropDataset, OEBatchSampler, PreparedData, iter_clip_batches, prepare_data
 from .frontend import strict_fp32
-from .losses import LossTerms, LossWeights, oe_loss
+from .losses import LossTerms, LossWeights, domain_loss, oe_loss
 from .models import Extractor, build_extractor
 
 log = logging.getLogger(__name__)
@@ -118,10 +120,10 @@ class TrainForward(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         with strict_fp32(wave.device):
-            logmel = self.model.frontend(wave.float())
+            logmel, spectrum = self.model.wave_features(wave.float())
         with torch.autocast(wave.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            emb = self.model.features_to_embedding(logmel)
-        return self.model.heads(emb.float())
+            emb = self.model.branch_embedding(logmel, spectrum)
+        return self.model.output_heads(emb.float())
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -152,7 +154,8 @@ class Trainer:
 
             # A domain head outside the loss (lambda_domain 0) gets no gradient, which
             # DDP must be told about or it waits forever for that bucket.
-            unused = bool(cfg.domain_head and cfg.lambda_domain == 0)
+            # So do the section and machine heads under sub-cluster AdaCos, which replaces their losses.
+            unused = bool(cfg.domain_head and cfg.lambda_domain == 0) or cfg.objective != "oe"
             self.module: nn.Module = DistributedDataParallel(
                 self.forward, device_ids=[device] if cuda else None, find_unused_parameters=unused
             )
@@ -176,7 +179,10 @@ class Trainer:
         section = batch["section"].to(self.device, non_blocking=nb)
         d = batch["d"].to(self.device, non_blocking=nb) if self.cfg.domain_head else None
         out = self.module(wave)
-        terms: LossTerms = oe_loss(out, t, section, d, self.weights)
+        if self.cfg.objective == "subcluster_adacos":
+            terms = adacos_terms(self.model, out, batch["label"].to(self.device, non_blocking=nb), t, d, self.weights)
+        else:
+            terms: LossTerms = oe_loss(out, t, section, d, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if self.cfg.grad_clip:
@@ -193,9 +199,27 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
+def adacos_terms(
+    model: Extractor, out: dict[str, torch.Tensor], labels: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None,
+    weights: LossWeights,
+) -> LossTerms:
+    """Sub-cluster AdaCos in place of Eq. 3's two terms, plus Eq. 5's domain loss when the head is trained.
+
+    Logged in the ``l_section`` column (it is the class objective; ``l_machine`` is 0).
+    """
+    l_class = subcluster_adacos_loss(model.adacos, out["class_cosine"], labels, update_scale=model.training)
+    total, l_domain = l_class, torch.zeros((), device=t.device)
+    if d is not None and weights.lambda_domain > 0:
+        l_domain = domain_loss(out["domain_logit"], d, t if weights.domain_weight_by_t else torch.ones_like(t))
+        total = total + weights.lambda_domain * l_domain
+    return LossTerms(total=total, machine=torch.zeros((), device=t.device), section=l_class, domain=l_domain)
+
+
 def prepare_model(model: Extractor, cfg: TrainConfig, device: torch.device) -> Extractor:
     """Move to the device and apply the throughput options (FFT front end, NHWC, compile)."""
     model.frontend.use_fft = cfg.frontend_fft
+    if model.fft_branch is not None:
+        model.fft_branch.frontend.use_fft = cfg.frontend_fft
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
         model.use_channels_last()
@@ -392,7 +416,15 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuning pays off
     torch.manual_seed(cfg.seed)
-    model = build_extractor(cfg.model_config(data.sections), cfg.pretrained_weights)
+    model_cfg = cfg.model_config(data.sections)
+    classes = None
+    if cfg.objective == "subcluster_adacos":
+        classes = adacos_classes(data, cfg.machine, cfg.adacos_pseudo_classes)
+        model_cfg.adacos_classes, model_cfg.adacos_class_sections = classes.names, classes.sections
+        model_cfg.validate()
+        if runtime.is_main:
+            log.info("sub-cluster AdaCos: %d classes x %d sub-clusters", len(classes.names), cfg.n_subclusters)
+    model = build_extractor(model_cfg, cfg.pretrained_weights)
     if runtime.rank:
         torch.manual_seed(cfg.seed + runtime.rank)  # different dropout masks per process
     prepare_model(model, cfg, device)
@@ -405,7 +437,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     )
     workers = cfg.num_workers
     loader = torch.utils.data.DataLoader(
-        CropDataset(data.table, len(data.sections), seg),
+        CropDataset(data.table, len(data.sections), seg) if classes is None
+        else AdaCosCropDataset(data.table, len(data.sections), seg, classes),
         batch_sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",

@@ -42,6 +42,13 @@ SYSTEMS = {
                     "batch_size": 32, "num_workers": 0},
     "transformer-dg": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
                        "batch_size": 32, "num_workers": 0, "domain_head": False},
+    "transformer-machine": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                            "batch_size": 32, "num_workers": 0, "amplitude": "machine"},
+    "transformer-adacos": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                           "batch_size": 32, "num_workers": 0, "domain_head": False, "objective": "subcluster_adacos"},
+    "transformer-adacos-fft": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                               "batch_size": 32, "num_workers": 0, "domain_head": False, "objective": "subcluster_adacos",
+                               "fft_branch": True},
     "effnet_b0": {"backbone": "efficientnet_b0", "batch_size": 32, "num_workers": 0},
 }
 
@@ -104,8 +111,12 @@ def _train(data: Path, machine: str, out: Path, system: str, epochs: int, ae_epo
     from train.cli import main as train_main
 
     run = out / "runs" / data.name / machine / system
-    if (run / "stage2" / "default.json").exists():
+    if (run / "stage2" / "default.json").exists() and (ae_epochs == 0 or (run / "baseline" / "ae.pt").exists()):
         return run  # finished earlier: a benchmark may be resumed
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)  # an interrupted run starts again
     cfg = {"epochs": epochs, **SYSTEMS[system]}
     cfg_file = out / "runs" / f"{system}.json"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
@@ -146,9 +157,10 @@ def bench_dataset(data: Path, args, out: Path) -> dict:
     walls: dict[str, float] = {}
     for machine in machines:
         clips, sections, anomaly, target = _test_truth(data, machine)
-        for system in args.systems.split(","):
+        for si, system in enumerate(args.systems.split(",")):
             t0 = time.perf_counter()
-            run = _train(data, machine, out, system, args.epochs, args.ae_epochs, args.seed)
+            # the autoencoder reference once per machine, in its first system's run
+            run = _train(data, machine, out, system, args.epochs, args.ae_epochs if si == 0 else 0, args.seed)
             walls[f"{system}/{machine}"] = time.perf_counter() - t0
             plain_run = run / "baseline" / "plain"
             if "plain" not in rows or machine not in rows["plain"]:
@@ -161,7 +173,7 @@ def bench_dataset(data: Path, args, out: Path) -> dict:
                 for s, part in pparts.items():
                     scores[sections == s] = part["all"]
                 rows.setdefault("plain", {})[machine] = _metrics(sections, anomaly, target, scores)
-                ae = AEBaseline.load(run / "baseline" / "ae.pt")
+                ae = AEBaseline.load(run / "baseline" / "ae.pt")  # the first system's run has it
                 rows.setdefault("autoencoder", {})[machine] = _metrics(
                     sections, anomaly, target, np.asarray(ae.score_paths([c.path for c in clips]), dtype=float))
                 with tempfile.TemporaryDirectory() as tmp:
@@ -187,6 +199,9 @@ def bench_dataset(data: Path, args, out: Path) -> dict:
                         members.append(pparts[s])
                     scores[sel] = combine_parts(members, p[sel], cfg.approach)
                 rows.setdefault(f"{system} {variant}", {})[machine] = _metrics(sections, anomaly, target, scores)
+        # progress: this machine's official scores so far
+        done = {name: summarize({machine: per[machine]})["official"] for name, per in rows.items() if machine in per}
+        print(f"  {data.name}/{machine}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(done.items(), key=lambda kv: -kv[1])), flush=True)
     table = {name: summarize(per) for name, per in rows.items()}
     return {"machines": machines, "systems": table, "per_machine": rows, "product_path": product, "train_wall_s": walls}
 

@@ -8,13 +8,14 @@ For each data set and machine type it trains every named stage-1 system once
 into the run), then fits every named stage-2 variant on the same embeddings
 with :mod:`edge_asd.scoring` (the code the device runs) and scores the test
 clips; ensembles with the plain system average standardized scores (report
-2.5). The plain baseline and the first system's first variant are also run
-through the whole product path (``edge-asd-export`` -> ``edge-asd score`` ->
+2.5). The plain baseline and the first system's ``--product`` variant are also
+run through the whole product path (``edge-asd-export`` -> ``edge-asd score`` ->
 ``edge-asd evaluate``) as a check that the figures are the product's.
 
 Prints one table per data set (official score, AUC source, AUC target, pAUC;
 harmonic means over all sections, %), writes ``DIR/quality.json``,
-``DIR/quality.md`` and ``DIR/quality.png``.
+``DIR/quality.md`` and ``DIR/quality.png`` (``quality-TAG.*`` with ``--tag``). Finished runs
+under ``DIR/runs`` are reused, so invocations with other systems or machines add to one set of runs.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ SYSTEMS = {
     "transformer-adacos-fft": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
                                "batch_size": 32, "num_workers": 0, "domain_head": False, "objective": "subcluster_adacos",
                                "fft_branch": True},
+    "transformer-adacos-machine": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2,
+                                   "n_heads": 4, "batch_size": 32, "num_workers": 0, "domain_head": False,
+                                   "objective": "subcluster_adacos", "amplitude": "machine"},
     "effnet_b0": {"backbone": "efficientnet_b0", "batch_size": 32, "num_workers": 0},
 }
 
@@ -157,10 +161,12 @@ def bench_dataset(data: Path, args, out: Path) -> dict:
     walls: dict[str, float] = {}
     for machine in machines:
         clips, sections, anomaly, target = _test_truth(data, machine)
+        machine_dir = out / "runs" / data.name / machine
         for si, system in enumerate(args.systems.split(",")):
             t0 = time.perf_counter()
-            # the autoencoder reference once per machine, in its first system's run
-            run = _train(data, machine, out, system, args.epochs, args.ae_epochs if si == 0 else 0, args.seed)
+            # the autoencoder reference once per machine, in the first run that trains it
+            trained_ae = sorted(machine_dir.glob("*/baseline/ae.pt"))
+            run = _train(data, machine, out, system, args.epochs, 0 if trained_ae else args.ae_epochs, args.seed)
             walls[f"{system}/{machine}"] = time.perf_counter() - t0
             plain_run = run / "baseline" / "plain"
             if "plain" not in rows or machine not in rows["plain"]:
@@ -173,7 +179,7 @@ def bench_dataset(data: Path, args, out: Path) -> dict:
                 for s, part in pparts.items():
                     scores[sections == s] = part["all"]
                 rows.setdefault("plain", {})[machine] = _metrics(sections, anomaly, target, scores)
-                ae = AEBaseline.load(run / "baseline" / "ae.pt")  # the first system's run has it
+                ae = AEBaseline.load(sorted(machine_dir.glob("*/baseline/ae.pt"))[0])
                 rows.setdefault("autoencoder", {})[machine] = _metrics(
                     sections, anomaly, target, np.asarray(ae.score_paths([c.path for c in clips]), dtype=float))
                 with tempfile.TemporaryDirectory() as tmp:
@@ -184,8 +190,8 @@ def bench_dataset(data: Path, args, out: Path) -> dict:
                 cfg = Stage2Config(**{**fields, "seed": args.seed})
                 normals = embed_normals(run, data, cfg.bank, progress=False)
                 has_target = bool(np.any(normals["domains"] == "target"))
-                if cfg.approach == "specialization" and not has_target:
-                    continue
+                if cfg.approach == "specialization" and not (has_target and SYSTEMS[system].get("domain_head", True)):
+                    continue  # Eq. 8 needs target clips and a domain classifier
                 try:
                     parts, p = _fit_parts(normals, test, cfg)
                 except ValueError as exc:
@@ -199,6 +205,14 @@ def bench_dataset(data: Path, args, out: Path) -> dict:
                         members.append(pparts[s])
                     scores[sel] = combine_parts(members, p[sel], cfg.approach)
                 rows.setdefault(f"{system} {variant}", {})[machine] = _metrics(sections, anomaly, target, scores)
+                if si == 0 and variant == args.product:
+                    # the same system as a user gets it: edge-asd-train's stage 2, edge-asd-export, score, evaluate
+                    from train.stage2 import fit_all
+
+                    fit_all(run, data, cfg, progress=False, approaches=(cfg.approach,))
+                    with tempfile.TemporaryDirectory() as tmp:
+                        product.setdefault(f"{system} {variant}", {})[machine] = _product_score(
+                            [run, plain_run] if with_plain else [run], data, machine, Path(tmp))
         # progress: this machine's official scores so far
         done = {name: summarize({machine: per[machine]})["official"] for name, per in rows.items() if machine in per}
         print(f"  {data.name}/{machine}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(done.items(), key=lambda kv: -kv[1])), flush=True)
@@ -216,8 +230,11 @@ def _format(name: str, result: dict) -> str:
     for sys_name, r in sorted(result["systems"].items(), key=lambda kv: -kv[1]["official"]):
         lines.append(f"| {sys_name} | {pct(r['official'])} | {r['official'] / base:.2f}x | {pct(r['auc_source'])} | "
                      f"{pct(r['auc_target'])} | {pct(r['pauc'])} | {pct(r['min_target_auc'])} |")
-    prod = ", ".join(f"{m} {100 * v:.2f}" for m, v in result["product_path"].get("plain", {}).items())
-    lines += ["", f"Product path check (plain bundle: export -> score -> evaluate, official per machine): {prod}", ""]
+    lines.append("")
+    for sys_name, per in result["product_path"].items():
+        prod = ", ".join(f"{m} {100 * v:.2f}" for m, v in per.items())
+        lines.append(f"Product path check ({sys_name}: edge-asd-export -> score -> evaluate, official per machine): {prod}")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -252,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--ae-epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--product", default="", help="variant of the first system also run through export, score and evaluate")
+    p.add_argument("--tag", default="", help="suffix of the result files, so several invocations can share --out (and its runs)")
     args = p.parse_args(argv)
+    stem = f"quality-{args.tag}" if args.tag else "quality"
     args.out.mkdir(parents=True, exist_ok=True)
     results, md = {}, []
     for data in args.data:
@@ -263,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         text = _format(f"{data} ({', '.join(res['machines'])}; {res['wall_s']:.0f} s)", res)
         print(text, flush=True)
         md.append(text)
-        (args.out / "quality.json").write_text(json.dumps(results, indent=1))
-    (args.out / "quality.md").write_text("\n".join(md))
-    _plot(results, args.out / "quality.png")
-    print(f"written: {args.out / 'quality.md'}, {args.out / 'quality.png'}")
+        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"{stem}.md").write_text("\n".join(md))
+    _plot(results, args.out / f"{stem}.png")
+    print(f"written: {args.out / f'{stem}.md'}, {args.out / f'{stem}.png'}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``edge-asd score``: offline replay of recorded clips into DCASE submission files."""
+"""``edge-asd score``: DCASE-named clips into submission files; other recordings window by window (replay.py)."""
 
 from __future__ import annotations
 

@@ -763,6 +763,9 @@ class FileSource(ClipSource):
       timeline as if the files had been played back to back in real time (and
       so may run ahead of the clock). File modification times are not used:
       copying recordings changes them.
+    * With a :class:`~edge_asd.fileprogress.FileProgress`, a restarted source skips
+      the files up to the last one whose final clip (``Clip.completes``) the
+      scorer reported done with :meth:`file_finished`.
     * ``realtime=True`` paces clips at the file's duration and drops the oldest
       queued clip when scoring falls behind (exactly like a microphone);
       ``realtime=False`` waits for the scorer, so every clip is scored.

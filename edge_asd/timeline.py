@@ -48,7 +48,14 @@ def plot_timeline(rows: list["Window"], path: Path, title: str) -> Path:
     hot = [i for i, r in enumerate(rows) if r.anomalous]
     top.scatter([mid[i] for i in hot], [rows[i].score for i in hot], color="tab:red", s=14, zorder=3,
                 label="anomalous window")
-    top.set_ylabel("anomaly score")
+    thr = max(abs(r.threshold) for r in rows)
+    if thr > 0 and max(abs(r.score) for r in rows) > 20 * thr:
+        # A loud fault scores hundreds of times the threshold: on a linear axis the
+        # normal windows and the threshold would merge into one line at the bottom.
+        top.set_yscale("symlog", linthresh=thr)
+        top.set_ylabel("anomaly score (log above the threshold)")
+    else:
+        top.set_ylabel("anomaly score")
     fig.suptitle(f"{title}: {len(rows)} windows, {len(spans)} alert(s)", fontsize=10)
     top.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=8, ncols=4, frameon=False)
     top.grid(alpha=0.3)

@@ -275,3 +275,44 @@ def test_a_restarted_file_source_continues_after_the_last_finished_file(tmp_path
     assert [Path(c.origin.split("@")[0]).name for c in looped] == ["c.wav"] * 4 + ["a.wav"] * 4
     # Pointed at another folder, a source starts at its beginning.
     assert FileProgress(tmp_path / "outbox.sqlite.files.json").last("m", str(tmp_path / "other")) is None
+
+
+def test_score_and_the_daemon_give_the_same_windows_scores_and_alerts(loud_middle, tiny_bundle, edge_asd_exe,
+                                                                      tmp_path, daemons):
+    """One recording (32 kHz, so both resample) through `edge-asd score` and through `edge-asd run` + a real broker."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from mqtt_broker import Broker, require_mosquitto
+    from test_daemon import Daemon, scores, write_config
+
+    from edge_asd.audio import resample
+
+    require_mosquitto()
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    path = rec / "line1_2026-11-01T10.wav"
+    sf.write(path, resample(sf.read(loud_middle, dtype="float32")[0], SR, 32000), 32000, subtype="FLOAT")
+    r = score(edge_asd_exe, tiny_bundle, str(path), "--out", str(tmp_path / "o"), "--section", "00",
+              "--hop-seconds", "2", "--threshold", "20", "--raise-after", "2", "--clear-after", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == (56 - 4) // 2 + 1
+    with Broker(tmp_path) as broker:
+        sub = broker.subscriber("edge_asd/#")
+        cfg = write_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"file:{rec}",
+                           machine='realtime = false\nsection = "00"\nhop_seconds = 2.0\nthreshold = 20.0\n',
+                           alerts="raise_after = 2\nclear_after = 2\n")
+        d = Daemon(edge_asd_exe, cfg)
+        daemons.append(d)
+        assert d.wait(120) == 0, d.log()
+        sub.wait_for(lambda _: len(scores(sub)) >= len(rows), what="a score per window")
+        msgs = scores(sub)
+        alerts = [m.json() for m in sub.on("edge_asd/box1/fan1/alert")]
+    assert [m["seq"] for m in msgs] == list(range(1, len(rows) + 1))
+    for row, m in zip(rows, msgs):
+        assert (row["score"], row["p_target"], row["dbfs"]) == pytest.approx((m["score"], m["p_target"], m["dbfs"]),
+                                                                             rel=1e-6), row["window"]
+        assert (row["threshold"], row["anomalous"]) == (m["threshold"], m["anomalous"])
+    events = [(row["window"] + 1, {"raised": "anomalous", "cleared": "normal"}[row["event"]]) for row in rows
+              if row["event"]]
+    assert events and [(a["seq"], a["state"]) for a in alerts] == events
+    assert {e for _, e in events} == {"anomalous", "normal"}

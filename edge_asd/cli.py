@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_synth)
 
-    s = sub.add_parser("score", help="score WAV files or folders with a bundle; write DCASE submission files")
+    s = sub.add_parser("score", help="score WAV files or folders: DCASE-named clips into submission files, "
+                                     "other recordings window by window")
     s.add_argument("bundle")
     s.add_argument("paths", nargs="+")
     s.add_argument("--out", required=True)

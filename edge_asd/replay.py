@@ -138,6 +138,7 @@ class Window:
 
 @dataclass
 class ReplayResult:
+    recordings: int = 0  # with at least one window scored
     windows: int = 0
     alerts: int = 0
     evidence: int = 0
@@ -228,6 +229,7 @@ def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions
                 duration = rows[-1].end_s
             if wall is not None and named is None:
                 next_start = wall + timedelta(seconds=duration)  # the next unnamed file follows this one
+            result.recordings += 1
             result.windows += len(rows)
             result.alerts += sum(r.event == "raised" for r in rows)
             result.audio_s += duration
@@ -242,7 +244,7 @@ def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions
     elapsed = time.monotonic() - t0
     if progress:
         speed = f", {result.audio_s / elapsed:.0f}x real time" if elapsed > 0 and result.audio_s else ""
-        print(f"replayed {len(files) - len(result.errors)} recording(s): {result.windows} windows, "
+        print(f"replayed {result.recordings} recording(s): {result.windows} windows, "
               f"{result.alerts} alert(s) raised, {result.evidence} evidence clip(s), in {elapsed:.1f} s{speed} "
               f"-> {out / WINDOWS_CSV}", file=sys.stderr)
     return result

@@ -6,7 +6,7 @@ import csv
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,20 @@ def loud_middle(normal_audio, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("rec") / "pump_2026-11-01T10.wav"
     sf.write(path, x, SR, subtype="PCM_16")
     return path
+
+
+@pytest.mark.parametrize(("name", "expect"), [
+    ("pump_2026-11-01T10.wav", datetime(2026, 11, 1, 10)),
+    ("pump_2026-11-01_10-30-15.wav", datetime(2026, 11, 1, 10, 30, 15)),
+    ("line2 20261101T103000.flac", datetime(2026, 11, 1, 10, 30)),
+    ("compressor room.wav", None),
+    ("serial_1234567890.wav", None),  # digits, not a date
+    ("section_00_source_test_normal_0001.wav", None),
+])
+def test_wall_time_from_a_file_name(name, expect):
+    from edge_asd.replay import time_from_name
+
+    assert time_from_name(name) == expect
 
 
 def test_any_name_needs_a_section_from_a_bundle_of_several_and_takes_one(normal_audio, tiny_bundle, edge_asd_exe,

@@ -57,9 +57,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from .offline import score_paths
+    from .replay import ReplaySettings
 
     # Passed only when given, so that the default lives in offline.py alone.
     limit = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
+    given = {k: getattr(args, k) for k in ("section", "machine", "clip_seconds", "hop_seconds", "threshold",
+                                            "raise_after", "clear_after", "start", "channel", "evidence_max_mb")}
+    replay = ReplaySettings(
+        **{k: v for k, v in given.items() if v is not None},  # the defaults live in replay.py
+        evidence=Path(args.evidence) if args.evidence else None, plot=args.plot, json_lines=args.json,
+    )
     score_paths(
         Path(args.bundle),
         [Path(p) for p in args.paths],
@@ -68,6 +75,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         batch_clips=args.batch_clips,
         threads=args.threads,
         progress=not args.quiet,
+        replay=replay,
         **limit,
     )
     return 0
@@ -147,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_synth)
 
-    s = sub.add_parser("score", help="score WAV files or folders with a bundle; write DCASE submission files")
+    s = sub.add_parser("score", help="score WAV files or folders: DCASE-named clips into submission files, "
+                                     "other recordings window by window")
     s.add_argument("bundle")
     s.add_argument("paths", nargs="+")
     s.add_argument("--out", required=True)
@@ -155,8 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-clips", type=int, default=8)
     s.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
     s.add_argument("--max-seconds", type=float,
-                   help="refuse files longer than this (default 600): each file is scored as one clip, so replay "
-                        "long recordings through `edge-asd run` with a file: source instead")
+                   help="refuse DCASE-named files longer than this (default 600): each is scored as one clip")
+    r = s.add_argument_group(
+        "own recordings", "files without a DCASE name are replayed window by window, as the daemon's file: source "
+                          "would, into OUT/windows.csv (one row per window)")
+    r.add_argument("--section", help="section of the bundle the recordings belong to (needed when it has several)")
+    r.add_argument("--machine", help="machine id, as in the daemon's [[machines]] id (default: the bundle's machine "
+                                     "type); names the evidence folder")
+    r.add_argument("--clip-seconds", type=float, help="window length (default: the bundle's clip length, as the daemon)")
+    r.add_argument("--hop-seconds", type=float, help="window hop (default: one window, as the daemon)")
+    r.add_argument("--threshold", type=float, help="decision threshold (default: the bundle's for the section)")
+    r.add_argument("--raise-after", type=int, help="[alerts] raise_after: anomalous windows in a row that raise "
+                                                   "an alert (default: the daemon's, 3)")
+    r.add_argument("--clear-after", type=int, help="[alerts] clear_after: normal windows in a row that clear it "
+                                                   "(default: the daemon's, 3)")
+    r.add_argument("--start", help="wall time (ISO-8601) of the first recording whose name gives none; "
+                                   "further ones follow it back to back")
+    r.add_argument("--channel", type=int, help="channel of multi-channel recordings (default 0)")
+    r.add_argument("--evidence", help="write the audio of every anomalous window here, as the daemon's evidence store")
+    r.add_argument("--evidence-max-mb", type=float, help="size cap of --evidence (default 200)")
+    r.add_argument("--plot", action="store_true", help="a PNG timeline per recording in OUT (needs matplotlib)")
+    r.add_argument("--json", action="store_true", help="also print each window as a JSON line on stdout")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_score)
 

@@ -43,6 +43,7 @@ from .config import DaemonConfig, LoggingConfig, MachineConfig, MqttConfig, load
 from .errors import BundleError, ConfigError, UserError
 from .drift import DriftMonitor
 from .evidence import EvidenceStore
+from .fileprogress import FileProgress, progress_path
 from .sdnotify import Notifier
 from .sources import Clip, ClipSource, PortAudioHost, make_source
 
@@ -392,6 +393,8 @@ class Pipeline:
         if anomalous and sc.save_evidence and store is not None:
             if store.save(self.id, clip.samples, clip.end_time, seq or 0) is not None:
                 self.evidence_saved += 1
+        if clip.completes is not None and seq is not None:
+            self.source.file_finished(clip.completes)  # type: ignore[attr-defined]
 
     def _track_silence(self, level: float) -> None:
         was = self.silent()
@@ -442,6 +445,7 @@ class Daemon:
         self._reload_again = False
         self._throttle_last: dict[str, float] = {}
         self._last_state_publish = 0.0
+        self.file_progress = FileProgress(progress_path(cfg.storage.outbox))
 
     # -- signals and waking ---------------------------------------------------------
     def wake(self) -> None:
@@ -484,6 +488,7 @@ class Daemon:
         source = make_source(
             m.id, m.source, scoring.clip_seconds, scoring.hop_seconds, realtime=m.realtime, loop=m.loop,
             channel=m.channel, samplerate=m.samplerate, queue_clips=m.queue_clips, host=self.host,
+            progress=self.file_progress,
         )
         deb = debouncer or Debouncer(self.cfg.alerts.raise_after, self.cfg.alerts.clear_after)
         return Pipeline(m, scoring, source, self, deb)

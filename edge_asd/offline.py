@@ -1,4 +1,4 @@
-"""``edge-asd score``: offline replay of recorded clips into DCASE submission files."""
+"""``edge-asd score``: DCASE-named clips into submission files; other recordings window by window (replay.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from .errors import DataError, UserError
 from .progress import Progress
 from .runtime import ClipScorer, load_scorer
 from .submission import write_section
+
+if TYPE_CHECKING:
+    from .replay import ReplaySettings
 
 # A DCASE clip is 10 s. Scoring reads a whole file (one score per file) and
 # standardizes it as one clip: a recording of hours would take gigabytes and
@@ -39,15 +43,7 @@ def expand_paths(paths: list[Path]) -> list[Path]:
 
 
 def section_of(path: Path, scorer: ClipScorer) -> str:
-    try:
-        section = parse_name(path).section
-    except DataError:
-        if len(scorer.sections) == 1:
-            return scorer.sections[0]
-        raise UserError(
-            f"{path}: not a DCASE name, so its section is unknown and the bundle has several ({', '.join(scorer.sections)})"
-        ) from None
-    return scorer.resolve_section(section)
+    return scorer.resolve_section(parse_name(path).section)
 
 
 def score_files(
@@ -103,6 +99,14 @@ def score_files(
     return results, errors
 
 
+def is_dcase_name(path: Path) -> bool:
+    try:
+        parse_name(path)
+    except DataError:
+        return False
+    return True
+
+
 def score_paths(
     bundle: Path,
     paths: list[Path],
@@ -112,12 +116,28 @@ def score_paths(
     threads: int = 0,
     progress: bool = True,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    replay: "ReplaySettings | None" = None,
 ) -> dict[Path, tuple[str, float]]:
+    """DCASE-named files into submission files (one score per file); any other file window by window."""
     if max_seconds is not None and not max_seconds > 0:
         raise UserError(f"--max-seconds must be positive, got {max_seconds:g}")
+    from .replay import ReplaySettings, replay_options
+
     scorer = load_scorer(bundle, backend=backend, threads=threads)
+    opts = replay_options(scorer, replay or ReplaySettings())  # a bad --section is refused before any scoring
     files = expand_paths(paths)
-    results, errors = score_files(scorer, files, batch_clips=batch_clips, progress=progress, max_seconds=max_seconds)
+    dcase = [f for f in files if is_dcase_name(f)]
+    own = [f for f in files if not is_dcase_name(f)]
+    results, errors = score_files(scorer, dcase, batch_clips=batch_clips, progress=progress, max_seconds=max_seconds)
+    if own:
+        if opts is None:
+            for f in own:
+                errors[f] = (f"{f}: not a DCASE name, so its section is unknown and the bundle has several "
+                             f"({', '.join(scorer.sections)}); give --section to score it window by window")
+        else:
+            from .replay import replay_recordings
+
+            errors.update(replay_recordings(scorer, own, opts, out, progress=progress).errors)
     by_section: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for path, (section, score) in results.items():
         by_section[section].append((path.name, score))
@@ -127,7 +147,7 @@ def score_paths(
         scores = np.array([s for _, s in rows])
         decisions = (scores > scorer.thresholds[section]).astype(int)
         write_section(out, scorer.machine_type, section, names, scores, decisions)
-    if progress:
+    if progress and dcase:
         print(f"scored {len(results)} clips with {scorer.bundle_id} ({scorer.backend_name}) -> {out}", file=sys.stderr)
     for path, msg in errors.items():
         print(f"edge-asd: skipped: {msg}", file=sys.stderr)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -35,6 +35,9 @@ import soundfile as sf
 from .audio import SAMPLE_RATE, dbfs, open_audio, resample, short_error
 from .config import list_source_files
 from .errors import AudioError
+
+if TYPE_CHECKING:
+    from .fileprogress import FileProgress
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class Clip:
     dbfs: float  # level of the raw clip (before the scorer standardizes it)
     ready_monotonic: float  # time.monotonic() when the clip was complete: latency is measured from here
     origin: str  # where it came from: "<device>" or "<file>@<offset>s"
+    # The file this clip is the last of (file sources): once it is scored, a
+    # restarted source may continue after that file.
+    completes: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -757,6 +763,9 @@ class FileSource(ClipSource):
       timeline as if the files had been played back to back in real time (and
       so may run ahead of the clock). File modification times are not used:
       copying recordings changes them.
+    * With a :class:`~edge_asd.fileprogress.FileProgress`, a restarted source skips
+      the files up to the last one whose final clip (``Clip.completes``) the
+      scorer reported done with :meth:`file_finished`.
     * ``realtime=True`` paces clips at the file's duration and drops the oldest
       queued clip when scoring falls behind (exactly like a microphone);
       ``realtime=False`` waits for the scorer, so every clip is scored.
@@ -776,9 +785,11 @@ class FileSource(ClipSource):
         channel: int = 0,
         queue_clips: int = 4,
         empty_retry_s: float = 5.0,
+        progress: "FileProgress | None" = None,
     ):
         super().__init__(name, clip_seconds, hop_seconds, queue_clips)
         self.target = str(target)
+        self.progress = progress
         self.realtime = realtime
         self.loop = loop
         self.channel = channel
@@ -829,11 +840,16 @@ class FileSource(ClipSource):
                        self.name, path, f.samplerate, SAMPLE_RATE)
 
     def _run(self) -> None:
+        # A restarted source continues after the last file it finished (the first pass only).
+        resume_after = self.progress.last(self.name, self.target) if self.progress is not None else None
         while not self._stop.is_set():
             played = 0
             for path in list_source_files(self.target):
                 if self._stop.is_set():
                     return
+                if resume_after is not None and path <= Path(resume_after):
+                    played += 1  # done before the restart: not an empty folder
+                    continue
                 clips_before = self.clips
                 try:
                     with self.open_file(path) as f:
@@ -852,6 +868,7 @@ class FileSource(ClipSource):
                     continue
                 played += 1
                 self.files_played += 1
+            resume_after = None
             if not self.loop:
                 return
             if played == 0:
@@ -868,7 +885,7 @@ class FileSource(ClipSource):
                 block = f.read(self.block_frames, dtype="float32", always_2d=True)
             except Exception as exc:  # a decoder error in the middle of a damaged file
                 raise AudioError(f"{path}: unreadable audio data at {done / f.samplerate:.2f} s ({short_error(exc)})") from None
-            if block.shape[0] == 0:
+            if block.shape[0] == 0 or self._stop.is_set():
                 return
             x = block[:, ch]
             if not np.all(np.isfinite(x)):
@@ -877,36 +894,50 @@ class FileSource(ClipSource):
             done += x.size
             yield x, done
 
+    def cut_clips(self, path: Path, f: sf.SoundFile) -> Iterator[tuple[np.ndarray, float, bool]]:
+        """``(clip at 16 kHz, offset of its end in s, whether no further clip fits the file)`` of an open file.
+
+        Streamed block by block (the class rules); :class:`AudioError` at the first bad block.
+        ``edge-asd score`` replays recordings through this too, so both cut alike.
+        """
+        rate = f.samplerate
+        hop_n = max(1, int(round(self.hop_seconds * rate)))
+        cutter = ClipCutter(int(round(self.clip_seconds * rate)), hop_n)
+        out_n = int(round(self.clip_seconds * SAMPLE_RATE))
+        for x, end_index in self._blocks(path, f):
+            for native, end in cutter.feed(x, end_index):
+                yield _fit_length(resample(native, rate, SAMPLE_RATE), out_n), end / rate, end + hop_n > f.frames
+
+    def file_finished(self, path: Path) -> None:
+        """Every clip of ``path`` was scored (the daemon's scorer says so): a restart continues after it."""
+        if self.progress is not None:
+            self.progress.record(self.name, self.target, path)
+
     def _replay(self, path: Path, f: sf.SoundFile) -> bool:
         """Queue one file's clips, streaming it; False when stopped midway."""
         if self._state != "ok":
             self._state = "ok"
-        rate = f.samplerate
-        cutter = ClipCutter(int(round(self.clip_seconds * rate)), max(1, int(round(self.hop_seconds * rate))))
-        out_n = int(round(self.clip_seconds * SAMPLE_RATE))
-        duration = f.frames / rate
+        duration = f.frames / f.samplerate
         start_wall = datetime.now(timezone.utc)
         if self._timeline_end is not None and self._timeline_end > start_wall:
             start_wall = self._timeline_end
         self._timeline_end = start_wall + timedelta(seconds=duration)
         start_mono = time.monotonic()
-        for x, end_index in self._blocks(path, f):
-            for native, end in cutter.feed(x, end_index):
-                offset = end / rate
-                if self.realtime and self._stop.wait(max(0.0, start_mono + offset - time.monotonic())):
-                    return False
-                samples = _fit_length(resample(native, rate, SAMPLE_RATE), out_n)
-                clip = Clip(
-                    samples=samples,
-                    end_time=start_wall + timedelta(seconds=offset),
-                    dbfs=dbfs(samples),
-                    ready_monotonic=time.monotonic(),
-                    origin=f"{path}@{offset - self.clip_seconds:.3f}s",
-                )
-                if not self._emit(clip, wait=not self.realtime):
-                    return False
-            if self._stop.is_set():
+        for samples, offset, last in self.cut_clips(path, f):
+            if self.realtime and self._stop.wait(max(0.0, start_mono + offset - time.monotonic())):
                 return False
+            clip = Clip(
+                samples=samples,
+                end_time=start_wall + timedelta(seconds=offset),
+                dbfs=dbfs(samples),
+                ready_monotonic=time.monotonic(),
+                origin=f"{path}@{offset - self.clip_seconds:.3f}s",
+                completes=path if last else None,
+            )
+            if not self._emit(clip, wait=not self.realtime):
+                return False
+        if self._stop.is_set():
+            return False
         if self.realtime:
             # The next file starts when this one would have finished playing.
             return not self._stop.wait(max(0.0, start_mono + duration - time.monotonic()))
@@ -925,6 +956,7 @@ def make_source(
     samplerate: int | None = None,
     queue_clips: int = 4,
     host: PortAudioHost | None = None,
+    progress: "FileProgress | None" = None,
 ) -> ClipSource:
     """The source a :class:`~edge_asd.config.SourceSpec` names (not started)."""
     if spec.kind == "mic":
@@ -932,7 +964,7 @@ def make_source(
                          queue_clips=queue_clips, host=host)
     if spec.kind == "file":
         return FileSource(name, spec.target, clip_seconds, hop_seconds, realtime=realtime, loop=loop,
-                          channel=channel, queue_clips=queue_clips)
+                          channel=channel, queue_clips=queue_clips, progress=progress)
     raise ValueError(f"unknown source kind {spec.kind!r}")
 
 

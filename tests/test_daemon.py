@@ -400,7 +400,8 @@ def test_broker_outage_loses_no_score_and_sigterm_stops_cleanly(tiny_bundle, edg
 
 
 def test_sigkill_and_restart_delivers_the_journal_and_continues_seq(tiny_bundle, edge_asd_exe, tmp_path, daemons):
-    noise_wavs(tmp_path / "rec", 3, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
+    clip_s = float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0))
+    noise_wavs(tmp_path / "rec", 3, clip_s)
     port = free_port()
     cfg = write_config(tmp_path / "edge-asd.toml", port, tiny_bundle, f"file:{tmp_path / 'rec'}",
                        machine="realtime = false\n")
@@ -411,14 +412,20 @@ def test_sigkill_and_restart_delivers_the_journal_and_continues_seq(tiny_bundle,
     assert first.last_seq() == 3
     first.proc.send_signal(signal.SIGKILL)
     assert first.wait(30) == -signal.SIGKILL
+    # A recording added meanwhile: the restarted source continues after the last file it
+    # finished, so only the new one is scored (not the three again under new seqs).
+    added = noise_wavs(tmp_path / "rec", 4, clip_s)[-1]
     with Broker(tmp_path, port=port) as broker:
         sub = broker.subscriber("edge_asd/box1/#")
         second = Daemon(edge_asd_exe, cfg)
         daemons.append(second)
         assert second.wait(120) == 0, second.log()
         assert "undelivered message(s) from before" in second.log()
-        sub.wait_for(lambda _: len(scores(sub)) >= 6, what="3 journaled + 3 new scores")
-        assert [m["seq"] for m in scores(sub)] == [1, 2, 3, 4, 5, 6]
+        sub.wait_for(lambda _: len(scores(sub)) >= 4, what="3 journaled + 1 new score")
+        assert [m["seq"] for m in scores(sub)] == [1, 2, 3, 4]
+        assert second.seqs() == [4] and f"{added}@" not in first.log()
+        level = 20 * np.log10(np.sqrt(np.mean(sf.read(added, dtype="float64")[0] ** 2)))
+        assert scores(sub)[-1]["dbfs"] == pytest.approx(level, abs=0.5)
         assert broker.retained("edge_asd/box1/status") == b"stopped"
 
 

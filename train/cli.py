@@ -14,7 +14,9 @@ from pathlib import Path
 
 from edge_asd.cli import CliParser, run_cli
 from edge_asd.errors import UserError
-from edge_asd.scoring import APPROACHES, Stage2Config
+from edge_asd.scoring import APPROACHES, BANKS, Stage2Config
+
+S2_DEFAULTS = Stage2Config()  # the command line's defaults are the dataclass's
 
 DETECTOR_PARAM = {"knn": "k", "lof": "k", "gmm": "n_components"}
 KNN_SCORE = {"kth": "largest", "mean": "mean"}
@@ -178,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
     p.add_argument("--aggregator", default="mean", choices=["mean", "max", "median", "mean_above_median"])
     p.add_argument("--threshold", default="gamma:0.9", help="decision threshold rule: gamma:Q, quantile:Q or zscore:Z")
-    p.add_argument("--bank", default="heldout", choices=["heldout", "all"],
-                   help="normal clips the inlier models are fitted on: held out from stage 1 (the report) or all of them")
+    p.add_argument("--bank", default=S2_DEFAULTS.bank, choices=list(BANKS),
+                   help="normal clips the inlier models are fitted on: all of them (default) or only those held out "
+                   "from stage 1 (the report's rule, which leaves few or no target clips)")
     p.add_argument("--metric", default="l2", choices=["l2", "cosine"], help="distance of knn and lof (cosine: length-normalised)")
     p.add_argument("--knn-score", dest="knn_score", default="kth", choices=["kth", "mean"],
                    help="knn score: distance to the k-th neighbour, or the mean over the k nearest (the authors' recipe)")

@@ -7,7 +7,6 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -32,6 +31,7 @@ from edge_asd.web.server import WebServer
 from edge_asd.web.spectrogram import colormap, encode_png, spectrogram_png
 
 sys.path.insert(0, str(Path(__file__).parent))
+from browser import binaries, headless_chromium  # noqa: E402
 from mqtt_broker import Broker, free_port  # noqa: E402
 from test_daemon import Daemon, bundle_manifest, noise_wavs, write_config  # noqa: E402
 
@@ -346,9 +346,8 @@ def test_slow_and_stalled_clients_never_hold_up_the_hooks(web):
 # --- the whole thing, in a real browser ---------------------------------------------------------
 
 
-def _chromium() -> tuple[str, str]:
-    found = [shutil.which(n) for n in ("chromium", "chromium-browser")] + [shutil.which("chromedriver")]
-    browser, driver = next((f for f in found[:2] if f), None), found[2]
+def _chromium() -> None:
+    browser, driver = binaries()
     if browser is None or driver is None:
         why = "headless Chromium is not installed (Debian packages 'chromium' and 'chromium-driver')"
         if os.environ.get("CI"):
@@ -358,24 +357,6 @@ def _chromium() -> tuple[str, str]:
         import selenium  # noqa: F401
     except ImportError:
         pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    return browser, driver
-
-
-def _browser(tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    browser, driver = _chromium()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--mute-audio", "--window-size=1280,900",
-                 f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=opts)
 
 
 def _wait(what: str, f, timeout: float = 120.0):
@@ -420,7 +401,7 @@ def test_the_page_in_a_real_browser(tiny_bundle, edge_asd_exe, tmp_path, daemons
         info = json.load(urllib.request.urlopen(req, timeout=30))
         assert [m["id"] for m in info["machines"]] == ["fan1"]
 
-        drv = _browser(tmp_path)
+        drv = headless_chromium(tmp_path / "chromium-profile")
         try:
             drv.set_script_timeout(60)
             drv.get(f"{base}/?token={TOKEN}")

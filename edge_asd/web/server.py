@@ -37,7 +37,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..config import WebConfig
 from ..errors import ConfigError
@@ -434,6 +434,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._dispatch(ui, parts, query, head, set_cookie)
         except (ValueError, KeyError):
             self._error(HTTPStatus.BAD_REQUEST, head)
+        except FileNotFoundError:  # a clip the size cap deleted a moment ago
+            self._error(HTTPStatus.NOT_FOUND, head)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True
 
@@ -442,7 +444,7 @@ class _Handler(BaseHTTPRequestHandler):
         if parts in ([""], ["index.html"]):
             extra = {}
             if set_cookie:
-                extra["Set-Cookie"] = f"{COOKIE}={ui.cfg.token}; Path=/; HttpOnly; SameSite=Strict"
+                extra["Set-Cookie"] = f"{COOKIE}={quote(ui.cfg.token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
             self._send(HTTPStatus.OK, ui.static["index.html"], STATIC_FILES["index.html"], extra, head)
         elif len(parts) == 2 and parts[0] == "static" and parts[1] in STATIC_FILES and parts[1] != "index.html":
             self._send(HTTPStatus.OK, ui.static[parts[1]], STATIC_FILES[parts[1]], head=head)

@@ -100,6 +100,19 @@ def test_run_refuses_to_start_on_a_public_address_without_a_token(tmp_path, edge
     assert len(lines) == 1 and str(path) in lines[0] and "web.listen" in lines[0], r.stderr
 
 
+def test_run_refuses_to_start_when_the_port_is_taken(tiny_bundle, edge_asd_exe, tmp_path):
+    noise_wavs(tmp_path / "rec", 1, 1.0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = write_config(tmp_path / "edge-asd.toml", free_port(), tiny_bundle, f"file:{tmp_path / 'rec'}")
+        cfg.write_text(cfg.read_text() + f'[web]\nenabled = true\nlisten = "127.0.0.1:{taken.getsockname()[1]}"\n')
+        r = subprocess.run([edge_asd_exe, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert str(cfg) in last and "web.listen: cannot listen on 127.0.0.1:" in last, r.stderr
+
+
 # --- history and spectrogram -------------------------------------------------------------
 
 
@@ -384,7 +397,10 @@ def test_the_page_in_a_real_browser(tiny_bundle, edge_asd_exe, tmp_path, daemons
             alerts="raise_after = 1\n",
             top="",
         )
-        cfg.write_text(cfg.read_text() + f'[web]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
+        # A second machine, so that the page shows one panel per machine.
+        cfg.write_text(cfg.read_text() + f'[[machines]]\nid = "fan2"\nbundle = "{tiny_bundle}"\n'
+                                          f'source = "file:{tmp_path / "rec"}"\nloop = true\n'
+                                          f'[web]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
                                           f'token_file = "{tmp_path / "token"}"\n')
         d = Daemon(edge_asd_exe, cfg)
         daemons.append(d)
@@ -399,14 +415,15 @@ def test_the_page_in_a_real_browser(tiny_bundle, edge_asd_exe, tmp_path, daemons
             assert err.value.code == 401
         req = urllib.request.Request(f"{base}/api/machines", headers={"Authorization": f"Bearer {TOKEN}"})
         info = json.load(urllib.request.urlopen(req, timeout=30))
-        assert [m["id"] for m in info["machines"]] == ["fan1"]
+        assert [m["id"] for m in info["machines"]] == ["fan1", "fan2"]
 
         drv = headless_chromium(tmp_path / "chromium-profile")
         try:
             drv.set_script_timeout(60)
             drv.get(f"{base}/?token={TOKEN}")
-            panel = _wait("the machine's panel", lambda: drv.find_elements("css selector", "#machine-fan1"))[0]
-            assert panel.find_element("css selector", "h2").text == "fan1"
+            _wait("a panel per machine", lambda: len(drv.find_elements("css selector", "section.machine")) == 2)
+            assert [e.text for e in drv.find_elements("css selector", "section.machine h2")] == ["fan1", "fan2"]
+            panel = drv.find_element("css selector", "#machine-fan1")
             n0 = _wait("scores drawn", lambda: int(drv.execute_script(
                 "return document.querySelector('#machine-fan1 .timeline').dataset.points || 0")))
             seq0 = int(panel.get_attribute("data-last-seq"))

@@ -305,6 +305,15 @@ def test_paths_from_urls_never_reach_past_the_checks(web, path):
 def test_an_evidence_clip_and_its_spectrogram_are_served(web):
     status, h, body = _get(web, f"/clips/m1/{web.saved.name}")
     assert status == 200 and h["Content-Type"] == "audio/wav" and body == web.saved.read_bytes()
+    whole = body
+    assert h["Accept-Ranges"] == "bytes"
+    n = len(whole)
+    for rng, start, end in (("bytes=0-11", 0, 11), ("bytes=100-", 100, n - 1), ("bytes=-44", n - 44, n - 1),
+                            ("bytes=10-999999999", 10, n - 1)):
+        status, h, body = _get(web, f"/clips/m1/{web.saved.name}", {"Range": rng})
+        assert status == 206 and body == whole[start:end + 1], rng
+        assert h["Content-Range"] == f"bytes {start}-{end}/{n}", rng
+    assert _get(web, f"/clips/m1/{web.saved.name}", {"Range": f"bytes={len(whole)}-"})[0] == 416
     status, h, png = _get(web, f"/clips/m1/{web.saved.stem}.png")
     assert status == 200 and h["Content-Type"] == "image/png" and _decode_png(png).shape[0] == 128
     assert _get(web, "/static/app.js")[0] == 200 and _get(web, "/static/style.css")[0] == 200

@@ -51,6 +51,7 @@ STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javasc
 # <UTC time>_seq<seq>, as edge_asd/evidence.py names clips.
 CLIP_NAME = re.compile(r"(\d{8}T\d{6}\.\d{3}Z_seq\d+)\.(wav|png)")
 COOKIE = "edge_asd_token"
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 EVENT_QUEUE = 256
 KEEPALIVE_S = 15.0
 MAX_CLIPS_LISTED = 50
@@ -462,9 +463,26 @@ class _Handler(BaseHTTPRequestHandler):
             if parts[2].endswith(".png"):
                 self._send(HTTPStatus.OK, ui.png(path), "image/png", head=head)
             else:
-                self._send(HTTPStatus.OK, path.read_bytes(), "audio/wav", head=head)
+                self._wav(path.read_bytes(), head)
         else:
             self._error(HTTPStatus.NOT_FOUND, head)
+
+    def _wav(self, data: bytes, head: bool) -> None:
+        """A clip, whole or one byte range: Safari on a phone plays media only from servers that take ranges."""
+        m = RANGE.fullmatch(self.headers.get("Range", "").strip())
+        if m is None or not (m.group(1) or m.group(2)):
+            self._send(HTTPStatus.OK, data, "audio/wav", {"Accept-Ranges": "bytes"}, head)
+            return
+        if m.group(1):
+            start = int(m.group(1))
+            end = min(int(m.group(2)), len(data) - 1) if m.group(2) else len(data) - 1
+        else:  # "bytes=-N": the last N bytes
+            start, end = max(0, len(data) - int(m.group(2))), len(data) - 1
+        if start > end or start >= len(data):
+            self._error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, head, {"Content-Range": f"bytes */{len(data)}"})
+            return
+        self._send(HTTPStatus.PARTIAL_CONTENT, data[start:end + 1], "audio/wav",
+                   {"Accept-Ranges": "bytes", "Content-Range": f"bytes {start}-{end}/{len(data)}"}, head)
 
     def _events(self, ui: WebServer, head: bool) -> None:
         client = ui.hub.join()

@@ -1,6 +1,6 @@
 """The daemon end to end: latency from a clip's end to its MQTT message, and resident memory.
 
-    .venv/bin/python benchmarks/bench_daemon.py BUNDLE CLIPS_DIR [--clips-count 6] [--threads 2] [--mic]
+    .venv/bin/python benchmarks/bench_daemon.py BUNDLE CLIPS_DIR [--clips-count 6] [--threads 2] [--mic] [--web]
 
 Starts a private Mosquitto, runs `edge-asd run` on a real-time file source (the
 same path a microphone takes after capture), subscribes to the scores, and
@@ -10,7 +10,9 @@ resident memory (VmHWM) and the time from start to the first score.
 With ``--mic`` the source is a real PortAudio stream instead: a PulseAudio
 virtual microphone (tests/vmic.py) fed the clips at real time, so PortAudio's
 libraries count in the memory; the daemon is stopped with SIGTERM after
-``--clips-count`` scores. Writes benchmarks/results/daemon[_mic].json.
+``--clips-count`` scores. With ``--web`` the page is on (``[web]`` on loopback) and one
+headless Chromium (selenium, Debian's chromium-driver) keeps it open, live, for the
+whole run. Writes benchmarks/results/daemon[_mic][_web][_TAG].json.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--clips-count", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mic", action="store_true", help="capture from a virtual microphone through PortAudio")
+    ap.add_argument("--web", action="store_true", help="the page enabled, with one headless browser attached")
+    ap.add_argument("--tag", default="", help="appended to the result file's name")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp())
     src = work / "clips"
@@ -64,6 +68,10 @@ def main() -> None:
         + (f'source = "mic:pulse"\n' if args.mic else f'source = "file:{src}"\nrealtime = true\nloop = false\n')
         + f"threads = {args.threads}\n"
     )
+    web_port = free_port()
+    if args.web:
+        with open(work / "c.toml", "a") as fh:
+            fh.write(f'[web]\nenabled = true\nlisten = "127.0.0.1:{web_port}"\n')
     env = None
     mic = None
     if args.mic:
@@ -105,12 +113,15 @@ def main() -> None:
 
     # taskset execs the daemon in place, so the pid is the daemon's
     threading.Thread(target=watch_rss, daemon=True).start()
+    browser = attach_browser(web_port, work) if args.web else None
     if args.mic:
         deadline = time.time() + 60 + 15 * args.clips_count
         while len(arrivals) < args.clips_count and daemon.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=600)
+    if browser is not None:
+        browser.quit()
     if mic is not None:
         mic.stop()
     time.sleep(1)
@@ -132,11 +143,33 @@ def main() -> None:
         "threads": args.threads,
         "daemon_exit": daemon.returncode,
         "source": "microphone (PortAudio, PulseAudio virtual source)" if args.mic else "file, real time",
+        "web": "page on, one headless Chromium attached" if args.web else "off",
+        "bundle": Path(args.bundle).name,
     }
     print(json.dumps(result, indent=2))
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / ("daemon_mic.json" if args.mic else "daemon.json")).write_text(json.dumps(result, indent=2))
+    name = "daemon" + ("_mic" if args.mic else "") + ("_web" if args.web else "") + (f"_{args.tag}" if args.tag else "")
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def attach_browser(port: int, work: Path):
+    """Headless Chromium on the page once it answers; it stays subscribed to the live events."""
+    deadline = time.time() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError(f"the page never listened on port {port}")
+            time.sleep(0.2)
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from browser import headless_chromium
+
+    drv = headless_chromium(work / "chromium")
+    drv.get(f"http://127.0.0.1:{port}/")
+    return drv
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! command -v mosquitto >/dev/null || ! command -v pulseaudio >/dev/null || ! ldconfig -p | grep -q libportaudio; then
+  if ! command -v mosquitto >/dev/null || ! command -v pulseaudio >/dev/null || ! ldconfig -p | grep -q libportaudio \
+      || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto pulseaudio libportaudio2 libasound2-plugins sox openssl >/dev/null
+    # chromium and chromium-driver: tests/test_web.py opens the device's page in a real headless browser.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto pulseaudio libportaudio2 libasound2-plugins sox openssl \
+      chromium chromium-driver >/dev/null
   fi
 else
-  echo "setup: not root or no apt-get; install mosquitto, pulseaudio, libportaudio2, libasound2-plugins, sox yourself" >&2
+  echo "setup: not root or no apt-get; install mosquitto, pulseaudio, libportaudio2, libasound2-plugins, sox, chromium, chromium-driver yourself" >&2
 fi
 
 PY=${PYTHON:-python3}

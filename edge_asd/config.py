@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import glob as _glob
+import ipaddress
 import math
 import os
 import re
@@ -86,6 +87,24 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The read-only page and JSON API (edge_asd/web); off unless ``enabled``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = field(default=None, repr=False)
+    history: Path | None = None  # None: history.sqlite beside the outbox
+    history_hours: float = 24.0
+    threads: int = 8
+    client_timeout_s: float = 10.0
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     """Where a machine's audio comes from: ``mic`` (device name/index) or ``file`` (path, folder or glob)."""
 
@@ -144,6 +163,7 @@ class DaemonConfig:
     logging: LoggingConfig = LoggingConfig()
     stats_interval_s: float = 60.0
     shutdown_timeout_s: float = 10.0
+    web: WebConfig = WebConfig()
 
 
 # --- parsing helpers --------------------------------------------------------------
@@ -303,9 +323,7 @@ def _mqtt(t: _Table, env: dict[str, str], require_credentials: bool = True) -> M
     prefix = _check_topic_prefix(t, "prefix", t.get_str("prefix", d.prefix))
     client_id = t.get_str("client_id", None)
     username = t.get_str("username", None)
-    password = t.get_str("password", None)
-    password_file = t.get_path("password_file", None)
-    credential = t.get_str("password_credential", None)
+    password, password_key = _secret(t, env, require_credentials, "password", "password_file", "password_credential")
     tls_ca = _existing_file(t, "tls_ca", t.get_path("tls_ca", None), "CA certificate")
     tls_cert = _existing_file(t, "tls_cert", t.get_path("tls_cert", None), "client certificate")
     tls_key = _existing_file(t, "tls_key", t.get_path("tls_key", None), "client key")
@@ -318,32 +336,8 @@ def _mqtt(t: _Table, env: dict[str, str], require_credentials: bool = True) -> M
     ha_prefix = _check_topic_prefix(t, "ha_prefix", t.get_str("ha_prefix", d.ha_prefix))
     t.finish()
 
-    given = [k for k, v in (("password", password), ("password_file", password_file),
-                            ("password_credential", credential)) if v is not None]
-    if len(given) > 1:
-        raise t.error(given[1], f"give only one of password, password_file and password_credential (also set: {given[0]})")
-    if password_file is not None:
-        password = _read_secret(t, "password_file", password_file)
-    elif credential is not None:
-        # systemd's LoadCredential= puts the secret in $CREDENTIALS_DIRECTORY,
-        # readable by the service only and never on the command line or in the unit.
-        if "/" in credential or not credential.strip():
-            raise t.error("password_credential", f"{credential!r} must be a credential name, not a path")
-        cred_dir = env.get("CREDENTIALS_DIRECTORY")
-        if cred_dir:
-            password = _read_secret(t, "password_credential", Path(cred_dir) / credential)
-        elif require_credentials:
-            raise t.error(
-                "password_credential",
-                f"$CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential={credential}:FILE, "
-                "or use password_file)",
-            )
-        else:
-            # --validate-config run by hand: only systemd can hand over the credential,
-            # so the rest is checked and the password is taken as given.
-            password = ""
     if password is not None and username is None:
-        raise t.error(given[0], "a password needs a username")
+        raise t.error(password_key, "a password needs a username")
     if username is not None and password is None:
         raise t.error("username", "a username needs a password (password_file, password_credential or password)")
     if (tls_cert is None) != (tls_key is None):
@@ -390,6 +384,69 @@ def _logging(t: _Table) -> LoggingConfig:
     j = t.get_bool("json", False)
     t.finish()
     return LoggingConfig(level, j)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secret(t: _Table, env: dict[str, str], require_credentials: bool, inline: str, file: str,
+            credential: str) -> tuple[str | None, str | None]:
+    """A secret given inline, in a file or as a systemd credential (at most one); returns (secret, key used)."""
+    value = t.get_str(inline, None)
+    path = t.get_path(file, None)
+    cred = t.get_str(credential, None)
+    given = [k for k, v in ((inline, value), (file, path), (credential, cred)) if v is not None]
+    if len(given) > 1:
+        raise t.error(given[1], f"give only one of {inline}, {file} and {credential} (also set: {given[0]})")
+    if path is not None:
+        return _read_secret(t, file, path), file
+    if cred is None:
+        return value, given[0] if given else None
+    # systemd's LoadCredential= puts the secret in $CREDENTIALS_DIRECTORY,
+    # readable by the service only and never on the command line or in the unit.
+    if "/" in cred or not cred.strip():
+        raise t.error(credential, f"{cred!r} must be a credential name, not a path")
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        return _read_secret(t, credential, Path(cred_dir) / cred), credential
+    if require_credentials:
+        raise t.error(credential, f"$CREDENTIALS_DIRECTORY is not set (run under systemd with "
+                                  f"LoadCredential={cred}:FILE, or use {file})")
+    # --validate-config by hand: only systemd can hand the credential over.
+    return "", credential
+
+
+def _web(t: _Table, env: dict[str, str], storage: StorageConfig, require_credentials: bool) -> WebConfig:
+    d = WebConfig()
+    enabled = t.get_bool("enabled", d.enabled)
+    listen = t.get_str("listen", f"{d.host}:{d.port}")
+    token, token_key = _secret(t, env, require_credentials, "token", "token_file", "token_credential")
+    history = t.get_path("history", None)
+    hours = t.get_float("history_hours", d.history_hours, positive=True, hi=24.0 * 366)
+    threads = t.get_int("threads", d.threads, lo=2, hi=64)
+    timeout = t.get_float("client_timeout_s", d.client_timeout_s, positive=True, hi=600.0)
+    t.finish()
+    host, sep, port_text = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:8080
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise t.error("listen", f"{listen!r} must be HOST:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\"")
+    if token is not None and token_key != "token_credential" and len(token) < 8:
+        raise t.error(token_key, "must be at least 8 characters")
+    if enabled and not is_loopback(host) and token is None:
+        # Anyone on the plant network could otherwise listen to the factory floor.
+        raise t.error("listen", f"{host} is reachable from other machines: set token_credential "
+                                "(or token_file) so that the page asks for it, or listen on 127.0.0.1")
+    if history is None:
+        history = storage.outbox.parent / "history.sqlite"
+    elif history == storage.outbox:
+        raise t.error("history", "must not be the outbox file")
+    return WebConfig(enabled, host, int(port_text), token, history, hours, threads, timeout)
 
 
 def list_source_files(target: str) -> list[Path]:
@@ -508,6 +565,7 @@ def load_config(
     storage = _storage(top.table("storage"))
     alerts = _alerts(top.table("alerts"))
     logging_ = _logging(top.table("logging"))
+    web = _web(top.table("web"), env, storage, require_credentials)
     top.known.append("machines")
     raw_machines = data.get("machines")
     if raw_machines is None:
@@ -524,7 +582,7 @@ def load_config(
         seen[m.id] = i
         machines.append(m)
     cfg = DaemonConfig(path, device_id, storage, tuple(machines), mqtt, alerts, logging_, stats_interval,
-                       shutdown_timeout)
+                       shutdown_timeout, web)
     if check_devices:
         check_mic_devices(cfg)
     return cfg

@@ -369,6 +369,9 @@ class Pipeline:
             self.daemon.throttled(logging.ERROR, f"outbox-{self.id}", "machine %s: score not stored: %s", self.id, exc)
         with self._latency_lock:
             self._latencies.append((time.monotonic() - clip.ready_monotonic) * 1e3)
+        web = self.daemon.web
+        if web is not None:
+            web.score(self.id, seq, clip.end_time, score, threshold, anomalous, float(result.p_target), clip.dbfs)
         self.scored += 1
         self.drift.add(score, float(result.p_target))
         if anomalous:
@@ -388,11 +391,16 @@ class Pipeline:
             except OutboxError as exc:
                 self.outbox_errors += 1
                 log.error("machine %s: alert not stored: %s", self.id, exc)
+            if web is not None:
+                web.alert(self.id, clip.end_time, change)
 
         store = self.daemon.evidence
         if anomalous and sc.save_evidence and store is not None:
-            if store.save(self.id, clip.samples, clip.end_time, seq or 0) is not None:
+            saved = store.save(self.id, clip.samples, clip.end_time, seq or 0)
+            if saved is not None:
                 self.evidence_saved += 1
+                if web is not None:
+                    web.evidence(self.id, saved)
         if clip.completes is not None and seq is not None:
             self.source.file_finished(clip.completes)  # type: ignore[attr-defined]
 
@@ -446,6 +454,7 @@ class Daemon:
         self._throttle_last: dict[str, float] = {}
         self._last_state_publish = 0.0
         self.file_progress = FileProgress(progress_path(cfg.storage.outbox))
+        self.web = None  # edge_asd.web.WebServer when [web] is enabled
 
     # -- signals and waking ---------------------------------------------------------
     def wake(self) -> None:
@@ -497,6 +506,11 @@ class Daemon:
         from .outbox import Outbox
 
         cfg = self.cfg
+        if cfg.web.enabled:
+            from .web import start_web
+
+            # First: a port already taken is a configuration error, found before anything else starts.
+            self.web = start_web(self)
         max_bytes = int(cfg.storage.outbox_max_mb * 1024 * 1024) if cfg.storage.outbox_max_mb else None
         self.outbox = Outbox(cfg.storage.outbox, max_bytes=max_bytes)
         depth = self.outbox.depth()
@@ -603,6 +617,8 @@ class Daemon:
             self.publisher.stop(clean=clean)
         if self.outbox is not None:
             self.outbox.close()
+        if self.web is not None:
+            self.web.stop()
         self.notifier.close()
 
     # -- health and stats ------------------------------------------------------------
@@ -628,6 +644,8 @@ class Daemon:
                 self.publisher.enqueue(p.id, "source", payload, retain=True)
             except OutboxError as exc:
                 log.error("machine %s: source state not stored: %s", p.id, exc)
+            if self.web is not None:
+                self.web.source(p.id, state, payload["detail"])
 
     def stats_payload(self) -> dict:
         from .mqtt import MachineStats, stats_payload
@@ -688,6 +706,8 @@ class Daemon:
         payload = self.stats_payload()
         log.debug("stats: %s", json.dumps(payload))
         self.publisher.publish_stats(payload, final=final)
+        if self.web is not None:
+            self.web.stats(payload)
 
     def _status_line(self) -> str:
         scored = sum(p.scored for p in self.pipelines.values())
@@ -752,6 +772,8 @@ class Daemon:
                         "(the running outbox may hold undelivered messages)")
             new = replace(new, storage=replace(new.storage, outbox=old.storage.outbox,
                                                outbox_max_mb=old.storage.outbox_max_mb))
+        if new.web != old.web:
+            log.warning("web settings take effect at the next restart (the page keeps running as it was)")
         scorings = load_scorers(new)
         evidence = self._make_evidence(new) if new.storage != old.storage or self.evidence is None else self.evidence
         publisher = None

@@ -354,9 +354,11 @@ def test_the_shipped_example_is_valid_with_and_without_its_options(tmp_path):
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "mqtt_password").write_text("pw\n")
+    (creds / "web_token").write_text("web-token-1\n")
     full = example_with_every_option(tmp_path)
     assert full.count("\n#") < plain.count("\n#"), "some options were switched on"
     cfg = load_config(write(tmp_path, full, "full.toml"), env={"CREDENTIALS_DIRECTORY": str(creds)}, check_devices=False)
     assert cfg.mqtt.username == "edge-asd" and cfg.mqtt.password == "pw" and cfg.mqtt.tls_cert is not None
     assert cfg.storage.evidence == tmp_path / "state" / "evidence" and cfg.machines[0].samplerate == 48000
     assert cfg.machines[0].threshold == 1.5 and cfg.machines[0].save_evidence
+    assert cfg.web.token == "web-token-1" and not cfg.web.enabled and cfg.web.history == tmp_path / "state" / "history.sqlite"

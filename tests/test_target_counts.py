@@ -101,10 +101,11 @@ def test_real_recordings_without_a_target_domain(tmp_path, capsys):
     data = tmp_path / "real"
     shutil.copytree(REAL, data)
     run = tmp_path / "run"
-    # the default approach asks for specialization, which cannot be: refused up front
-    assert _train(data, run, tmp_path) == 2
+    # specialization cannot be: refused up front; the default (auto) chooses generalization
+    assert _train(data, run, tmp_path, "--approach", "specialization") == 2
     assert "no target-domain clips" in capsys.readouterr().err
-    assert _train(data, run, tmp_path, "--approach", "generalization", "--bank", "all", "--source-centres", "16") == 0
+    assert _train(data, run, tmp_path, "--source-centres", "16") == 0
+    assert json.loads((run / "stage2" / "default.json").read_text())["approach"] == "generalization"
     result = _score_and_evaluate(run, data / "fan" / "test", tmp_path, capsys)
     sec = result["machines"]["fan"]["sections"]["00"]
     assert sec["auc_target"] is None and 0.0 <= sec["auc_source"] <= 1.0

@@ -60,6 +60,13 @@ def _train(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"plain system ready: {out} (export with: edge-asd-export {out} --out {args.machine}.asd)")
         return 0
+    if args.approach == "auto":
+        from .preflight import choose_approach
+
+        from .config import TrainConfig
+
+        r_train = TrainConfig.r_train if args.r_train is None else args.r_train
+        args.approach = choose_approach(data, args.machine, args.bank, r_train, TrainConfig.n_target_train, args.seed or 0)
     approaches = list(APPROACHES) if args.approach == "both" else [args.approach]
     # --approach both: one extractor per approach, side by side (RUN/generalization, RUN/specialization)
     outs = {a: (out / a if len(approaches) > 1 else out) for a in approaches}
@@ -173,9 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer"], help="default efficientnet_b0 (or the --config file's)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--approach", default="specialization", choices=["generalization", "specialization", "both"],
-                   help="the approach the extractor is trained for and exported by default; both: one extractor each, "
-                   "in RUN/generalization and RUN/specialization")
+    p.add_argument("--approach", default="auto", choices=["auto", "generalization", "specialization", "both"],
+                   help="the approach the extractor is trained for and exported by default; auto (default): "
+                   "specialization where every section has 2 or more target-domain clips, else generalization; "
+                   "both: one extractor each, in RUN/generalization and RUN/specialization")
     p.add_argument("--detector", default="knn", choices=["knn", "gmm", "lof"])
     p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
     p.add_argument("--aggregator", default="mean", choices=["mean", "max", "median", "mean_above_median"])

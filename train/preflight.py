@@ -36,6 +36,17 @@ def bank_counts(data: Path, machine: str, bank: str, r_train: float, n_target_tr
     return counts
 
 
+def choose_approach(data: Path, machine: str, bank: str, r_train: float, n_target_train: int, seed: int) -> str:
+    """``--approach auto``: specialization where every section has the target clips Eq. 8 needs, else generalization."""
+    counts = bank_counts(data, machine, bank, r_train, n_target_train, seed)
+    short = [s for s, n in counts.items() if n["target"] < 2]
+    if not short:
+        return "specialization"
+    log.info("%s: section(s) %s have fewer than 2 target-domain clips: domain generalization (one model for both domains)",
+             machine, ", ".join(short))
+    return "generalization"
+
+
 def preflight(cfg, approaches: list[str], s2: Stage2Config):
     """``cfg`` (a TrainConfig) as it can run, or :class:`DataError` before anything is written.
 

@@ -24,6 +24,7 @@ def _export(args: argparse.Namespace) -> int:
         select=args.select,
         select_by=args.select_by,
         validation=[Path(v) for v in args.validation] if args.validation else None,
+        with_plain=args.with_plain,
     )
     return 0
 
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the default) or validation (official score on --validation clips)")
     p.add_argument("--validation", nargs="+", metavar="PATH",
                    help="labelled clips (files or folders, DCASE test naming) for --select-by validation; never the test set you report on")
+    p.add_argument("--no-plain", dest="with_plain", action="store_false",
+                   help="leave out the plain log-mel-statistics member that edge-asd-train fits beside the run "
+                   "(by default it joins the bundle as an ensemble member: better in every measured case, BENCHMARKS.md)")
     p.set_defaults(func=_export)
     return p
 

@@ -337,6 +337,7 @@ def build_bundle(
     select: int | None = None,
     select_by: str | None = None,
     validation: list[Path] | None = None,
+    with_plain: bool = False,
 ) -> Path:
     """One bundle from one run, or an ensemble bundle (report 2.5) from several runs of a machine type.
 
@@ -381,6 +382,8 @@ def build_bundle(
     selection = None
     if select is not None:
         members, selection = _select(members, select, select_by, validation or [], approach, precision)
+    if with_plain:
+        members += _plain_member_of(runs, len(members), data_root)
     manifest, files = _assemble(members, approach)
     if selection is not None:
         manifest["selection"] = selection
@@ -431,6 +434,23 @@ def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, by
         "members": [m.manifest for m in members],
     }
     return manifest, {k: v for m in members for k, v in m.files.items()}
+
+
+def _plain_member_of(runs: list[Path], index: int, data_root: Path | None) -> list[_Member]:
+    """The plain system fitted beside the first run (RUN/baseline/plain), as one more ensemble member.
+
+    Its standardized score averaged with the learned systems' beat each of them
+    alone in the quality benchmark (BENCHMARKS.md), at ~3 ms of numpy per clip.
+    """
+    from train.plain import is_plain_run
+
+    if any(is_plain_run(r) for r in runs):
+        return []
+    plain = runs[0] / "baseline" / "plain"
+    if not is_plain_run(plain):
+        log.info("%s: no plain system beside the run (trained with --no-plain-baseline); exporting without it", runs[0])
+        return []
+    return [_build_plain_member(plain, index, data_root)]
 
 
 def _select(

@@ -52,6 +52,7 @@ def score_embedded(run_dir: Path, test: dict[str, np.ndarray], approach: str) ->
     cfg, sections = load_stage2(run_dir, approach)
     n = len(test["names"])
     scores, p, decisions = np.zeros(n), np.zeros(n), np.zeros(n, dtype=int)
+    all_parts: dict[str, np.ndarray] = {}
     for section, model in sections.items():
         sel = test["sections"] == section
         if not sel.any():
@@ -61,7 +62,21 @@ def score_embedded(run_dir: Path, test: dict[str, np.ndarray], approach: str) ->
         scores[sel] = combine_parts([parts], ps, cfg.approach)
         p[sel] = ps
         decisions[sel] = scores[sel] > model.threshold
-    return {"names": test["names"], "sections": test["sections"], "domains": test["domains"], "scores": scores, "p_target": p, "decisions": decisions}
+        for key, z in parts.items():
+            all_parts.setdefault(key, np.zeros(n))[sel] = z
+    return {"names": test["names"], "sections": test["sections"], "domains": test["domains"], "scores": scores,
+            "p_target": p, "decisions": decisions, "parts": all_parts, "approach": cfg.approach}
+
+
+def ensemble_scored(members: list[dict]) -> dict[str, np.ndarray]:
+    """Report 2.5 on scored test clips: the standardized parts averaged (Eq. 8 by the first member's p_target).
+
+    The decisions are left out: an ensemble's threshold is fitted at export.
+    """
+    first = members[0]
+    p = first["p_target"] if first["p_target"] is not None else np.zeros(len(first["names"]))
+    scores = combine_parts([m["parts"] for m in members], p, first["approach"])
+    return {**first, "scores": scores, "decisions": np.zeros(len(scores), dtype=int)}
 
 
 def write_submission(out_dir: Path, machine: str, scored: dict[str, np.ndarray]) -> None:

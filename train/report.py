@@ -22,7 +22,7 @@ from edge_asd.errors import UserError
 from edge_asd.metrics import harmonic_mean, labelled_metrics, present, roc_auc, roc_curve
 from edge_asd.scoring import APPROACHES
 
-from .evaluate import embed_test, score_embedded, write_submission
+from .evaluate import embed_test, ensemble_scored, score_embedded, write_submission
 from .plain import is_plain_run
 
 SHORT = {"generalization": "DG", "specialization": "DS"}
@@ -53,9 +53,17 @@ def _system_scores(data: Path, runs: list[Path], device: str, progress: bool) ->
                 systems[PLAIN_ROW][machine] = {**score_embedded(run, test, "generalization"), "p_target": None}
             continue
         test = embed_test(run, data, machine, device=device, progress=progress)
+        plain = run / "baseline" / "plain"
+        plain_scored = None
+        if is_plain_run(plain):
+            plain_scored = score_embedded(plain, embed_test(plain, data, machine, device=device, progress=progress), "generalization")
         for approach in APPROACHES:
             if (run / "stage2" / approach).is_dir():
-                systems[f"{SHORT[approach]} {run.name}"][machine] = score_embedded(run, test, approach)
+                scored = score_embedded(run, test, approach)
+                systems[f"{SHORT[approach]} {run.name}"][machine] = scored
+                if plain_scored is not None:
+                    # what edge-asd-export deploys by default: the run and the plain system, standardized and averaged
+                    systems[f"{SHORT[approach]} {run.name} + plain"][machine] = ensemble_scored([scored, plain_scored])
         ae_path = run / "baseline" / "ae.pt"
         if ae_path.exists() and machine not in baseline_done:
             from .baseline import AEBaseline

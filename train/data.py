@@ -21,13 +21,25 @@ crop by seeking. Every random choice of an epoch (clips, crops, Mixup partners a
 ratios) is drawn by the batch sampler from ``(seed, epoch)`` alone, so a run is
 repeatable whatever the number of DataLoader workers, and a resumed run draws
 exactly the batches the uninterrupted one would have.
+
+The outliers folder may hold any sound soundfile reads, at any rate and channel
+count. A file that is not 16 kHz mono is decoded once, mixed to mono, resampled
+with the runtime's own resampler (:func:`edge_asd.audio.resample`) and written as
+a 16 kHz float32 WAV beside the statistics cache, named by the source's cache key;
+from then on it is an ordinary clip (seekable crops, cached statistics), and the
+same source always decodes to the same samples. Unreadable files are logged once
+and skipped: one bad file among millions must not stop a run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
 import sqlite3
+import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +50,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from edge_asd.audio import SAMPLE_RATE, SegmentSpec, clip_segments, read_audio
+from edge_asd.audio import SAMPLE_RATE, SegmentSpec, clip_segments, open_audio, read_audio, resample, short_error
 from edge_asd.dcase import AUDIO_EXTENSIONS, list_clips, list_machines
 from edge_asd.errors import AudioError, DataError
+
+log = logging.getLogger(__name__)
 
 # --- per-clip statistics --------------------------------------------------------------
 
@@ -174,13 +188,121 @@ def standardize_with(x: np.ndarray, stats: ClipStats) -> np.ndarray:
 # --- inventory and split ---------------------------------------------------------------
 
 
-def list_audio_files(folder: Path) -> list[Path]:
-    """Every .wav/.flac under ``folder`` (recursively), sorted."""
+def list_audio_files(folder: Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Every file under ``folder`` (recursively) with one of ``extensions`` (default .wav/.flac), sorted."""
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+        if p.suffix.lower() in extensions and p.is_file() and not p.name.startswith(".")
     )
+
+
+def soundfile_extensions() -> tuple[str, ...]:
+    """File name endings of the formats this libsndfile reads (its format names are their usual extensions)."""
+    names = {"." + f.lower() for f in sf.available_formats()}
+    return tuple(sorted(names | {".aif", ".oga", ".opus", ".wave"}))
+
+
+# --- outliers: any format, rate and channel count -------------------------------------------
+
+
+def decoded_name(key: tuple[str, int, int]) -> str:
+    """The 16 kHz mono copy's file name for a source's cache key: a changed source gets a new copy."""
+    return hashlib.sha1(repr(key).encode("utf-8")).hexdigest() + ".wav"
+
+
+def decode_to_16k_mono(src: Path, dst: Path) -> None:
+    """Write ``src`` mixed to mono and resampled to 16 kHz as a float32 WAV at ``dst`` (atomically)."""
+    with open_audio(src) as f:
+        rate = f.samplerate
+        try:
+            x = f.read(dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise AudioError(f"{src}: unreadable audio data ({short_error(exc)})") from None
+    if x.size == 0:
+        raise AudioError(f"{src}: contains no samples")
+    if not np.all(np.isfinite(x)):
+        raise AudioError(f"{src}: contains NaN or infinite samples")
+    y = resample(x.mean(axis=1, dtype=np.float64), rate, SAMPLE_RATE)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    sf.write(str(tmp), y, SAMPLE_RATE, subtype="FLOAT", format="WAV")
+    os.replace(tmp, dst)
+
+
+def _measure_outlier(path: Path, decoded: Path) -> tuple[Path, ClipStats]:
+    """(the 16 kHz mono file training reads, its statistics); :class:`AudioError` when unusable."""
+    if not decoded.is_file():
+        with open_audio(path) as f:
+            native = f.samplerate == SAMPLE_RATE and f.channels == 1
+        if native:
+            return path, measure_clip(path)
+        decode_to_16k_mono(path, decoded)
+    return decoded, measure_clip(decoded)
+
+
+def outlier_statistics(
+    paths: Sequence[Path], cache: ClipStatsCache | None, decoded_dir: Path, threads: int = 8,
+    progress: bool = False, warn: bool = True,
+) -> list[tuple[Path, Path, ClipStats]]:
+    """``(source, file to read, statistics)`` of every usable outlier file, in order.
+
+    16 kHz mono files are read as they are; the others through their decoded copy in
+    ``decoded_dir``. Cache look-ups stay in this thread (SQLite connections are not
+    shared across threads); decoding and measuring run in ``threads``. Files that
+    cannot be read are dropped, each named in one warning when ``warn``.
+    """
+    keys = [ClipStatsCache.key(p) for p in paths]
+    decoded = [decoded_dir / decoded_name(k) for k in keys]
+    known = cache.get_many(keys) if cache is not None else {}
+    present = [ClipStatsCache.key(d) for d, k in zip(decoded, keys) if k[0] not in known and d.is_file()]
+    known_decoded = cache.get_many(present) if cache is not None and present else {}
+    done: dict[int, tuple[Path, ClipStats]] = {}
+    todo = []
+    for i, (k, d) in enumerate(zip(keys, decoded)):
+        if k[0] in known:
+            done[i] = (paths[i], known[k[0]])
+        elif str(d.resolve()) in known_decoded:
+            done[i] = (d, known_decoded[str(d.resolve())])
+        else:
+            todo.append(i)
+
+    def measure(i: int) -> tuple[Path, ClipStats] | AudioError:
+        try:
+            return _measure_outlier(paths[i], decoded[i])
+        except AudioError as exc:
+            return exc
+
+    if todo:
+        decoded_dir.mkdir(parents=True, exist_ok=True)
+        from tqdm import tqdm
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            jobs = pool.map(measure, todo)
+            results = list(tqdm(jobs, total=len(todo), disable=not progress, desc="outlier statistics", unit="file"))
+        fresh = []
+        for i, r in zip(todo, results):
+            if isinstance(r, AudioError):
+                if warn:
+                    log.warning("outliers: %s; skipped", r)
+                continue
+            done[i] = r
+            fresh.append((ClipStatsCache.key(r[0]), r[1]))
+        if cache is not None:
+            cache.put_many(fresh)
+    return [(paths[i], *done[i]) for i in sorted(done)]
+
+
+def decoded_dir_for(cache_root: Path) -> Path:
+    """Where decoded outlier copies live: beside the statistics cache, else a temporary folder."""
+    path = cache_root / "decoded"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError as exc:
+        fallback = Path(tempfile.gettempdir()) / f"edge-asd-decoded-{os.getuid()}"
+        warnings.warn(f"{path}: cannot hold decoded outliers ({exc.strerror or exc}); using {fallback}", stacklevel=3)
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
 
 
 @dataclass
@@ -295,9 +417,9 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool 
         files = list_audio_files(data / m / "train")
         per_machine[m] = len(files)
         others += files
-    outliers = list_audio_files(Path(cfg.outliers)) if cfg.outliers is not None else []
+    outliers = list_audio_files(Path(cfg.outliers), soundfile_extensions()) if cfg.outliers is not None else []
     if cfg.outliers is not None and not outliers:
-        raise DataError(f"{cfg.outliers}: outliers folder holds no .wav or .flac files")
+        raise DataError(f"{cfg.outliers}: outliers folder holds no audio files (searched recursively for {', '.join(soundfile_extensions())})")
     # An outliers folder that contains the data set (or the machine's folder) must
     # not turn the target machine's own normals into pseudo-anomalous examples.
     own_root = (data / cfg.machine).resolve()
@@ -306,17 +428,28 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool 
         warnings.warn(f"{cfg.outliers}: ignoring {len(inside)} clip(s) of the target machine {cfg.machine!r}", stacklevel=2)
         outliers = [p for p in outliers if not p.resolve().is_relative_to(own_root)]
 
+    outlier_names = list(outliers)  # what messages call them (a decoded copy's name means nothing to a user)
     cache = _open_cache(cfg)
     threads = threads if threads is not None else min(16, os.cpu_count() or 1)
     try:
         own_stats = clip_statistics([c.path for c in own], cache, threads, progress)
-        other_stats = clip_statistics(others + outliers, cache, threads, progress)
+        other_stats = clip_statistics(others, cache, threads, progress)
+        if outliers:
+            n_files = len(outliers)
+            cache_root = Path(cfg.cache_dir or default_cache_dir())
+            usable = outlier_statistics(outliers, cache, decoded_dir_for(cache_root), threads, progress, warn=rank == 0)
+            if not usable:
+                raise DataError(f"{cfg.outliers}: none of its {n_files} audio file(s) could be read")
+            # From here on an outlier is the 16 kHz mono file training reads.
+            outliers = [u[1] for u in usable]
+            outlier_names = [u[0] for u in usable]
+            other_stats += [u[2] for u in usable]
     finally:
         if cache is not None:
             cache.close()
 
     skipped = [c.path for c, s in zip(own, own_stats) if s.n_samples < seg]
-    skipped += [p for p, s in zip(others + outliers, other_stats) if s.n_samples < seg]
+    skipped += [p for p, s in zip(others + outlier_names, other_stats) if s.n_samples < seg]
     if skipped and rank == 0:
         shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         warnings.warn(f"skipped {len(skipped)} clip(s) shorter than {cfg.segment_seconds:g} s: {shown}", stacklevel=2)

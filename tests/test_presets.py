@@ -1,0 +1,92 @@
+"""``--preset``: one table of TrainConfig overrides, under --config and the flags; the device chooses without either."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from edge_asd.errors import UserError
+from test_stage1 import write_dataset
+from train import cli
+from train.config import TrainConfig
+from train.presets import PRESETS, choose_preset
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("dcase"), n_source=4, n_target=2)
+
+
+class Stop(UserError):
+    pass
+
+
+def resolved(monkeypatch, data_root: Path, tmp_path: Path, *flags: str, cuda: bool = False) -> TrainConfig:
+    """The TrainConfig edge-asd-train would train with, stopping before any training."""
+    import train.stage1
+
+    seen: list[TrainConfig] = []
+
+    def capture(cfg, progress=True):
+        seen.append(cfg)
+        raise Stop("captured")
+
+    monkeypatch.setattr(train.stage1, "train_extractor", capture)
+    monkeypatch.setattr(cli, "_device", lambda name: "cuda" if cuda else "cpu")
+    rc = cli.main(["--data", str(data_root), "--machine", "fan", "--out", str(tmp_path / "run"), "--quiet", *flags])
+    assert rc == 2 and len(seen) == 1
+    return seen[0]
+
+
+def test_every_preset_is_a_valid_training_config(data_root, tmp_path):
+    names = {f.name for f in fields(TrainConfig)}
+    assert set(PRESETS) == {"cpu", "report"}
+    for name, values in PRESETS.items():
+        assert set(values) <= names, name
+        TrainConfig(data=data_root, machine="fan", out=tmp_path, **values).validate()
+    report = PRESETS["report"]
+    assert (report["backbone"], report["batch_size"], report["epochs"]) == ("efficientnet_b0", 128, 150)
+
+
+def test_choice_rules():
+    assert choose_preset("report", cuda=False, has_config=True) == ("report", "--preset")
+    assert choose_preset(None, cuda=False, has_config=True)[0] is None
+    assert choose_preset(None, cuda=False, has_config=False)[0] == "cpu"
+    assert choose_preset(None, cuda=True, has_config=False)[0] == "report"
+
+
+def test_device_chooses_without_preset_or_config(monkeypatch, data_root, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="train.cli"):
+        cfg = resolved(monkeypatch, data_root, tmp_path)
+    for key, value in PRESETS["cpu"].items():
+        assert getattr(cfg, key) == value, key
+    lines = [r.getMessage() for r in caplog.records if r.name == "train.cli"]
+    assert len(lines) == 1 and lines[0].startswith("preset cpu (no CUDA device)")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train.cli"):
+        cfg = resolved(monkeypatch, data_root, tmp_path / "g", cuda=True)
+    assert (cfg.backbone, cfg.batch_size, cfg.epochs) == ("efficientnet_b0", 128, 150)
+    assert [r.getMessage() for r in caplog.records if r.name == "train.cli"][0].startswith("preset report (a CUDA device is available)")
+
+
+def test_flags_over_config_over_preset_over_defaults(monkeypatch, data_root, tmp_path):
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"epochs": 3, "d_model": 32, "n_heads": 2, "lr": 0.002}))
+    cfg = resolved(monkeypatch, data_root, tmp_path, "--preset", "cpu", "--config", str(conf), "--lr", "0.005")
+    assert cfg.lr == 0.005  # flag over config file
+    assert (cfg.epochs, cfg.d_model, cfg.n_heads) == (3, 32, 2)  # config file over preset
+    assert (cfg.backbone, cfg.n_layers, cfg.batch_size) == ("transformer", 2, 32)  # preset over defaults
+    assert cfg.kappa == TrainConfig.kappa  # defaults where nobody says otherwise
+
+
+def test_a_config_file_alone_means_what_it_says(monkeypatch, data_root, tmp_path, caplog):
+    demo = Path(__file__).resolve().parents[1] / "deploy" / "demo_train.json"
+    with caplog.at_level(logging.INFO, logger="train.cli"):
+        cfg = resolved(monkeypatch, data_root, tmp_path, "--config", str(demo))
+    expected = TrainConfig(data=data_root, machine="fan", out=tmp_path / "run", **json.loads(demo.read_text()))
+    assert cfg.to_dict() == {**expected.to_dict(), "device": "auto"}
+    assert [r.getMessage() for r in caplog.records if r.name == "train.cli"][0].startswith("no preset")

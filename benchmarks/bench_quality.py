@@ -166,6 +166,9 @@ def bench_dataset(data: Path, args, out: Path) -> dict:
             t0 = time.perf_counter()
             # the autoencoder reference once per machine, in the first run that trains it
             trained_ae = sorted(machine_dir.glob("*/baseline/ae.pt"))
+            if args.reuse_only and not (machine_dir / system / "stage2" / "default.json").exists():
+                print(f"  {data.name}/{machine}/{system}: no finished run, left out (--reuse-only)")
+                continue
             run = _train(data, machine, out, system, args.epochs, 0 if trained_ae else args.ae_epochs, args.seed)
             walls[f"{system}/{machine}"] = time.perf_counter() - t0
             plain_run = run / "baseline" / "plain"
@@ -270,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ae-epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--product", default="", help="variant of the first system also run through export, score and evaluate")
+    p.add_argument("--reuse-only", action="store_true", help="only tabulate finished runs under --out; train nothing")
     p.add_argument("--tag", default="", help="suffix of the result files, so several invocations can share --out (and its runs)")
     args = p.parse_args(argv)
     stem = f"quality-{args.tag}" if args.tag else "quality"

@@ -45,6 +45,7 @@ from .drift import DriftMonitor
 from .evidence import EvidenceStore
 from .sdnotify import Notifier
 from .sources import Clip, ClipSource, PortAudioHost, make_source
+from .waker import Waker
 
 log = logging.getLogger("edge_asd.daemon")
 
@@ -434,7 +435,7 @@ class Daemon:
         self.outbox = None
         self.publisher = None
         self._scorings = scorings
-        self._wake = threading.Event()
+        self._waker = Waker()
         self._stop_requested = False
         self._reload_requested = False
         self._reload_thread: threading.Thread | None = None
@@ -445,20 +446,46 @@ class Daemon:
 
     # -- signals and waking ---------------------------------------------------------
     def wake(self) -> None:
-        self._wake.set()
+        self._waker.wake()
 
     def install_signal_handlers(self) -> None:
+        """Stop on SIGTERM/SIGINT, reload on SIGHUP.
+
+        The handlers only store a flag: a handler runs on the main thread between
+        two bytecodes, possibly while that thread holds a lock (an Event's, the
+        logging module's), so taking any lock there can deadlock the loop. The
+        loop is woken by the signal number that ``signal.set_wakeup_fd`` makes
+        the C-level handler write into the waker's pipe.
+        """
         def on_stop(signum, frame):
             self._stop_requested = True
-            self._wake.set()
 
         def on_reload(signum, frame):
             self._reload_requested = True
-            self._wake.set()
 
+        self._waker.attach_signals()
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_reload)
+
+    def release_signal_handlers(self) -> None:
+        """Ignore further stop and reload signals once the daemon is done.
+
+        Python's finalization puts its handlers back to the default action, so a
+        SIGHUP (a log rotation) that lands while the interpreter exits would kill
+        a daemon that had already stopped cleanly; an ignored signal stays ignored.
+        """
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        self._waker.close()
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until woken or ``timeout``; signal numbers read from the pipe count even before their handler ran."""
+        for signum in self._waker.wait(timeout):
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._stop_requested = True
+            elif signum == signal.SIGHUP:
+                self._reload_requested = True
 
     def throttled(self, level: int, key: str, msg: str, *args) -> None:
         now = time.monotonic()
@@ -524,8 +551,7 @@ class Daemon:
         next_status = time.monotonic() + 10.0
         draining = False
         while True:
-            self._wake.wait(tick)
-            self._wake.clear()
+            self._wait(tick)
             if wd:
                 # Pinged from the main loop: if this loop hangs, systemd restarts the service.
                 self.notifier.watchdog()
@@ -589,8 +615,7 @@ class Daemon:
         if self.publisher is not None:
             timeout = self.cfg.shutdown_timeout_s
             if not self.publisher.flush(timeout):
-                log.warning("%d message(s) not delivered within %g s; they stay in %s for the next start",
-                            self.outbox.depth(), timeout, self.cfg.storage.outbox)
+                self._report_undelivered(timeout)
             if clean:
                 # The final counters: an outage that ended just before the exit, or the last clips,
                 # would otherwise never reach the stats topic (heartbeats are skipped while offline).
@@ -599,6 +624,16 @@ class Daemon:
         if self.outbox is not None:
             self.outbox.close()
         self.notifier.close()
+
+    def _report_undelivered(self, timeout: float) -> None:
+        left = self.outbox.depth()
+        acked = self.publisher.acked_not_removed
+        if left > acked:
+            log.warning("%d message(s) not delivered within %g s; they stay in %s for the next start",
+                        left - acked, timeout, self.cfg.storage.outbox)
+        if acked:
+            log.warning("%d message(s) delivered but not removed from %s (it cannot be written); "
+                        "the next start sends them again", acked, self.cfg.storage.outbox)
 
     # -- health and stats ------------------------------------------------------------
     def _update_source_states(self) -> None:
@@ -672,6 +707,7 @@ class Daemon:
             lat["p95"] = more.pop("latency_ms_p95")
             out["machines"][mid].update(more)
         out["connected"] = self.publisher.connected
+        out["outbox_acked_not_removed"] = self.publisher.acked_not_removed
         out["rss_mb"] = _rss_mb()
         out["silent_sources"] = sorted(mid for mid, m in machines.items() if m.source == "silent")
         out["failing_sources"] = sorted(mid for mid, m in machines.items() if m.source == "failing")
@@ -848,6 +884,8 @@ def main(config_path: Path, validate_only: bool = False) -> int:
         # e.g. an outbox file that cannot be opened: the user's to fix, reported by the CLI.
         notifier.stopping("configuration error")
         raise
+    finally:
+        daemon.release_signal_handlers()
 
 
 __all__ = ["Daemon", "Debouncer", "Pipeline", "load_scorers", "main", "mqtt_settings", "setup_logging"]

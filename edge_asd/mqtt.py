@@ -427,6 +427,9 @@ class Publisher:
         # generation of its in-flight messages to know paho is re-sending them.
         self._generation = 0
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Outbox ids the broker acknowledged whose DELETE has not committed yet (a full disk):
+        # kept, and deleted again, so they are neither lost from view nor sent twice.
+        self._acked_ids: list[int] = []
         self._counters: dict[str, Any] = {
             "published": 0,
             "acked": 0,
@@ -581,6 +584,12 @@ class Publisher:
             return self._connected
 
     @property
+    def acked_not_removed(self) -> int:
+        """Messages the broker acknowledged that are still in the outbox because deleting them failed."""
+        with self._cond:
+            return len(self._acked_ids)
+
+    @property
     def counters(self) -> dict[str, Any]:
         """connected, published, acked, connects, reconnects, connect_failures, dropped, last_error.
 
@@ -682,14 +691,18 @@ class Publisher:
                 stopping = self._stopping
                 connected = self._connected
                 generation = self._generation
+            self._collect_acks(inflight)
+            if not self._remove_acked() and stopping:
+                self._warn_acked_left()
+            if stopping:
+                return
             try:
-                self._mark_acked(inflight)
-                if stopping:
-                    return
                 if not inflight:
                     inflight_generation = generation
                 # After a reconnect paho re-sends what is in flight; sending more now
-                # could overtake those, so wait until they are acknowledged.
+                # could overtake those, so wait until they are acknowledged. Rows acknowledged
+                # but not yet deleted do not hold delivery back: they are behind the cursor,
+                # and subscribers dedupe by seq should a restart send them again.
                 if connected and inflight_generation == generation and len(inflight) < self._window:
                     cursor = self._send_more(inflight, cursor, generation)
             except OutboxError as exc:
@@ -700,21 +713,44 @@ class Publisher:
                 self._report_error(f"internal error: {exc!r}")
                 self._pause()
 
-    def _mark_acked(self, inflight: OrderedDict[int, int]) -> None:
-        ids = []
+    def _collect_acks(self, inflight: OrderedDict[int, int]) -> None:
         while True:
             try:
                 mid = self._acks.get_nowait()
             except queue.Empty:
-                break
+                return
             outbox_id = inflight.pop(mid, None)
             if outbox_id is not None:       # else: a status, discovery or stats message
-                ids.append(outbox_id)
-        if ids:
+                with self._cond:
+                    self._acked_ids.append(outbox_id)
+
+    def _remove_acked(self) -> bool:
+        """Delete the acknowledged rows; False when the delete failed (they stay listed and are retried)."""
+        with self._cond:
+            ids = list(self._acked_ids)
+        if not ids:
+            return True
+        try:
             self.outbox.mark_delivered(ids)
-            with self._cond:
-                self._counters["acked"] += len(ids)
-                self._cond.notify_all()     # flush() waits on this
+        except OutboxError as exc:
+            # Retried at every wake-up of the drain loop (at least once a second).
+            self._report_error(str(exc))
+            return False
+        except Exception as exc:  # a bug must not silently end delivery for good
+            log.exception("mqtt drain thread: unexpected error removing delivered messages")
+            self._report_error(f"internal error: {exc!r}")
+            return False
+        with self._cond:
+            del self._acked_ids[: len(ids)]
+            self._counters["acked"] += len(ids)
+            self._cond.notify_all()     # flush() waits on this
+        return True
+
+    def _warn_acked_left(self) -> None:
+        n = self.acked_not_removed
+        if n:
+            log.warning("%d delivered message(s) could not be removed from the outbox %s; "
+                        "they will be sent again at the next start", n, self.outbox.path)
 
     def _send_more(self, inflight: OrderedDict[int, int], cursor: int, generation: int) -> int:
         for msg in self.outbox.pending(limit=self._window - len(inflight), after_id=cursor):

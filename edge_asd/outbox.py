@@ -56,6 +56,8 @@ _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
 
+_ACTION_DELETE = "remove delivered messages from"
+
 # Rows deleted per statement in mark_delivered (SQLite limits bound parameters).
 _DELETE_CHUNK = 500
 
@@ -69,7 +71,7 @@ class OutboxCorruptError(OutboxError):
 
 
 class OutboxFullError(OutboxError):
-    """The disk (or the configured outbox size limit) is full; the message was not stored."""
+    """The disk (or the configured outbox size limit) is full: an append stored nothing, a delete removed nothing."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ class Outbox:
                     _rollback(conn)
                     raise
             except sqlite3.Error as exc:
-                raise _translate(exc, self.path, "mark delivered in") from exc
+                raise _translate(exc, self.path, _ACTION_DELETE) from exc
 
     # --- reading ----------------------------------------------------------------
 
@@ -324,10 +326,11 @@ def _translate(exc: sqlite3.Error, path: Path, action: str) -> OutboxError:
     text = str(exc)
     low = text.lower()
     if primary == _SQLITE_FULL or "disk is full" in low:
-        return OutboxFullError(
-            f"{path}: outbox full ({text}): free disk space or raise the outbox size limit; "
-            "the message was not stored"
+        consequence = (
+            "delivered messages could not be removed; they are kept and removed once there is room"
+            if action == _ACTION_DELETE else "the message was not stored"
         )
+        return OutboxFullError(f"{path}: outbox full ({text}): free disk space or raise the outbox size limit; {consequence}")
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "not a database" in low or "malformed" in low:
         return OutboxCorruptError(
             f"{path}: the outbox file is not a valid SQLite database ({text}); "

@@ -130,7 +130,8 @@ def alert_payload(
     }
 
 
-SOURCE_STATES = ("ok", "silent", "failing", "ended")
+# "starting": no clip yet (a source is never "ok" before it delivered audio).
+SOURCE_STATES = ("ok", "silent", "failing", "ended", "starting")
 
 
 @dataclass(frozen=True)
@@ -395,6 +396,18 @@ def describe_connect_error(exc: BaseException | None) -> str:
     return f"cannot connect: {exc}"
 
 
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """``callback`` that logs an exception instead of letting it end paho's network thread."""
+
+    def run(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - a bug here must not stop delivery for good
+            log.exception("mqtt: error in %s (the connection carries on)", callback.__name__)
+
+    return run
+
+
 class Publisher:
     """Drains an :class:`Outbox` to an MQTT broker and keeps the device's status retained.
 
@@ -480,12 +493,28 @@ class Publisher:
             if s.tls_insecure:
                 client.tls_insecure_set(True)
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]  # floats work
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        # An exception escaping a callback ends paho's network loop for good (no more
+        # reconnects, PUBACKs or sends) while `connected` still reads True: every
+        # callback is guarded, and paho's own guard is on as well.
+        client.suppress_exceptions = True
+        client.on_connect = _guarded(self._on_connect)
+        client.on_connect_fail = _guarded(self._on_connect_fail)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_publish = _guarded(self._on_publish)
+        client.on_message = _guarded(self._on_message)
         return client
+
+    def dead_thread(self) -> str | None:
+        """The name of a publisher thread that ended while it should run (paho's network loop, the drain), else None."""
+        with self._cond:
+            if not self._started or self._stopped:
+                return None
+        paho_thread = getattr(self._client, "_thread", None)
+        if paho_thread is None or not paho_thread.is_alive():
+            return "the MQTT network thread"
+        if self._thread is None or not self._thread.is_alive():
+            return "the outbox drain thread"
+        return None
 
     def topic(self, *levels: str) -> str:
         """``<prefix>/<device_id>/<level>/...``; raises ValueError on an unsafe level."""

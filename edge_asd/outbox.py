@@ -109,6 +109,10 @@ class Outbox:
             conn.close()
             raise
         self._conn = conn
+        # Kept in memory: depth() is asked for by every heartbeat, status line and flush
+        # poll, and COUNT(*) reads the whole table, which after a long outage is large.
+        # One process owns an outbox, so only this object changes it.
+        self._depth = int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
     def _setup(self, conn: sqlite3.Connection, max_bytes: int | None) -> None:
         try:
@@ -165,6 +169,7 @@ class Outbox:
                     raise
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "append") from exc
+            self._depth += 1
             return int(cur.lastrowid)
 
     def append_with_seq(
@@ -200,6 +205,7 @@ class Outbox:
                     raise
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "append") from exc
+            self._depth += 1
             return seq
 
     def mark_delivered(self, ids: Iterable[int]) -> None:
@@ -212,16 +218,18 @@ class Outbox:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    deleted = 0
                     for start in range(0, len(ids), _DELETE_CHUNK):
                         chunk = ids[start : start + _DELETE_CHUNK]
                         marks = ",".join("?" * len(chunk))
-                        conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+                        deleted += conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
                     raise
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, _ACTION_DELETE) from exc
+            self._depth -= deleted
 
     # --- reading ----------------------------------------------------------------
 
@@ -244,7 +252,9 @@ class Outbox:
 
     def depth(self) -> int:
         """Number of messages waiting for acknowledgement."""
-        return int(self._scalar("SELECT COUNT(*) FROM messages", ()))
+        with self._lock:
+            self._open_conn()
+            return self._depth
 
     def last_seq(self, stream: str) -> int:
         """The last seq allocated to ``stream`` (0 when none was)."""

@@ -78,6 +78,11 @@ class AlertConfig:
     clear_after: int = 3
     silence_dbfs: float = -80.0
     silence_clips: int = 3
+    # A running source that delivers no clip for this many clip hops (at least 10 s) is "failing".
+    stall_clips: int = 3
+    # A source thread that makes no progress at all for this long is stuck (a hung driver call):
+    # the daemon exits 1 so that systemd restarts it.
+    source_hang_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -372,6 +377,8 @@ def _alerts(t: _Table) -> AlertConfig:
         clear_after=t.get_int("clear_after", d.clear_after, lo=1),
         silence_dbfs=t.get_float("silence_dbfs", d.silence_dbfs, hi=0.0),
         silence_clips=t.get_int("silence_clips", d.silence_clips, lo=1),
+        stall_clips=t.get_int("stall_clips", d.stall_clips, lo=1),
+        source_hang_s=t.get_float("source_hang_s", d.source_hang_s, lo=1.0),
     )
     t.finish()
     return a

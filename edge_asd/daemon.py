@@ -15,9 +15,16 @@ Signals: SIGTERM/SIGINT stop cleanly (the clip being scored is finished and
 journaled, the outbox is flushed for up to ``shutdown_timeout_s``, ``stopped`` is
 published, exit 0); SIGHUP reloads the configuration and bundles without
 stopping sources whose settings did not change, and keeps the running
-configuration when the new one is bad. When every source has ended (file
+configuration when the new one is bad. The handlers only set flags; the main
+loop is woken through a self-pipe (:mod:`edge_asd.waker`), so a signal can never
+wait for a lock its own thread holds. When every source has ended (file
 replay without loop), the outbox is delivered, waiting for the broker as long
 as it takes, and the daemon exits 0.
+
+Health is judged by progress: a source with no clip for ``stall_clips`` clip
+lengths is ``failing``; a capture thread stuck for ``source_hang_s``, a hung
+scorer or a dead MQTT thread is an internal error (exit 1: systemd restarts the
+service, since a stuck thread cannot be freed from inside the process).
 
 Exit status: 0 clean, 2 a user's mistake (configuration, bundle, outbox file),
 1 an internal error.
@@ -25,8 +32,10 @@ Exit status: 0 clean, 2 a user's mistake (configuration, bundle, outbox file),
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import math
 import os
 import signal
 import statistics
@@ -41,11 +50,13 @@ from pathlib import Path
 from . import __version__
 from .config import DaemonConfig, LoggingConfig, MachineConfig, MqttConfig, load_config
 from .errors import BundleError, ConfigError, UserError
+from .clock import ClockWatch
 from .drift import DriftMonitor
 from .evidence import EvidenceStore
 from .fileprogress import FileProgress, progress_path
 from .sdnotify import Notifier
 from .sources import Clip, ClipSource, PortAudioHost, make_source
+from .waker import Waker
 
 log = logging.getLogger("edge_asd.daemon")
 
@@ -57,6 +68,10 @@ SCORER_JOIN_TIMEOUT_S = 30.0
 # hung GPU driver, a deadlock) is treated as a crash, so that systemd restarts
 # the service; the main loop alone would keep pinging the watchdog.
 SCORER_HANG_S = 300.0
+# The shortest stall that marks a source failing, however short its clips: a scheduling hiccup is not one.
+MIN_STALL_S = 10.0
+# Scores kept in memory while the outbox refuses them (disk full), retried with every clip.
+MAX_UNSTORED_SCORES = 100
 
 
 # --- logging ------------------------------------------------------------------------
@@ -238,6 +253,22 @@ class _Reload:
 # --- one machine ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _WaitingScore:
+    """A score on its way into the outbox: the payload is built with the seq allocated when it is stored."""
+
+    make_payload: object  # Callable[[int], dict]
+    score: float
+    threshold: float
+    dbfs: float
+
+
+# What a pipeline restarted by a reload keeps: the heartbeat counts since the daemon started. Not its
+# published source state: the restarted source (new settings) announces itself again.
+_CARRIED_COUNTERS = ("scored", "anomalous_clips", "score_errors", "outbox_errors", "evidence_saved", "bad_clips",
+                     "scores_dropped", "last_dbfs", "silent_run")
+
+
 class Pipeline:
     """One machine: its source and the scorer thread that turns clips into journaled messages."""
 
@@ -263,11 +294,17 @@ class Pipeline:
         self.score_errors = 0
         self.outbox_errors = 0
         self.evidence_saved = 0
+        self.bad_clips = 0  # clips the model gave a non-finite result for
+        self.scores_dropped = 0  # scores lost because the outbox stayed full
+        self._unstored_scores: collections.deque = collections.deque(maxlen=MAX_UNSTORED_SCORES)
+        self._unstored_alerts: collections.deque = collections.deque()
         self.last_dbfs: float | None = None
         self.silent_run = 0
         self.crashed: BaseException | None = None
         self.busy_since: float | None = None  # monotonic start of the clip being scored
         self.published_state: str | None = None  # last source state announced on MQTT
+        self.started_mono: float | None = None
+        self.last_done_mono: float | None = None  # when the last clip was scored and journaled
         self.drift = DriftMonitor(self._reference_quantiles(scoring))
 
     @staticmethod
@@ -281,6 +318,7 @@ class Pipeline:
         return self.machine.id
 
     def start(self) -> None:
+        self.started_mono = time.monotonic()
         self.source.start()
         self._thread.start()
 
@@ -289,14 +327,34 @@ class Pipeline:
         """The source ended and every clip it produced was scored."""
         return not self._thread.is_alive() and self.source.ended
 
-    def stop(self, timeout: float = SCORER_JOIN_TIMEOUT_S) -> int:
-        """Stop capture, let the clip being scored finish, drop the rest; returns how many queued clips were dropped."""
+    def stop(self, timeout: float = SCORER_JOIN_TIMEOUT_S, report_lost: bool = True) -> int:
+        """Stop capture, let the clip being scored finish, drop the rest; returns how many queued clips were dropped.
+
+        ``report_lost``: log the scores and alerts still waiting for room in the
+        outbox, which end with this process (a reload hands them on instead).
+        """
         self.source.stop()
         self._halt.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("machine %s: scoring did not finish within %g s", self.id, timeout)
+        if report_lost and (self._unstored_scores or self._unstored_alerts):
+            log.error("machine %s: %d score(s) and %d alert(s) never found room in the outbox and are lost",
+                      self.id, len(self._unstored_scores), len(self._unstored_alerts))
         return self.source.queue.discard()
+
+    @property
+    def scores_waiting(self) -> int:
+        return len(self._unstored_scores)
+
+    def take_over(self, old: "Pipeline") -> None:
+        """Continue the counters and the waiting messages of the pipeline this one replaces (a reload)."""
+        for name in _CARRIED_COUNTERS:
+            setattr(self, name, getattr(old, name))
+        self._unstored_scores.extend(old._unstored_scores)
+        self._unstored_alerts.extend(old._unstored_alerts)
+        self.drift = old.drift
+        self.drift.quantiles = self._reference_quantiles(self.scoring)
 
     def take_latencies(self) -> list[float]:
         with self._latency_lock:
@@ -328,6 +386,7 @@ class Pipeline:
             try:
                 self._process(clip)
                 consecutive_errors = 0
+                self.last_done_mono = time.monotonic()
             except UserError as exc:  # e.g. a clip the bundle cannot take: this clip's problem only
                 self.score_errors += 1
                 consecutive_errors += 1
@@ -341,7 +400,6 @@ class Pipeline:
 
     def _process(self, clip: Clip) -> None:
         from .mqtt import alert_payload, score_payload
-        from .outbox import OutboxError
 
         sc = self.scoring  # one snapshot per clip: a reload may replace it meanwhile
         self.busy_since = time.monotonic()
@@ -352,31 +410,32 @@ class Pipeline:
             self.busy_since = None
         threshold = sc.threshold if sc.threshold is not None else float(result.threshold)
         score = float(result.score)
+        p_target = float(result.p_target)
+        self.last_dbfs = clip.dbfs
+        if not all(math.isfinite(v) for v in (score, threshold, p_target, clip.dbfs)):
+            # JSON cannot carry it and no decision can rest on it: this clip's problem, not the scorer's.
+            self.bad_clips += 1
+            self.daemon.throttled(logging.WARNING, f"nonfinite-{self.id}",
+                                  "machine %s: non-finite result for the clip from %s (score %s, threshold %s, "
+                                  "p_target %s, dbfs %s); counted in bad_clips, not published",
+                                  self.id, clip.origin, score, threshold, p_target, clip.dbfs)
+            return
         anomalous = score > threshold
         model = sc.bundle_id
-        self.last_dbfs = clip.dbfs
         self._track_silence(clip.dbfs)
-        publisher = self.daemon.publisher
-        seq: int | None = None
-        try:
-            seq = publisher.enqueue_score(
-                self.id,
-                lambda n: score_payload(clip.end_time, n, score, threshold, anomalous, float(result.p_target),
-                                        clip.dbfs, model),
-            )
-        except OutboxError as exc:
-            self.outbox_errors += 1
-            self.daemon.throttled(logging.ERROR, f"outbox-{self.id}", "machine %s: score not stored: %s", self.id, exc)
+        end_time, level = clip.end_time, clip.dbfs  # not the clip: a waiting score must not hold its samples
+        seq = self._journal_score(_WaitingScore(
+            lambda n: score_payload(end_time, n, score, threshold, anomalous, p_target, level, model),
+            score, threshold, level))
         with self._latency_lock:
             self._latencies.append((time.monotonic() - clip.ready_monotonic) * 1e3)
         web = self.daemon.web
         if web is not None:
             web.score(self.id, seq, clip.end_time, score, threshold, anomalous, float(result.p_target), clip.dbfs)
         self.scored += 1
-        self.drift.add(score, float(result.p_target))
+        self.drift.add(score, p_target)
         if anomalous:
             self.anomalous_clips += 1
-        log.debug("machine %s: seq %s score %.3f threshold %.3f dbfs %.1f", self.id, seq, score, threshold, clip.dbfs)
 
         change = self.debouncer.update(anomalous)
         if change is not None:
@@ -384,15 +443,10 @@ class Pipeline:
                 "machine %s: state %s (score %.3f, threshold %.3f, clip ending %s)",
                 self.id, change, score, threshold, clip.end_time.isoformat(timespec="seconds"),
             )
-            try:
-                publisher.enqueue(
-                    self.id, "alert", alert_payload(clip.end_time, change, self.id, score, threshold, seq or 0, model)
-                )
-            except OutboxError as exc:
-                self.outbox_errors += 1
-                log.error("machine %s: alert not stored: %s", self.id, exc)
+            self._unstored_alerts.append(alert_payload(clip.end_time, change, self.id, score, threshold, seq or 0, model))
             if web is not None:
                 web.alert(self.id, clip.end_time, change)
+        self._journal_alerts()
 
         store = self.daemon.evidence
         if anomalous and sc.save_evidence and store is not None:
@@ -403,6 +457,55 @@ class Pipeline:
                     web.evidence(self.id, saved)
         if clip.completes is not None and seq is not None:
             self.source.file_finished(clip.completes)  # type: ignore[attr-defined]
+
+    def _journal_score(self, waiting: "_WaitingScore") -> int | None:
+        """Journal this clip's score after any that could not be stored before, in clip order.
+
+        Returns its seq, or None while it waits (the outbox is full); waiting scores
+        are retried with every clip, and the oldest is dropped, counted, beyond
+        MAX_UNSTORED_SCORES.
+        """
+        if len(self._unstored_scores) == self._unstored_scores.maxlen:
+            self.scores_dropped += 1
+            self.daemon.throttled(logging.ERROR, f"dropped-{self.id}",
+                                  "machine %s: the oldest of %d scores waiting for room in the outbox is dropped "
+                                  "(%d dropped so far)", self.id, len(self._unstored_scores), self.scores_dropped)
+        self._unstored_scores.append(waiting)
+        return self._retry_journal()
+
+    def _retry_journal(self) -> int | None:
+        from .outbox import OutboxError
+
+        seq = None
+        while self._unstored_scores:
+            w = self._unstored_scores[0]
+            try:
+                seq = self.daemon.publisher.enqueue_score(self.id, w.make_payload)
+            except OutboxError as exc:
+                self.outbox_errors += 1
+                self.daemon.throttled(logging.ERROR, f"outbox-{self.id}",
+                                      "machine %s: score not stored: %s (%d waiting, retried with the next clip)",
+                                      self.id, exc, len(self._unstored_scores))
+                return None
+            self._unstored_scores.popleft()
+            # One line per journaled seq (the fault-injection tests count them).
+            log.debug("machine %s: seq %s score %.3f threshold %.3f dbfs %.1f", self.id, seq, w.score, w.threshold,
+                      w.dbfs)
+        return seq
+
+    def _journal_alerts(self) -> None:
+        """Journal the alerts waiting, oldest first; one the outbox refuses is retried with the next clip."""
+        from .outbox import OutboxError
+
+        while self._unstored_alerts:
+            try:
+                self.daemon.publisher.enqueue(self.id, "alert", self._unstored_alerts[0])
+            except OutboxError as exc:
+                self.outbox_errors += 1
+                self.daemon.throttled(logging.ERROR, f"alert-{self.id}",
+                                      "machine %s: alert not stored: %s (retried with the next clip)", self.id, exc)
+                return
+            self._unstored_alerts.popleft()
 
     def _track_silence(self, level: float) -> None:
         was = self.silent()
@@ -417,16 +520,37 @@ class Pipeline:
         elif was and not now:
             log.info("machine %s: sound is back (%.1f dBFS)", self.id, level)
 
+    def stall(self, now: float | None = None) -> str | None:
+        """Why this running source counts as failing for want of clips, or None.
+
+        Progress, not the source's own word: a capture thread stuck in a driver
+        call reports nothing at all, and a source that never delivered is not ok.
+        """
+        if self.started_mono is None or self.done or self.source.ended:
+            return None
+        if self.busy_since is not None or len(self.source.queue):
+            return None  # the scorer has work: a slow scorer is not a dead source
+        now = time.monotonic() if now is None else now
+        last = max(t for t in (self.started_mono, self.source.last_clip_mono, self.last_done_mono) if t is not None)
+        every = max(self.scoring.clip_seconds, self.scoring.hop_seconds)
+        limit = max(self.daemon.cfg.alerts.stall_clips * every, MIN_STALL_S)
+        if now - last <= limit:
+            return None
+        return f"no audio clip for {now - last:.0f} s (one is due every {every:g} s)"
+
     def source_state(self) -> str:
-        """ok, silent, failing, ended, or starting (nothing known yet)."""
+        """ok, silent, failing, ended, or starting (no clip yet)."""
         h = self.source.health()
         if self.done or h.state == "ended":
             return "ended"
-        if h.state == "failing":
+        if h.state == "failing" or self.stall() is not None:
             return "failing"
         if self.silent():
             return "silent"
-        return "ok" if h.state == "ok" else "starting"
+        return "ok" if h.state == "ok" and self.source.last_clip_mono is not None else "starting"
+
+    def failure_detail(self) -> str | None:
+        return self.source.health().last_error or self.stall()
 
 
 # --- the daemon ----------------------------------------------------------------------
@@ -445,7 +569,8 @@ class Daemon:
         self.outbox = None
         self.publisher = None
         self._scorings = scorings
-        self._wake = threading.Event()
+        self._waker = Waker()
+        self.clock = ClockWatch()
         self._stop_requested = False
         self._reload_requested = False
         self._reload_thread: threading.Thread | None = None
@@ -458,20 +583,46 @@ class Daemon:
 
     # -- signals and waking ---------------------------------------------------------
     def wake(self) -> None:
-        self._wake.set()
+        self._waker.wake()
 
     def install_signal_handlers(self) -> None:
+        """Stop on SIGTERM/SIGINT, reload on SIGHUP.
+
+        The handlers only store a flag: a handler runs on the main thread between
+        two bytecodes, possibly while that thread holds a lock (an Event's, the
+        logging module's), so taking any lock there can deadlock the loop. The
+        loop is woken by the signal number that ``signal.set_wakeup_fd`` makes
+        the C-level handler write into the waker's pipe.
+        """
         def on_stop(signum, frame):
             self._stop_requested = True
-            self._wake.set()
 
         def on_reload(signum, frame):
             self._reload_requested = True
-            self._wake.set()
 
+        self._waker.attach_signals()
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_reload)
+
+    def release_signal_handlers(self) -> None:
+        """Ignore further stop and reload signals once the daemon is done.
+
+        Python's finalization puts its handlers back to the default action, so a
+        SIGHUP (a log rotation) that lands while the interpreter exits would kill
+        a daemon that had already stopped cleanly; an ignored signal stays ignored.
+        """
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        self._waker.close()
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until woken or ``timeout``; signal numbers read from the pipe count even before their handler ran."""
+        for signum in self._waker.wait(timeout):
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._stop_requested = True
+            elif signum == signal.SIGHUP:
+                self._reload_requested = True
 
     def throttled(self, level: int, key: str, msg: str, *args) -> None:
         now = time.monotonic()
@@ -543,8 +694,8 @@ class Daemon:
         next_status = time.monotonic() + 10.0
         draining = False
         while True:
-            self._wake.wait(tick)
-            self._wake.clear()
+            self._wait(tick)
+            self.clock.check()
             if wd:
                 # Pinged from the main loop: if this loop hangs, systemd restarts the service.
                 self.notifier.watchdog()
@@ -587,6 +738,10 @@ class Daemon:
 
     def _crashed(self) -> str | None:
         now = time.monotonic()
+        dead = self.publisher.dead_thread() if self.publisher is not None else None
+        if dead is not None:
+            # Delivery would stop silently while scores pile up on disk; a restart resumes it.
+            return f"{dead} of the MQTT publisher has ended"
         for p in self.pipelines.values():
             busy = p.busy_since
             if busy is not None and now - busy > SCORER_HANG_S:
@@ -595,6 +750,10 @@ class Daemon:
                 return f"machine {p.id} scorer: {p.crashed!r}"
             if p.source.crashed is not None:
                 return f"machine {p.id} source: {p.source.crashed!r}"
+            stuck = p.source.stuck_for(now)
+            if stuck is not None and stuck > self.cfg.alerts.source_hang_s:
+                return (f"machine {p.id} source: its capture thread has made no progress for {stuck:.0f} s "
+                        "(a hung audio driver call)")
         return None
 
     def shutdown(self, clean: bool) -> None:
@@ -608,8 +767,7 @@ class Daemon:
         if self.publisher is not None:
             timeout = self.cfg.shutdown_timeout_s
             if not self.publisher.flush(timeout):
-                log.warning("%d message(s) not delivered within %g s; they stay in %s for the next start",
-                            self.outbox.depth(), timeout, self.cfg.storage.outbox)
+                self._report_undelivered(timeout)
             if clean:
                 # The final counters: an outage that ended just before the exit, or the last clips,
                 # would otherwise never reach the stats topic (heartbeats are skipped while offline).
@@ -621,6 +779,16 @@ class Daemon:
             self.web.stop()
         self.notifier.close()
 
+    def _report_undelivered(self, timeout: float) -> None:
+        left = self.outbox.depth()
+        acked = self.publisher.acked_not_removed
+        if left > acked:
+            log.warning("%d message(s) not delivered within %g s; they stay in %s for the next start",
+                        left - acked, timeout, self.cfg.storage.outbox)
+        if acked:
+            log.warning("%d message(s) delivered but not removed from %s (it cannot be written); "
+                        "the next start sends them again", acked, self.cfg.storage.outbox)
+
     # -- health and stats ------------------------------------------------------------
     def _update_source_states(self) -> None:
         from .mqtt import format_ts
@@ -630,20 +798,22 @@ class Daemon:
             state = p.source_state()
             if state == "starting" or state == p.published_state:
                 continue
-            h = p.source.health()
-            p.published_state = state
             payload = {
                 "v": 1,
                 "ts": format_ts(datetime.now(timezone.utc)),
                 "state": state,
                 "source": str(p.machine.source),
-                "detail": h.last_error if state == "failing" else None,
+                "detail": p.failure_detail() if state == "failing" else None,
             }
             try:
                 # Retained: a dashboard that subscribes later still sees a dead microphone.
                 self.publisher.enqueue(p.id, "source", payload, retain=True)
             except OutboxError as exc:
-                log.error("machine %s: source state not stored: %s", p.id, exc)
+                # Not marked as published: the next pass of the main loop stores it again.
+                self.throttled(logging.ERROR, f"source-state-{p.id}", "machine %s: source state not stored: %s",
+                               p.id, exc)
+                continue
+            p.published_state = state
             if self.web is not None:
                 self.web.source(p.id, state, payload["detail"])
 
@@ -661,9 +831,9 @@ class Daemon:
                 overruns=h.dropped_clips,
                 latency_ms_mean=statistics.fmean(lat) if lat else None,
                 latency_ms_max=max(lat) if lat else None,
-                source="ok" if state == "starting" else state,
+                source=state,
                 dbfs=p.last_dbfs,
-                last_error=h.last_error if state == "failing" else None,
+                last_error=p.failure_detail() if state == "failing" else None,
             )
             extra[p.id] = {
                 "latency_ms_median": statistics.median(lat) if lat else None,
@@ -676,6 +846,9 @@ class Daemon:
                 "anomalous_clips": p.anomalous_clips,
                 "alert_state": "anomalous" if p.debouncer.anomalous else "normal",
                 "score_errors": p.score_errors,
+                "bad_clips": p.bad_clips,
+                "scores_waiting": p.scores_waiting,
+                "scores_dropped": p.scores_dropped,
                 "evidence_saved": p.evidence_saved,
                 "model": p.scoring.bundle_id,
                 "backend": getattr(p.scoring.shared.scorer, "backend_name", None),
@@ -695,6 +868,11 @@ class Daemon:
             lat["p95"] = more.pop("latency_ms_p95")
             out["machines"][mid].update(more)
         out["connected"] = self.publisher.connected
+        out["outbox_acked_not_removed"] = self.publisher.acked_not_removed
+        # ts is wall-clock time: say whether it can be trusted (seq orders the scores either way).
+        out["clock_synced"] = self.clock.synced
+        out["clock_steps"] = self.clock.steps
+        out["clock_last_step_s"] = None if self.clock.last_step_s is None else round(self.clock.last_step_s, 3)
         out["rss_mb"] = _rss_mb()
         out["silent_sources"] = sorted(mid for mid, m in machines.items() if m.source == "silent")
         out["failing_sources"] = sorted(mid for mid, m in machines.items() if m.source == "failing")
@@ -811,13 +989,18 @@ class Daemon:
                 continue
             debouncer = None
             if p is not None:
-                p.stop()
+                dropped = p.stop(report_lost=False)
+                if dropped:
+                    log.info("machine %s: %d captured clip(s) not scored: the source restarts with its new settings",
+                             m.id, dropped)
                 debouncer = p.debouncer
                 debouncer.reconfigure(new.alerts.raise_after, new.alerts.clear_after)
                 restarted.append(m.id)
             else:
                 added.append(m.id)
             np_ = self._make_pipeline(m, scoring, debouncer)
+            if p is not None:
+                np_.take_over(p)
             self.pipelines[m.id] = np_
             np_.start()
         removed = [mid for mid in list(self.pipelines) if mid not in {m.id for m in new.machines}]
@@ -875,6 +1058,8 @@ def main(config_path: Path, validate_only: bool = False) -> int:
         # e.g. an outbox file that cannot be opened: the user's to fix, reported by the CLI.
         notifier.stopping("configuration error")
         raise
+    finally:
+        daemon.release_signal_handlers()
 
 
 __all__ = ["Daemon", "Debouncer", "Pipeline", "load_scorers", "main", "mqtt_settings", "setup_logging"]

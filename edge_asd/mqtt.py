@@ -130,7 +130,8 @@ def alert_payload(
     }
 
 
-SOURCE_STATES = ("ok", "silent", "failing", "ended")
+# "starting": no clip yet (a source is never "ok" before it delivered audio).
+SOURCE_STATES = ("ok", "silent", "failing", "ended", "starting")
 
 
 @dataclass(frozen=True)
@@ -395,6 +396,18 @@ def describe_connect_error(exc: BaseException | None) -> str:
     return f"cannot connect: {exc}"
 
 
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """``callback`` that logs an exception instead of letting it end paho's network thread."""
+
+    def run(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - a bug here must not stop delivery for good
+            log.exception("mqtt: error in %s (the connection carries on)", callback.__name__)
+
+    return run
+
+
 class Publisher:
     """Drains an :class:`Outbox` to an MQTT broker and keeps the device's status retained.
 
@@ -427,6 +440,9 @@ class Publisher:
         # generation of its in-flight messages to know paho is re-sending them.
         self._generation = 0
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Outbox ids the broker acknowledged whose DELETE has not committed yet (a full disk):
+        # kept, and deleted again, so they are neither lost from view nor sent twice.
+        self._acked_ids: list[int] = []
         self._counters: dict[str, Any] = {
             "published": 0,
             "acked": 0,
@@ -477,12 +493,28 @@ class Publisher:
             if s.tls_insecure:
                 client.tls_insecure_set(True)
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]  # floats work
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        # An exception escaping a callback ends paho's network loop for good (no more
+        # reconnects, PUBACKs or sends) while `connected` still reads True: every
+        # callback is guarded, and paho's own guard is on as well.
+        client.suppress_exceptions = True
+        client.on_connect = _guarded(self._on_connect)
+        client.on_connect_fail = _guarded(self._on_connect_fail)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_publish = _guarded(self._on_publish)
+        client.on_message = _guarded(self._on_message)
         return client
+
+    def dead_thread(self) -> str | None:
+        """The name of a publisher thread that ended while it should run (paho's network loop, the drain), else None."""
+        with self._cond:
+            if not self._started or self._stopped:
+                return None
+        paho_thread = getattr(self._client, "_thread", None)
+        if paho_thread is None or not paho_thread.is_alive():
+            return "the MQTT network thread"
+        if self._thread is None or not self._thread.is_alive():
+            return "the outbox drain thread"
+        return None
 
     def topic(self, *levels: str) -> str:
         """``<prefix>/<device_id>/<level>/...``; raises ValueError on an unsafe level."""
@@ -579,6 +611,12 @@ class Publisher:
     def connected(self) -> bool:
         with self._cond:
             return self._connected
+
+    @property
+    def acked_not_removed(self) -> int:
+        """Messages the broker acknowledged that are still in the outbox because deleting them failed."""
+        with self._cond:
+            return len(self._acked_ids)
 
     @property
     def counters(self) -> dict[str, Any]:
@@ -682,14 +720,18 @@ class Publisher:
                 stopping = self._stopping
                 connected = self._connected
                 generation = self._generation
+            self._collect_acks(inflight)
+            if not self._remove_acked() and stopping:
+                self._warn_acked_left()
+            if stopping:
+                return
             try:
-                self._mark_acked(inflight)
-                if stopping:
-                    return
                 if not inflight:
                     inflight_generation = generation
                 # After a reconnect paho re-sends what is in flight; sending more now
-                # could overtake those, so wait until they are acknowledged.
+                # could overtake those, so wait until they are acknowledged. Rows acknowledged
+                # but not yet deleted do not hold delivery back: they are behind the cursor,
+                # and subscribers dedupe by seq should a restart send them again.
                 if connected and inflight_generation == generation and len(inflight) < self._window:
                     cursor = self._send_more(inflight, cursor, generation)
             except OutboxError as exc:
@@ -700,21 +742,44 @@ class Publisher:
                 self._report_error(f"internal error: {exc!r}")
                 self._pause()
 
-    def _mark_acked(self, inflight: OrderedDict[int, int]) -> None:
-        ids = []
+    def _collect_acks(self, inflight: OrderedDict[int, int]) -> None:
         while True:
             try:
                 mid = self._acks.get_nowait()
             except queue.Empty:
-                break
+                return
             outbox_id = inflight.pop(mid, None)
             if outbox_id is not None:       # else: a status, discovery or stats message
-                ids.append(outbox_id)
-        if ids:
+                with self._cond:
+                    self._acked_ids.append(outbox_id)
+
+    def _remove_acked(self) -> bool:
+        """Delete the acknowledged rows; False when the delete failed (they stay listed and are retried)."""
+        with self._cond:
+            ids = list(self._acked_ids)
+        if not ids:
+            return True
+        try:
             self.outbox.mark_delivered(ids)
-            with self._cond:
-                self._counters["acked"] += len(ids)
-                self._cond.notify_all()     # flush() waits on this
+        except OutboxError as exc:
+            # Retried at every wake-up of the drain loop (at least once a second).
+            self._report_error(str(exc))
+            return False
+        except Exception as exc:  # a bug must not silently end delivery for good
+            log.exception("mqtt drain thread: unexpected error removing delivered messages")
+            self._report_error(f"internal error: {exc!r}")
+            return False
+        with self._cond:
+            del self._acked_ids[: len(ids)]
+            self._counters["acked"] += len(ids)
+            self._cond.notify_all()     # flush() waits on this
+        return True
+
+    def _warn_acked_left(self) -> None:
+        n = self.acked_not_removed
+        if n:
+            log.warning("%d delivered message(s) could not be removed from the outbox %s; "
+                        "they will be sent again at the next start", n, self.outbox.path)
 
     def _send_more(self, inflight: OrderedDict[int, int], cursor: int, generation: int) -> int:
         for msg in self.outbox.pending(limit=self._window - len(inflight), after_id=cursor):

@@ -56,6 +56,8 @@ _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
 
+_ACTION_DELETE = "remove delivered messages from"
+
 # Rows deleted per statement in mark_delivered (SQLite limits bound parameters).
 _DELETE_CHUNK = 500
 
@@ -69,7 +71,7 @@ class OutboxCorruptError(OutboxError):
 
 
 class OutboxFullError(OutboxError):
-    """The disk (or the configured outbox size limit) is full; the message was not stored."""
+    """The disk (or the configured outbox size limit) is full: an append stored nothing, a delete removed nothing."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ class Outbox:
             conn.close()
             raise
         self._conn = conn
+        # Kept in memory: depth() is asked for by every heartbeat, status line and flush
+        # poll, and COUNT(*) reads the whole table, which after a long outage is large.
+        # One process owns an outbox, so only this object changes it.
+        self._depth = int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
     def _setup(self, conn: sqlite3.Connection, max_bytes: int | None) -> None:
         try:
@@ -163,6 +169,7 @@ class Outbox:
                     raise
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "append") from exc
+            self._depth += 1
             return int(cur.lastrowid)
 
     def append_with_seq(
@@ -198,6 +205,7 @@ class Outbox:
                     raise
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "append") from exc
+            self._depth += 1
             return seq
 
     def mark_delivered(self, ids: Iterable[int]) -> None:
@@ -210,16 +218,18 @@ class Outbox:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    deleted = 0
                     for start in range(0, len(ids), _DELETE_CHUNK):
                         chunk = ids[start : start + _DELETE_CHUNK]
                         marks = ",".join("?" * len(chunk))
-                        conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+                        deleted += conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
                     raise
             except sqlite3.Error as exc:
-                raise _translate(exc, self.path, "mark delivered in") from exc
+                raise _translate(exc, self.path, _ACTION_DELETE) from exc
+            self._depth -= deleted
 
     # --- reading ----------------------------------------------------------------
 
@@ -242,7 +252,9 @@ class Outbox:
 
     def depth(self) -> int:
         """Number of messages waiting for acknowledgement."""
-        return int(self._scalar("SELECT COUNT(*) FROM messages", ()))
+        with self._lock:
+            self._open_conn()
+            return self._depth
 
     def last_seq(self, stream: str) -> int:
         """The last seq allocated to ``stream`` (0 when none was)."""
@@ -324,10 +336,11 @@ def _translate(exc: sqlite3.Error, path: Path, action: str) -> OutboxError:
     text = str(exc)
     low = text.lower()
     if primary == _SQLITE_FULL or "disk is full" in low:
-        return OutboxFullError(
-            f"{path}: outbox full ({text}): free disk space or raise the outbox size limit; "
-            "the message was not stored"
+        consequence = (
+            "delivered messages could not be removed; they are kept and removed once there is room"
+            if action == _ACTION_DELETE else "the message was not stored"
         )
+        return OutboxFullError(f"{path}: outbox full ({text}): free disk space or raise the outbox size limit; {consequence}")
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "not a database" in low or "malformed" in low:
         return OutboxCorruptError(
             f"{path}: the outbox file is not a valid SQLite database ({text}); "

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import abc
 import collections
+import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -258,6 +261,9 @@ class ClipSource(abc.ABC):
         self.reopens = 0
         # An exception that escaped the worker: the daemon treats it as an internal error.
         self.crashed: BaseException | None = None
+        self.last_clip_mono: float | None = None  # when the last clip was queued
+        # When the worker last showed it is not stuck; None for sources that do not report it.
+        self.last_beat_mono: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -290,6 +296,27 @@ class ClipSource(abc.ABC):
             last_error=self._last_error,
         )
 
+    def stuck_for(self, now: float) -> float | None:
+        """Seconds since a running worker last made progress; None when not known or not running."""
+        beat = self.last_beat_mono
+        if beat is None or self.ended or self._stop.is_set():
+            return None
+        return now - beat
+
+    def _beat(self) -> None:
+        self.last_beat_mono = time.monotonic()
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` (showing progress meanwhile); True when stopped."""
+        end = time.monotonic() + seconds
+        while True:
+            self._beat()
+            left = end - time.monotonic()
+            if left <= 0:
+                return self._stop.is_set()
+            if self._stop.wait(min(1.0, left)):
+                return True
+
     def _guarded_run(self) -> None:
         try:
             self._run()
@@ -316,6 +343,7 @@ class ClipSource(abc.ABC):
                 self.name, self.queue.dropped,
             )
         self.clips += 1
+        self.last_clip_mono = time.monotonic()
         return True
 
     def _fail(self, key: str, message: str) -> None:
@@ -333,6 +361,40 @@ def _sounddevice():
     except OSError as exc:  # the Python module is there, the PortAudio library is not
         raise DeviceError(f"PortAudio is not available ({exc}); install libportaudio2") from None
     return sd
+
+
+# Run by a child process: a fresh PortAudio lists the devices present now, which the
+# parent's PortAudio (initialized once) cannot do while it has streams open.
+_PROBE = (
+    "import json, sounddevice as sd; "
+    "print(json.dumps([d['name'] for d in sd.query_devices() if d['max_input_channels'] > 0]))"
+)
+PROBE_TIMEOUT_S = 30.0
+# Failed opens in a row after which a source forces a device list refresh (with backoff, about half a
+# minute after the first failure, then every few minutes).
+ESCALATE_AFTER_FAILED_OPENS = 5
+
+
+def probe_input_names() -> list[str] | None:
+    """The names of the input devices present now, from a child process; None when the probe failed."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT_S, check=False)
+        names = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.debug("audio device probe failed: %s", exc)
+        return None
+    if not isinstance(names, list):
+        log.debug("audio device probe failed: %s", done.stderr.strip()[-300:])
+        return None
+    return [str(n) for n in names]
+
+
+def _input_names() -> list[str]:
+    try:
+        return [str(d["name"]) for d in _sounddevice().query_devices() if d["max_input_channels"] > 0]
+    except Exception:  # PortAudio not usable: the caller's open reports why
+        return []
 
 
 def _describe_inputs(devices: list[dict]) -> str:
@@ -499,9 +561,11 @@ class PortAudioHost:
     * One stream per (device, sample rate), shared by every source that listens
       to it, each taking its own channel (see :class:`_SharedStream`).
     * PortAudio lists devices once, at initialization, so a USB microphone that
-      was absent at start can only be found after re-initializing it -- which
-      also kills every open stream (sounddevice issues #125, #382). :meth:`rescan`
-      re-initializes only when no stream is open.
+      was absent at start (or came back under another card number) can only be
+      found after re-initializing it -- which also kills every open stream
+      (sounddevice issues #125, #382). :meth:`rescan` re-initializes at once when
+      no stream is open; with streams open, only when a child process sees a new
+      input (or on escalation), and then it reopens those streams itself.
     * PortAudio calls are serialized, so a rescan never races an open.
     """
 
@@ -551,17 +615,63 @@ class PortAudioHost:
                     del self._streams[key]
                 self._close_stream(shared)
 
-    def rescan(self) -> bool:
-        """Re-read the device list if no stream is open; True when it did."""
+    def rescan(self, force: bool = False) -> bool:
+        """Re-read PortAudio's device list; True when it did.
+
+        With no stream open this is cheap and always done. With streams open it
+        costs every open stream a short gap, so it is done only when a probe in a
+        child process (a fresh PortAudio, which sees the devices present now)
+        lists an input this process does not know, or when ``force``d.
+        """
         sd = _sounddevice()
         with self._lock:
-            if self._open:
-                return False
-            sd._terminate()  # what the sounddevice maintainer recommends to refresh the list (issue #125)
-            sd._initialize()
-            return True
+            if not self._open:
+                sd._terminate()  # what the sounddevice maintainer recommends to refresh the list (issue #125)
+                sd._initialize()
+                return True
+        # Probed without the lock: a child process takes a while, and other sources must not wait for it.
+        if not force and not self._list_is_stale():
+            return False
+        with self._lock:
+            self._refresh_open_streams(sd)
+        return True
+
+    def _list_is_stale(self) -> bool:
+        now = probe_input_names()
+        if now is None:
+            return False
+        with self._lock:
+            known = _input_names()
+        return bool(set(now) - set(known))
 
     # -- with the lock held ----------------------------------------------------------
+    def _refresh_open_streams(self, sd) -> None:
+        """Close every stream, re-initialize PortAudio, reopen each live stream and move its subscribers over."""
+        live = list(self._streams.values())
+        for shared in live:
+            shared.retired = True
+        for shared in list(self._open):
+            self._close_stream(shared)
+        self._streams.clear()
+        sd._terminate()
+        sd._initialize()
+        reopened = 0
+        for old in live:
+            try:
+                info = resolve_input_device(str(old.info["name"]), old.channels - 1)
+                new = self._open_stream(info, old.rate, old.channels)
+            except Exception as exc:  # gone meanwhile: its subscribers see the failure and retry on their own
+                log.warning("audio input %r could not be reopened after the device list refresh: %s",
+                            old.info["name"], exc)
+                old.retired = False
+                old.finished.set()
+                continue
+            self._move_subscribers(old, new)
+            self._streams[(int(info["index"]), new.rate)] = new
+            reopened += 1
+        log.info("audio device list refreshed with %d stream(s) open (%d reopened): %s",
+                 len(live), reopened, "; ".join(_input_names()) or "no input devices")
+
     def _open_stream(self, info: dict, rate: int, channels: int) -> _SharedStream:
         sd = _sounddevice()
         shared = _SharedStream(info, rate, channels)
@@ -597,13 +707,17 @@ class PortAudioHost:
             old.retired = False  # its subscribers now see the failure and reopen on their own
             del self._streams[key]
             raise
+        self._move_subscribers(old, new)
+        self._streams[key] = new
+        return new
+
+    @staticmethod
+    def _move_subscribers(old: _SharedStream, new: _SharedStream) -> None:
         new.subs = old.subs
         for sub in old.subs:
             sub.discontinuities += 1
             sub.shared = new
         old.subs = ()
-        self._streams[key] = new
-        return new
 
     def _close_stream(self, shared: _SharedStream) -> None:
         if shared not in self._open:
@@ -651,30 +765,52 @@ class MicSource(ClipSource):
 
     def _run(self) -> None:
         backoff = self.retry_min_s
+        failed_opens = 0
         while not self._stop.is_set():
+            self._beat()
             try:
                 sub = self.host.attach(self.device, self.channel, self.requested_rate)
             except Exception as exc:  # DeviceError, sounddevice.PortAudioError, ValueError for an unsupported rate
+                failed_opens += 1
                 self._fail("open", f"cannot open input device {self.device!r}: {exc}; retrying in {backoff:g} s")
             else:
-                self.rate = sub.rate
-                self.device_name = sub.device_name
-                log.info("source %s: capturing from %r channel %d at %d Hz", self.name, self.device_name,
-                         self.channel, self.rate)
-                try:
-                    reason = self._capture(sub)
-                finally:
-                    self.host.detach(sub)
-                if reason is None:
+                failed_opens = 0
+                if self._capture_until_failure(sub) is None:
                     return
-                self.reopens += 1
-                self._fail("stream", f"input device {self.device_name!r} failed: {reason}; reopening")
                 backoff = self.retry_min_s
-            if self._stop.wait(backoff):
+            if self._pause(backoff):
                 return
             backoff = min(self.retry_max_s, backoff * 2)
             # A device that vanished and came back (USB) may only be found after a rescan.
-            self.host.rescan()
+            self.host.rescan(force=self._escalate(failed_opens))
+
+    def _escalate(self, failed_opens: int) -> bool:
+        """Every few failed opens in a row, refresh the device list even if the probe sees nothing new.
+
+        A re-plugged device can keep its name while the handle PortAudio holds for
+        it went stale; only a refresh (a short gap for the other microphones) cures that.
+        """
+        if failed_opens == 0 or failed_opens % ESCALATE_AFTER_FAILED_OPENS:
+            return False
+        log.error("source %s: %d attempts in a row could not open %r; refreshing the audio device list",
+                  self.name, failed_opens, self.device)
+        return True
+
+    def _capture_until_failure(self, sub: MicSubscription) -> str | None:
+        self.rate = sub.rate
+        self.device_name = sub.device_name
+        log.info("source %s: capturing from %r channel %d at %d Hz", self.name, self.device_name,
+                 self.channel, self.rate)
+        try:
+            reason = self._capture(sub)
+            if reason is not None:
+                # Reported before the stream is closed: closing a stream whose device is gone
+                # can hang in the driver (PortAudio issue 1037), and the failure must show anyway.
+                self.reopens += 1
+                self._fail("stream", f"input device {self.device_name!r} failed: {reason}; reopening")
+        finally:
+            self.host.detach(sub)
+        return reason
 
     def _capture(self, sub: MicSubscription) -> str | None:
         """Cut clips until stopped (None) or until the stream fails (the reason)."""
@@ -688,6 +824,7 @@ class MicSource(ClipSource):
         seen_gaps = sub.discontinuities
         poll = min(0.05, self.host.block_seconds / 2)
         while not self._stop.wait(poll):
+            self._beat()
             if sub.failed:
                 return "the stream stopped (device unplugged or driver error)"
             x, end_index, lost = ring.read()
@@ -805,6 +942,11 @@ class FileSource(ClipSource):
         self._noted.add((str(path), kind))
         log.log(level, msg, *args)
 
+    def _forget_gone(self, paths: list[Path]) -> None:
+        """Drop the once-only notes of files no longer listed: a folder that files pass through must not grow them."""
+        listed = {str(p) for p in paths}
+        self._noted = {k for k in self._noted if k[0] in listed}
+
     def open_file(self, path: Path) -> sf.SoundFile:
         """An open file that can give at least one clip, per the class rules; :class:`AudioError` when it cannot."""
         try:
@@ -844,7 +986,9 @@ class FileSource(ClipSource):
         resume_after = self.progress.last(self.name, self.target) if self.progress is not None else None
         while not self._stop.is_set():
             played = 0
-            for path in list_source_files(self.target):
+            paths = list_source_files(self.target)
+            self._forget_gone(paths)
+            for path in paths:
                 if self._stop.is_set():
                     return
                 if resume_after is not None and path <= Path(resume_after):

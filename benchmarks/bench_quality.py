@@ -25,7 +25,6 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +149,6 @@ def _product_score(runs: list[Path], data: Path, machine: str, tmp: Path) -> flo
 def bench_dataset(data: Path, args, out: Path) -> dict:
     from train.baseline import AEBaseline
     from train.evaluate import embed_test
-    from train.plain import plain_embeddings
     from train.stage2 import embed_normals
 
     machines = args.machines.split(",") if args.machines else [

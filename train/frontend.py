@@ -25,7 +25,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # The mel filterbank is the runtime's (one definition for training, export and the

@@ -31,6 +31,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_workers": 0,  # in-memory clips; worker processes would only compete for the two cores
         "validate_every": 5,
         "amp": False,
+        # the level of the machine kept (BENCHMARKS.md, detection quality: better than per-clip
+        # standardization with the same extractor and budget)
+        "amplitude": "machine",
     },
     # The report's Section 3.1: EfficientNet-B0, batch 128, 150 epochs, on a GPU.
     "report": {
@@ -42,6 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_workers": 4,
         "validate_every": 1,
         "amp": True,
+        "amplitude": "clip",  # the report standardizes each clip
     },
 }
 

@@ -59,8 +59,8 @@ _KNN = {"k": 1, "metric": "l2", "method": "largest"}
 _COS = {"k": 1, "metric": "cosine", "method": "largest"}
 # Stage-2 variants: (Stage2Config fields, ensemble with the plain system?)
 VARIANTS = {
-    "report-DS": ({"approach": "specialization", "detector_params": _KNN}, False),
-    "report-DG": ({"approach": "generalization", "detector_params": _KNN}, False),
+    "report-DS": ({"approach": "specialization", "bank": "heldout", "detector_params": _KNN}, False),
+    "report-DG": ({"approach": "generalization", "bank": "heldout", "detector_params": _KNN}, False),
     "all-DS-l2": ({"approach": "specialization", "bank": "all", "detector_params": _KNN}, False),
     "all-DS-cos": ({"approach": "specialization", "bank": "all", "detector_params": _COS}, False),
     "all-DS-cos-shrunk": ({"approach": "specialization", "bank": "all", "detector_params": _COS, "target_std": "shrunk"}, False),

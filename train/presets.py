@@ -31,6 +31,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_workers": 0,  # in-memory clips; worker processes would only compete for the two cores
         "validate_every": 5,
         "amp": False,
+        # sub-cluster AdaCos without the domain head: the best objective of the quality benchmark on a CPU budget
+        "objective": "subcluster_adacos",
+        "domain_head": False,
         # the level of the machine kept (BENCHMARKS.md, detection quality: better than per-clip
         # standardization with the same extractor and budget)
         "amplitude": "machine",
@@ -48,6 +51,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "amplitude": "clip",  # the report standardizes each clip
     },
 }
+
+
+# Stage-2 defaults that go with a preset: used where the command line does not state
+# them (the flags --approach, --metric, --source-centres). The cpu preset's extractor
+# has no domain head (sub-cluster AdaCos), so it is scored by generalization with the
+# k-means source bank on cosine distance: the best CPU configuration in the quality
+# benchmark (BENCHMARKS.md, detection quality).
+STAGE2_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"approach": "generalization", "metric": "cosine", "source_centres": 16, "pseudo_normals": 0},
+    "report": {},
+}
+# Where no preset applies: the report's choices, and approach "auto" (see train.preflight).
+STAGE2_DEFAULTS: dict[str, Any] = {"approach": "auto", "metric": "l2", "source_centres": 0, "pseudo_normals": 50}
 
 
 def choose_preset(name: str | None, cuda: bool, has_config: bool) -> tuple[str | None, str]:

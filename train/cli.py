@@ -65,6 +65,8 @@ def _train(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"plain system ready: {out} (export with: edge-asd-export {out} --out {args.machine}.asd)")
         return 0
+    if args.config and not args.resume:
+        _read_config(Path(args.config))  # a bad config file is the first thing to hear about
     _stage2_defaults(args)
     if args.approach == "auto":
         from .preflight import choose_approach

@@ -39,10 +39,16 @@ def bank_counts(data: Path, machine: str, bank: str, r_train: float, n_target_tr
 def choose_approach(data: Path, machine: str, bank: str, r_train: float, n_target_train: int, seed: int) -> str:
     """``--approach auto``: specialization where every section has the target clips Eq. 8 needs, else generalization."""
     counts = bank_counts(data, machine, bank, r_train, n_target_train, seed)
-    short = [s for s, n in counts.items() if n["target"] < 2]
+    specialization = Stage2Config(approach="specialization", bank=bank)
+    short = []
+    for section, n in counts.items():
+        try:  # the rule stage 2 itself applies, not a copy of its numbers
+            check_fittable(section, n["source"], n["target"], specialization)
+        except ValueError:
+            short.append(section)
     if not short:
         return "specialization"
-    log.info("%s: section(s) %s have fewer than 2 target-domain clips: domain generalization (one model for both domains)",
+    log.info("%s: section(s) %s lack the clips domain specialization needs: domain generalization (one model for both domains)",
              machine, ", ".join(short))
     return "generalization"
 

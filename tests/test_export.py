@@ -121,14 +121,14 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     from edge_asd.io.audio import SegmentSpec, read_audio, segment, standardize
     from export.onnx_export import relative_error
 
-    from edge_asd.runtime.backends import OnnxBackend, SplitOnnx
+    from edge_asd.runtime.backends import ClipView, OnnxBackend, SplitOnnx
 
     scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
     member = scorer.members[0]
     assert isinstance(member.backend, SplitOnnx)
     x = read_audio(list_clips(tiny_data, "fan", "test")[1].path)
     std = standardize(x)
-    emb_split, logit_split, _ = member.backend.run_clip(std, SegmentSpec().starts(std.size))
+    emb_split, logit_split, _ = member.backend.run_clip(ClipView(x, SegmentSpec()))  # standardized inside
     b = open_bundle(tiny_bundle)
     full = OnnxBackend(b.read(b.manifest["members"][0]["model"]))
     emb_full, logit_full = full.run(segment(std, SegmentSpec()))

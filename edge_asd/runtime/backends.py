@@ -7,7 +7,8 @@ logged and the next one is tried (Frigate's detector pattern), so a TensorRT
 problem never takes a CPU install down.
 
 Every back end maps amplitude-standardized segments ``[N, samples]`` (float32)
-to ``(embedding [N, D], domain_logit [N])``.
+to ``(embedding [N, D], domain_logit [N])`` (``run``), and one clip to its
+segments' embeddings (``run_clip``), from whichever form of the clip it needs.
 """
 
 from __future__ import annotations
@@ -16,23 +17,69 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from functools import cached_property
+from typing import Callable, Protocol
 
 import numpy as np
+
+from edge_asd.io.audio import SegmentSpec, normalize, segment
+from edge_asd.io.features import LogMelStats
 
 log = logging.getLogger("edge_asd.inference")  # the name journals show, kept from before the subpackages
 
 BACKENDS = ("auto", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
 
 
+@dataclass
+class ClipView:
+    """One raw clip in the forms back ends take, each made at most once per clip."""
+
+    raw: np.ndarray  # as recorded: numpy features read the level
+    spec: SegmentSpec
+
+    @cached_property
+    def normalized(self) -> np.ndarray:
+        return normalize(self.raw, self.spec)
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        return self.spec.starts(self.raw.size)
+
+    @cached_property
+    def segments(self) -> np.ndarray:
+        return segment(self.normalized, self.spec)
+
+
 class Backend(Protocol):
     name: str
+    # Whether whole clips, one at a time, suit it better than batches of segments.
+    clip_level: bool
+    # Whether it can take segments at all (numpy features need the raw clip).
+    takes_segments: bool
 
     def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def run_clip(self, clip: ClipView) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(embedding [S, D], domain_logit [S], seconds spent in a front end outside the model)``."""
+        ...
+
+
+class SegmentBatches:
+    """What a back end that only runs segments does with a clip: segment it and run the batch."""
+
+    clip_level = False
+    takes_segments = True
+
+    def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def run_clip(self, clip: ClipView) -> tuple[np.ndarray, np.ndarray, float]:
+        emb, logit = self.run(clip.segments)
+        return emb, logit, 0.0
+
 
 @dataclass
-class OnnxBackend:
+class OnnxBackend(SegmentBatches):
     """onnxruntime session over the exported extractor (front end inside)."""
 
     model: bytes
@@ -117,6 +164,8 @@ class SplitOnnx:
     window: int = 0
     frontend_chunk_frames: int = 160
     name: str = "onnx-cpu"
+    clip_level = True
+    takes_segments = True
 
     def __post_init__(self) -> None:
         if self.encoder_batch < 1 or self.frontend_chunk_frames < 1:
@@ -152,12 +201,12 @@ class SplitOnnx:
             parts.append(self._fe.run(["logmel"], {"waveform": x[None, f0 * self.hop : (f1 - 1 + span) * self.hop]})[0])
         return np.concatenate(parts, axis=2)
 
-    def run_clip(self, clip: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(embedding [S, D], domain_logit [S], seconds spent in the front end)`` of a standardized clip."""
+    def run_clip(self, clip: ClipView) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(embedding [S, D], domain_logit [S], seconds spent in the front end)``: the log-mel once per clip."""
         t0 = time.perf_counter()
-        frames = self._clip_frames(clip)
+        frames = self._clip_frames(clip.normalized)
         t_fe = time.perf_counter() - t0
-        first = np.asarray(starts) // self.hop
+        first = np.asarray(clip.starts) // self.hop
         windows = np.stack([frames[0, :, f : f + self.frames] for f in first])
         embs, logits = [], []
         for lo in range(0, len(windows), self.encoder_batch):
@@ -165,6 +214,29 @@ class SplitOnnx:
             embs.append(emb)
             logits.append(logit.reshape(-1))
         return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32), t_fe
+
+
+class FeatureBackend:
+    """A member computed in numpy from the raw clip (the plain log-mel statistics).
+
+    One embedding per clip (S = 1) and no domain classifier. It sees the clip as
+    recorded, not amplitude-standardized: the level is part of the feature.
+    """
+
+    name = "numpy"
+    clip_level = True
+    takes_segments = False
+
+    def __init__(self, features: LogMelStats):
+        self.features = features
+
+    def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise ValueError("a numpy feature member scores raw clips, not standardized segments")
+
+    def run_clip(self, clip: ClipView) -> tuple[np.ndarray, np.ndarray, float]:
+        t0 = time.perf_counter()
+        emb = self.features(clip.raw)[None]
+        return emb, np.zeros(1, dtype=np.float32), time.perf_counter() - t0
 
 
 _ARENA_REGISTERED: list[bool] = []
@@ -208,6 +280,36 @@ def _ort_providers(kind: str, cache_dir: str | None) -> list:
     raise ValueError(f"unknown onnxruntime back end {kind!r}")
 
 
+def _tensorrt(model: bytes, threads: int, engine: bytes | None, engine_meta: dict | None, cache_dir: str | None) -> Backend:
+    if engine is None:
+        raise RuntimeError("the bundle holds no TensorRT engine")
+    from edge_asd.runtime.trt import TensorRTBackend  # tensorrt is imported only where an engine is used
+
+    return TensorRTBackend(engine, engine_meta or {})
+
+
+def _onnxruntime(kind: str) -> Callable[..., Backend]:
+    def make(model: bytes, threads: int, engine: bytes | None, engine_meta: dict | None, cache_dir: str | None) -> Backend:
+        missing = {"onnx-cuda": "CUDAExecutionProvider", "onnx-tensorrt": "TensorrtExecutionProvider"}.get(kind)
+        if missing is not None and missing not in available_ort_providers():
+            raise RuntimeError(f"onnxruntime here has no {missing}")
+        b = OnnxBackend(model, providers=_ort_providers(kind, cache_dir), threads=threads or (os.cpu_count() or 1))
+        b.name = kind
+        return b
+
+    return make
+
+
+# Back-end name -> factory (Frigate's detector table); ``auto`` is an order over these, fastest first.
+FACTORIES: dict[str, Callable[..., Backend]] = {
+    "tensorrt": _tensorrt,
+    "onnx-tensorrt": _onnxruntime("onnx-tensorrt"),
+    "onnx-cuda": _onnxruntime("onnx-cuda"),
+    "onnx-cpu": _onnxruntime("onnx-cpu"),
+}
+assert set(FACTORIES) == set(BACKENDS) - {"auto"}
+
+
 def make_backend(
     model: bytes,
     backend: str = "auto",
@@ -233,19 +335,7 @@ def make_backend(
     errors = []
     for kind in order:
         try:
-            if kind == "tensorrt":
-                if engine is None:
-                    raise RuntimeError("the bundle holds no TensorRT engine")
-                from edge_asd.runtime.trt import TensorRTBackend
-
-                return TensorRTBackend(engine, engine_meta or {})
-            if kind != "onnx-cpu" and kind.startswith("onnx-"):
-                missing = {"onnx-cuda": "CUDAExecutionProvider", "onnx-tensorrt": "TensorrtExecutionProvider"}[kind]
-                if missing not in available_ort_providers():
-                    raise RuntimeError(f"onnxruntime here has no {missing}")
-            b = OnnxBackend(model, providers=_ort_providers(kind, cache_dir), threads=threads or (os.cpu_count() or 1))
-            b.name = kind
-            return b
+            return FACTORIES[kind](model, threads, engine, engine_meta, cache_dir)
         except Exception as exc:  # try the next back end, but say why
             log.warning("back end %s unavailable: %s", kind, exc)
             errors.append(f"{kind}: {exc}")

@@ -19,7 +19,9 @@ from edge_asd.io.audio import SegmentSpec, level_from_manifest, normalize, segme
 from edge_asd.runtime.bundle import Bundle, open_bundle
 from edge_asd.errors import BundleError, UserError
 from edge_asd.io.features import LogMelStats, LogMelStatsConfig
-from edge_asd.runtime.backends import SplitOnnx, available_ort_providers, make_backend
+from edge_asd.runtime.backends import (
+    Backend, ClipView, FeatureBackend, SplitOnnx, available_ort_providers, make_backend,
+)
 from edge_asd.scoring.stage2 import SectionModel, combine_parts, p_target, section_from_state, section_parts
 
 
@@ -36,27 +38,9 @@ class ClipResult:
 @dataclass
 class _Member:
     name: str
-    backend: object  # a SplitOnnx (front end once per clip) on the CPU when the bundle has the split graphs
+    backend: Backend  # a SplitOnnx (front end once per clip) on the CPU when the bundle has the split graphs
     sections: dict[str, SectionModel]
     has_domain_head: bool = True  # whether its domain logits mean anything (Eq. 7)
-
-
-class FeatureBackend:
-    """A member computed in numpy from the raw clip (the plain log-mel statistics).
-
-    One embedding per clip (S = 1) and no domain classifier. It sees the clip as
-    recorded, not amplitude-standardized: the level is part of the feature.
-    """
-
-    name = "numpy"
-
-    def __init__(self, features: LogMelStats):
-        self.features = features
-
-    def run_raw_clip(self, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        t0 = time.perf_counter()
-        emb = self.features(clip)[None]
-        return emb, np.zeros(1, dtype=np.float32), time.perf_counter() - t0
 
 
 def segment_spec(manifest: dict) -> SegmentSpec:
@@ -188,35 +172,25 @@ class ClipScorer:
 
     def embed(self, segments: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each extractor member's ``(embedding [N, D], domain_logit [N])`` of segments."""
-        return [m.backend.run(segments) for m in self.members if not isinstance(m.backend, FeatureBackend)]
+        return [m.backend.run(segments) for m in self.members if m.backend.takes_segments]
 
     @property
     def clip_level(self) -> bool:
         """Whether every member works on the whole clip (the CPU's split graphs, numpy features)."""
-        return all(isinstance(m.backend, (SplitOnnx, FeatureBackend)) for m in self.members)
+        return all(m.backend.clip_level for m in self.members)
 
     def embed_clip(self, clip: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
         """Each member's ``(embedding [S_m, D_m], domain_logit [S_m])`` of one raw clip, and timings in ms.
 
         "frontend" includes standardization and the split graphs' log-mel.
         """
-        clip = self._checked(clip)
+        view = ClipView(self._checked(clip), self.spec)
         t0 = time.perf_counter()
-        x = normalize(clip, self.spec)
-        starts = self.spec.starts(x.size)
-        segs = None
+        view.normalized  # made here, so that standardization counts as front end, as it always has
         outs, t_fe, t_enc = [], 0.0, 0.0
         for member in self.members:
             ta = time.perf_counter()
-            if isinstance(member.backend, FeatureBackend):
-                emb, logit, fe_s = member.backend.run_raw_clip(clip)
-            elif isinstance(member.backend, SplitOnnx):
-                emb, logit, fe_s = member.backend.run_clip(x, starts)
-            else:
-                if segs is None:
-                    segs = segment(x, self.spec)
-                emb, logit = member.backend.run(segs)
-                fe_s = 0.0
+            emb, logit, fe_s = member.backend.run_clip(view)
             outs.append((emb, logit))
             t_fe, t_enc = t_fe + fe_s, t_enc + (time.perf_counter() - ta - fe_s)
         prep = time.perf_counter() - t0 - t_fe - t_enc
@@ -239,7 +213,7 @@ class ClipScorer:
 
     def score_segments(self, segs: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
         """Scores of clips given as ``[n_clips, S, samples]`` standardized segments (extractor members only)."""
-        if any(isinstance(m.backend, FeatureBackend) for m in self.members):
+        if not all(m.backend.takes_segments for m in self.members):
             raise ValueError("a bundle with a numpy feature member scores raw clips (score_many), not segments")
         n, s, length = segs.shape
         t0 = time.perf_counter()
@@ -256,7 +230,7 @@ class ClipScorer:
         at a time, as in the daemon; GPU back ends take all the clips' segments
         in one batch, which is what a GPU wants.
         """
-        if self.clip_level or any(isinstance(m.backend, FeatureBackend) for m in self.members):
+        if self.clip_level or not all(m.backend.takes_segments for m in self.members):
             return np.array([self._score_clip(c, section)[0][0] for c in clips])
         return self.score_segments(np.stack([self.prepare(c) for c in clips]), section)[0]
 

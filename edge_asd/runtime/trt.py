@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.errors import UserError
+from edge_asd.runtime.backends import SegmentBatches
 
 log = logging.getLogger("edge_asd.engine")  # the name journals show, kept from before the subpackages
 
@@ -152,7 +153,7 @@ def engine_source(member: dict) -> str:
     return member.get("engine_source", member["model"])
 
 
-class TensorRTBackend:
+class TensorRTBackend(SegmentBatches):
     """Runs a serialized engine; refuses one built for another GPU or TensorRT."""
 
     name = "tensorrt"

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import run_spec
-from edge_asd.scoring.stage2 import APPROACHES, SectionModel, Stage2Config, check_fittable, fit_section
-from edge_asd.scoring.stage2 import section_from_state, section_state
+from edge_asd.scoring.section import SectionModel, section_from_state, section_state
+from edge_asd.scoring.stage2 import APPROACHES, Stage2Config, check_fittable, fit_section
 
 log = logging.getLogger(__name__)
 

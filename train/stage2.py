@@ -1,7 +1,8 @@
 """Stage 2 on the desktop: embed the normals of the bank and fit the inlier models.
 
-The models, standardization and thresholds are :mod:`edge_asd.scoring.stage2` itself;
-this module only feeds it embeddings from the trained extractor and stores the
+The models, standardization and thresholds are the device's own code
+(:mod:`edge_asd.scoring.stage2` fits a section, :mod:`edge_asd.scoring.section` holds it);
+this module only feeds them embeddings from the trained extractor and stores the
 result in the run folder, for ``report`` and ``edge-asd-export``:
 
     RUN/stage2/<approach>/detectors.npz   detector state (plain arrays)

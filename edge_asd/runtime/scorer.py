@@ -22,7 +22,8 @@ from edge_asd.io.features import LogMelStats, LogMelStatsConfig
 from edge_asd.runtime.backend import Backend, ClipView, FeatureBackend
 from edge_asd.runtime.backends import make_backend
 from edge_asd.runtime.onnx import SplitOnnx, available_ort_providers
-from edge_asd.scoring.stage2 import SectionModel, combine_parts, p_target, section_from_state, section_parts
+from edge_asd.scoring.combine import combine_parts, p_target
+from edge_asd.scoring.section import SectionModel, section_from_state, section_parts
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,11 @@ from pathlib import Path
 import pytest
 
 from edge_asd.errors import ConfigError
-from edge_asd.mqtt.publisher import (
-    MachineStats,
-    MqttSettings,
-    Publisher,
-    alert_payload,
-    build_topic,
-    discovery_messages,
-    encode,
-    format_ts,
-    score_payload,
-    stats_payload,
-)
+from edge_asd.mqtt.discovery import discovery_messages
+from edge_asd.mqtt.payloads import MachineStats, alert_payload, encode, format_ts, score_payload, stats_payload
+from edge_asd.mqtt.publisher import Publisher
+from edge_asd.mqtt.settings import MqttSettings
+from edge_asd.mqtt.topics import build_topic
 from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 from mqtt_broker import Broker
 
@@ -318,8 +311,10 @@ VICTIM = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from edge_asd.mqtt.publisher import MqttSettings, Publisher, score_payload
     from edge_asd.mqtt.outbox import Outbox
+    from edge_asd.mqtt.payloads import score_payload
+    from edge_asd.mqtt.publisher import Publisher
+    from edge_asd.mqtt.settings import MqttSettings
     port, outbox, scores, handshake = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
     pub = Publisher(MqttSettings(port=port, reconnect_min_s=0.1, reconnect_max_s=0.5), "line1-edge",
                     Outbox(outbox), ["pump1"])

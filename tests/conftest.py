@@ -75,3 +75,8 @@ def daemons() -> list:
     yield started
     for d in started:
         d.kill()
+
+
+# --- MQTT broker fixtures (broker, brokers): defined in mqtt_broker.py, shared by every test module ---
+# Loaded as a plugin here, before any test module imports mqtt_broker, so pytest can still rewrite its asserts.
+pytest_plugins = ["mqtt_broker"]

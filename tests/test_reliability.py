@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.mqtt.publisher import Publisher, encode, score_payload
+from edge_asd.mqtt.payloads import encode, score_payload
+from edge_asd.mqtt.publisher import Publisher
 from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -27,7 +27,7 @@ TINY_MODEL = {
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from edge_asd.synth import SynthConfig, generate
+    from edge_asd.synth.generate import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("data")
     # 20 source clips per section at r_train 0.8 leave 4 held out; 8 target clips
@@ -75,3 +75,8 @@ def daemons() -> list:
     yield started
     for d in started:
         d.kill()
+
+
+# --- MQTT broker fixtures (broker, brokers): defined in mqtt_broker.py, shared by every test module ---
+# Loaded as a plugin here, before any test module imports mqtt_broker, so pytest can still rewrite its asserts.
+pytest_plugins = ["mqtt_broker"]

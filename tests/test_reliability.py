@@ -28,7 +28,7 @@ from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import Broker, free_port  # noqa: E402
 from vmic import VirtualMic, unavailable_reason  # noqa: E402
-from test_daemon import (  # noqa: E402
+from daemon_proc import (  # noqa: E402
     Daemon,
     NotifySocket,
     bundle_manifest,

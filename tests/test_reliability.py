@@ -365,7 +365,7 @@ class _NonFiniteOnce:
 
 
 def test_a_non_finite_score_is_a_counted_bad_clip_not_a_scoring_error(tiny_bundle, tmp_path):
-    from edge_asd.daemon.config import load_config
+    from edge_asd.daemon.loading import load_config
     from edge_asd.daemon.app import Daemon as DaemonCore, load_scorers
 
     noise_wavs(tmp_path / "rec", 3, _clip_seconds(tiny_bundle))

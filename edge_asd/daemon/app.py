@@ -49,7 +49,8 @@ from pathlib import Path
 
 from edge_asd import __version__
 from edge_asd.scoring.alerts import Debouncer
-from edge_asd.daemon.config import DaemonConfig, LoggingConfig, MachineConfig, MqttConfig, load_config
+from edge_asd.daemon.config import DaemonConfig, LoggingConfig, MachineConfig, MqttConfig
+from edge_asd.daemon.loading import load_config
 from edge_asd.errors import BundleError, ConfigError, UserError
 from edge_asd.daemon.clock import ClockWatch
 from edge_asd.scoring.drift import DriftMonitor
@@ -612,11 +613,8 @@ class Daemon:
             raise ConfigError(f"{cfg.path}: storage.evidence: cannot use {cfg.storage.evidence}: {exc.strerror or exc}") from None
 
     def _make_pipeline(self, m: MachineConfig, scoring: _Scoring, debouncer: Debouncer | None = None) -> Pipeline:
-        source = make_source(
-            m.id, m.source, scoring.clip_seconds, scoring.hop_seconds, realtime=m.realtime, loop=m.loop,
-            channel=m.channel, samplerate=m.samplerate, queue_clips=m.queue_clips, host=self.host,
-            progress=self.file_progress,
-        )
+        source = make_source(m, scoring.clip_seconds, scoring.hop_seconds, host=self.host,
+                             progress=self.file_progress)
         deb = debouncer or Debouncer(self.cfg.alerts.raise_after, self.cfg.alerts.clear_after)
         return Pipeline(m, scoring, source, self, deb)
 

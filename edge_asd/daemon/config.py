@@ -506,28 +506,15 @@ def _machine(t: _Table, storage: StorageConfig) -> MachineConfig:
                          save_evidence, backend, threads, threshold, queue_clips)
 
 
-def check_mic_devices(cfg: DaemonConfig) -> None:
-    """Refuse ``mic:`` sources whose device PortAudio does not list (or lacks the channel)."""
-    from edge_asd.daemon.sources import DeviceError, resolve_input_device
-
-    for i, m in enumerate(cfg.machines):
-        if m.source.kind != "mic":
-            continue
-        try:
-            resolve_input_device(m.source.device, m.channel)
-        except DeviceError as exc:
-            raise ConfigError(f"{cfg.path}: machines[{i}].source: {exc}") from None
-
-
-def load_config(
+def read_config(
     path: str | Path,
     env: dict[str, str] | None = None,
-    check_devices: bool = True,
     require_credentials: bool = True,
 ) -> DaemonConfig:
     """Read and validate a daemon configuration; any problem is one :class:`ConfigError`.
 
-    ``check_devices``: look ``mic:`` devices up in PortAudio's device list.
+    ``mic:`` devices are not looked up here (this module knows no audio devices):
+    :func:`edge_asd.daemon.loading.load_config` also checks them.
     ``require_credentials``: a ``password_credential`` needs ``$CREDENTIALS_DIRECTORY``
     (systemd's LoadCredential=); without it, as when ``--validate-config`` is run
     from a shell, the credential is left unchecked.
@@ -578,6 +565,4 @@ def load_config(
         machines.append(m)
     cfg = DaemonConfig(path, device_id, storage, tuple(machines), mqtt, alerts, logging_, stats_interval,
                        shutdown_timeout, web)
-    if check_devices:
-        check_mic_devices(cfg)
     return cfg

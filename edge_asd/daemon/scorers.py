@@ -72,5 +72,6 @@ def load_scorers(cfg: DaemonConfig) -> dict[str, Scoring]:
                 f"{cfg.path}: machines[{i}].clip_seconds: {clip_seconds:g} s is shorter than the bundle's "
                 f"{float(scorer.segment_seconds):g} s segments"
             )
-        out[m.id] = Scoring(shared, section, m.threshold, clip_seconds, m.hop_seconds or clip_seconds, m.save_evidence)
+        out[m.id] = Scoring(shared=shared, section=section, threshold=m.threshold, clip_seconds=clip_seconds,
+                            hop_seconds=m.hop_seconds or clip_seconds, save_evidence=m.save_evidence)
     return out

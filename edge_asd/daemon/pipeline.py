@@ -186,7 +186,7 @@ class Pipeline:
         self.busy_since = time.monotonic()
         try:
             with sc.shared.lock:
-                result = sc.shared.scorer.score(clip.samples, sc.section)  # type: ignore[attr-defined]
+                result = sc.shared.scorer.score(clip.samples, sc.section)
         finally:
             self.busy_since = None
         threshold = sc.threshold if sc.threshold is not None else float(result.threshold)
@@ -237,7 +237,7 @@ class Pipeline:
                 if web is not None:
                     web.evidence(self.id, saved)
         if clip.completes is not None and seq is not None:
-            self.source.file_finished(clip.completes)  # type: ignore[attr-defined]
+            self.source.file_finished(clip.completes)
 
     def _journal_score(self, waiting: "_WaitingScore") -> int | None:
         """Journal this clip's score after any that could not be stored before, in clip order.

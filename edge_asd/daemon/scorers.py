@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_asd.daemon.config import DaemonConfig
 from edge_asd.errors import BundleError, ConfigError, UserError
+
+if TYPE_CHECKING:
+    from edge_asd.runtime.scorer import ClipScorer
 
 
 @dataclass
@@ -19,7 +23,7 @@ class SharedScorer:
     inference would not be faster anyway.
     """
 
-    scorer: object  # edge_asd.runtime.scorer.ClipScorer
+    scorer: ClipScorer
     lock: threading.Lock
 
 
@@ -36,7 +40,7 @@ class Scoring:
 
     @property
     def bundle_id(self) -> str:
-        return self.shared.scorer.bundle_id  # type: ignore[attr-defined]
+        return self.shared.scorer.bundle_id
 
 
 def load_scorers(cfg: DaemonConfig) -> dict[str, Scoring]:

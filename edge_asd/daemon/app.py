@@ -281,6 +281,11 @@ class Daemon:
         self.notifier.stopping("stopping")
         for p in self.pipelines.values():
             p.source.stop()
+        if self._reload_thread is not None:
+            # A reload being prepared is loading bundles in native code (onnxruntime, faiss). Exiting
+            # under it tears its objects down mid-call and the C++ runtime aborts the process
+            # ("terminate called without an active exception", status -6); a signal storm found it.
+            self._reload_thread.join(self.cfg.shutdown_timeout_s)
         for p in self.pipelines.values():
             dropped = p.stop()
             if dropped:

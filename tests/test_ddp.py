@@ -145,3 +145,21 @@ def test_resumed_ddp_run_continues_where_it_stopped(ddp_data, ddp_run, setup, tm
     assert_same(load_extractor_state(run / "checkpoints" / "extractor.pt"),
                 load_extractor_state(full_run / "checkpoints" / "extractor.pt"))
     assert (run / "losses.csv").read_text() == (full_run / "losses.csv").read_text()
+
+
+@pytest.mark.slow
+def test_edge_asd_train_under_torchrun_makes_one_complete_run(ddp_data, tmp_path):
+    """The README's multi-GPU command, on the CPU: stage 1 on both ranks, then stage 2 on rank 0 alone."""
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**SETUPS["oe+domain_head"][0], "epochs": 1, "cache_dir": str(tmp_path / "cache")}))
+    run = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "train.cli",
+         "--data", str(ddp_data), "--machine", "fan", "--out", str(run), "--config", str(config), "--device", "cpu",
+         "--baseline-epochs", "0"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run ready:") == 1  # rank 1 stopped after stage 1
+    assert (run / "stage2" / "default.json").is_file() and (run / "baseline" / "plain").is_dir()
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 8  # the global batch, as configured

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def _train(args: argparse.Namespace) -> int:
     device = _device(args.device)
     for cfg, s2 in plans:
         run_dir = Path(train_extractor(cfg, progress=not args.quiet))
+        if int(os.environ.get("RANK", "0")):
+            continue  # under torchrun stage 2 and the references are one process's work: rank 0's
         # An extractor with a domain head serves both approaches (the report compares
         # them on one extractor); without one, only generalization. s2.approach is
         # the one edge-asd-export deploys by default.

@@ -89,6 +89,7 @@ def test_switch_flags_take_their_own_spelling(grid_data, tmp_path):
         ('data = "DATA"\nepochs = 3\n[grid]\nmachine = "fan"\n', "unknown key(s) epochs"),
         ('data = "DATA"\n[grid]\nmachine = "fan"\n[config]\nepoch = 3\n', "[config] epoch is not a training config field"),
         ('data = "DATA"\n[grid]\nmachine = "fan"\nwarp = [1, 2]\n', "[grid] warp is neither"),
+        ('data = "DATA"\n[grid]\nmachine = "fan"\n[config]\ndevice = "cpu"\n', "put it in [flags]"),
         ('data = "DATA"\n[grid]\nmachine = "fan"\ndetector = ["knn", "svm"]\n', "invalid choice: 'svm'"),
         ('data = "DATA"\n[grid]\nmachine = ["fan", "gearbox"]\n', "machine 'gearbox': no folder"),
         ('data = "DATA"\n[grid]\nmachine = "fan"\nseed = []\n', "seed is an empty list"),

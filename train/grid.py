@@ -39,7 +39,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
@@ -48,11 +47,18 @@ from typing import Any
 
 from edge_asd.errors import UserError
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6)
+    import tomli as tomllib  # type: ignore[no-redef]
+
 DONE_MARKER = "grid_done.json"
 LOG_NAME = "train.log"
 POINT_CONFIG = "grid_point.json"
 # Each run's own: the grid sets them, a grid file may not.
 RESERVED = ("data", "out", "machine", "config", "resume", "quiet", "func")
+# training-config fields the command line always sets, so in a grid they are options
+CLI_FIELDS = ("device",)
 TOP_KEYS = ("data", "grid", "config", "flags")
 
 
@@ -85,7 +91,7 @@ class RunPoint:
         run = self.run_dir(out)
         args = ["--data", str(self.data), "--machine", self.machine, "--out", str(run),
                 "--config", str(run / POINT_CONFIG), "--quiet"]
-        if (run / "config.json").is_file() and any(run.glob("**/checkpoints/last.pt")):
+        if any(run.glob("**/checkpoints/last.pt")):
             args.append("--resume")
         return args + flag_args(self.flags)
 
@@ -108,7 +114,7 @@ class RunResult:
 def _train_fields() -> set[str]:
     from .config import TrainConfig
 
-    return {f.name for f in fields(TrainConfig)} - set(RESERVED)
+    return {f.name for f in fields(TrainConfig)} - set(RESERVED) - set(CLI_FIELDS)
 
 
 @functools.cache
@@ -155,6 +161,8 @@ def _check_keys(spec: GridSpec) -> None:
         if key not in train_fields and key not in options:
             raise GridError(f"{spec.source}: [grid] {key} is neither a training config field nor an edge-asd-train option")
     for key in spec.config:
+        if key in CLI_FIELDS:
+            raise GridError(f"{spec.source}: [config] {key} is set by the command line: put it in [flags]")
         if key not in train_fields:
             raise GridError(f"{spec.source}: [config] {key} is not a training config field")
     for key in spec.flags:

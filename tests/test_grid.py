@@ -136,6 +136,9 @@ def test_local_pool_runs_skips_finished_and_reports_failures(grid_data, tmp_path
     runs = [r for r in find_runs(out) if r.parent.name != "baseline"]
     assert runs == [out / "fan" / "seed-0", out / "fan" / "seed-1"]
     assert json.loads((out / "fan/seed-1/config.json").read_text())["seed"] == 1
+    bundle = subprocess.run([sys.executable, "-m", "export.cli", *map(str, runs), "--out", str(tmp_path / "fan.asd"),
+                             "--select", "1"], capture_output=True, text=True)
+    assert bundle.returncode == 0 and "chosen by proxy from 2" in bundle.stdout, bundle.stderr[-2000:]
 
     logs = {s: (out / f"fan/seed-{s}" / LOG_NAME).read_text() for s in (0, 1)}
     again = grid_cli(str(grid), "--out", str(out), "--jobs", "2")

@@ -25,7 +25,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from edge_asd.detectors import GMMDetector, InlierDetector, KNNDetector
+from edge_asd.scoring.detectors import GMMDetector, InlierDetector, KNNDetector
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def time_scoring(detector: InlierDetector, queries: np.ndarray, repeats: int, wa
 def time_hnsw(bank: np.ndarray, queries: np.ndarray, args: argparse.Namespace) -> Timing:
     """An approximate index (faiss HNSW) for comparison: search time, build time and recall@k against exact search.
 
-    Not what the runtime uses (its KNN is exact, see edge_asd.detectors): the
+    Not what the runtime uses (its KNN is exact, see edge_asd.scoring.detectors): the
     figures say from which bank size an approximate index would pay for its
     build time, its second copy of the vectors and its missed neighbours.
     """
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hnsw-ef", type=int, default=64, help="HNSW efSearch")
     parser.add_argument("--gpu", action="store_true", help="search the KNN bank on the GPU when faiss can")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--faiss-threads", type=int, default=1, help="1 is what the runtime uses (edge_asd.runtime.quiet_faiss_threads)")
+    parser.add_argument("--faiss-threads", type=int, default=1, help="1 is what the runtime uses (edge_asd.runtime.scorer.quiet_faiss_threads)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_detectors.png"))
     args = parser.parse_args(argv)
     import faiss

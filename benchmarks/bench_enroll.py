@@ -31,10 +31,10 @@ ROOT = HERE.parent
 
 
 def auc_target(bundle: Path, data: Path, machine: str) -> float:
-    from edge_asd.dcase import list_clips
-    from edge_asd.metrics import labelled_metrics
-    from edge_asd.offline import score_files
-    from edge_asd.runtime import load_scorer
+    from edge_asd.io.dcase import list_clips
+    from edge_asd.scoring.metrics import labelled_metrics
+    from edge_asd.offline.score import score_files
+    from edge_asd.runtime.scorer import load_scorer
 
     scorer = load_scorer(bundle, backend="onnx-cpu")
     clips = list_clips(data, machine, "test")
@@ -57,10 +57,10 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    from edge_asd.dcase import list_clips
-    from edge_asd.enroll import enroll
-    from edge_asd.audio import read_audio
-    from edge_asd.synth import SynthConfig, generate
+    from edge_asd.io.dcase import list_clips
+    from edge_asd.runtime.enroll import enroll
+    from edge_asd.io.audio import read_audio
+    from edge_asd.synth.generate import SynthConfig, generate
     from export.pack import build_bundle
     from train.cli import main as train_main
 

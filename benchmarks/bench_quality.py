@@ -6,7 +6,7 @@
 For each data set and machine type it trains every named stage-1 system once
 (``edge-asd-train``, which also fits the plain baseline and the autoencoder
 into the run), then fits every named stage-2 variant on the same embeddings
-with :mod:`edge_asd.scoring` (the code the device runs) and scores the test
+with :mod:`edge_asd.scoring.stage2` (the code the device runs) and scores the test
 clips; ensembles with the plain system average standardized scores (report
 2.5). The plain baseline and the first system's ``--product`` variant are also
 run through the whole product path (``edge-asd-export`` -> ``edge-asd score`` ->
@@ -32,9 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_asd.dcase import list_clips, list_machines  # noqa: E402
-from edge_asd.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
-from edge_asd.scoring import Stage2Config, combine_parts, fit_section, p_target, section_parts  # noqa: E402
+from edge_asd.io.dcase import list_clips, list_machines  # noqa: E402
+from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
+from edge_asd.scoring.stage2 import Stage2Config, combine_parts, fit_section, p_target, section_parts  # noqa: E402
 
 # Stage-1 systems (TrainConfig overrides). "epochs" is set by --epochs unless given here.
 SYSTEMS = {
@@ -136,8 +136,8 @@ def _train(data: Path, machine: str, out: Path, system: str, epochs: int, ae_epo
 
 def _product_score(runs: list[Path], data: Path, machine: str, tmp: Path) -> float:
     """The official score of a bundle of ``runs`` as a user gets it: export, score, evaluate."""
-    from edge_asd.metrics import evaluate_dir
-    from edge_asd.offline import score_paths
+    from edge_asd.scoring.metrics import evaluate_dir
+    from edge_asd.offline.score import score_paths
     from export.pack import build_bundle
 
     bundle = build_bundle(runs, tmp / f"{machine}.asd", progress=False)

@@ -42,7 +42,7 @@ def _peak_rss_mb() -> float:
 
 def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> dict:
     """Runs in a fresh interpreter: edge_asd only, never torch."""
-    from edge_asd.runtime import load_scorer, quiet_faiss_threads
+    from edge_asd.runtime.scorer import load_scorer, quiet_faiss_threads
 
     quiet_faiss_threads()  # as the edge-asd commands do
     scorer = load_scorer(bundle, backend="onnx-cpu", threads=threads)
@@ -68,7 +68,7 @@ def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> di
 def child_torch(weights: str, threads: int, repeats: int, t_start: float) -> dict:
     import torch
 
-    from edge_asd.audio import SegmentSpec, segment, standardize
+    from edge_asd.io.audio import SegmentSpec, segment, standardize
     from train.models import ModelConfig, build_extractor
 
     torch.set_num_threads(threads)
@@ -93,8 +93,8 @@ def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
     """An extractor, its fp32 and int8 bundles (KNN detectors on real embeddings)."""
     import torch
 
-    from edge_asd.bundle import npz_bytes, write_bundle
-    from edge_asd.scoring import Stage2Config, fit_section, section_state
+    from edge_asd.runtime.bundle import npz_bytes, write_bundle
+    from edge_asd.scoring.stage2 import Stage2Config, fit_section, section_state
     from export.onnx_export import export_onnx, export_split
     from export.precision import to_int8
     from train.models import ModelConfig, build_extractor

@@ -65,7 +65,7 @@ def time_score(bundle: str, clips: Path, threads: int) -> tuple[float, float]:
 def child_torch(weights: str, clips: str, threads: int) -> dict:
     import torch
 
-    from edge_asd.audio import SegmentSpec, clip_segments
+    from edge_asd.io.audio import SegmentSpec, clip_segments
     from train.models import ModelConfig, build_extractor
 
     t0 = time.perf_counter()
@@ -91,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     import bench_runtime
 
-    from edge_asd.synth import SynthConfig, generate
+    from edge_asd.synth.generate import SynthConfig, generate
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_asd.cli import CliParser, run_cli
+from edge_asd.cli.parser import CliParser, run_cli
 
 from .pack import FORMATS, SELECT_BY, build_bundle
 from .precision import PRECISIONS

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.audio import SegmentSpec, amplitude_manifest, clip_segments
-from edge_asd.bundle import npz_bytes, write_bundle
+from edge_asd.io.audio import SegmentSpec, amplitude_manifest, clip_segments
+from edge_asd.runtime.bundle import npz_bytes, write_bundle
 from edge_asd.errors import UserError
-from edge_asd.inference import OnnxBackend
-from edge_asd.metrics import roc_auc
-from edge_asd.scoring import APPROACHES, Stage2Config, combine_parts, p_target, section_parts, section_state
-from edge_asd.drift import reference_quantiles
-from edge_asd.thresholds import fit_threshold
+from edge_asd.runtime.backends import OnnxBackend
+from edge_asd.scoring.metrics import roc_auc
+from edge_asd.scoring.stage2 import APPROACHES, Stage2Config, combine_parts, p_target, section_parts, section_state
+from edge_asd.scoring.drift import reference_quantiles
+from edge_asd.scoring.thresholds import fit_threshold
 
 from train.data import run_spec
 
@@ -269,13 +269,13 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
             "frames_per_segment": frames, "hop_length": spec.align,
         }
     if fmt == "tensorrt":
-        from edge_asd.engine import build_engine
+        from edge_asd.runtime.trt import build_engine
 
         source = model_bytes
         cache_path = None
         with tempfile.TemporaryDirectory() as tmp:
             if precision == "int8":
-                # TensorRT quantizes the fp32 model itself (see edge_asd.engine.engine_source);
+                # TensorRT quantizes the fp32 model itself (see edge_asd.runtime.trt.engine_source);
                 # the cache lets `edge-asd build-engine` redo it on the device without the data.
                 source = onnx_fp32
                 files[prefix + "extractor.fp32.onnx"] = onnx_fp32
@@ -485,8 +485,8 @@ def _select(
 
 def _validation_score(member: _Member, approach: str, validation: list[Path]) -> float:
     """The official score of one member alone on the user's labelled clips, scored as the device would."""
-    from edge_asd.metrics import evaluate_dir
-    from edge_asd.offline import score_paths
+    from edge_asd.scoring.metrics import evaluate_dir
+    from edge_asd.offline.score import score_paths
 
     manifest, files = _assemble([member], approach)
     with tempfile.TemporaryDirectory() as tmp:
@@ -506,7 +506,7 @@ def _clip_seconds(paths: list[Path]) -> float:
 
 
 def _pseudo_anomalous_paths(data_root: Path, machine: str, limit: int) -> list[Path]:
-    from edge_asd.dcase import list_clips, list_machines
+    from edge_asd.io.dcase import list_clips, list_machines
 
     others = [m for m in list_machines(data_root) if m != machine]
     paths: list[Path] = []

@@ -27,7 +27,7 @@ TINY_MODEL = {
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from edge_asd.synth import SynthConfig, generate
+    from edge_asd.synth.generate import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("data")
     # 20 source clips per section at r_train 0.8 leave 4 held out; 8 target clips

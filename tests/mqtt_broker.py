@@ -5,7 +5,7 @@
     require_mosquitto()                      # pytest.skip with a clear reason when the binary is absent
     with Broker(tmp_path, auth=("user", "pw"), tls=True) as broker:
         sub = broker.subscriber("edge_asd/#")
-        settings = broker.mqtt_settings(prefix="edge_asd")   # edge_asd.mqtt.MqttSettings for this broker
+        settings = broker.mqtt_settings(prefix="edge_asd")   # edge_asd.mqtt.publisher.MqttSettings for this broker
         ...
         broker.stop(); broker.start()        # same port, same certificates, same password file
         sub.wait_for(lambda msgs: ..., timeout=20)
@@ -293,8 +293,8 @@ class Broker:
     # --- clients ------------------------------------------------------------------
 
     def mqtt_settings(self, **overrides: Any):
-        """edge_asd.mqtt.MqttSettings for this broker, with test-short reconnect delays."""
-        from edge_asd.mqtt import MqttSettings
+        """edge_asd.mqtt.publisher.MqttSettings for this broker, with test-short reconnect delays."""
+        from edge_asd.mqtt.publisher import MqttSettings
 
         values: dict[str, Any] = dict(
             host=self.host, port=self.port, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive=10

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge_asd.audio import SegmentSpec, clip_segments
-from edge_asd.dcase import list_clips
+from edge_asd.io.audio import SegmentSpec, clip_segments
+from edge_asd.io.dcase import list_clips
 from edge_asd.errors import UserError
 from test_stage1 import cache_dir, data_root, tiny_config  # noqa: F401 (module fixtures: the same synthetic data)
 from train.adacos import AdaCosCropDataset, SubClusterAdaCos, adacos_classes, initial_scale, subcluster_adacos_loss
@@ -259,7 +259,7 @@ def test_adacos_fft_run_separates_sections_better_than_untrained(adacos_run, dat
 def test_adacos_fft_run_exports_with_parity(adacos_run, data_root):
     import onnx
 
-    from edge_asd.inference import OnnxBackend
+    from edge_asd.runtime.backends import OnnxBackend
     from export.onnx_export import export_onnx, export_split, relative_error, torch_embed
 
     _, run = adacos_run
@@ -286,8 +286,8 @@ def test_adacos_fft_run_exports_with_parity(adacos_run, data_root):
 def test_cli_flags_train_and_bundle_without_split_graphs(tiny_data, tmp_path):
     """--objective / --fft-branch over a --config file, stage 2 on the embeddings, a bundle that scores."""
     from conftest import TINY_MODEL
-    from edge_asd.bundle import open_bundle
-    from edge_asd.runtime import load_scorer
+    from edge_asd.runtime.bundle import open_bundle
+    from edge_asd.runtime.scorer import load_scorer
     from export.pack import build_bundle
     from train.cli import main as train_main
 
@@ -304,7 +304,7 @@ def test_cli_flags_train_and_bundle_without_split_graphs(tiny_data, tmp_path):
     assert member["embedding_dim"] == 32 + 32 and "split" not in member
     scorer = load_scorer(path, backend="onnx-cpu")
     clips = list_clips(tiny_data, "fan", "test")[:2]
-    from edge_asd.audio import read_audio
+    from edge_asd.io.audio import read_audio
 
     scores = scorer.score_many([read_audio(c.path) for c in clips], "00")
     assert np.all(np.isfinite(scores))

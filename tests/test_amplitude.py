@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_asd.audio import SegmentSpec, amplitude_manifest, level_from_manifest, normalize, standardize
+from edge_asd.io.audio import SegmentSpec, amplitude_manifest, level_from_manifest, normalize, standardize
 from train.data import ClipStats, pooled_stats
 
 
@@ -36,8 +36,8 @@ def test_fixed_level_keeps_the_loudness_that_per_clip_standardization_removes():
 
 @pytest.mark.slow
 def test_machine_level_travels_from_training_to_the_device(tmp_path):
-    from edge_asd.runtime import load_scorer
-    from edge_asd.synth import SynthConfig, generate
+    from edge_asd.runtime.scorer import load_scorer
+    from edge_asd.synth.generate import SynthConfig, generate
     from export.pack import build_bundle
     from train.cli import main as train_main
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_asd.audio import SegmentSpec, clip_segments
+from edge_asd.io.audio import SegmentSpec, clip_segments
 from edge_asd.errors import ConfigError, UserError
 from test_stage1 import tiny_config, write_dataset
 from train.models import ModelConfig, build_extractor, check_pretrained
@@ -146,7 +146,7 @@ def test_edge_backbones_train_and_export_with_parity(backbone, weights, data_roo
     import onnx
 
     from export.onnx_export import export_onnx, export_split, relative_error, torch_embed
-    from edge_asd.inference import OnnxBackend
+    from edge_asd.runtime.backends import OnnxBackend
     from train.embed import load_extractor
     from train.stage1 import heldout_clips, train_extractor
 

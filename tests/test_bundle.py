@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asd.bundle import SCHEMA_VERSION, npz_bytes, open_bundle, sha256, write_bundle
+from edge_asd.runtime.bundle import SCHEMA_VERSION, npz_bytes, open_bundle, sha256, write_bundle
 from edge_asd.errors import BundleError
-from edge_asd.runtime import load_scorer
+from edge_asd.runtime.scorer import load_scorer
 
 
 def _members(path):

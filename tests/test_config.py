@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.config import DaemonConfig, load_config
+from edge_asd.daemon.config import DaemonConfig, load_config
 from edge_asd.errors import ConfigError, UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -278,7 +278,7 @@ def test_mic_device_index_out_of_range(files):
 
 @pytest.mark.skipif(unavailable_reason() is not None, reason=f"virtual microphone unavailable: {unavailable_reason()}")
 def test_mic_devices_are_checked_against_portaudio(files, monkeypatch):
-    from edge_asd.sources import PortAudioHost
+    from edge_asd.daemon.sources import PortAudioHost
 
     with VirtualMic() as mic:
         for k, v in mic.env.items():

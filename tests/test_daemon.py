@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.daemon import Debouncer
-from edge_asd.evidence import EvidenceStore
-from edge_asd.sdnotify import Notifier
+from edge_asd.scoring.alerts import Debouncer
+from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.daemon.sdnotify import Notifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import MOSQUITTO, MOSQUITTO_PASSWD, Broker, free_port, make_ca, make_leaf, require_mosquitto  # noqa: E402
@@ -494,7 +494,7 @@ def test_sighup_reloads_without_restarting_the_source(tiny_bundle, edge_asd_exe,
 
 
 def test_sighup_with_a_tampered_bundle_keeps_the_old_one(tiny_bundle, edge_asd_exe, tmp_path, daemons):
-    from edge_asd.bundle import open_bundle, write_bundle
+    from edge_asd.runtime.bundle import open_bundle, write_bundle
 
     bundle = tmp_path / "fan.asd"
     bundle.write_bytes(tiny_bundle.read_bytes())
@@ -620,7 +620,7 @@ def bad_audio_folder(folder: Path, clip_s: float) -> tuple[list[tuple[Path, int]
 
 
 def test_replay_carries_on_over_every_kind_of_bad_audio(tiny_bundle, edge_asd_exe, tmp_path, daemons):
-    from edge_asd.audio import dbfs
+    from edge_asd.io.audio import dbfs
 
     model = bundle_manifest(tiny_bundle)["bundle_id"]
     clip_s = float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0))

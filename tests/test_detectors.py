@@ -17,7 +17,7 @@ from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import LocalOutlierFactor
 
-from edge_asd.detectors import (
+from edge_asd.scoring.detectors import (
     AGGREGATORS,
     DETECTORS,
     STATE_VERSION,

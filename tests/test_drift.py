@@ -1,6 +1,6 @@
 import numpy as np
 
-from edge_asd.drift import DriftMonitor, reference_cdf, reference_quantiles
+from edge_asd.scoring.drift import DriftMonitor, reference_cdf, reference_quantiles
 
 
 def test_reference_cdf_matches_empirical():

@@ -7,12 +7,12 @@ import numpy as np
 import soundfile as sf
 import pytest
 
-from edge_asd.audio import read_audio
-from edge_asd.bundle import open_bundle
-from edge_asd.dcase import list_clips
-from edge_asd.enroll import enroll, rollback
+from edge_asd.io.audio import read_audio
+from edge_asd.runtime.bundle import open_bundle
+from edge_asd.io.dcase import list_clips
+from edge_asd.runtime.enroll import enroll, rollback
 from edge_asd.errors import UserError
-from edge_asd.runtime import load_scorer
+from edge_asd.runtime.scorer import load_scorer
 
 
 def _scored_clips(tiny_bundle, tiny_data):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.audio import clip_segments
-from edge_asd.bundle import open_bundle
-from edge_asd.dcase import list_clips
-from edge_asd.metrics import evaluate_sections, labelled_metrics
-from edge_asd.runtime import load_scorer
+from edge_asd.io.audio import clip_segments
+from edge_asd.runtime.bundle import open_bundle
+from edge_asd.io.dcase import list_clips
+from edge_asd.scoring.metrics import evaluate_sections, labelled_metrics
+from edge_asd.runtime.scorer import load_scorer
 
 
 def test_onnx_graph_contract(tiny_bundle):
@@ -39,7 +39,7 @@ def test_onnx_matches_torch_on_real_audio(tiny_run, tiny_bundle, tiny_data):
     clip = list_clips(tiny_data, "fan", "test")[0].path
     segs = clip_segments(clip)
     ref, ref_logit = torch_embed(load_extractor(tiny_run), segs)
-    from edge_asd.inference import OnnxBackend
+    from edge_asd.runtime.backends import OnnxBackend
 
     b = open_bundle(tiny_bundle)
     whole = OnnxBackend(b.read(b.manifest["members"][0]["model"]))  # the [batch, 32000] contract graph
@@ -118,17 +118,17 @@ def test_tensorrt_engine(tiny_run, tmp_path):
 
 
 def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
-    from edge_asd.audio import SegmentSpec, read_audio, segment, standardize
+    from edge_asd.io.audio import SegmentSpec, read_audio, segment, standardize
     from export.onnx_export import relative_error
 
-    from edge_asd.inference import OnnxBackend, SplitOnnx
+    from edge_asd.runtime.backends import ClipView, OnnxBackend, SplitOnnx
 
     scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
     member = scorer.members[0]
     assert isinstance(member.backend, SplitOnnx)
     x = read_audio(list_clips(tiny_data, "fan", "test")[1].path)
     std = standardize(x)
-    emb_split, logit_split, _ = member.backend.run_clip(std, SegmentSpec().starts(std.size))
+    emb_split, logit_split, _ = member.backend.run_clip(ClipView(x, SegmentSpec()))  # standardized inside
     b = open_bundle(tiny_bundle)
     full = OnnxBackend(b.read(b.manifest["members"][0]["model"]))
     emb_full, logit_full = full.run(segment(std, SegmentSpec()))
@@ -168,8 +168,8 @@ def second_run(tiny_data, tmp_path_factory):
 
 
 def test_ensemble_members_are_selected_without_test_labels(tiny_run, second_run, tiny_data, tmp_path):
-    from edge_asd.metrics import evaluate_dir
-    from edge_asd.offline import score_paths
+    from edge_asd.scoring.metrics import evaluate_dir
+    from edge_asd.offline.score import score_paths
     from export.pack import build_bundle
 
     runs = [tiny_run, second_run]
@@ -228,7 +228,7 @@ def test_int8_engine_needs_the_bundles_calibration_cache(tiny_bundle, edge_asd_e
     ],
 )
 def test_back_ends_fall_back_fastest_first(monkeypatch, backend, engine, expected):
-    from edge_asd import inference
+    from edge_asd.runtime import backends as inference
 
     # A GPU device's providers; the model is not ONNX, so every back end really fails and says so in turn.
     monkeypatch.setattr(inference, "available_ort_providers",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_asd.audio import SegmentSpec, segment, standardize
+from edge_asd.io.audio import SegmentSpec, segment, standardize
 from train.frontend import LogMel, hz_to_mel, mel_filterbank, mel_to_hz, n_frames, strict_fp32
 
 torch.set_num_threads(2)

@@ -33,7 +33,7 @@ def hour_wav(tmp_path_factory) -> Path:
 # already holds whatever earlier tests loaded, which would hide any growth.
 REPLAY = """
 import json, sys
-from edge_asd.sources import FileSource
+from edge_asd.daemon.sources import FileSource
 
 def hwm_mb():
     with open("/proc/self/status") as fh:

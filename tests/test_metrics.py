@@ -1,7 +1,7 @@
 """DCASE metrics, submission files and ``edge-asd evaluate``.
 
 scikit-learn's ``roc_auc_score`` (what the official DCASE evaluator calls) is
-the reference for the numpy re-implementation in edge_asd.metrics.
+the reference for the numpy re-implementation in edge_asd.scoring.metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 
 from edge_asd.errors import UserError
-from edge_asd.metrics import (
+from edge_asd.scoring.metrics import (
     SectionMetrics,
     evaluate_dir,
     evaluate_sections,
@@ -31,7 +31,7 @@ from edge_asd.metrics import (
     roc_auc,
     section_metrics,
 )
-from edge_asd.submission import (
+from edge_asd.io.submission import (
     read_decisions,
     read_score_file,
     read_scores,
@@ -473,7 +473,7 @@ def test_cli_evaluate_bad_input(tmp_path: Path, case: str, expect: str) -> None:
 
 def test_no_scipy_or_sklearn_in_the_runtime() -> None:
     code = (
-        "import sys, edge_asd.metrics, edge_asd.submission;"
+        "import sys, edge_asd.scoring.metrics, edge_asd.io.submission;"
         "bad = [m for m in ('scipy', 'sklearn', 'torch') if m in sys.modules];"
         "print(','.join(bad))"
     )

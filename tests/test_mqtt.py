@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_asd.errors import ConfigError
-from edge_asd.mqtt import (
+from edge_asd.mqtt.publisher import (
     MachineStats,
     MqttSettings,
     Publisher,
@@ -27,7 +27,7 @@ from edge_asd.mqtt import (
     score_payload,
     stats_payload,
 )
-from edge_asd.outbox import Outbox, OutboxFullError
+from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 from mqtt_broker import Broker
 
 DEVICE = "line1-edge"
@@ -318,8 +318,8 @@ VICTIM = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from edge_asd.mqtt import MqttSettings, Publisher, score_payload
-    from edge_asd.outbox import Outbox
+    from edge_asd.mqtt.publisher import MqttSettings, Publisher, score_payload
+    from edge_asd.mqtt.outbox import Outbox
     port, outbox, scores, handshake = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
     pub = Publisher(MqttSettings(port=port, reconnect_min_s=0.1, reconnect_max_s=0.5), "line1-edge",
                     Outbox(outbox), ["pump1"])
@@ -615,7 +615,7 @@ def test_watch_prints_one_line_per_message(tmp_path, broker, publishers):
 
 def test_watch_json_lines_for_one_device(tmp_path, broker, publishers):
     proc = _start_watcher([
-        sys.executable, "-m", "edge_asd.watch", "--json", "--port", str(broker.port),
+        sys.executable, "-m", "edge_asd.cli.watch", "--json", "--port", str(broker.port),
         "--device", DEVICE, "--count", "3",
     ])
     try:
@@ -644,7 +644,7 @@ def test_watch_without_a_broker_is_a_one_line_error():
 
 
 def test_watch_stops_cleanly_on_ctrl_c(broker):
-    proc = _start_watcher([sys.executable, "-m", "edge_asd.watch", "--port", str(broker.port)])
+    proc = _start_watcher([sys.executable, "-m", "edge_asd.cli.watch", "--port", str(broker.port)])
     try:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=WAIT)
@@ -659,7 +659,7 @@ def test_watch_with_a_refused_login_is_a_one_line_error(tmp_path):
         secret = tmp_path / "pw"
         secret.write_text("wrong\n")
         proc = subprocess.run(
-            [sys.executable, "-m", "edge_asd.watch", "--port", str(broker.port), "--username", "edge",
+            [sys.executable, "-m", "edge_asd.cli.watch", "--port", str(broker.port), "--username", "edge",
              "--password-file", str(secret), "--count", "1"],
             capture_output=True, text=True, timeout=WAIT,
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_asd.errors import UserError
-from edge_asd.outbox import Outbox, OutboxCorruptError, OutboxError, OutboxFullError
+from edge_asd.mqtt.outbox import Outbox, OutboxCorruptError, OutboxError, OutboxFullError
 
 
 def _mode(path: Path) -> int:
@@ -98,7 +98,7 @@ CRASHER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from edge_asd.outbox import Outbox
+    from edge_asd.mqtt.outbox import Outbox
     box = Outbox(Path(sys.argv[1]))
     for _ in range(int(sys.argv[2])):
         box.append_with_seq("pump1", "edge_asd/d/pump1/score", lambda s: b'{"seq":%d}' % s)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.audio import read_audio, resample, standardize
+from edge_asd.io.audio import read_audio, resample, standardize
 from edge_asd.errors import DataError
 from test_stage1 import SR, tiny_config, write_dataset
 from train import data as data_module

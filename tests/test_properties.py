@@ -9,9 +9,9 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_asd.audio import read_audio
-from edge_asd.config import load_config
-from edge_asd.dcase import parse_name
+from edge_asd.io.audio import read_audio
+from edge_asd.daemon.config import load_config
+from edge_asd.io.dcase import parse_name
 from edge_asd.errors import AudioError, ConfigError, DataError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

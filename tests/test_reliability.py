@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.mqtt import Publisher, encode, score_payload
-from edge_asd.outbox import Outbox, OutboxFullError
+from edge_asd.mqtt.publisher import Publisher, encode, score_payload
+from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import Broker, free_port  # noqa: E402
@@ -365,8 +365,8 @@ class _NonFiniteOnce:
 
 
 def test_a_non_finite_score_is_a_counted_bad_clip_not_a_scoring_error(tiny_bundle, tmp_path):
-    from edge_asd.config import load_config
-    from edge_asd.daemon import Daemon as DaemonCore, load_scorers
+    from edge_asd.daemon.config import load_config
+    from edge_asd.daemon.app import Daemon as DaemonCore, load_scorers
 
     noise_wavs(tmp_path / "rec", 3, _clip_seconds(tiny_bundle))
     cfg = load_config(write_config(tmp_path / "edge-asd.toml", 1, tiny_bundle, f"file:{tmp_path / 'rec'}",
@@ -427,7 +427,7 @@ def test_an_alert_the_full_outbox_refused_is_sent_once_there_is_room(tiny_bundle
 
 def test_clock_steps_are_noticed_with_an_injected_time_source(caplog):
     """A box without RTC: unsynchronised at boot, then NTP steps its clock; each step is seen and counted."""
-    from edge_asd.clock import ClockWatch
+    from edge_asd.daemon.clock import ClockWatch
 
     now = {"wall": 86_400.0 * 365, "mono": 50.0}  # early 1971, as a box without RTC may boot
     synced = {"v": False}

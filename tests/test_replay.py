@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.cli import main as asd_main
-from edge_asd.daemon import Debouncer
-from edge_asd.dcase import list_clips
-from edge_asd.fileprogress import FileProgress
-from edge_asd.runtime import load_scorer
-from edge_asd.sources import FileSource
+from edge_asd.cli.main import main as asd_main
+from edge_asd.scoring.alerts import Debouncer
+from edge_asd.io.dcase import list_clips
+from edge_asd.daemon.fileprogress import FileProgress
+from edge_asd.runtime.scorer import load_scorer
+from edge_asd.daemon.sources import FileSource
 
 SR = 16000
 CLIP_S = 4.0  # the tiny bundle's clip length (tests/conftest.py writes 4 s clips)
@@ -61,7 +61,7 @@ def loud_middle(normal_audio, tmp_path_factory) -> Path:
     ("section_00_source_test_normal_0001.wav", None),
 ])
 def test_wall_time_from_a_file_name(name, expect):
-    from edge_asd.replay import time_from_name
+    from edge_asd.offline.replay import time_from_name
 
     assert time_from_name(name) == expect
 
@@ -298,7 +298,7 @@ def test_score_and_the_daemon_give_the_same_windows_scores_and_alerts(loud_middl
     from mqtt_broker import Broker, require_mosquitto
     from test_daemon import Daemon, scores, write_config
 
-    from edge_asd.audio import resample
+    from edge_asd.io.audio import resample
 
     require_mosquitto()
     rec = tmp_path / "rec"

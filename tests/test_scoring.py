@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edge_asd.scoring import (
+from edge_asd.scoring.stage2 import (
     Stage2Config,
     combine_parts,
     fit_section,

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from edge_asd.detectors import KNNDetector, detector_from_state
-from edge_asd.features import LogMelStats, LogMelStatsConfig, mel_filterbank
-from edge_asd.metrics import labelled_metrics, official_result
-from edge_asd.scoring import (
+from edge_asd.scoring.detectors import KNNDetector, detector_from_state
+from edge_asd.io.features import LogMelStats, LogMelStatsConfig, mel_filterbank
+from edge_asd.scoring.metrics import labelled_metrics, official_result
+from edge_asd.scoring.stage2 import (
     Stage2Config,
     centres_bank,
     check_fittable,

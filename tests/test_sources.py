@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.audio import SAMPLE_RATE
-from edge_asd.sources import (
+from edge_asd.io.audio import SAMPLE_RATE
+from edge_asd.daemon.sources import (
     Clip,
     ClipCutter,
     ClipQueue,

@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from edge_asd.audio import SegmentSpec, clip_segments, read_audio, standardize
+from edge_asd.io.audio import SegmentSpec, clip_segments, read_audio, standardize
 from edge_asd.errors import ConfigError, DataError, UserError
 from train.config import TrainConfig
 from train.data import (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edge_asd.thresholds import ThresholdRule, fit_gamma, fit_threshold, gamma_cdf, gamma_ppf, parse_rule
+from edge_asd.scoring.thresholds import ThresholdRule, fit_gamma, fit_threshold, gamma_cdf, gamma_ppf, parse_rule
 
 SHAPES = (1e-3, 0.05, 0.5, 1.0, 2.5, 10.0, 100.0, 1e3, 1e4)
 

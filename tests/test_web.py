@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.config import ConfigError, load_config
-from edge_asd.evidence import EvidenceStore
-from edge_asd.web.history import History
-from edge_asd.web.server import WebServer
-from edge_asd.web.spectrogram import colormap, encode_png, spectrogram_png
+from edge_asd.daemon.config import ConfigError, load_config
+from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.daemon.web.history import History
+from edge_asd.daemon.web.server import WebServer
+from edge_asd.daemon.web.spectrogram import colormap, encode_png, spectrogram_png
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import binaries, headless_chromium  # noqa: E402
@@ -190,7 +190,7 @@ def _clip(seconds: float = 1.0) -> np.ndarray:
 @pytest.fixture
 def web(tmp_path):
     """A WebServer on a free loopback port over a real evidence folder, with a token, and no daemon."""
-    from edge_asd.config import WebConfig
+    from edge_asd.daemon.config import WebConfig
 
     store = EvidenceStore(tmp_path / "evidence", 10 * 1024 * 1024)
     t0 = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=timezone.utc)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_asd.dcase import parse_name
+from edge_asd.io.dcase import parse_name
 from edge_asd.errors import DataError
 
 from .data import CropDataset, PreparedData, Slot

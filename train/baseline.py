@@ -40,8 +40,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edge_asd.audio import SAMPLE_RATE, read_audio
-from edge_asd.features import hz_to_mel, mel_filterbank, mel_to_hz
+from edge_asd.io.audio import SAMPLE_RATE, read_audio
+from edge_asd.io.features import hz_to_mel, mel_filterbank, mel_to_hz
 from edge_asd.errors import UserError
 
 _FORMAT = "edge-asd-ae-baseline"

@@ -14,9 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from edge_asd.cli import CliParser, run_cli
+from edge_asd.cli.parser import CliParser, run_cli
 from edge_asd.errors import UserError
-from edge_asd.scoring import APPROACHES, BANKS, Stage2Config
+from edge_asd.scoring.stage2 import APPROACHES, BANKS, Stage2Config
 
 S2_DEFAULTS = Stage2Config()  # the command line's defaults are the dataclass's
 
@@ -162,7 +162,7 @@ def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
         # also an ensemble member: edge-asd-export RUN RUN/baseline/plain
         fit_plain(data, args.machine, run_dir / "baseline" / "plain", plain_stage2(seed, args.threshold))
     if args.baseline_epochs > 0:
-        from edge_asd.dcase import list_clips
+        from edge_asd.io.dcase import list_clips
 
         from .baseline import AEBaselineConfig, train_ae_baseline
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from edge_asd.dcase import list_clips, list_machines
+from edge_asd.io.dcase import list_clips, list_machines
 from edge_asd.errors import ConfigError, DataError
 
 from .models import BACKBONES, CNN_BACKBONES, ModelConfig, check_pretrained

@@ -24,7 +24,7 @@ exactly the batches the uninterrupted one would have.
 
 The outliers folder may hold any sound soundfile reads, at any rate and channel
 count. A file that is not 16 kHz mono is decoded once, mixed to mono, resampled
-with the runtime's own resampler (:func:`edge_asd.audio.resample`) and written as
+with the runtime's own resampler (:func:`edge_asd.io.audio.resample`) and written as
 a 16 kHz float32 WAV beside the statistics cache, named by the source's cache key;
 from then on it is an ordinary clip (seekable crops, cached statistics), and the
 same source always decodes to the same samples. Unreadable files are logged once
@@ -50,8 +50,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from edge_asd.audio import SAMPLE_RATE, SegmentSpec, clip_segments, open_audio, read_audio, resample, short_error
-from edge_asd.dcase import AUDIO_EXTENSIONS, list_clips, list_machines
+from edge_asd.io.audio import SAMPLE_RATE, SegmentSpec, clip_segments, open_audio, read_audio, resample, short_error
+from edge_asd.io.dcase import list_clips, list_machines
+from edge_asd.io.files import audio_files
 from edge_asd.errors import AudioError, DataError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class ClipStatsCache:
     """SQLite map ``(absolute path, size, mtime) -> (n_samples, mean, std)``.
 
     A file that changes gets a new key, so stale statistics are never used. Only
-    clips that passed :func:`edge_asd.audio.read_audio`'s checks are stored.
+    clips that passed :func:`edge_asd.io.audio.read_audio`'s checks are stored.
     """
 
     def __init__(self, path: Path):
@@ -119,7 +120,7 @@ class ClipStatsCache:
 
 
 def measure_clip(path: Path) -> ClipStats:
-    """Mean and standard deviation of a whole clip, as :func:`edge_asd.audio.standardize` computes them."""
+    """Mean and standard deviation of a whole clip, as :func:`edge_asd.io.audio.standardize` computes them."""
     x = read_audio(path).astype(np.float64)
     mean = float(x.mean())
     return ClipStats(x.size, mean, float((x - mean).std()))
@@ -186,15 +187,6 @@ def standardize_with(x: np.ndarray, stats: ClipStats) -> np.ndarray:
 
 
 # --- inventory and split ---------------------------------------------------------------
-
-
-def list_audio_files(folder: Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Every file under ``folder`` (recursively) with one of ``extensions`` (default .wav/.flac), sorted."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in extensions and p.is_file() and not p.name.startswith(".")
-    )
 
 
 def soundfile_extensions() -> tuple[str, ...]:
@@ -414,10 +406,10 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool 
     for m in list_machines(data):
         if m == cfg.machine or not (data / m / "train").is_dir():
             continue
-        files = list_audio_files(data / m / "train")
+        files = audio_files(data / m / "train")
         per_machine[m] = len(files)
         others += files
-    outliers = list_audio_files(Path(cfg.outliers), soundfile_extensions()) if cfg.outliers is not None else []
+    outliers = audio_files(Path(cfg.outliers), soundfile_extensions()) if cfg.outliers is not None else []
     if cfg.outliers is not None and not outliers:
         raise DataError(f"{cfg.outliers}: outliers folder holds no audio files (searched recursively for {', '.join(soundfile_extensions())})")
     # An outliers folder that contains the data set (or the machine's folder) must
@@ -746,7 +738,7 @@ def iter_clip_batches(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(first clip index, segments [n, S, T*sr])`` for consecutive groups of clips.
 
-    Each clip is read, standardized and cut by :func:`edge_asd.audio.clip_segments`,
+    Each clip is read, standardized and cut by :func:`edge_asd.io.audio.clip_segments`,
     the same code the device runs. The next group is read in threads while the
     caller computes on the current one; only two groups are ever held.
     """

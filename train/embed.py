@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_asd.audio import SegmentSpec
+from edge_asd.io.audio import SegmentSpec
 from edge_asd.errors import UserError
 
 from .data import iter_clip_batches
@@ -90,7 +90,7 @@ def embed_clips(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clip files -> ``(embedding [n_clips, S, D], domain_logit [n_clips, S])``.
 
-    Each clip goes through :func:`edge_asd.audio.clip_segments` (read, standardize,
+    Each clip goes through :func:`edge_asd.io.audio.clip_segments` (read, standardize,
     cut into S segments), exactly as the device prepares it.
     """
     paths = [Path(p) for p in paths]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.dcase import list_clips
-from edge_asd.scoring import combine_parts, p_target, section_parts
-from edge_asd.submission import write_section
+from edge_asd.io.dcase import list_clips
+from edge_asd.scoring.stage2 import combine_parts, p_target, section_parts
+from edge_asd.io.submission import write_section
 
 from .data import run_spec
 from .plain import is_plain_run, plain_embeddings

@@ -14,7 +14,7 @@ Frames are computed without centre padding, so a frame depends only on the
 samples under its window: the spectrogram of a whole clip sliced at frame
 ``start // hop`` is the spectrogram of the segment starting at ``start``. The
 export uses this to run the front end once per clip (segment starts are
-multiples of the hop, see :class:`edge_asd.audio.SegmentSpec`).
+multiples of the hop, see :class:`edge_asd.io.audio.SegmentSpec`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 
 # The mel filterbank is the runtime's (one definition for training, export and the
 # device's plain log-mel features); re-exported here for the front end and its tests.
-from edge_asd.features import hz_to_mel, mel_filterbank, mel_to_hz  # noqa: E402,F401
+from edge_asd.io.features import hz_to_mel, mel_filterbank, mel_to_hz  # noqa: E402,F401
 
 
 def n_frames(n_samples: int, n_fft: int, hop_length: int) -> int:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_asd.audio import short_error
+from edge_asd.io.audio import short_error
 from edge_asd.errors import UserError
 
 from .adacos import OBJECTIVES, SubClusterAdaCos, initial_scale

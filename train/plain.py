@@ -3,8 +3,8 @@
 It is written in the same layout as a trained run (``config.json``,
 ``split.json``, ``stage2/``), so that ``report``, ``edge-asd-export`` and
 ensembles treat it as any other system; its "embeddings" are the numpy features
-of :mod:`edge_asd.features`, one per clip, and its stage 2 is
-:mod:`edge_asd.scoring` as for the learned systems. Every normal training clip
+of :mod:`edge_asd.io.features`, one per clip, and its stage 2 is
+:mod:`edge_asd.scoring.stage2` as for the learned systems. Every normal training clip
 is in the bank (there is no stage 1 to hold clips out from); standardization
 is out of fold as always.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.audio import read_audio
-from edge_asd.dcase import list_clips
-from edge_asd.features import LogMelStats, LogMelStatsConfig
-from edge_asd.scoring import Stage2Config
+from edge_asd.io.audio import read_audio
+from edge_asd.io.dcase import list_clips
+from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+from edge_asd.scoring.stage2 import Stage2Config
 
 from .stage2 import check_normals, fit_stage2
 

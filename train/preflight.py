@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from edge_asd.dcase import list_clips
+from edge_asd.io.dcase import list_clips
 from edge_asd.errors import DataError
-from edge_asd.scoring import Stage2Config, check_fittable
+from edge_asd.scoring.stage2 import Stage2Config, check_fittable
 
 from .data import split_normals
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.dcase import list_clips
+from edge_asd.io.dcase import list_clips
 from edge_asd.errors import UserError
-from edge_asd.metrics import harmonic_mean, labelled_metrics, present, roc_auc, roc_curve
-from edge_asd.scoring import APPROACHES
+from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present, roc_auc, roc_curve
+from edge_asd.scoring.stage2 import APPROACHES
 
 from .evaluate import embed_test, ensemble_scored, score_embedded, write_submission
 from .plain import is_plain_run

@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from edge_asd.audio import SegmentSpec
+from edge_asd.io.audio import SegmentSpec
 from edge_asd.errors import ConfigError, DataError, UserError
 
 from .adacos import AdaCosCropDataset, adacos_classes, subcluster_adacos_loss

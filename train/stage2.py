@@ -1,6 +1,6 @@
 """Stage 2 on the desktop: embed the normals of the bank and fit the inlier models.
 
-The models, standardization and thresholds are :mod:`edge_asd.scoring` itself;
+The models, standardization and thresholds are :mod:`edge_asd.scoring.stage2` itself;
 this module only feeds it embeddings from the trained extractor and stores the
 result in the run folder, for ``report`` and ``edge-asd-export``:
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import run_spec
-from edge_asd.scoring import APPROACHES, SectionModel, Stage2Config, check_fittable, fit_section
-from edge_asd.scoring import section_from_state, section_state
+from edge_asd.scoring.stage2 import APPROACHES, SectionModel, Stage2Config, check_fittable, fit_section
+from edge_asd.scoring.stage2 import section_from_state, section_state
 
 log = logging.getLogger(__name__)
 

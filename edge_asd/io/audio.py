@@ -1,0 +1,239 @@
+"""Audio in: reading clips, amplitude standardization, segmentation, resampling.
+
+Everything here is numpy + soundfile, shared by training, offline scoring and the
+daemon, so that the three can never cut or scale audio differently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from edge_asd.errors import AudioError
+
+SAMPLE_RATE = 16000
+# The STFT hop of the front end (16 ms at 16 kHz). Segment starts are snapped to
+# it so that the spectrogram of a whole clip can be computed once and sliced per
+# segment with exactly the frames a per-segment computation would give.
+FRONTEND_HOP = 256
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """How a clip is cut into the S overlapping T-second segments of Eq. 4."""
+
+    sample_rate: int = SAMPLE_RATE
+    segment_seconds: float = 2.0
+    n_segments: int = 10
+    align: int = FRONTEND_HOP
+    # Amplitude normalization before the extractor: None standardizes each clip
+    # (the report); (mean, std) is one fixed scale for the machine type, from its
+    # training clips (the authors' recipe), which keeps the absolute level.
+    level: tuple[float, float] | None = None
+
+    @property
+    def segment_samples(self) -> int:
+        return int(round(self.segment_seconds * self.sample_rate))
+
+    def starts(self, n_samples: int) -> np.ndarray:
+        """Start sample of each segment: evenly spread over the clip, snapped to ``align``."""
+        seg = self.segment_samples
+        if n_samples < seg:
+            raise ValueError(f"clip of {n_samples} samples is shorter than one segment ({seg})")
+        if self.n_segments == 1:
+            return np.zeros(1, dtype=np.int64)
+        span = n_samples - seg
+        raw = np.arange(self.n_segments) * (span / (self.n_segments - 1))
+        snapped = np.floor(raw / self.align).astype(np.int64) * self.align
+        return np.minimum(snapped, span)
+
+
+def open_audio(path: str | Path) -> sf.SoundFile:
+    """An open soundfile handle, to be read in blocks where a file may be long.
+
+    :class:`AudioError` naming the file and the problem when it cannot be opened.
+    """
+    path = Path(path)
+    try:
+        return sf.SoundFile(str(path))
+    except Exception as exc:  # soundfile raises several types for bad headers
+        if not path.exists():
+            raise AudioError(f"{path}: no such file") from None
+        try:
+            empty = path.is_file() and path.stat().st_size == 0
+        except OSError:
+            empty = False
+        if empty:
+            # libsndfile calls this "format not recognised", which sends users hunting for a codec.
+            raise AudioError(f"{path}: empty file (0 bytes)") from None
+        detail = short_error(exc)
+        # libsndfile repeats the path; the message already starts with it.
+        detail = detail.removeprefix(f"Error opening {str(path)!r}: ")
+        raise AudioError(f"{path}: unreadable audio file ({detail})") from None
+
+
+def read_audio(
+    path: str | Path,
+    sample_rate: int = SAMPLE_RATE,
+    min_seconds: float | None = None,
+    max_seconds: float | None = None,
+) -> np.ndarray:
+    """Read a mono WAV/FLAC clip as float32 in [-1, 1].
+
+    PCM 16/24/32-bit and float files are accepted (soundfile converts them);
+    8-bit PCM is accepted too. A wrong sample rate, more than one channel, an
+    unreadable or too-short file, or non-finite samples raise :class:`AudioError`
+    naming the file: resampling or down-mixing silently would change what the
+    model hears, so it is left to the user (or to the daemon's explicit resampler).
+    ``max_seconds`` refuses a longer file from its header, before any of it is read.
+    """
+    path = Path(path)
+    with open_audio(path) as f:
+        if f.samplerate != sample_rate:
+            raise AudioError(f"{path}: sample rate {f.samplerate} Hz, expected {sample_rate} Hz")
+        if f.channels != 1:
+            raise AudioError(f"{path}: {f.channels} channels, expected mono")
+        if max_seconds is not None and f.frames > max_seconds * f.samplerate:
+            raise TooLongError(path, f.frames / f.samplerate, max_seconds)
+        try:
+            data = f.read(dtype="float32", always_2d=False)
+        except Exception as exc:
+            raise AudioError(f"{path}: unreadable audio data ({short_error(exc)})") from None
+    data = np.asarray(data, dtype=np.float32).reshape(-1)
+    if data.size == 0:
+        raise AudioError(f"{path}: contains no samples")
+    if not np.all(np.isfinite(data)):
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+    if min_seconds is not None and data.size < int(round(min_seconds * sample_rate)):
+        raise AudioError(
+            f"{path}: {data.size / sample_rate:.3f} s long, shorter than one {min_seconds:g} s segment"
+        )
+    return data
+
+
+# A DCASE clip is 10 s. Scoring reads a whole file (one score per file) and
+# standardizes it as one clip: a recording of hours would take gigabytes and
+# still give one meaningless number, so it is refused from its header.
+DEFAULT_MAX_SECONDS = 600.0
+
+
+class TooLongError(AudioError):
+    """A file longer than a caller reads at once; ``seconds`` is its length from the header."""
+
+    def __init__(self, path: Path, seconds: float, max_seconds: float):
+        self.path = path
+        self.seconds = seconds
+        self.max_seconds = max_seconds
+        super().__init__(f"{path}: {seconds:.1f} s long, more than the {max_seconds:g} s read at once")
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to several), or its type."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def standardize(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Mean 0, variance 1 over the clip, as the report standardizes its inputs.
+
+    A silent (constant) clip becomes all zeros rather than a division by zero.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    centered = x - x.mean()
+    std = centered.std()
+    if std < eps:
+        return np.zeros_like(x, dtype=np.float32)
+    return (centered / std).astype(np.float32)
+
+
+def normalize(x: np.ndarray, spec: SegmentSpec) -> np.ndarray:
+    """The extractor's amplitude normalization of a clip, as ``spec.level`` says."""
+    if spec.level is None:
+        return standardize(x)
+    mean, std = spec.level
+    return ((np.asarray(x, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+def amplitude_manifest(spec: SegmentSpec) -> str | dict:
+    """How a bundle's manifest states ``spec.level`` (read back by :func:`level_from_manifest`)."""
+    if spec.level is None:
+        return "standardize_per_clip"
+    return {"mode": "machine", "mean": float(spec.level[0]), "std": float(spec.level[1])}
+
+
+def level_from_manifest(amplitude) -> tuple[float, float] | None:
+    if amplitude in (None, "standardize_per_clip", "raw"):
+        return None
+    if not isinstance(amplitude, dict) or amplitude.get("mode") != "machine":
+        raise ValueError(f"unknown amplitude normalization {amplitude!r}")
+    mean, std = float(amplitude["mean"]), float(amplitude["std"])
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"amplitude normalization needs a finite mean and a positive std, got {mean}, {std}")
+    return mean, std
+
+
+def segment(x: np.ndarray, spec: SegmentSpec = SegmentSpec()) -> np.ndarray:
+    """Cut a clip into ``[S, T * sr]`` overlapping segments (see :meth:`SegmentSpec.starts`)."""
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    starts = spec.starts(x.size)
+    seg = spec.segment_samples
+    return np.stack([x[s : s + seg] for s in starts])
+
+
+def clip_segments(path: str | Path, spec: SegmentSpec = SegmentSpec()) -> np.ndarray:
+    """Read, normalize and segment one clip file: what the extractor takes."""
+    x = read_audio(path, spec.sample_rate, min_seconds=spec.segment_seconds)
+    return segment(normalize(x, spec), spec)
+
+
+def dbfs(x: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS)."""
+    x = np.asarray(x, dtype=np.float64)
+    rms = math.sqrt(float(np.mean(x * x))) if x.size else 0.0
+    return 20.0 * math.log10(rms) if rms > 1e-10 else -200.0
+
+
+# --- resampling -----------------------------------------------------------------
+# A polyphase windowed-sinc resampler in numpy: the runtime must not need scipy,
+# and it matches scipy.signal.resample_poly (Kaiser window, beta 5, 10 zero
+# crossings per side), which tests check.
+
+
+def _kaiser_lowpass(up: int, down: int, beta: float = 5.0) -> np.ndarray:
+    max_rate = max(up, down)
+    half_len = 10 * max_rate
+    n = np.arange(2 * half_len + 1) - half_len
+    cutoff = 1.0 / max_rate  # fraction of the upsampled Nyquist frequency
+    h = cutoff * np.sinc(cutoff * n) * np.kaiser(2 * half_len + 1, beta)
+    h /= h.sum()
+    return h * up
+
+
+def resample(x: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Anti-aliased rational resampling of a 1-D signal (output length ceil(n * up / down))."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if orig_rate == target_rate:
+        return x.astype(np.float32)
+    g = math.gcd(int(orig_rate), int(target_rate))
+    up, down = int(target_rate) // g, int(orig_rate) // g
+    h = _kaiser_lowpass(up, down)
+    half_len = (h.size - 1) // 2
+    n_out = -(-x.size * up // down)
+    taps = -(-h.size // up)
+    hp = np.zeros(taps * up)
+    hp[: h.size] = h
+    # polyphase[p, j] = h[p + j * up]
+    polyphase = hp.reshape(taps, up).T
+    y = np.empty(n_out)
+    # Blocks of outputs bound the gathered window matrix (a 10 s clip at 48 kHz
+    # would otherwise need ~80 MB at once on a device with little memory).
+    for lo in range(0, n_out, 8192):
+        t = np.arange(lo, min(n_out, lo + 8192)) * down + half_len
+        idx = (t // up)[:, None] - np.arange(taps)[None, :]
+        valid = (idx >= 0) & (idx < x.size)
+        gathered = np.where(valid, x[np.clip(idx, 0, x.size - 1)], 0.0)
+        y[lo : lo + t.size] = np.einsum("nj,nj->n", gathered, polyphase[t % up])
+    return y.astype(np.float32)

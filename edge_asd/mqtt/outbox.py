@@ -1,0 +1,349 @@
+"""The on-disk queue of messages not yet acknowledged by the MQTT broker.
+
+Every score is written here *before* any attempt to publish it (write-ahead), so a
+broker that is away, a network that is down or a daemon that is killed loses
+nothing: what is not acknowledged is re-sent, in order, when the broker is back or
+the daemon restarts (CONTRACT.md, "MQTT").
+
+Storage is SQLite from the standard library: a single file that survives power
+loss when run in WAL mode with ``synchronous=FULL`` (every commit is fsynced
+before it returns), with no server and no extra dependency on the device.
+Payloads are stored as opaque bytes (the JSON the publisher sends); nothing is
+ever pickled.
+
+Threading: one connection, shared by the pipeline thread (appending) and the
+publisher thread (reading, deleting), guarded by a lock. SQLite serializes
+writers anyway; one connection under a lock keeps "allocate the next seq" and
+"insert the message" in one transaction without busy-retry loops.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_asd.errors import UserError
+
+# Bumped when the table layout changes; an outbox written by a newer version is
+# refused rather than misread.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    -- AUTOINCREMENT: ids are never reused, even after every row was delivered and
+    -- deleted, so an id is a stable position in the delivery order.
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS streams (
+    stream TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+"""
+
+# SQLite's primary result codes (stable C API values; the sqlite3 module only
+# exports them as names from Python 3.11).
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+_ACTION_DELETE = "remove delivered messages from"
+
+# Rows deleted per statement in mark_delivered (SQLite limits bound parameters).
+_DELETE_CHUNK = 500
+
+
+class OutboxError(UserError):
+    """The outbox file cannot be used; the message names the file."""
+
+
+class OutboxCorruptError(OutboxError):
+    """The outbox file is damaged. The daemon refuses to start rather than delete queued data."""
+
+
+class OutboxFullError(OutboxError):
+    """The disk (or the configured outbox size limit) is full: an append stored nothing, a delete removed nothing."""
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    created: float
+
+
+class Outbox:
+    """A durable FIFO of MQTT messages with per-stream persistent sequence numbers.
+
+    ``max_bytes`` caps the database size (SQLite ``max_page_count``): appends beyond
+    it raise :class:`OutboxFullError` exactly like a full disk, so a long broker
+    outage cannot fill the file system that clip recordings and logs share.
+    """
+
+    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        _prepare_file(self.path)
+        try:
+            conn = sqlite3.connect(
+                str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: cannot open the outbox: {exc}") from exc
+        try:
+            self._setup(conn, max_bytes)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        # Kept in memory: depth() is asked for by every heartbeat, status line and flush
+        # poll, and COUNT(*) reads the whole table, which after a long outage is large.
+        # One process owns an outbox, so only this object changes it.
+        self._depth = int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    def _setup(self, conn: sqlite3.Connection, max_bytes: int | None) -> None:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise OutboxError(
+                    f"{self.path}: the file system does not support SQLite's WAL journal (got {mode!r})"
+                )
+            conn.execute("PRAGMA synchronous=FULL")
+            # quick_check reads every page once: cheap for a queue that is normally
+            # near empty, and it turns a damaged file into a clear refusal at start
+            # instead of an error in the middle of the night.
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise OutboxCorruptError(
+                    f"{self.path}: the outbox database is corrupt ({problems[0]}); "
+                    "move it aside to start with an empty outbox (its unsent messages would be lost)"
+                )
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"{self.path}: outbox written by a newer edge-asd (schema {version}, this one reads {SCHEMA_VERSION})"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            if max_bytes is not None:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                pages = max(1, int(max_bytes) // int(page_size))
+                conn.execute(f"PRAGMA max_page_count={pages}")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, "open") from exc
+
+    # --- writing ----------------------------------------------------------------
+
+    def append(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Store one message; it is on disk when this returns. Returns its id."""
+        payload = _as_bytes(payload)
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = conn.execute(
+                        "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
+                        (topic, payload, int(qos), int(bool(retain)), time.time()),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "append") from exc
+            self._depth += 1
+            return int(cur.lastrowid)
+
+    def append_with_seq(
+        self, stream: str, topic: str, make_payload: Callable[[int], bytes], qos: int = 1
+    ) -> int:
+        """Allocate the next seq of ``stream`` and store the message built from it, atomically.
+
+        Seqs start at 1 and continue across restarts. Allocation and insert share one
+        transaction, so a crash can neither skip a seq nor store a message twice;
+        if ``make_payload`` raises, nothing is stored and the seq is not used.
+        Returns the seq.
+        """
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute("SELECT seq FROM streams WHERE stream = ?", (stream,)).fetchone()
+                    seq = (int(row[0]) if row else 0) + 1
+                    payload = _as_bytes(make_payload(seq))
+                    conn.execute(
+                        "INSERT INTO streams (stream, seq) VALUES (?, ?) "
+                        "ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq",
+                        (stream, seq),
+                    )
+                    conn.execute(
+                        "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?, ?, ?, 0, ?)",
+                        (topic, payload, int(qos), time.time()),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "append") from exc
+            self._depth += 1
+            return seq
+
+    def mark_delivered(self, ids: Iterable[int]) -> None:
+        """Forget acknowledged messages (one transaction for the whole batch)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = 0
+                    for start in range(0, len(ids), _DELETE_CHUNK):
+                        chunk = ids[start : start + _DELETE_CHUNK]
+                        marks = ",".join("?" * len(chunk))
+                        deleted += conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, _ACTION_DELETE) from exc
+            self._depth -= deleted
+
+    # --- reading ----------------------------------------------------------------
+
+    def pending(self, limit: int = 100, after_id: int = 0) -> list[OutboxMessage]:
+        """Up to ``limit`` undelivered messages with id > ``after_id``, oldest first."""
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                rows = conn.execute(
+                    "SELECT id, topic, payload, qos, retain, created FROM messages "
+                    "WHERE id > ? ORDER BY id LIMIT ?",
+                    (int(after_id), int(limit)),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "read") from exc
+        return [
+            OutboxMessage(id=int(r[0]), topic=r[1], payload=bytes(r[2]), qos=int(r[3]), retain=bool(r[4]), created=float(r[5]))
+            for r in rows
+        ]
+
+    def depth(self) -> int:
+        """Number of messages waiting for acknowledgement."""
+        with self._lock:
+            self._open_conn()
+            return self._depth
+
+    def last_seq(self, stream: str) -> int:
+        """The last seq allocated to ``stream`` (0 when none was)."""
+        value = self._scalar("SELECT seq FROM streams WHERE stream = ?", (stream,))
+        return int(value) if value is not None else 0
+
+    def _scalar(self, sql: str, params: tuple) -> object:
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                row = conn.execute(sql, params).fetchone()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "read") from exc
+        return row[0] if row else None
+
+    # --- lifetime ---------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"outbox {self.path} is closed")
+        return self._conn
+
+
+def _prepare_file(path: Path) -> None:
+    """Create the parent folder (0700) and the file (0600) before SQLite does.
+
+    Queued payloads describe the plant; SQLite would create the file with the
+    process umask (often world-readable), and its -wal/-shm companions copy the
+    main file's mode, so creating it first with 0600 covers all three.
+    """
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(mode=0o700, parents=True)
+            os.chmod(parent, 0o700)
+        except OSError as exc:
+            raise OutboxError(f"{path}: cannot create the outbox folder: {exc.strerror or exc}") from exc
+    if path.is_dir():
+        raise OutboxError(f"{path}: the outbox path is a folder, not a file")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise OutboxError(f"{path}: cannot create or open the outbox file: {exc.strerror or exc}") from exc
+    os.close(fd)
+
+
+def _as_bytes(payload: object) -> bytes:
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"outbox payloads are bytes (serialized JSON), not {type(payload).__name__}")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # After SQLITE_FULL SQLite may already have rolled the transaction back itself.
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def _translate(exc: sqlite3.Error, path: Path, action: str) -> OutboxError:
+    """Turn an SQLite error into an error that names the file and what to do."""
+    # sqlite_errorcode exists from Python 3.11; the message text covers 3.10.
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc)
+    low = text.lower()
+    if primary == _SQLITE_FULL or "disk is full" in low:
+        consequence = (
+            "delivered messages could not be removed; they are kept and removed once there is room"
+            if action == _ACTION_DELETE else "the message was not stored"
+        )
+        return OutboxFullError(f"{path}: outbox full ({text}): free disk space or raise the outbox size limit; {consequence}")
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "not a database" in low or "malformed" in low:
+        return OutboxCorruptError(
+            f"{path}: the outbox file is not a valid SQLite database ({text}); "
+            "move it aside to start with an empty outbox (its unsent messages would be lost)"
+        )
+    return OutboxError(f"{path}: cannot {action} the outbox: {text}")

@@ -1,0 +1,816 @@
+"""MQTT out of the daemon: payloads, topics, Home Assistant discovery, and the publisher.
+
+Delivery model (CONTRACT.md, "MQTT"): every score and alert is first written to the
+:class:`~edge_asd.mqtt.outbox.Outbox`; a publisher thread drains the outbox in order at
+QoS 1, with a bounded number of messages in flight, and deletes a message only
+when the broker's PUBACK for it arrives. Nothing is dropped while the broker is
+away: messages wait on disk, and connection attempts go on, with exponential
+backoff, from the very first one (a broker that is down when the daemon starts
+is the normal case after a power cut, not an error).
+
+Protocol: MQTT v3.1.1 with a clean session. v3.1.1 is what every broker people
+run speaks (Mosquitto of any age, the Home Assistant add-on, cloud brokers), and
+the outbox, not a broker-side session, is what makes delivery durable, so a
+clean session loses nothing. (v5's extra reason codes would not change what the
+publisher does: a message the broker accepted is delivered.)
+
+Timestamps in payloads are ISO-8601 UTC with millisecond precision and a ``Z``
+suffix, e.g. ``2026-11-25T10:00:00.000Z`` (JavaScript's ``toISOString`` format,
+which ``datetime.fromisoformat`` reads from Python 3.11).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import ssl
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import field, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_asd import __version__
+from edge_asd.errors import ConfigError
+from edge_asd.mqtt.outbox import Outbox, OutboxError
+
+log = logging.getLogger("edge_asd.mqtt")  # the name journals show, kept from before the subpackages
+
+PAYLOAD_VERSION = 1
+STATUS_ONLINE = "online"
+STATUS_OFFLINE = "offline"
+STATUS_STOPPED = "stopped"
+
+# --- payloads ---------------------------------------------------------------------
+
+
+def format_ts(t: float | datetime) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z`` from a POSIX time or an aware datetime."""
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware (a naive datetime is ambiguous)")
+        dt = t.astimezone(timezone.utc)
+    else:
+        dt = datetime.fromtimestamp(float(t), tz=timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; NaN or infinity is refused (they are not JSON)."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+def _finite(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def score_payload(
+    ts: float | datetime,
+    seq: int,
+    score: float,
+    threshold: float,
+    anomalous: bool,
+    p_target: float,
+    dbfs: float,
+    model: str,
+) -> dict[str, Any]:
+    """The per-clip score message; ``ts`` is the end of the clip (CONTRACT.md)."""
+    return {
+        "v": PAYLOAD_VERSION,
+        "ts": format_ts(ts),
+        "seq": int(seq),
+        "score": _finite("score", score),
+        "threshold": _finite("threshold", threshold),
+        "anomalous": bool(anomalous),
+        "p_target": _finite("p_target", p_target),
+        "dbfs": _finite("dbfs", dbfs),
+        "model": str(model),
+    }
+
+
+ALERT_STATES = ("anomalous", "normal")
+
+
+def alert_payload(
+    ts: float | datetime,
+    state: str,
+    machine: str,
+    score: float,
+    threshold: float,
+    seq: int,
+    model: str,
+) -> dict[str, Any]:
+    """A state change of one machine: ``state`` is "anomalous" when it turns, "normal" when it clears.
+
+    ``seq``, ``score`` and ``ts`` are those of the clip that caused the change, so a
+    subscriber can find the score message that triggered it.
+    """
+    if state not in ALERT_STATES:
+        raise ValueError(f"alert state must be one of {ALERT_STATES}, got {state!r}")
+    return {
+        "v": PAYLOAD_VERSION,
+        "ts": format_ts(ts),
+        "state": state,
+        "machine": str(machine),
+        "score": _finite("score", score),
+        "threshold": _finite("threshold", threshold),
+        "seq": int(seq),
+        "model": str(model),
+    }
+
+
+# "starting": no clip yet (a source is never "ok" before it delivered audio).
+SOURCE_STATES = ("ok", "silent", "failing", "ended", "starting")
+
+
+@dataclass(frozen=True)
+class MachineStats:
+    """One machine's counters since the daemon started, for the stats heartbeat."""
+
+    clips: int                        # clips scored
+    overruns: int                     # clips dropped because scoring fell behind real time
+    latency_ms_mean: float | None     # mean scoring time per clip (None before the first clip)
+    latency_ms_max: float | None
+    source: str                       # one of SOURCE_STATES
+    dbfs: float | None = None         # level of the last clip
+    last_error: str | None = None     # the source's last error, when it is failing
+
+
+def stats_payload(
+    ts: float | datetime,
+    *,
+    uptime_s: float,
+    outbox_depth: int,
+    machines: Mapping[str, MachineStats],
+    outbox_errors: int = 0,
+    mqtt_counters: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The periodic heartbeat on ``<prefix>/<device_id>/stats``."""
+
+    def opt(name: str, value: float | None) -> float | None:
+        return None if value is None else _finite(name, value)
+
+    out: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
+        "ts": format_ts(ts),
+        "uptime_s": _finite("uptime_s", uptime_s),
+        "outbox_depth": int(outbox_depth),
+        "outbox_errors": int(outbox_errors),
+        "machines": {},
+    }
+    for machine_id, m in machines.items():
+        if m.source not in SOURCE_STATES:
+            raise ValueError(f"source state must be one of {SOURCE_STATES}, got {m.source!r}")
+        out["machines"][str(machine_id)] = {
+            "clips": int(m.clips),
+            "overruns": int(m.overruns),
+            "latency_ms": {"mean": opt("latency_ms_mean", m.latency_ms_mean), "max": opt("latency_ms_max", m.latency_ms_max)},
+            "source": m.source,
+            "dbfs": opt("dbfs", m.dbfs),
+            "last_error": m.last_error,
+        }
+    if mqtt_counters is not None:
+        out["mqtt"] = dict(mqtt_counters)
+    return out
+
+
+# --- topics -----------------------------------------------------------------------
+
+_FORBIDDEN_IN_LEVEL = ("/", "+", "#", "\x00")
+
+
+def check_level(level: str) -> str:
+    """One topic level: not empty, no separator, no wildcard, no NUL.
+
+    Device and machine ids are validated by the configuration already; this is
+    defence in depth, because an id with a wildcard would make the broker reject
+    every publish, and one with a '/' would publish where nobody subscribes.
+    """
+    if not isinstance(level, str) or not level:
+        raise ValueError(f"empty MQTT topic level: {level!r}")
+    for ch in _FORBIDDEN_IN_LEVEL:
+        if ch in level:
+            raise ValueError(f"MQTT topic level {level!r} contains {ch!r}")
+    return level
+
+
+def build_topic(prefix: str, *levels: str) -> str:
+    """``prefix/level/...``; the prefix may have several levels, each is checked."""
+    parts = prefix.split("/") if isinstance(prefix, str) else [prefix]
+    return "/".join([check_level(p) for p in parts] + [check_level(level) for level in levels])
+
+
+# --- Home Assistant discovery -----------------------------------------------------
+
+
+def discovery_messages(
+    device_id: str,
+    machines: Iterable[str],
+    prefix: str,
+    ha_prefix: str = "homeassistant",
+) -> list[tuple[str, dict[str, Any]]]:
+    """Retained config messages announcing the entities to Home Assistant.
+
+    One HA device for the box (a connectivity sensor fed by the status topic) and
+    one per monitored machine (score, sound level, anomalous), linked to the box
+    with ``via_device``. Topics: ``<ha_prefix>/<component>/<device_id>/<object_id>/config``.
+    The anomalous sensor follows the per-clip ``anomalous`` flag of the score topic,
+    so its state is known again after one clip whenever Home Assistant restarts.
+    """
+    status = build_topic(prefix, device_id, "status")
+    box_ident = f"edge_asd_{device_id}"
+    origin = {"name": "edge-asd", "sw_version": __version__}
+    availability = {
+        "availability_topic": status,
+        "payload_available": STATUS_ONLINE,
+        "payload_not_available": STATUS_OFFLINE,
+    }
+    box_device = {
+        "identifiers": [box_ident],
+        "name": f"edge-asd {device_id}",
+        "manufacturer": "edge-asd",
+        "model": "edge-asd monitoring daemon",
+        "sw_version": __version__,
+    }
+    out: list[tuple[str, dict[str, Any]]] = [
+        (
+            build_topic(ha_prefix, "binary_sensor", device_id, "connectivity", "config"),
+            {
+                "name": "Connectivity",
+                "unique_id": f"{box_ident}_connectivity",
+                "state_topic": status,
+                # "stopped" and "offline" both mean not connected. No availability
+                # topic here: this sensor *is* the availability, and should read
+                # "disconnected" rather than "unavailable".
+                "value_template": "{{ 'ON' if value == 'online' else 'OFF' }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "device_class": "connectivity",
+                "entity_category": "diagnostic",
+                "device": box_device,
+                "origin": origin,
+            },
+        )
+    ]
+    for machine in machines:
+        score_topic = build_topic(prefix, device_id, machine, "score")
+        ident = f"{box_ident}_{check_level(machine)}"
+        device = {
+            "identifiers": [ident],
+            "name": machine,
+            "manufacturer": "edge-asd",
+            "model": "machine sound monitor",
+            "via_device": box_ident,
+        }
+        out.append(
+            (
+                build_topic(ha_prefix, "sensor", device_id, f"{machine}_score", "config"),
+                {
+                    "name": "Anomaly score",
+                    "unique_id": f"{ident}_score",
+                    "state_topic": score_topic,
+                    "value_template": "{{ value_json.score }}",
+                    # A dimensionless score: no device_class fits, and a wrong
+                    # numeric one makes HA show "unknown".
+                    "state_class": "measurement",
+                    "suggested_display_precision": 2,
+                    "json_attributes_topic": score_topic,
+                    "icon": "mdi:waveform",
+                    **availability,
+                    "device": device,
+                    "origin": origin,
+                },
+            )
+        )
+        out.append(
+            (
+                build_topic(ha_prefix, "sensor", device_id, f"{machine}_level", "config"),
+                {
+                    "name": "Sound level",
+                    "unique_id": f"{ident}_level",
+                    "state_topic": score_topic,
+                    "value_template": "{{ value_json.dbfs }}",
+                    # dBFS is relative to the converter's full scale, not a sound
+                    # pressure, so HA's sound_pressure class (dB SPL) would be wrong.
+                    "unit_of_measurement": "dBFS",
+                    "state_class": "measurement",
+                    "suggested_display_precision": 1,
+                    "entity_category": "diagnostic",
+                    **availability,
+                    "device": device,
+                    "origin": origin,
+                },
+            )
+        )
+        out.append(
+            (
+                build_topic(ha_prefix, "binary_sensor", device_id, f"{machine}_anomalous", "config"),
+                {
+                    "name": "Anomalous",
+                    "unique_id": f"{ident}_anomalous",
+                    "state_topic": score_topic,
+                    "value_template": "{{ 'ON' if value_json.anomalous else 'OFF' }}",
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "device_class": "problem",
+                    **availability,
+                    "device": device,
+                    "origin": origin,
+                },
+            )
+        )
+    return out
+
+
+# --- the publisher ----------------------------------------------------------------
+
+
+@dataclass
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "edge_asd"
+    client_id: str | None = None          # default "edge-asd-<device_id>": a restarted daemon takes over its old session
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a logged repr
+    tls_ca: Path | None = None            # CA bundle that signed the broker's certificate
+    tls_cert: Path | None = None          # client certificate, for brokers that require one
+    tls_key: Path | None = None
+    tls_insecure: bool = False            # skip the host-name check (the chain is still verified)
+    keepalive: int = 30
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    ha_discovery: bool = False
+    ha_prefix: str = "homeassistant"
+    tls: bool = False                     # TLS with the system's CAs when no tls_ca is given
+    max_inflight: int = 20                # outbox messages sent and not yet acknowledged
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("mqtt.host must not be empty")
+        if not 0 < int(self.port) < 65536:
+            raise ConfigError(f"mqtt.port must be 1..65535, got {self.port}")
+        try:
+            build_topic(self.prefix)
+            build_topic(self.ha_prefix)
+        except ValueError as exc:
+            raise ConfigError(f"mqtt prefix: {exc}") from None
+        if self.password is not None and self.username is None:
+            raise ConfigError("mqtt.password is set but mqtt.username is not")
+        if (self.tls_key is None) != (self.tls_cert is None):
+            raise ConfigError("mqtt.tls_cert and mqtt.tls_key go together")
+        if not 5 <= int(self.keepalive) <= 65535:
+            raise ConfigError(f"mqtt.keepalive must be 5..65535 seconds, got {self.keepalive}")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError(
+                f"mqtt reconnect delays must satisfy 0 < min <= max, got {self.reconnect_min_s} and {self.reconnect_max_s}"
+            )
+        if int(self.max_inflight) < 1:
+            raise ConfigError(f"mqtt.max_inflight must be at least 1, got {self.max_inflight}")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.tls_ca is not None or self.tls_cert is not None
+
+
+def describe_connect_error(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection failed"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: broker certificate rejected: {exc.verify_message or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot connect: {exc.strerror}"
+    return f"cannot connect: {exc}"
+
+
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """``callback`` that logs an exception instead of letting it end paho's network thread."""
+
+    def run(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - a bug here must not stop delivery for good
+            log.exception("mqtt: error in %s (the connection carries on)", callback.__name__)
+
+    return run
+
+
+class Publisher:
+    """Drains an :class:`Outbox` to an MQTT broker and keeps the device's status retained.
+
+    Threads: paho's network thread runs the callbacks; one drain thread moves
+    messages from the outbox to paho and deletes them when acknowledged. Callbacks
+    never touch the outbox (they only queue acknowledged message ids and wake the
+    drain thread), and the drain thread never holds its condition while calling
+    paho, so paho's locks and ours cannot deadlock.
+
+    Order: messages are handed to paho in outbox order. After a reconnect paho
+    re-sends the unacknowledged ones itself, in order, and the drain thread hands
+    over nothing new until those are acknowledged, so nothing overtakes them.
+    """
+
+    def __init__(self, settings: MqttSettings, device_id: str, outbox: Outbox, machines: Iterable[str] = ()) -> None:
+        self.settings = settings
+        self.device_id = check_level(device_id)
+        self.machines = [check_level(m) for m in machines]
+        self.outbox = outbox
+        self.status_topic = self.topic("status")
+        self._window = int(settings.max_inflight)
+
+        self._cond = threading.Condition()
+        self._wake = False
+        self._stopping = False
+        self._started = False
+        self._stopped = False
+        self._connected = False
+        # Bumped on every successful connect; the drain thread compares it with the
+        # generation of its in-flight messages to know paho is re-sending them.
+        self._generation = 0
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Outbox ids the broker acknowledged whose DELETE has not committed yet (a full disk):
+        # kept, and deleted again, so they are neither lost from view nor sent twice.
+        self._acked_ids: list[int] = []
+        self._counters: dict[str, Any] = {
+            "published": 0,
+            "acked": 0,
+            "connects": 0,
+            "reconnects": 0,
+            "connect_failures": 0,
+            "dropped": 0,
+            "last_error": None,
+        }
+        self._thread: threading.Thread | None = None
+        self._client = self._make_client()
+
+    # --- setup ------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=s.client_id or f"edge-asd-{self.device_id}",
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        # paho logs a normal reconnect cycle at ERROR ("Client is not connected");
+        # the publisher reports real failures itself (last_error, one warning per
+        # change), so paho's own lines go to DEBUG.
+        paho_log = logging.getLogger("edge_asd.mqtt.paho")  # the name setup_logging quietens
+        client.on_log = lambda _client, _userdata, _level, text: paho_log.debug("%s", text)
+        # Room for the status and discovery messages beside the outbox window, so
+        # those never wait behind a full window.
+        client.max_inflight_messages_set(self._window + 8 + 3 * len(self.machines))
+        client.will_set(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.uses_tls:
+            for name, path in (("tls_ca", s.tls_ca), ("tls_cert", s.tls_cert), ("tls_key", s.tls_key)):
+                if path is not None and not Path(path).is_file():
+                    raise ConfigError(f"{path}: mqtt.{name}: no such file")
+            try:
+                client.tls_set(
+                    ca_certs=str(s.tls_ca) if s.tls_ca else None,
+                    certfile=str(s.tls_cert) if s.tls_cert else None,
+                    keyfile=str(s.tls_key) if s.tls_key else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"mqtt TLS files ({s.tls_ca}, {s.tls_cert}, {s.tls_key}): {exc}") from exc
+            if s.tls_insecure:
+                client.tls_insecure_set(True)
+        client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]  # floats work
+        # An exception escaping a callback ends paho's network loop for good (no more
+        # reconnects, PUBACKs or sends) while `connected` still reads True: every
+        # callback is guarded, and paho's own guard is on as well.
+        client.suppress_exceptions = True
+        client.on_connect = _guarded(self._on_connect)
+        client.on_connect_fail = _guarded(self._on_connect_fail)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_publish = _guarded(self._on_publish)
+        client.on_message = _guarded(self._on_message)
+        return client
+
+    def dead_thread(self) -> str | None:
+        """The name of a publisher thread that ended while it should run (paho's network loop, the drain), else None."""
+        with self._cond:
+            if not self._started or self._stopped:
+                return None
+        paho_thread = getattr(self._client, "_thread", None)
+        if paho_thread is None or not paho_thread.is_alive():
+            return "the MQTT network thread"
+        if self._thread is None or not self._thread.is_alive():
+            return "the outbox drain thread"
+        return None
+
+    def topic(self, *levels: str) -> str:
+        """``<prefix>/<device_id>/<level>/...``; raises ValueError on an unsafe level."""
+        return build_topic(self.settings.prefix, self.device_id, *levels)
+
+    # --- lifetime ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting in the background; never blocks, never fails on a broker that is down."""
+        with self._cond:
+            if self._started:
+                raise RuntimeError("publisher already started")
+            self._started = True
+        s = self.settings
+        self._client.connect_async(s.host, int(s.port), keepalive=int(s.keepalive))
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._drain_loop, name="edge-asd-mqtt-drain", daemon=True)
+        self._thread.start()
+
+    def stop(self, clean: bool = True) -> None:
+        """Announce the end and disconnect; what is not acknowledged stays in the outbox.
+
+        ``clean``: retained ``stopped`` (a deliberate shutdown). Otherwise retained
+        ``offline``, as the last will would say (an exit on a fatal error). The
+        outbox is not closed: it belongs to the caller.
+        """
+        with self._cond:
+            if self._stopped or not self._started:
+                self._stopped = True
+                return
+            self._stopped = True
+            connected = self._connected
+        if connected:
+            info = self._client.publish(
+                self.status_topic, STATUS_STOPPED if clean else STATUS_OFFLINE, qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout=5.0)
+            except (RuntimeError, ValueError):
+                pass  # the connection dropped meanwhile: the last will says "offline"
+        self._client.disconnect()
+        self._client.loop_stop()
+        with self._cond:
+            self._stopping = True
+            self._connected = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until the outbox is empty (everything acknowledged); True if it is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.outbox.depth() == 0:
+                return True
+            with self._cond:
+                if self._stopping:
+                    return self.outbox.depth() == 0
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # The drain thread notifies after every batch it marks delivered;
+                # the cap only bounds how stale a missed wake-up can be.
+                self._cond.wait(timeout=0.5 if remaining is None else min(0.5, remaining))
+
+    # --- producing --------------------------------------------------------------
+
+    def enqueue_score(self, machine_id: str, make_payload: Callable[[int], dict]) -> int:
+        """Journal one score message (seq allocated from the machine's stream) and return its seq."""
+        topic = self.topic(machine_id, "score")
+        seq = self.outbox.append_with_seq(machine_id, topic, lambda seq: encode(make_payload(seq)), qos=1)
+        self._notify()
+        return seq
+
+    def enqueue(self, machine_id: str, kind: str, payload: dict, retain: bool = False) -> None:
+        """Journal one QoS 1 message on ``<prefix>/<device_id>/<machine_id>/<kind>`` (e.g. kind="alert")."""
+        self.outbox.append(self.topic(machine_id, kind), encode(payload), qos=1, retain=retain)
+        self._notify()
+
+    def publish_stats(self, payload: dict, final: bool = False) -> None:
+        """Best effort heartbeat: QoS 0, not journaled, skipped while disconnected.
+
+        A stale heartbeat is worthless, and queueing them during an outage would
+        only delay the scores that matter. The ``final`` one of a clean stop goes
+        at QoS 1: a broker busy passing on a backlog drops QoS 0 messages, and
+        no later heartbeat would carry the last counters.
+        """
+        if self.connected:
+            self._client.publish(self.topic("stats"), encode(payload), qos=1 if final else 0, retain=False)
+
+    # --- state ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        with self._cond:
+            return self._connected
+
+    @property
+    def acked_not_removed(self) -> int:
+        """Messages the broker acknowledged that are still in the outbox because deleting them failed."""
+        with self._cond:
+            return len(self._acked_ids)
+
+    @property
+    def counters(self) -> dict[str, Any]:
+        """connected, published, acked, connects, reconnects, connect_failures, dropped, last_error.
+
+        ``last_error`` is the latest failure seen (it stays after a successful
+        reconnect; ``connected`` says whether the link is up now).
+        """
+        with self._cond:
+            return {"connected": self._connected, **self._counters}
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+
+    def _report_error(self, text: str) -> None:
+        with self._cond:
+            changed = self._counters["last_error"] != text
+            self._counters["last_error"] = text
+        # The same failure repeats at every backoff step; log it once per change so
+        # a long outage does not flood the journal.
+        (log.warning if changed else log.debug)("mqtt %s:%s: %s", self.settings.host, self.settings.port, text)
+
+    # --- paho callbacks (network thread) -----------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            with self._cond:
+                self._counters["connect_failures"] += 1
+            self._report_error(f"broker refused the connection: {reason}")
+            return
+        with self._cond:
+            self._connected = True
+            self._generation += 1
+            self._counters["connects"] += 1
+            if self._counters["connects"] > 1:
+                self._counters["reconnects"] += 1
+            self._wake = True
+            self._cond.notify_all()
+        log.info("mqtt connected to %s:%s", self.settings.host, self.settings.port)
+        # Published here, before paho re-sends anything in flight: subscribers see
+        # the device online first, and retained state survives a broker that lost it.
+        client.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)
+        if self.settings.ha_discovery:
+            self._publish_discovery(client)
+            # Home Assistant announces its own restarts; re-announce then, in case
+            # the broker does not keep retained messages.
+            client.subscribe(build_topic(self.settings.ha_prefix, "status"), qos=1)
+
+    def _publish_discovery(self, client: mqtt.Client) -> None:
+        for topic, config in discovery_messages(
+            self.device_id, self.machines, self.settings.prefix, self.settings.ha_prefix
+        ):
+            client.publish(topic, encode(config), qos=1, retain=True)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == build_topic(self.settings.ha_prefix, "status") and message.payload == b"online":
+            self._publish_discovery(client)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError` block without passing the
+        # exception; sys.exc_info() still holds it there (socket or TLS error).
+        exc = sys.exc_info()[1]
+        with self._cond:
+            self._counters["connect_failures"] += 1
+        self._report_error(describe_connect_error(exc))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        with self._cond:
+            was_connected = self._connected
+            self._connected = False
+            stopping = self._stopped
+            self._wake = True
+            self._cond.notify_all()
+        if was_connected and not stopping:
+            # MQTT 3.1.1 has no reason on an unexpected loss; paho then says
+            # "Unspecified error", which reads like more than it knows.
+            detail = "" if reason.value in (0, 128) else f" ({reason})"
+            self._report_error(f"connection lost{detail}")
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        # Only the mid is recorded here: the drain thread maps it to the outbox row.
+        # This also covers a PUBACK that arrives before publish() has returned the
+        # mid to the drain thread, since the drain thread reads the queue afterwards.
+        self._acks.put(mid)
+        self._notify()
+
+    # --- the drain thread ---------------------------------------------------------
+
+    def _drain_loop(self) -> None:
+        inflight: OrderedDict[int, int] = OrderedDict()   # paho mid -> outbox id, in send order
+        inflight_generation = 0
+        cursor = 0                                        # highest outbox id handed to paho
+        while True:
+            with self._cond:
+                if not self._wake and not self._stopping:
+                    # The timeout only bounds how long a transient error waits for a retry.
+                    self._cond.wait(timeout=1.0)
+                self._wake = False
+                stopping = self._stopping
+                connected = self._connected
+                generation = self._generation
+            self._collect_acks(inflight)
+            if not self._remove_acked() and stopping:
+                self._warn_acked_left()
+            if stopping:
+                return
+            try:
+                if not inflight:
+                    inflight_generation = generation
+                # After a reconnect paho re-sends what is in flight; sending more now
+                # could overtake those, so wait until they are acknowledged. Rows acknowledged
+                # but not yet deleted do not hold delivery back: they are behind the cursor,
+                # and subscribers dedupe by seq should a restart send them again.
+                if connected and inflight_generation == generation and len(inflight) < self._window:
+                    cursor = self._send_more(inflight, cursor, generation)
+            except OutboxError as exc:
+                self._report_error(str(exc))
+                self._pause()
+            except Exception as exc:  # a bug must not silently end delivery for good
+                log.exception("mqtt drain thread: unexpected error")
+                self._report_error(f"internal error: {exc!r}")
+                self._pause()
+
+    def _collect_acks(self, inflight: OrderedDict[int, int]) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            outbox_id = inflight.pop(mid, None)
+            if outbox_id is not None:       # else: a status, discovery or stats message
+                with self._cond:
+                    self._acked_ids.append(outbox_id)
+
+    def _remove_acked(self) -> bool:
+        """Delete the acknowledged rows; False when the delete failed (they stay listed and are retried)."""
+        with self._cond:
+            ids = list(self._acked_ids)
+        if not ids:
+            return True
+        try:
+            self.outbox.mark_delivered(ids)
+        except OutboxError as exc:
+            # Retried at every wake-up of the drain loop (at least once a second).
+            self._report_error(str(exc))
+            return False
+        except Exception as exc:  # a bug must not silently end delivery for good
+            log.exception("mqtt drain thread: unexpected error removing delivered messages")
+            self._report_error(f"internal error: {exc!r}")
+            return False
+        with self._cond:
+            del self._acked_ids[: len(ids)]
+            self._counters["acked"] += len(ids)
+            self._cond.notify_all()     # flush() waits on this
+        return True
+
+    def _warn_acked_left(self) -> None:
+        n = self.acked_not_removed
+        if n:
+            log.warning("%d delivered message(s) could not be removed from the outbox %s; "
+                        "they will be sent again at the next start", n, self.outbox.path)
+
+    def _send_more(self, inflight: OrderedDict[int, int], cursor: int, generation: int) -> int:
+        for msg in self.outbox.pending(limit=self._window - len(inflight), after_id=cursor):
+            with self._cond:
+                # The connection may have dropped (and come back) since the batch
+                # began; the next wake-up sends the rest once re-sends are acknowledged.
+                if not self._connected or self._generation != generation or self._stopping:
+                    break
+            try:
+                info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            except ValueError as exc:
+                # A row that can never be published (a corrupt topic): dropping it is
+                # the only way not to block every later message behind it.
+                log.error("mqtt: dropping undeliverable outbox message %d on %r: %s", msg.id, msg.topic, exc)
+                self.outbox.mark_delivered([msg.id])
+                with self._cond:
+                    self._counters["dropped"] += 1
+                cursor = msg.id
+                continue
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                # Not taken by paho (its queue refused it): retry from here later.
+                self._report_error(f"publish refused by the client: {mqtt.error_string(info.rc)}")
+                break
+            # NO_CONN: paho keeps QoS 1 messages and sends them on reconnect, in order.
+            inflight[info.mid] = msg.id
+            cursor = msg.id
+            with self._cond:
+                self._counters["published"] += 1
+        return cursor
+
+    def _pause(self) -> None:
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait(timeout=1.0)

@@ -1,0 +1,1 @@
+"""Scoring with a deployment bundle: the bundle, the extractor back ends, the clip scorer, enrollment."""

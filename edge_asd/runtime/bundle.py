@@ -1,0 +1,229 @@
+"""The deployment bundle: one file a user copies to a device.
+
+A bundle is an uncompressed zip (members are read in place, and ONNX models do
+not compress) holding ``manifest.json`` and the files it lists: the extractor
+ONNX model(s), optional TensorRT engines, and detector state as ``.npz``.
+The manifest states every number scoring needs and the sha256 of every member.
+
+Loading verifies the schema version, that every listed member is present, that
+nothing unlisted is, and every checksum; ``.npz`` members are loaded with
+``allow_pickle=False``. Nothing in a bundle is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Mapping
+
+import numpy as np
+
+from edge_asd.errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+_REQUIRED_KEYS = (
+    "schema_version",
+    "bundle_id",
+    "created",
+    "machine_type",
+    "sections",
+    "audio",
+    "frontend",
+    "embedding_dim",
+    "approach",
+    "aggregator",
+    "kappa",
+    "threshold_rule",
+    "thresholds",
+    "members",
+    "files",
+)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _safe_member(name: str) -> bool:
+    p = PurePosixPath(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
+
+
+@dataclass
+class Bundle:
+    """An opened, verified bundle.
+
+    Members stay on disk until asked for: an EfficientNet-B0 bundle holds two
+    copies of the extractor (whole-segment and split graphs, ~70 MB), and a
+    device that held them all while it built its sessions would need that much
+    more memory at start than it runs with. :meth:`read` checks each member's
+    sha256 again, so a file replaced after :func:`open_bundle` is refused
+    rather than half-trusted.
+    """
+
+    path: Path
+    manifest: dict
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest["bundle_id"]
+
+    def read(self, name: str) -> bytes:
+        digest = self.manifest["files"].get(name)
+        if digest is None:
+            raise BundleError(f"{self.path}: manifest names no member {name!r}")
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                data = zf.read(name)
+        except KeyError:
+            raise BundleError(f"{self.path}: member {name} is missing") from None
+        except zipfile.BadZipFile:
+            raise BundleError(f"{self.path}: not a bundle (not a zip archive, or truncated)") from None
+        except OSError as exc:
+            raise BundleError(f"{self.path}: cannot read bundle ({exc.strerror or exc})") from None
+        if sha256(data) != digest:
+            raise BundleError(f"{self.path}: checksum mismatch for member {name} (the bundle is corrupt or was modified)")
+        return data
+
+    def arrays(self, name: str) -> dict[str, np.ndarray]:
+        try:
+            with np.load(io.BytesIO(self.read(name)), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except BundleError:
+            raise
+        except Exception as exc:
+            raise BundleError(f"{self.path}: member {name} is not a valid array file ({exc})") from None
+
+    def members(self) -> dict[str, bytes]:
+        return {name: self.read(name) for name in self.manifest["files"]}
+
+
+def new_bundle_id(machine_type: str, files: Mapping[str, bytes]) -> str:
+    """Readable and content-addressed: the same content gives the same id."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode())
+        h.update(sha256(files[name]).encode())
+    slug = re.sub(r"[^A-Za-z0-9_-]", "-", machine_type) or "bundle"
+    return f"{slug}-{h.hexdigest()[:12]}"
+
+
+def write_bundle(out: str | Path, manifest: dict, files: Mapping[str, bytes]) -> Path:
+    """Write ``manifest`` + ``files`` atomically to ``out``.
+
+    Fills in ``files`` (checksums), ``schema_version``, ``created`` and, when
+    absent, ``bundle_id``. The file is written next to ``out`` and renamed, so a
+    daemon reading ``out`` sees the old or the new bundle, never half of one.
+    """
+    out = Path(out)
+    for name in files:
+        if not _safe_member(name) or name == MANIFEST:
+            raise ValueError(f"bad bundle member name {name!r}")
+    manifest = dict(manifest)
+    manifest["schema_version"] = SCHEMA_VERSION
+    manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    manifest["files"] = {name: sha256(data) for name, data in sorted(files.items())}
+    if not manifest.get("bundle_id"):
+        manifest["bundle_id"] = new_bundle_id(manifest.get("machine_type", "bundle"), files)
+    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks {missing}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+            for name, data in sorted(files.items()):
+                zf.writestr(name, data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def open_bundle(path: str | Path) -> Bundle:
+    """Open and verify a bundle; any problem is a :class:`BundleError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: no such bundle file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if MANIFEST not in names:
+                raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
+            try:
+                manifest = json.loads(zf.read(MANIFEST))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+            if not isinstance(manifest, dict):
+                raise BundleError(f"{path}: {MANIFEST} is not a JSON object")
+            version = manifest.get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise BundleError(
+                    f"{path}: bundle schema version {version!r} is not supported (this runtime reads version {SCHEMA_VERSION})"
+                )
+            missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+            if missing:
+                raise BundleError(f"{path}: manifest lacks {', '.join(missing)}")
+            listed = manifest["files"]
+            if not isinstance(listed, dict):
+                raise BundleError(f"{path}: manifest 'files' must map member names to sha256")
+            extra = sorted(set(names) - set(listed) - {MANIFEST})
+            if extra:
+                raise BundleError(f"{path}: member {extra[0]} is not listed in the manifest")
+            for name, digest in listed.items():
+                if not _safe_member(name):
+                    raise BundleError(f"{path}: unsafe member name {name!r}")
+                if name not in names:
+                    raise BundleError(f"{path}: member {name} is missing")
+                if _member_sha256(zf, name) != digest:
+                    raise BundleError(f"{path}: checksum mismatch for member {name} (the bundle is corrupt or was modified)")
+    except zipfile.BadZipFile:
+        raise BundleError(f"{path}: not a bundle (not a zip archive, or truncated)") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read bundle ({exc.strerror or exc})") from None
+    bundle = Bundle(path, manifest)
+    _check_references(bundle)
+    return bundle
+
+
+def _member_sha256(zf: zipfile.ZipFile, name: str) -> str:
+    """A member's digest, hashed in blocks: verifying a bundle must not need its size in memory."""
+    h = hashlib.sha256()
+    with zf.open(name) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_references(bundle: Bundle) -> None:
+    m = bundle.manifest
+    if not isinstance(m["members"], list) or not m["members"]:
+        raise BundleError(f"{bundle.path}: manifest lists no extractor members")
+    for i, member in enumerate(m["members"]):
+        # a numpy-feature member (the plain system) has detector state but no model file
+        for key in ("state",) if member.get("features") else ("model", "state"):
+            name = member.get(key)
+            if name not in m["files"]:
+                raise BundleError(f"{bundle.path}: member {i} refers to {key} {name!r}, which the bundle does not hold")
+    for section in m["sections"]:
+        if section not in m["thresholds"]:
+            raise BundleError(f"{bundle.path}: no threshold for section {section}")
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()

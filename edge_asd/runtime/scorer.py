@@ -1,0 +1,269 @@
+"""Scoring clips with a deployment bundle: what ``score``, ``run`` and ``enroll`` share.
+
+A :class:`ClipScorer` turns raw audio into the clip's anomaly score exactly as
+the desktop fitted it: clip-level amplitude standardization, S segments, the
+extractor (front end inside the model), the section's inlier models, the
+aggregator, standardization, Eq. 8 mixing and the ensemble mean.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_asd.io.audio import SegmentSpec, level_from_manifest, normalize, segment
+from edge_asd.runtime.bundle import Bundle, open_bundle
+from edge_asd.errors import BundleError, UserError
+from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+from edge_asd.runtime.backends import (
+    Backend, ClipView, FeatureBackend, SplitOnnx, available_ort_providers, make_backend,
+)
+from edge_asd.scoring.stage2 import SectionModel, combine_parts, p_target, section_from_state, section_parts
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    score: float
+    threshold: float
+    anomalous: bool
+    p_target: float
+    section: str
+    timings_ms: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Member:
+    name: str
+    backend: Backend  # a SplitOnnx (front end once per clip) on the CPU when the bundle has the split graphs
+    sections: dict[str, SectionModel]
+    has_domain_head: bool = True  # whether its domain logits mean anything (Eq. 7)
+
+
+def segment_spec(manifest: dict) -> SegmentSpec:
+    a = manifest["audio"]
+    return SegmentSpec(
+        sample_rate=int(a["sample_rate"]),
+        segment_seconds=float(a["segment_seconds"]),
+        n_segments=int(a["n_segments"]),
+        align=int(a.get("segment_align", 1)),
+        level=level_from_manifest(a.get("amplitude")),
+    )
+
+
+class ClipScorer:
+    """A loaded bundle, ready to score clips of its machine type."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int = 0, cache_dir: str | None = None):
+        # the bundle itself (its bytes) is not kept: the sessions hold the weights
+        self.bundle_path = bundle.path
+        m = bundle.manifest
+        self.manifest = m
+        self.bundle_id: str = m["bundle_id"]
+        self.machine_type: str = m["machine_type"]
+        self.sections: list[str] = list(m["sections"])
+        try:
+            self.spec = segment_spec(m)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: audio settings unusable ({exc})") from None
+        self.sample_rate = self.spec.sample_rate
+        self.segment_seconds = self.spec.segment_seconds
+        self.clip_seconds = float(m["audio"].get("clip_seconds", 10.0))
+        self.approach: str = m["approach"]
+        self.aggregator: str = m["aggregator"]
+        self.kappa = float(m["kappa"])
+        self.embedding_dim = int(m["embedding_dim"])
+        self.thresholds = {s: float(m["thresholds"][s]) for s in self.sections}
+        # normal-score quantiles per section, the daemon's drift reference (absent in some bundles)
+        self.reference_quantiles: dict[str, list[float]] = dict(m.get("reference_quantiles", {}))
+        self.members: list[_Member] = []
+        for i, mm in enumerate(m["members"]):
+            arrays = bundle.arrays(mm["state"])
+            try:
+                sections = {s: section_from_state(s, arrays, mm["sections"][s]) for s in self.sections}
+            except (KeyError, ValueError, TypeError) as exc:
+                raise BundleError(f"{bundle.path}: detector state of member {i} is unusable ({exc})") from None
+            for s, sm in sections.items():
+                for dom, dm in sm.domains.items():
+                    dim = getattr(dm.detector, "n_features_in_", None)
+                    if dim is not None and int(dim) != int(mm.get("embedding_dim", self.embedding_dim)):
+                        raise BundleError(
+                            f"{bundle.path}: detector {s}/{dom} of member {i} expects {dim}-d embeddings, "
+                            f"the manifest says {mm.get('embedding_dim', self.embedding_dim)}"
+                        )
+            if mm.get("features"):
+                try:
+                    be = FeatureBackend(LogMelStats(LogMelStatsConfig.from_dict(mm["features"])))
+                except (TypeError, ValueError) as exc:
+                    raise BundleError(f"{bundle.path}: member {i}: features unusable ({exc})") from None
+                self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, has_domain_head=False))
+                continue
+            engine = bundle.read(mm["engine"]["file"]) if mm.get("engine") else None
+            try:
+                if self._use_split(mm, backend, engine):
+                    sp = mm["split"]
+                    be = SplitOnnx(
+                        bundle.read(sp["frontend"]), bundle.read(sp["encoder"]), int(sp["frames_per_segment"]),
+                        int(sp["hop_length"]), threads=threads or (os.cpu_count() or 1),
+                        window=int(m["frontend"].get("n_fft", 0)),
+                    )
+                else:
+                    be = make_backend(
+                        bundle.read(mm["model"]),
+                        backend=backend,
+                        threads=threads,
+                        engine=engine,
+                        engine_meta=mm.get("engine"),
+                        cache_dir=cache_dir,
+                    )
+            except BundleError:
+                raise
+            except Exception as exc:
+                raise BundleError(f"{bundle.path}: member {i}: {str(exc).splitlines()[0]}") from None
+            self._check_model_shape(be, i, int(mm.get("embedding_dim", self.embedding_dim)))
+            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, bool(mm.get("domain_head", True))))
+        self.backend_name = "+".join(dict.fromkeys(m.backend.name for m in self.members))
+
+    @staticmethod
+    def _use_split(member: dict, backend: str, engine: bytes | None) -> bool:
+        """The CPU runs the split graphs; GPUs and TensorRT run the whole-segment graph."""
+        if not member.get("split") or backend not in ("auto", "onnx-cpu"):
+            return False
+        return backend == "onnx-cpu" or (engine is None and "CUDAExecutionProvider" not in available_ort_providers())
+
+    def _check_model_shape(self, backend, i: int, dim: int) -> None:
+        """Refuse a model whose input or output sizes disagree with the manifest."""
+        probe = np.zeros((1, self.spec.segment_samples), dtype=np.float32)
+        try:
+            emb, logit = backend.run(probe)
+        except Exception as exc:
+            raise BundleError(
+                f"{self.bundle_path}: model of member {i} does not take [batch, {self.spec.segment_samples}] "
+                f"waveforms as the manifest says ({str(exc).splitlines()[0]})"
+            ) from None
+        if emb.shape != (1, dim) or logit.shape != (1,):
+            raise BundleError(
+                f"{self.bundle_path}: model of member {i} outputs embeddings of shape {tuple(emb.shape)[1:]}, "
+                f"the manifest says ({dim},)"
+            )
+
+    def resolve_section(self, section: str | None) -> str:
+        if section is None:
+            return self.sections[0]
+        if section not in self.thresholds:
+            raise UserError(f"{self.bundle_path}: section {section!r} is not in this bundle (it has {', '.join(self.sections)})")
+        return section
+
+    def prepare(self, clip: np.ndarray) -> np.ndarray:
+        """Standardize and segment a raw clip: ``[S, segment_samples]``."""
+        clip = self._checked(clip)
+        return segment(normalize(clip, self.spec), self.spec)
+
+    def _checked(self, clip: np.ndarray) -> np.ndarray:
+        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
+        if clip.size < self.spec.segment_samples:
+            raise UserError(
+                f"clip of {clip.size / self.sample_rate:.2f} s is shorter than one {self.segment_seconds:g} s segment"
+            )
+        return clip
+
+    def embed(self, segments: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each extractor member's ``(embedding [N, D], domain_logit [N])`` of segments."""
+        return [m.backend.run(segments) for m in self.members if m.backend.takes_segments]
+
+    @property
+    def clip_level(self) -> bool:
+        """Whether every member works on the whole clip (the CPU's split graphs, numpy features)."""
+        return all(m.backend.clip_level for m in self.members)
+
+    def embed_clip(self, clip: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
+        """Each member's ``(embedding [S_m, D_m], domain_logit [S_m])`` of one raw clip, and timings in ms.
+
+        "frontend" includes standardization and the split graphs' log-mel.
+        """
+        view = ClipView(self._checked(clip), self.spec)
+        t0 = time.perf_counter()
+        view.normalized  # made here, so that standardization counts as front end, as it always has
+        outs, t_fe, t_enc = [], 0.0, 0.0
+        for member in self.members:
+            ta = time.perf_counter()
+            emb, logit, fe_s = member.backend.run_clip(view)
+            outs.append((emb, logit))
+            t_fe, t_enc = t_fe + fe_s, t_enc + (time.perf_counter() - ta - fe_s)
+        prep = time.perf_counter() - t0 - t_fe - t_enc
+        return outs, {"frontend": (prep + t_fe) * 1e3, "extractor": t_enc * 1e3}
+
+    def combine(self, outs: list[tuple[np.ndarray, np.ndarray]], section: str) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and p_target of clips from each member's ``(embedding [n, S_m, D_m], logit [n, S_m])``.
+
+        p_target is the mean over the members that have a domain classifier (0
+        where none has: the bundle then scores both domains with one model).
+        """
+        parts, ps = [], []
+        for member, (emb, logit) in zip(self.members, outs):
+            parts.append(section_parts(member.sections[section], emb, self.aggregator))
+            if member.has_domain_head:
+                ps.append(p_target(logit, self.kappa))
+        n = outs[0][0].shape[0]
+        p = np.mean(ps, axis=0) if ps else np.zeros(n)
+        return combine_parts(parts, p, self.approach), p
+
+    def score_segments(self, segs: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Scores of clips given as ``[n_clips, S, samples]`` standardized segments (extractor members only)."""
+        if not all(m.backend.takes_segments for m in self.members):
+            raise ValueError("a bundle with a numpy feature member scores raw clips (score_many), not segments")
+        n, s, length = segs.shape
+        t0 = time.perf_counter()
+        outs = self.embed(segs.reshape(n * s, length))
+        t1 = time.perf_counter()
+        scores, p = self.combine([(e.reshape(n, s, -1), l.reshape(n, s)) for e, l in outs], section)
+        t2 = time.perf_counter()
+        return scores, p, {"extractor": (t1 - t0) * 1e3, "detector": (t2 - t1) * 1e3}
+
+    def score_many(self, clips: list[np.ndarray], section: str) -> np.ndarray:
+        """Anomaly scores of several raw clips of one section (offline scoring).
+
+        Clip-level members (the CPU's split graphs, numpy features) take one clip
+        at a time, as in the daemon; GPU back ends take all the clips' segments
+        in one batch, which is what a GPU wants.
+        """
+        if self.clip_level or not all(m.backend.takes_segments for m in self.members):
+            return np.array([self._score_clip(c, section)[0][0] for c in clips])
+        return self.score_segments(np.stack([self.prepare(c) for c in clips]), section)[0]
+
+    def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:
+        section = self.resolve_section(section)
+        scores, p, timings = self._score_clip(clip, section)
+        thr = self.thresholds[section]
+        score = float(scores[0])
+        return ClipResult(score, thr, score > thr, float(p[0]), section, timings)
+
+    def _score_clip(self, clip: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        outs, timings = self.embed_clip(clip)
+        t0 = time.perf_counter()
+        scores, p = self.combine([(e[None], l[None]) for e, l in outs], section)
+        return scores, p, {**timings, "detector": (time.perf_counter() - t0) * 1e3}
+
+
+def quiet_faiss_threads() -> None:
+    """One faiss thread for the runtime's searches.
+
+    A clip's KNN query is 10 vectors: OpenMP's thread start and spin-waiting
+    cost more than the search and compete with onnxruntime's threads for the
+    device's few cores (median 0.1 ms single-threaded vs. 20+ ms with 2 busy
+    threads, benchmarks/bench_detectors.py). Process-wide, so the commands call
+    it, not the library.
+    """
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except (ImportError, AttributeError):
+        pass
+
+
+def load_scorer(bundle_path: str | Path, backend: str = "auto", threads: int = 0, cache_dir: str | None = None) -> ClipScorer:
+    return ClipScorer(open_bundle(bundle_path), backend=backend, threads=threads, cache_dir=cache_dir)

@@ -1,0 +1,1 @@
+"""Stage 2: detectors on embeddings, the report's scoring rules, thresholds, drift and the DCASE metrics."""

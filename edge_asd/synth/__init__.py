@@ -1,0 +1,1 @@
+"""``edge-asd synth``: synthetic machine sounds in the DCASE layout."""

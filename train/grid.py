@@ -443,7 +443,7 @@ def write_slurm(
 
 
 def build_grid_parser() -> argparse.ArgumentParser:
-    from edge_asd.cli import CliParser
+    from edge_asd.cli.parser import CliParser
 
     p = CliParser(prog="edge-asd-train grid", description="Train every run of a grid file (see train/grid.py for its keys); "
                   "a finished run is skipped, an unfinished one resumed.")

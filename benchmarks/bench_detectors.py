@@ -25,7 +25,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from edge_asd.scoring.detectors import GMMDetector, InlierDetector, KNNDetector
+from edge_asd.scoring.base import InlierDetector
+from edge_asd.scoring.gmm import GMMDetector
+from edge_asd.scoring.knn import KNNDetector
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def time_scoring(detector: InlierDetector, queries: np.ndarray, repeats: int, wa
 def time_hnsw(bank: np.ndarray, queries: np.ndarray, args: argparse.Namespace) -> Timing:
     """An approximate index (faiss HNSW) for comparison: search time, build time and recall@k against exact search.
 
-    Not what the runtime uses (its KNN is exact, see edge_asd.scoring.detectors): the
+    Not what the runtime uses (its KNN is exact, see edge_asd.scoring.search): the
     figures say from which bank size an approximate index would pay for its
     build time, its second copy of the vectors and its missed neighbours.
     """

@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from edge_asd.io.dcase import list_clips, list_machines  # noqa: E402
 from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
-from edge_asd.scoring.stage2 import Stage2Config, combine_parts, fit_section, p_target, section_parts  # noqa: E402
+from edge_asd.scoring.combine import combine_parts, p_target  # noqa: E402
+from edge_asd.scoring.section import section_parts  # noqa: E402
+from edge_asd.scoring.stage2 import Stage2Config, fit_section  # noqa: E402
 
 # Stage-1 systems (TrainConfig overrides). "epochs" is set by --epochs unless given here.
 SYSTEMS = {

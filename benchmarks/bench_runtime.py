@@ -94,7 +94,8 @@ def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
     import torch
 
     from edge_asd.runtime.bundle import npz_bytes, write_bundle
-    from edge_asd.scoring.stage2 import Stage2Config, fit_section, section_state
+    from edge_asd.scoring.section import section_state
+    from edge_asd.scoring.stage2 import Stage2Config, fit_section
     from export.onnx_export import export_onnx, export_split
     from export.precision import to_int8
     from train.models import ModelConfig, build_extractor

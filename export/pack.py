@@ -18,9 +18,11 @@ import numpy as np
 from edge_asd.io.audio import SegmentSpec, amplitude_manifest, clip_segments
 from edge_asd.runtime.bundle import npz_bytes, write_bundle
 from edge_asd.errors import UserError
-from edge_asd.runtime.backends import OnnxBackend
+from edge_asd.runtime.onnx import OnnxBackend
 from edge_asd.scoring.metrics import roc_auc
-from edge_asd.scoring.stage2 import APPROACHES, Stage2Config, combine_parts, p_target, section_parts, section_state
+from edge_asd.scoring.combine import combine_parts, p_target
+from edge_asd.scoring.section import section_parts, section_state
+from edge_asd.scoring.stage2 import APPROACHES, Stage2Config
 from edge_asd.scoring.drift import reference_quantiles
 from edge_asd.scoring.thresholds import fit_threshold
 

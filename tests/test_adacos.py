@@ -259,7 +259,7 @@ def test_adacos_fft_run_separates_sections_better_than_untrained(adacos_run, dat
 def test_adacos_fft_run_exports_with_parity(adacos_run, data_root):
     import onnx
 
-    from edge_asd.runtime.backends import OnnxBackend
+    from edge_asd.runtime.onnx import OnnxBackend
     from export.onnx_export import export_onnx, export_split, relative_error, torch_embed
 
     _, run = adacos_run

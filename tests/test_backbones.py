@@ -146,7 +146,7 @@ def test_edge_backbones_train_and_export_with_parity(backbone, weights, data_roo
     import onnx
 
     from export.onnx_export import export_onnx, export_split, relative_error, torch_embed
-    from edge_asd.runtime.backends import OnnxBackend
+    from edge_asd.runtime.onnx import OnnxBackend
     from train.embed import load_extractor
     from train.stage1 import heldout_clips, train_extractor
 

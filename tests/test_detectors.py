@@ -17,17 +17,12 @@ from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import LocalOutlierFactor
 
-from edge_asd.scoring.detectors import (
-    AGGREGATORS,
-    DETECTORS,
-    STATE_VERSION,
-    GMMDetector,
-    KNNDetector,
-    LOFDetector,
-    aggregate,
-    detector_from_state,
-    make_detector,
-)
+from edge_asd.scoring.aggregate import AGGREGATORS, aggregate
+from edge_asd.scoring.base import STATE_VERSION
+from edge_asd.scoring.detectors import DETECTORS, detector_from_state, make_detector
+from edge_asd.scoring.gmm import GMMDetector
+from edge_asd.scoring.knn import KNNDetector
+from edge_asd.scoring.lof import LOFDetector
 
 K_VALUES = (1, 2, 4, 16, 32)
 

@@ -39,7 +39,7 @@ def test_onnx_matches_torch_on_real_audio(tiny_run, tiny_bundle, tiny_data):
     clip = list_clips(tiny_data, "fan", "test")[0].path
     segs = clip_segments(clip)
     ref, ref_logit = torch_embed(load_extractor(tiny_run), segs)
-    from edge_asd.runtime.backends import OnnxBackend
+    from edge_asd.runtime.onnx import OnnxBackend
 
     b = open_bundle(tiny_bundle)
     whole = OnnxBackend(b.read(b.manifest["members"][0]["model"]))  # the [batch, 32000] contract graph
@@ -121,7 +121,8 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     from edge_asd.io.audio import SegmentSpec, read_audio, segment, standardize
     from export.onnx_export import relative_error
 
-    from edge_asd.runtime.backends import ClipView, OnnxBackend, SplitOnnx
+    from edge_asd.runtime.backend import ClipView
+    from edge_asd.runtime.onnx import OnnxBackend, SplitOnnx
 
     scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
     member = scorer.members[0]

@@ -3,17 +3,10 @@
 import numpy as np
 import pytest
 
-from edge_asd.scoring.stage2 import (
-    Stage2Config,
-    combine_parts,
-    fit_section,
-    mix_eq8,
-    mixup_pseudo_normals,
-    p_target,
-    section_from_state,
-    section_parts,
-    section_state,
-)
+from edge_asd.scoring.banks import mixup_pseudo_normals
+from edge_asd.scoring.combine import combine_parts, mix_eq8, p_target
+from edge_asd.scoring.section import section_from_state, section_parts, section_state
+from edge_asd.scoring.stage2 import Stage2Config, fit_section
 
 
 def test_eq7_p_target_hand_values():

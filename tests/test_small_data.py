@@ -9,18 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from edge_asd.scoring.detectors import KNNDetector, detector_from_state
 from edge_asd.io.features import LogMelStats, LogMelStatsConfig, mel_filterbank
+from edge_asd.scoring.banks import centres_bank, kmeans_centres
+from edge_asd.scoring.combine import combine_parts
+from edge_asd.scoring.detectors import detector_from_state
+from edge_asd.scoring.knn import KNNDetector
 from edge_asd.scoring.metrics import labelled_metrics, official_result
-from edge_asd.scoring.stage2 import (
-    Stage2Config,
-    centres_bank,
-    check_fittable,
-    combine_parts,
-    fit_section,
-    kmeans_centres,
-    shrunk_stats,
-)
+from edge_asd.scoring.out_of_fold import shrunk_stats
+from edge_asd.scoring.stage2 import Stage2Config, check_fittable, fit_section
 
 
 # --- the plain features ------------------------------------------------------------------

@@ -23,6 +23,10 @@ DEVICES = ("auto", "cpu", "cuda")
 AMPLITUDES = ("clip", "machine")
 
 
+# The extractor's knobs are ModelConfig's: their defaults are read from it, never written twice.
+_MODEL = ModelConfig()
+
+
 @dataclass
 class TrainConfig:
     # --- what to train on, where to write -------------------------------------------
@@ -31,28 +35,28 @@ class TrainConfig:
     out: Path  # run folder
     outliers: Path | None = None  # any other sounds (AudioSet in the report), searched recursively
     # --- model --------------------------------------------------------------------
-    backbone: str = "efficientnet_b0"
-    embedding_dim: int = 128
-    domain_head: bool = True  # Section 2.4's domain classifier (and its batch composition)
+    backbone: str = _MODEL.backbone
+    embedding_dim: int = _MODEL.embedding_dim
+    domain_head: bool = _MODEL.domain_head  # Section 2.4's domain classifier (and its batch composition)
     pretrained_weights: Path | None = None  # local timm/torch/safetensors weights of a CNN backbone, or "imagenet" (packaged Lite0); never downloaded
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    ff_mult: int = 4
-    conv_kernel: int = 15
-    subsample: int = 2
-    max_rel_distance: int = 64
-    pool: str = "mean"
-    dropout: float = 0.1
-    drop_rate: float = 0.2
-    drop_path_rate: float = 0.0
+    d_model: int = _MODEL.d_model
+    n_layers: int = _MODEL.n_layers
+    n_heads: int = _MODEL.n_heads
+    ff_mult: int = _MODEL.ff_mult
+    conv_kernel: int = _MODEL.conv_kernel
+    subsample: int = _MODEL.subsample
+    max_rel_distance: int = _MODEL.max_rel_distance
+    pool: str = _MODEL.pool
+    dropout: float = _MODEL.dropout
+    drop_rate: float = _MODEL.drop_rate
+    drop_path_rate: float = _MODEL.drop_path_rate
     # --- front end (report Section 3.1) ---------------------------------------------
-    n_fft: int = 2048
-    hop_length: int = 256
-    n_mels: int = 224
-    f_min: float = 50.0
-    f_max: float = 7800.0
-    mel_scale: str = "slaney"
+    n_fft: int = _MODEL.n_fft
+    hop_length: int = _MODEL.hop_length
+    n_mels: int = _MODEL.n_mels
+    f_min: float = _MODEL.f_min
+    f_max: float = _MODEL.f_max
+    mel_scale: str = _MODEL.mel_scale
     segment_seconds: float = 2.0
     amplitude: str = "clip"  # "clip": standardize each clip (the report); "machine": one mean/std per machine type
     # --- data split and batches ---------------------------------------------------
@@ -93,13 +97,13 @@ class TrainConfig:
     log_every: int = 50  # steps between flushes of losses.csv (avoids a device sync per step)
     resume: bool = False
     # --- beyond the report: objective and FFT branch (train/adacos.py, train/fft_branch.py) ---------
-    objective: str = "oe"  # "oe": the report's Eq. 3/6; "subcluster_adacos": Wilkinghoff's sub-cluster AdaCos
-    n_subclusters: int = 16  # AdaCos centres per class
-    adacos_trainable_centres: bool = True  # False: centres stay at their random start, as in Wilkinghoff's DCASE 2023 code
+    objective: str = _MODEL.objective  # "oe": the report's Eq. 3/6; "subcluster_adacos": Wilkinghoff's sub-cluster AdaCos
+    n_subclusters: int = _MODEL.n_subclusters  # AdaCos centres per class
+    adacos_trainable_centres: bool = _MODEL.adacos_trainable_centres  # False: centres stay at their random start, as in Wilkinghoff's DCASE 2023 code
     adacos_pseudo_classes: bool = True  # other machine types (and the outliers folder) as AdaCos classes; False: left out
-    fft_branch: bool = False  # full-segment magnitude-spectrum branch, its embedding concatenated to the log-mel one
-    fft_channels: int = 128  # width of the FFT branch's convolutions and MLP
-    fft_embedding_dim: int | None = None  # FFT branch's share of the embedding; None: embedding_dim
+    fft_branch: bool = _MODEL.fft_branch  # full-segment magnitude-spectrum branch, its embedding concatenated to the log-mel one
+    fft_channels: int = _MODEL.fft_channels  # width of the FFT branch's convolutions and MLP
+    fft_embedding_dim: int | None = _MODEL.fft_embedding_dim  # FFT branch's share of the embedding; None: embedding_dim
 
     # fields a resumed run may change without changing what is computed
     RESUMABLE_CHANGES = (

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.io.dcase import list_clips
-from edge_asd.scoring.stage2 import combine_parts, p_target, section_parts
+from edge_asd.scoring.combine import combine_parts, p_target
+from edge_asd.scoring.section import section_parts
 from edge_asd.io.submission import write_section
 
 from .data import run_spec

@@ -1,7 +1,8 @@
 """Stage 2 on the desktop: embed the normals of the bank and fit the inlier models.
 
-The models, standardization and thresholds are :mod:`edge_asd.scoring.stage2` itself;
-this module only feeds it embeddings from the trained extractor and stores the
+The models, standardization and thresholds are the device's own code
+(:mod:`edge_asd.scoring.stage2` fits a section, :mod:`edge_asd.scoring.section` holds it);
+this module only feeds them embeddings from the trained extractor and stores the
 result in the run folder, for ``report`` and ``edge-asd-export``:
 
     RUN/stage2/<approach>/detectors.npz   detector state (plain arrays)
@@ -20,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import run_spec
-from edge_asd.scoring.stage2 import APPROACHES, SectionModel, Stage2Config, check_fittable, fit_section
-from edge_asd.scoring.stage2 import section_from_state, section_state
+from edge_asd.scoring.section import SectionModel, section_from_state, section_state
+from edge_asd.scoring.stage2 import APPROACHES, Stage2Config, check_fittable, fit_section
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,10 @@ from edge_asd.io.audio import read_audio
 from edge_asd.runtime.bundle import npz_bytes, open_bundle, write_bundle
 from edge_asd.errors import UserError
 from edge_asd.runtime.scorer import ClipScorer
+from edge_asd.scoring.combine import combine_parts, p_target
 from edge_asd.scoring.drift import reference_quantiles
-from edge_asd.scoring.stage2 import Stage2Config, combine_parts, fit_section, p_target, section_state
+from edge_asd.scoring.section import section_state
+from edge_asd.scoring.stage2 import Stage2Config, fit_section
 from edge_asd.scoring.thresholds import fit_threshold
 
 log = logging.getLogger("edge_asd.enroll")  # the name journals show, kept from before the subpackages

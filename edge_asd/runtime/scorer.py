@@ -19,10 +19,11 @@ from edge_asd.io.audio import SegmentSpec, level_from_manifest, normalize, segme
 from edge_asd.runtime.bundle import Bundle, open_bundle
 from edge_asd.errors import BundleError, UserError
 from edge_asd.io.features import LogMelStats, LogMelStatsConfig
-from edge_asd.runtime.backends import (
-    Backend, ClipView, FeatureBackend, SplitOnnx, available_ort_providers, make_backend,
-)
-from edge_asd.scoring.stage2 import SectionModel, combine_parts, p_target, section_from_state, section_parts
+from edge_asd.runtime.backend import Backend, ClipView, FeatureBackend
+from edge_asd.runtime.backends import make_backend
+from edge_asd.runtime.onnx import SplitOnnx, available_ort_providers
+from edge_asd.scoring.combine import combine_parts, p_target
+from edge_asd.scoring.section import SectionModel, section_from_state, section_parts
 
 
 @dataclass(frozen=True)

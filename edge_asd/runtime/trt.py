@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.errors import UserError
-from edge_asd.runtime.backends import SegmentBatches
+from edge_asd.runtime.backend import SegmentBatches
 
 log = logging.getLogger("edge_asd.engine")  # the name journals show, kept from before the subpackages
 

@@ -1,0 +1,140 @@
+"""The architecture the tree shows, enforced: package layers, no import circles, README's layout in step.
+
+Imports are read from the source (module level and inside functions; ``TYPE_CHECKING``
+blocks are for type checkers only and are left out), so a lazy import that runs
+against the layering fails here before it fails a reader.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import edge_asd
+
+ROOT = Path(edge_asd.__file__).resolve().parent.parent
+PKG = ROOT / "edge_asd"
+
+# Who may import whom, by subpackage of edge_asd ("" is the top-level modules: errors, progress).
+# The data path reads downwards: cli -> daemon / offline -> runtime -> scoring -> io.
+LAYERS: dict[str, set[str]] = {
+    "": set(),
+    "io": {""},
+    "synth": {"", "io"},
+    "scoring": {"", "io"},
+    "mqtt": {""},
+    "runtime": {"", "io", "scoring"},
+    "daemon": {"", "io", "scoring", "runtime", "mqtt"},
+    "offline": {"", "io", "scoring", "runtime", "daemon"},
+    "cli": {"", "io", "scoring", "runtime", "daemon", "offline", "mqtt", "synth"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def subpackage(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return ""
+    return parts[1] if (PKG / parts[1]).is_dir() else ""
+
+
+def _runtime_imports(tree: ast.AST, here: str, is_package: bool) -> set[str]:
+    """Modules of edge_asd this module imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for sub in child.orelse:
+                    visit(sub)
+                continue
+            if isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = here.split(".")[: len(here.split(".")) - child.level + (1 if is_package else 0)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                if target.startswith("edge_asd"):
+                    found.add(target)
+                    for alias in child.names:  # "from edge_asd.io import audio" imports a module
+                        if (PKG.parent / (target + "." + alias.name).replace(".", "/")).with_suffix(".py").exists():
+                            found.add(target + "." + alias.name)
+            elif isinstance(child, ast.Import):
+                found.update(a.name for a in child.names if a.name.startswith("edge_asd"))
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted(PKG.rglob("*.py")):
+        name = module_name(path)
+        graph[name] = _runtime_imports(ast.parse(path.read_text()), name, path.stem == "__init__")
+    return graph
+
+
+def test_every_import_respects_the_layers():
+    graph = import_graph()
+    assert len(graph) > 40, "the walk found the package's modules"
+    wrong = []
+    for module, deps in graph.items():
+        here = subpackage(module)
+        for dep in deps:
+            there = subpackage(dep)
+            if there != here and there not in LAYERS[here] and dep != "edge_asd":
+                wrong.append(f"{module} -> {dep}")
+    assert not wrong, "imports against the layers (LAYERS in this file): " + ", ".join(sorted(wrong))
+
+
+def test_no_import_circles():
+    graph = {m: {d for d in deps if d in import_graph_cache()} - {m} for m, deps in import_graph_cache().items()}
+    # edge_asd/__init__.py is every module's parent package, not a dependency anyone chose
+    graph = {m: d - {"edge_asd"} for m, d in graph.items()}
+    state: dict[str, int] = {}
+    circles: list[list[str]] = []
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                circles.append(path[path.index(dep):] + [dep] if dep in path else [node, dep])
+            elif dep not in state:
+                walk(dep, path + [dep])
+        state[node] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            walk(m, [m])
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+_GRAPH: dict[str, set[str]] = {}
+
+
+def import_graph_cache() -> dict[str, set[str]]:
+    if not _GRAPH:
+        _GRAPH.update(import_graph())
+    return _GRAPH
+
+
+def test_runtime_package_never_imports_the_desktop_side():
+    bad = [f"{m} -> {d}" for m, deps in import_graph_cache().items() for d in deps if d.split(".")[0] in ("train", "export")]
+    assert not bad
+
+
+def test_readme_layout_names_every_subpackage():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    subpackages = sorted(p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert set(LAYERS) - {""} == set(subpackages), "LAYERS lists every subpackage"
+    missing = [s for s in subpackages if not re.search(rf"\b{s}/", layout)]
+    assert not missing, f"README's layout section does not show {missing}"

@@ -60,7 +60,7 @@ def main() -> None:
     from edge_asd.io.dcase import list_clips
     from edge_asd.runtime.enroll import enroll
     from edge_asd.io.audio import read_audio
-    from edge_asd.synth.generate import SynthConfig, generate
+    from edge_asd.synth import SynthConfig, generate
     from export.pack import build_bundle
     from train.cli import main as train_main
 

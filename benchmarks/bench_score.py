@@ -91,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     import bench_runtime
 
-    from edge_asd.synth.generate import SynthConfig, generate
+    from edge_asd.synth import SynthConfig, generate
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -1,8 +1,12 @@
-"""Session fixtures: a tiny synthetic data set, a tiny trained run and its bundle.
+"""Shared fixtures: a tiny synthetic data set, a tiny trained run and its bundle;
+the tonal data set and feature cache of the training tests.
 
-Built once per test session (a few seconds of CPU training) and shared by the
-export, scoring, daemon and enrollment tests, so that every one of them works
-on a real trained model and a real bundle, never on a mock.
+The first three are built once per test session (a few seconds of CPU
+training) and shared by the export, scoring, daemon and enrollment tests, so
+that every one of them works on a real trained model and a real bundle, never
+on a mock. Plain helpers (the daemon as a process, bundle editing, the tonal
+data writer) live in tests/daemon_proc.py, tests/bundle_edit.py and
+tests/tonal_data.py, so that no test module imports another.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ TINY_MODEL = {
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from edge_asd.synth.generate import SynthConfig, generate
+    from edge_asd.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("data")
     # 20 source clips per section at r_train 0.8 leave 4 held out; 8 target clips
@@ -63,6 +67,22 @@ def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
     return build_bundle(tiny_run, out, progress=False)
 
 
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The tonal fan/pump training set of tests/tonal_data.py, one per test module."""
+    # Module scope: tests of one module share it as they always have; a module's
+    # own edits (or its own smaller set, as test_presets.py defines) stay its own.
+    from tonal_data import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("dcase"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """A clip-statistics cache the training tests of one module share."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(scope="session")
 def edge_asd_exe() -> str:
     return str(Path(sys.executable).with_name("edge-asd"))
@@ -70,8 +90,13 @@ def edge_asd_exe() -> str:
 
 @pytest.fixture
 def daemons() -> list:
-    """Daemon processes a test started (tests/test_daemon.py ``Daemon``), killed if the test fails midway."""
+    """Daemon processes a test started (tests/daemon_proc.py ``Daemon``), killed if the test fails midway."""
     started: list = []
     yield started
     for d in started:
         d.kill()
+
+
+# --- MQTT broker fixtures (broker, brokers): defined in mqtt_broker.py, shared by every test module ---
+# Loaded as a plugin here, before any test module imports mqtt_broker, so pytest can still rewrite its asserts.
+pytest_plugins = ["mqtt_broker"]

@@ -1,14 +1,18 @@
-"""A real Mosquitto broker for tests, and a subscriber that records what it receives.
+"""A real Mosquitto broker for tests, a subscriber that records what it receives, and their fixtures.
 
     from mqtt_broker import Broker, Subscriber, require_mosquitto
 
     require_mosquitto()                      # pytest.skip with a clear reason when the binary is absent
     with Broker(tmp_path, auth=("user", "pw"), tls=True) as broker:
         sub = broker.subscriber("edge_asd/#")
-        settings = broker.mqtt_settings(prefix="edge_asd")   # edge_asd.mqtt.publisher.MqttSettings for this broker
+        settings = broker.mqtt_settings(prefix="edge_asd")   # edge_asd.mqtt.settings.MqttSettings for this broker
         ...
         broker.stop(); broker.start()        # same port, same certificates, same password file
         sub.wait_for(lambda msgs: ..., timeout=20)
+
+As fixtures (registered for every test module by conftest.py): ``broker`` is a
+started anonymous broker, ``brokers(start=True, **options)`` makes more or other ones
+(auth, TLS, not yet started); each is stopped when the test ends.
 
 The broker listens on 127.0.0.1 on a free port, with a generated configuration:
 anonymous, or with a password file made by ``mosquitto_passwd -b``, or TLS with a
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
@@ -51,8 +56,6 @@ HOST = "127.0.0.1"
 
 def require_mosquitto(tls: bool = False, auth: bool = False) -> None:
     """Skip the calling test, with the reason, when a needed binary is missing."""
-    import pytest
-
     if MOSQUITTO is None:
         pytest.skip("the mosquitto broker is not installed (Debian package 'mosquitto')")
     if auth and MOSQUITTO_PASSWD is None:
@@ -293,8 +296,8 @@ class Broker:
     # --- clients ------------------------------------------------------------------
 
     def mqtt_settings(self, **overrides: Any):
-        """edge_asd.mqtt.publisher.MqttSettings for this broker, with test-short reconnect delays."""
-        from edge_asd.mqtt.publisher import MqttSettings
+        """edge_asd.mqtt.settings.MqttSettings for this broker, with test-short reconnect delays."""
+        from edge_asd.mqtt.settings import MqttSettings
 
         values: dict[str, Any] = dict(
             host=self.host, port=self.port, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive=10
@@ -456,3 +459,27 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+# --- fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def brokers(tmp_path):
+    """``make(start=True, **Broker options)``: brokers in the test's folder, each stopped when the test ends."""
+    made: list[Broker] = []
+
+    def make(start: bool = True, **options: Any) -> Broker:
+        b = Broker(tmp_path, **options)
+        made.append(b)
+        return b.start() if start else b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
+def broker(brokers):
+    """A started anonymous broker."""
+    return brokers()

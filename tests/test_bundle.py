@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,7 @@ from edge_asd.runtime.bundle import SCHEMA_VERSION, npz_bytes, open_bundle, sha2
 from edge_asd.errors import BundleError
 from edge_asd.runtime.scorer import load_scorer
 
-
-def _members(path):
-    with zipfile.ZipFile(path) as zf:
-        return {n: zf.read(n) for n in zf.namelist()}
-
-
-def _rewrite(path, members):
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, d in members.items():
-            zf.writestr(n, d)
+from bundle_edit import read_members, tampered_bundle, write_members
 
 
 def _copy(tiny_bundle, tmp_path):
@@ -53,23 +43,6 @@ def test_npz_members_have_no_pickles(tiny_bundle):
     assert arrays and all(a.dtype != object for a in arrays.values())
 
 
-def tampered_bundle(src: Path, dst: Path) -> str:
-    """Write to ``dst`` a copy of bundle ``src`` with bytes flipped inside a member; returns that member's name.
-
-    The zip stays valid (its CRCs match the new bytes): only the manifest's sha256 can catch it.
-    The copy replaces ``dst`` in one rename, as an operator's ``cp`` then ``mv`` would.
-    """
-    members = _members(src)
-    name = next(n for n in members if n.endswith(".npz"))
-    data = bytearray(members[name])
-    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])
-    members[name] = bytes(data)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    _rewrite(tmp, members)
-    tmp.replace(dst)
-    return name
-
-
 def test_tampered_member_is_refused(tiny_bundle, tmp_path):
     p = tmp_path / "b.asd"
     name = tampered_bundle(tiny_bundle, p)
@@ -79,30 +52,30 @@ def test_tampered_member_is_refused(tiny_bundle, tmp_path):
 
 def test_wrong_schema_version_is_refused(tiny_bundle, tmp_path):
     p = _copy(tiny_bundle, tmp_path)
-    members = _members(p)
+    members = read_members(p)
     m = json.loads(members["manifest.json"])
     m["schema_version"] = 99
     members["manifest.json"] = json.dumps(m).encode()
-    _rewrite(p, members)
+    write_members(p, members)
     with pytest.raises(BundleError, match="schema version 99 is not supported"):
         open_bundle(p)
 
 
 def test_missing_member_is_refused(tiny_bundle, tmp_path):
     p = _copy(tiny_bundle, tmp_path)
-    members = _members(p)
+    members = read_members(p)
     name = next(n for n in members if n.endswith(".onnx"))
     del members[name]
-    _rewrite(p, members)
+    write_members(p, members)
     with pytest.raises(BundleError, match=rf"member {name} is missing"):
         open_bundle(p)
 
 
 def test_unlisted_member_is_refused(tiny_bundle, tmp_path):
     p = _copy(tiny_bundle, tmp_path)
-    members = _members(p)
+    members = read_members(p)
     members["extra.pkl"] = b"cos\nsystem\n"
-    _rewrite(p, members)
+    write_members(p, members)
     with pytest.raises(BundleError, match="extra.pkl is not listed"):
         open_bundle(p)
 
@@ -156,10 +129,10 @@ def test_detector_state_of_wrong_size_is_refused(tiny_bundle, tmp_path):
 
 def test_score_cli_bad_bundle_exits_2(tiny_bundle, tmp_path):
     p = _copy(tiny_bundle, tmp_path)
-    members = _members(p)
+    members = read_members(p)
     name = next(n for n in members if n.endswith(".onnx"))
     members[name] = members[name] + b"x"
-    _rewrite(p, members)
+    write_members(p, members)
     exe = Path(sys.executable).with_name("edge-asd")
     r = subprocess.run([str(exe), "score", str(p), str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import Broker  # noqa: E402
-from test_daemon import Daemon, check_score_schema, bundle_manifest, noise_wavs, scores, write_config  # noqa: E402
+from daemon_proc import Daemon, check_score_schema, bundle_manifest, noise_wavs, scores, write_config  # noqa: E402
 
 CLIP_S = 2.0          # the tiny bundle's segment length: the shortest clip it takes
 FILES, CLIPS_PER_FILE = 10, 6

@@ -15,18 +15,11 @@ from pathlib import Path
 import pytest
 
 from edge_asd.errors import ConfigError
-from edge_asd.mqtt.publisher import (
-    MachineStats,
-    MqttSettings,
-    Publisher,
-    alert_payload,
-    build_topic,
-    discovery_messages,
-    encode,
-    format_ts,
-    score_payload,
-    stats_payload,
-)
+from edge_asd.mqtt.discovery import discovery_messages
+from edge_asd.mqtt.payloads import MachineStats, alert_payload, encode, format_ts, score_payload, stats_payload
+from edge_asd.mqtt.publisher import Publisher
+from edge_asd.mqtt.settings import MqttSettings
+from edge_asd.mqtt.topics import build_topic
 from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 from mqtt_broker import Broker
 
@@ -193,13 +186,6 @@ def publishers():
         pub.stop()
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
-
-
 def _score_maker(i: int):
     return lambda seq: score_payload(1795000000 + 10 * seq, seq, 0.1 * i, 1.0, i % 7 == 0, 0.2, -30.0, "bundle-1")
 
@@ -261,8 +247,8 @@ def test_delivers_every_score_in_order(tmp_path, broker, publishers):
     sub.close()
 
 
-def test_broker_down_at_start_then_up(tmp_path, publishers):
-    broker = Broker(tmp_path)
+def test_broker_down_at_start_then_up(tmp_path, brokers, publishers):
+    broker = brokers(start=False)
     # A persistent session, registered while the broker was briefly up, queues what
     # arrives while the test's subscriber is still reconnecting.
     broker.start()
@@ -285,11 +271,10 @@ def test_broker_down_at_start_then_up(tmp_path, publishers):
             assert pub.connected
     finally:
         sub.close()
-        broker.stop()
 
 
-def test_broker_restart_mid_stream_loses_nothing(tmp_path, publishers):
-    broker = Broker(tmp_path).start()
+def test_broker_restart_mid_stream_loses_nothing(tmp_path, brokers, publishers):
+    broker = brokers()
     sub = broker.subscriber(f"{PREFIX}/#", persistent=True)
     try:
         with Outbox(tmp_path / "o.sqlite") as box:
@@ -311,15 +296,16 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path, publishers):
             assert broker.retained(STATUS_TOPIC) == b"online"
     finally:
         sub.close()
-        broker.stop()
 
 
 VICTIM = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from edge_asd.mqtt.publisher import MqttSettings, Publisher, score_payload
     from edge_asd.mqtt.outbox import Outbox
+    from edge_asd.mqtt.payloads import score_payload
+    from edge_asd.mqtt.publisher import Publisher
+    from edge_asd.mqtt.settings import MqttSettings
     port, outbox, scores, handshake = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
     pub = Publisher(MqttSettings(port=port, reconnect_min_s=0.1, reconnect_max_s=0.5), "line1-edge",
                     Outbox(outbox), ["pump1"])
@@ -379,9 +365,9 @@ def test_last_will_offline_when_the_process_is_killed(tmp_path, broker):
         sub.close()
 
 
-def test_scores_of_a_killed_daemon_are_delivered_after_restart(tmp_path, publishers):
+def test_scores_of_a_killed_daemon_are_delivered_after_restart(tmp_path, brokers, publishers):
     """CONTRACT: no score is lost while the broker is unreachable *and* the daemon restarts."""
-    broker = Broker(tmp_path)  # not started: the first daemon never reaches it
+    broker = brokers(start=False)  # the first daemon never reaches it
     outbox = tmp_path / "state" / "outbox.sqlite"
     proc = _start_victim(broker.port, outbox, 12)
     proc.send_signal(signal.SIGKILL)
@@ -399,7 +385,6 @@ def test_scores_of_a_killed_daemon_are_delivered_after_restart(tmp_path, publish
             assert _seqs(sub) == list(range(1, 16))
     finally:
         sub.close()
-        broker.stop()
 
 
 def test_only_a_puback_deletes_a_message(tmp_path, broker, publishers):
@@ -436,8 +421,8 @@ def test_unclean_stop_says_offline(tmp_path, broker, publishers):
         assert not pub.connected
 
 
-def test_password_auth(tmp_path, publishers):
-    broker = Broker(tmp_path, auth=("edge", "s3cret pw")).start()
+def test_password_auth(tmp_path, brokers, publishers):
+    broker = brokers(auth=("edge", "s3cret pw"))
     sub = broker.subscriber(f"{PREFIX}/#")
     try:
         with Outbox(tmp_path / "good.sqlite") as good, Outbox(tmp_path / "bad.sqlite") as bad:
@@ -462,11 +447,10 @@ def test_password_auth(tmp_path, publishers):
             assert not sub.on(f"{PREFIX}/other-box/pump1/score")
     finally:
         sub.close()
-        broker.stop()
 
 
-def test_tls_with_a_generated_ca(tmp_path, publishers):
-    broker = Broker(tmp_path, tls=True).start()
+def test_tls_with_a_generated_ca(tmp_path, brokers, publishers):
+    broker = brokers(tls=True)
     sub = broker.subscriber(f"{PREFIX}/#")
     try:
         with Outbox(tmp_path / "o.sqlite") as box, Outbox(tmp_path / "wrong.sqlite") as wrong_box:
@@ -489,11 +473,10 @@ def test_tls_with_a_generated_ca(tmp_path, publishers):
             assert wrong_box.depth() == 2
     finally:
         sub.close()
-        broker.stop()
 
 
-def test_tls_client_certificate(tmp_path, publishers):
-    broker = Broker(tmp_path, require_client_cert=True).start()
+def test_tls_client_certificate(tmp_path, brokers, publishers):
+    broker = brokers(require_client_cert=True)
     sub = broker.subscriber(f"{PREFIX}/#")
     try:
         with Outbox(tmp_path / "o.sqlite") as box:
@@ -506,7 +489,6 @@ def test_tls_client_certificate(tmp_path, publishers):
             assert _seqs(sub) == [1, 2, 3]
     finally:
         sub.close()
-        broker.stop()
 
 
 def test_missing_tls_file_is_a_config_error(tmp_path):
@@ -653,17 +635,14 @@ def test_watch_stops_cleanly_on_ctrl_c(broker):
     assert proc.returncode == 0 and "Traceback" not in err
 
 
-def test_watch_with_a_refused_login_is_a_one_line_error(tmp_path):
-    broker = Broker(tmp_path, auth=("edge", "right")).start()
-    try:
-        secret = tmp_path / "pw"
-        secret.write_text("wrong\n")
-        proc = subprocess.run(
-            [sys.executable, "-m", "edge_asd.cli.watch", "--port", str(broker.port), "--username", "edge",
-             "--password-file", str(secret), "--count", "1"],
-            capture_output=True, text=True, timeout=WAIT,
-        )
-    finally:
-        broker.stop()
+def test_watch_with_a_refused_login_is_a_one_line_error(tmp_path, brokers):
+    broker = brokers(auth=("edge", "right"))
+    secret = tmp_path / "pw"
+    secret.write_text("wrong\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_asd.cli.watch", "--port", str(broker.port), "--username", "edge",
+         "--password-file", str(secret), "--count", "1"],
+        capture_output=True, text=True, timeout=WAIT,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "refused" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,14 +14,10 @@ import soundfile as sf
 
 from edge_asd.io.audio import read_audio, resample, standardize
 from edge_asd.errors import DataError
-from test_stage1 import SR, tiny_config, write_dataset
 from train import data as data_module
 from train.data import CropDataset, prepare_data
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("dcase"))
+from tonal_data import SR, tiny_config
 
 
 def write_outliers(root: Path) -> dict[str, np.ndarray]:

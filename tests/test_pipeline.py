@@ -19,7 +19,7 @@ def _exe(name: str) -> str:
 def test_method_beats_the_autoencoder_and_the_plain_baseline(tmp_path):
     """The demo's configuration as the product deploys it (stage 2 on all normals, the plain
     member beside the run, as edge-asd-export packs it) against both references, with 4 target clips."""
-    from edge_asd.synth.generate import SynthConfig, generate
+    from edge_asd.synth import SynthConfig, generate
     from train.cli import main as train_main
     from train.report import PLAIN_ROW
 

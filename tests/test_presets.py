@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from edge_asd.errors import UserError
-from test_stage1 import write_dataset
+from tonal_data import write_dataset
 from train import cli
 from train.config import TrainConfig
 from train.presets import PRESETS, choose_preset
 
 
+# Smaller than conftest.py's: these tests stop before training.
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("dcase"), n_source=4, n_target=2)

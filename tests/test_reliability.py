@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.mqtt.publisher import Publisher, encode, score_payload
+from edge_asd.mqtt.payloads import encode, score_payload
+from edge_asd.mqtt.publisher import Publisher
 from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import Broker, free_port  # noqa: E402
 from vmic import VirtualMic, unavailable_reason  # noqa: E402
-from test_daemon import (  # noqa: E402
+from daemon_proc import (  # noqa: E402
     Daemon,
     NotifySocket,
     bundle_manifest,

@@ -296,7 +296,7 @@ def test_score_and_the_daemon_give_the_same_windows_scores_and_alerts(loud_middl
     """One recording (32 kHz, so both resample) through `edge-asd score` and through `edge-asd run` + a real broker."""
     sys.path.insert(0, str(Path(__file__).parent))
     from mqtt_broker import Broker, require_mosquitto
-    from test_daemon import Daemon, scores, write_config
+    from daemon_proc import Daemon, scores, write_config
 
     from edge_asd.io.audio import resample
 

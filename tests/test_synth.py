@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from edge_asd.io.dcase import list_clips, list_machines, parse_name
 from edge_asd.errors import UserError
-from edge_asd.synth.generate import MACHINE_TYPES, MANIFEST_NAME, MACHINES, SynthConfig, generate
+from edge_asd.synth import MACHINE_TYPES, MANIFEST_NAME, MACHINES, SynthConfig, generate
 
 EDGE_ASD = Path(sys.executable).parent / "edge-asd"
 

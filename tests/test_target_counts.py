@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_asd.cli.main import main as asd_main
-from edge_asd.synth.generate import SynthConfig, generate
+from edge_asd.synth import SynthConfig, generate
 from train.cli import main as train_main
 
 TINY = {"backbone": "transformer", "embedding_dim": 16, "d_model": 16, "n_layers": 1, "n_heads": 2,

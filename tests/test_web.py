@@ -33,7 +33,7 @@ from edge_asd.daemon.web.spectrogram import colormap, encode_png, spectrogram_pn
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import binaries, headless_chromium  # noqa: E402
 from mqtt_broker import Broker, free_port  # noqa: E402
-from test_daemon import Daemon, bundle_manifest, noise_wavs, write_config  # noqa: E402
+from daemon_proc import Daemon, bundle_manifest, noise_wavs, write_config  # noqa: E402
 
 SR = 16000
 TOKEN = "s3cret-token-for-tests"

@@ -17,7 +17,7 @@ from edge_asd.cli.watch import add_watch_arguments, run_watch
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from edge_asd.synth.generate import SynthConfig, generate
+    from edge_asd.synth import SynthConfig, generate
 
     cfg = SynthConfig(
         machines=tuple(m.strip() for m in args.machines.split(",") if m.strip()),

@@ -20,7 +20,8 @@ import paho.mqtt.client as mqtt
 
 from edge_asd.cli.parser import CliParser, run_cli
 from edge_asd.errors import UserError
-from edge_asd.mqtt.publisher import check_level, format_ts
+from edge_asd.mqtt.payloads import format_ts
+from edge_asd.mqtt.topics import check_level
 
 
 def _who(device: str, machine: str | None, show_device: bool) -> str:

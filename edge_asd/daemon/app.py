@@ -49,7 +49,7 @@ from pathlib import Path
 
 from edge_asd import __version__
 from edge_asd.scoring.alerts import Debouncer
-from edge_asd.daemon.config import DaemonConfig, LoggingConfig, MachineConfig, MqttConfig, load_config
+from edge_asd.daemon.config import DaemonConfig, LoggingConfig, MachineConfig, load_config
 from edge_asd.errors import BundleError, ConfigError, UserError
 from edge_asd.daemon.clock import ClockWatch
 from edge_asd.scoring.drift import DriftMonitor
@@ -194,17 +194,6 @@ def load_scorers(cfg: DaemonConfig) -> dict[str, _Scoring]:
             )
         out[m.id] = _Scoring(shared, section, m.threshold, clip_seconds, m.hop_seconds or clip_seconds, m.save_evidence)
     return out
-
-
-def mqtt_settings(m: MqttConfig):
-    from edge_asd.mqtt.publisher import MqttSettings
-
-    return MqttSettings(
-        host=m.host, port=m.port, prefix=m.prefix, client_id=m.client_id, username=m.username, password=m.password,
-        tls_ca=m.tls_ca, tls_cert=m.tls_cert, tls_key=m.tls_key, tls_insecure=m.tls_insecure, keepalive=m.keepalive,
-        reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, ha_discovery=m.ha_discovery,
-        ha_prefix=m.ha_prefix, tls=m.tls,
-    )
 
 
 @dataclass(frozen=True)
@@ -366,7 +355,7 @@ class Pipeline:
                 raise RuntimeError(f"machine {self.id}: {consecutive_errors} clips in a row failed to score")
 
     def _process(self, clip: Clip) -> None:
-        from edge_asd.mqtt.publisher import alert_payload, score_payload
+        from edge_asd.mqtt.payloads import alert_payload, score_payload
 
         sc = self.scoring  # one snapshot per clip: a reload may replace it meanwhile
         self.busy_since = time.monotonic()
@@ -601,7 +590,7 @@ class Daemon:
     def _make_publisher(self, cfg: DaemonConfig):
         from edge_asd.mqtt.publisher import Publisher
 
-        return Publisher(mqtt_settings(cfg.mqtt), cfg.device_id, self.outbox, machines=[m.id for m in cfg.machines])
+        return Publisher(cfg.mqtt, cfg.device_id, self.outbox, machines=[m.id for m in cfg.machines])
 
     def _make_evidence(self, cfg: DaemonConfig) -> EvidenceStore | None:
         if cfg.storage.evidence is None or not any(m.save_evidence for m in cfg.machines):
@@ -758,7 +747,7 @@ class Daemon:
 
     # -- health and stats ------------------------------------------------------------
     def _update_source_states(self) -> None:
-        from edge_asd.mqtt.publisher import format_ts
+        from edge_asd.mqtt.payloads import format_ts
         from edge_asd.mqtt.outbox import OutboxError
 
         for p in list(self.pipelines.values()):
@@ -785,7 +774,7 @@ class Daemon:
                 self.web.source(p.id, state, payload["detail"])
 
     def stats_payload(self) -> dict:
-        from edge_asd.mqtt.publisher import MachineStats, stats_payload
+        from edge_asd.mqtt.payloads import MachineStats, stats_payload
 
         machines = {}
         extra = {}
@@ -1029,4 +1018,4 @@ def main(config_path: Path, validate_only: bool = False) -> int:
         daemon.release_signal_handlers()
 
 
-__all__ = ["Daemon", "Debouncer", "Pipeline", "load_scorers", "main", "mqtt_settings", "setup_logging"]
+__all__ = ["Daemon", "Debouncer", "Pipeline", "load_scorers", "main", "setup_logging"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from edge_asd.io.files import list_source_files
 from edge_asd.errors import ConfigError
+from edge_asd.mqtt.settings import MqttSettings, MqttSettingsError  # a leaf: no paho, no publisher
 from edge_asd.runtime.backends import BACKENDS  # names only: onnxruntime is imported when a back end is made
 
 try:
@@ -38,28 +39,6 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6's Ubuntu 22.04): the same 
 ID_RE = re.compile(r"[A-Za-z0-9_-]+")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MISSING = object()
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "edge_asd"
-    client_id: str | None = None
-    username: str | None = None
-    # repr=False: a config object printed in a log line or a traceback must
-    # never show the secret.
-    password: str | None = field(default=None, repr=False)
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_insecure: bool = False
-    tls: bool = False
-    keepalive: int = 30
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    ha_discovery: bool = False
-    ha_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True)
@@ -162,7 +141,7 @@ class DaemonConfig:
     device_id: str
     storage: StorageConfig
     machines: tuple[MachineConfig, ...]
-    mqtt: MqttConfig = MqttConfig()
+    mqtt: MqttSettings = MqttSettings()
     alerts: AlertConfig = AlertConfig()
     logging: LoggingConfig = LoggingConfig()
     stats_interval_s: float = 60.0
@@ -285,13 +264,6 @@ def _check_id(t: _Table, key: str, value: str) -> str:
     return value
 
 
-def _check_topic_prefix(t: _Table, key: str, value: str) -> str:
-    levels = value.split("/")
-    if not value or any(not lv for lv in levels) or any(c in value for c in "+#\0"):
-        raise t.error(key, f"{value!r} is not a valid MQTT topic prefix (no '+', '#', empty levels or leading/trailing '/')")
-    return value
-
-
 def _existing_file(t: _Table, key: str, p: Path | None, what: str) -> Path | None:
     if p is None:
         return None
@@ -318,43 +290,38 @@ def _read_secret(t: _Table, key: str, p: Path) -> str:
 # --- sections ---------------------------------------------------------------------
 
 
-def _mqtt(t: _Table, env: dict[str, str], require_credentials: bool = True) -> MqttConfig:
-    d = MqttConfig()
-    host = t.get_str("host", d.host)
-    if not host.strip():
-        raise t.error("host", "must not be empty")
-    port = t.get_int("port", d.port, lo=1, hi=65535)
-    prefix = _check_topic_prefix(t, "prefix", t.get_str("prefix", d.prefix))
-    client_id = t.get_str("client_id", None)
-    username = t.get_str("username", None)
-    password, password_key = _secret(t, env, require_credentials, "password", "password_file", "password_credential")
-    tls_ca = _existing_file(t, "tls_ca", t.get_path("tls_ca", None), "CA certificate")
-    tls_cert = _existing_file(t, "tls_cert", t.get_path("tls_cert", None), "client certificate")
-    tls_key = _existing_file(t, "tls_key", t.get_path("tls_key", None), "client key")
-    tls_insecure = t.get_bool("tls_insecure", False)
-    tls = t.get_bool("tls", False)
-    keepalive = t.get_int("keepalive", d.keepalive, lo=5, hi=65535)
-    rmin = t.get_float("reconnect_min_s", d.reconnect_min_s, positive=True)
-    rmax = t.get_float("reconnect_max_s", d.reconnect_max_s, positive=True)
-    ha = t.get_bool("ha_discovery", False)
-    ha_prefix = _check_topic_prefix(t, "ha_prefix", t.get_str("ha_prefix", d.ha_prefix))
+def _mqtt(t: _Table, env: dict[str, str], require_credentials: bool = True) -> MqttSettings:
+    # Types, files and secrets are read here; every check of the values is MqttSettings' own.
+    d = MqttSettings()
+    values = dict(
+        host=t.get_str("host", d.host),
+        port=t.get_int("port", d.port),
+        prefix=t.get_str("prefix", d.prefix),
+        client_id=t.get_str("client_id", d.client_id),
+        username=t.get_str("username", d.username),
+    )
+    values["password"], password_key = _secret(
+        t, env, require_credentials, "password", "password_file", "password_credential"
+    )
+    values.update(
+        tls_ca=_existing_file(t, "tls_ca", t.get_path("tls_ca", d.tls_ca), "CA certificate"),
+        tls_cert=_existing_file(t, "tls_cert", t.get_path("tls_cert", d.tls_cert), "client certificate"),
+        tls_key=_existing_file(t, "tls_key", t.get_path("tls_key", d.tls_key), "client key"),
+        tls_insecure=t.get_bool("tls_insecure", d.tls_insecure),
+        tls=t.get_bool("tls", d.tls),
+        keepalive=t.get_int("keepalive", d.keepalive),
+        reconnect_min_s=t.get_float("reconnect_min_s", d.reconnect_min_s),
+        reconnect_max_s=t.get_float("reconnect_max_s", d.reconnect_max_s),
+        ha_discovery=t.get_bool("ha_discovery", d.ha_discovery),
+        ha_prefix=t.get_str("ha_prefix", d.ha_prefix),
+    )
     t.finish()
-
-    if password is not None and username is None:
-        raise t.error(password_key, "a password needs a username")
-    if username is not None and password is None:
-        raise t.error("username", "a username needs a password (password_file, password_credential or password)")
-    if (tls_cert is None) != (tls_key is None):
-        raise t.error("tls_cert" if tls_cert is None else "tls_key", "tls_cert and tls_key go together")
-    if (tls_cert is not None or tls_insecure) and tls_ca is None and not tls:
-        raise t.error(
-            "tls_ca" if tls_cert is not None else "tls_insecure",
-            "TLS options need TLS: set tls_ca (the CA that signed the broker's certificate) or tls = true (system CAs)",
-        )
-    if rmax < rmin:
-        raise t.error("reconnect_max_s", f"must be at least reconnect_min_s ({rmin:g})")
-    return MqttConfig(host, port, prefix, client_id, username, password, tls_ca, tls_cert, tls_key, tls_insecure,
-                      tls, keepalive, rmin, rmax, ha, ha_prefix)
+    try:
+        return MqttSettings(**values)
+    except MqttSettingsError as exc:
+        # The password may have come from password_file or password_credential: name the key the file has.
+        key = password_key if exc.key == "password" and password_key else exc.key
+        raise t.error(key, exc.problem) from None
 
 
 def _storage(t: _Table) -> StorageConfig:

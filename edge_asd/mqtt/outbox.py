@@ -23,7 +23,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,20 +156,11 @@ class Outbox:
         """Store one message; it is on disk when this returns. Returns its id."""
         payload = _as_bytes(payload)
         with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    cur = conn.execute(
-                        "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
-                        (topic, payload, int(qos), int(bool(retain)), time.time()),
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path, "append") from exc
+            with self._transaction("append") as conn:
+                cur = conn.execute(
+                    "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, int(qos), int(bool(retain)), time.time()),
+                )
             self._depth += 1
             return int(cur.lastrowid)
 
@@ -183,28 +175,19 @@ class Outbox:
         Returns the seq.
         """
         with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = conn.execute("SELECT seq FROM streams WHERE stream = ?", (stream,)).fetchone()
-                    seq = (int(row[0]) if row else 0) + 1
-                    payload = _as_bytes(make_payload(seq))
-                    conn.execute(
-                        "INSERT INTO streams (stream, seq) VALUES (?, ?) "
-                        "ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq",
-                        (stream, seq),
-                    )
-                    conn.execute(
-                        "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?, ?, ?, 0, ?)",
-                        (topic, payload, int(qos), time.time()),
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path, "append") from exc
+            with self._transaction("append") as conn:
+                row = conn.execute("SELECT seq FROM streams WHERE stream = ?", (stream,)).fetchone()
+                seq = (int(row[0]) if row else 0) + 1
+                payload = _as_bytes(make_payload(seq))
+                conn.execute(
+                    "INSERT INTO streams (stream, seq) VALUES (?, ?) "
+                    "ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq",
+                    (stream, seq),
+                )
+                conn.execute(
+                    "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?, ?, ?, 0, ?)",
+                    (topic, payload, int(qos), time.time()),
+                )
             self._depth += 1
             return seq
 
@@ -214,21 +197,12 @@ class Outbox:
         if not ids:
             return
         with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    deleted = 0
-                    for start in range(0, len(ids), _DELETE_CHUNK):
-                        chunk = ids[start : start + _DELETE_CHUNK]
-                        marks = ",".join("?" * len(chunk))
-                        deleted += conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path, _ACTION_DELETE) from exc
+            with self._transaction(_ACTION_DELETE) as conn:
+                deleted = 0
+                for start in range(0, len(ids), _DELETE_CHUNK):
+                    chunk = ids[start : start + _DELETE_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    deleted += conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
             self._depth -= deleted
 
     # --- reading ----------------------------------------------------------------
@@ -283,6 +257,27 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """The open connection inside ``BEGIN IMMEDIATE``: committed when the block ends, rolled back if it raises.
+
+        The caller holds ``self._lock``, and keeps it for the in-memory depth it updates after the
+        commit. IMMEDIATE makes a read at the start (the stream's last seq) part of the same write
+        transaction as the inserts. An SQLite error becomes an :class:`OutboxError` that names the
+        file and ``action``; any other exception (a payload builder's) passes through unchanged.
+        """
+        conn = self._open_conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, action) from exc
 
     def _open_conn(self) -> sqlite3.Connection:
         if self._conn is None:

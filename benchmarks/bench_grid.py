@@ -63,7 +63,7 @@ def main() -> None:
     machines = args.machines.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        from edge_asd.synth.generate import SynthConfig, generate
+        from edge_asd.synth import SynthConfig, generate
 
         generate(tmp / "data", SynthConfig(machines=tuple(machines), sections=2, train_source=args.train_source,
                                            train_target=4, test=1, seconds=4.0, seed=11), progress=False)

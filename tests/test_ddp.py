@@ -36,7 +36,7 @@ SETUPS = {
 
 @pytest.fixture(scope="module")
 def ddp_data(tmp_path_factory) -> Path:
-    from edge_asd.synth.generate import SynthConfig, generate
+    from edge_asd.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("ddpdata")
     generate(root, SynthConfig(machines=("fan", "pump"), sections=2, train_source=10, train_target=4, test=1, seconds=3.0,

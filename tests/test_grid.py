@@ -26,7 +26,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def grid_data(tmp_path_factory) -> Path:
-    from edge_asd.synth.generate import SynthConfig, generate
+    from edge_asd.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("griddata")
     generate(root, SynthConfig(machines=("fan", "pump", "valve"), sections=2, train_source=8, train_target=4, test=1,

@@ -27,6 +27,12 @@ class Progress:
         except ImportError:
             pass
 
+    def describe(self, desc: str) -> None:
+        """Name what is being counted now (e.g. the machine type being written)."""
+        self.desc = desc
+        if self._bar is not None:
+            self._bar.set_description(desc)
+
     def update(self, n: int = 1) -> None:
         self.done += n
         if not self.enabled:

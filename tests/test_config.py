@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.daemon.config import DaemonConfig, load_config
+from edge_asd.daemon.config import DaemonConfig
+from edge_asd.daemon.loading import load_config
 from edge_asd.errors import ConfigError, UserError
 
 sys.path.insert(0, str(Path(__file__).parent))

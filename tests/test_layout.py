@@ -138,3 +138,21 @@ def test_readme_layout_names_every_subpackage():
     assert set(LAYERS) - {""} == set(subpackages), "LAYERS lists every subpackage"
     missing = [s for s in subpackages if not re.search(rf"\b{s}/", layout)]
     assert not missing, f"README's layout section does not show {missing}"
+
+
+def test_every_import_names_something_that_exists():
+    """Imports inside functions run only when their command does: a stale one would wait for a user to find it."""
+    import importlib
+
+    stale = []
+    for path in sorted(PKG.rglob("*.py")) + sorted((ROOT / "train").rglob("*.py")) + sorted((ROOT / "export").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("edge_asd"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            stale.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}")
+    assert not stale, "imports of names that do not exist: " + ", ".join(stale)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_asd.io.audio import read_audio
-from edge_asd.daemon.config import load_config
+from edge_asd.daemon.loading import load_config
 from edge_asd.io.dcase import parse_name
 from edge_asd.errors import AudioError, ConfigError, DataError
 

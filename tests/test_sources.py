@@ -23,9 +23,9 @@ from edge_asd.daemon.sources import (
     FileSource,
     MicSource,
     PortAudioHost,
-    _Ring,
     resolve_input_device,
 )
+from edge_asd.daemon.sources.ring import Ring as _Ring
 
 sys.path.insert(0, str(Path(__file__).parent))
 from vmic import DEVICE, VirtualMic, unavailable_reason  # noqa: E402

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.daemon.config import ConfigError, load_config
+from edge_asd.daemon.config import ConfigError
+from edge_asd.daemon.loading import load_config
 from edge_asd.daemon.evidence import EvidenceStore
 from edge_asd.daemon.web.history import History
 from edge_asd.daemon.web.server import WebServer

@@ -9,6 +9,10 @@ alerts behave differently from what the user believes they configured.
 
 Relative paths are resolved against the directory of the configuration file,
 so a config and the files it names can be moved together.
+
+A leaf of the daemon: it knows no audio devices (``mic:`` devices are looked up
+by :func:`edge_asd.daemon.loading.load_config`), and each section's defaults are
+the ones its dataclass declares.
 """
 
 from __future__ import annotations
@@ -333,7 +337,8 @@ def _storage(t: _Table) -> StorageConfig:
     t.finish()
     if outbox.is_dir():
         raise t.error("outbox", f"{outbox} is a directory; name the database file (e.g. {outbox / 'outbox.sqlite'})")
-    return StorageConfig(outbox, outbox_max_mb, evidence, max_mb, engine_cache)
+    return StorageConfig(outbox=outbox, outbox_max_mb=outbox_max_mb, evidence=evidence, evidence_max_mb=max_mb,
+                         engine_cache=engine_cache)
 
 
 def _alerts(t: _Table) -> AlertConfig:
@@ -351,12 +356,13 @@ def _alerts(t: _Table) -> AlertConfig:
 
 
 def _logging(t: _Table) -> LoggingConfig:
-    level = t.get_str("level", "INFO").upper()
+    d = LoggingConfig()
+    level = t.get_str("level", d.level).upper()
     if level not in LOG_LEVELS:
         raise t.error("level", f"must be one of {', '.join(LOG_LEVELS)}")
-    j = t.get_bool("json", False)
+    j = t.get_bool("json", d.json)
     t.finish()
-    return LoggingConfig(level, j)
+    return LoggingConfig(level=level, json=j)
 
 
 def is_loopback(host: str) -> bool:
@@ -419,7 +425,8 @@ def _web(t: _Table, env: dict[str, str], storage: StorageConfig, require_credent
         history = storage.outbox.parent / "history.sqlite"
     elif history == storage.outbox:
         raise t.error("history", "must not be the outbox file")
-    return WebConfig(enabled, host, int(port_text), token, history, hours, threads, timeout)
+    return WebConfig(enabled=enabled, host=host, port=int(port_text), token=token, history=history,
+                     history_hours=hours, threads=threads, client_timeout_s=timeout)
 
 
 def _source(t: _Table, value: str) -> SourceSpec:
@@ -438,18 +445,20 @@ def _machine(t: _Table, storage: StorageConfig) -> MachineConfig:
     mid = _check_id(t, "id", t.get_str("id"))
     bundle = t.get_path("bundle")
     source = _source(t, t.get_str("source"))
-    realtime = t.get_bool("realtime", True)
-    loop = t.get_bool("loop", False)
-    section = t.get_str("section", None)
-    clip_seconds = t.get_float("clip_seconds", None, positive=True)
-    hop_seconds = t.get_float("hop_seconds", None, positive=True)
-    channel = t.get_int("channel", 0, lo=0)
-    samplerate = t.get_int("samplerate", None, lo=1000, hi=768000)
+    d = MachineConfig  # the class: its fields' defaults (it has required fields, so no default instance)
+    realtime = t.get_bool("realtime", d.realtime)
+    loop = t.get_bool("loop", d.loop)
+    section = t.get_str("section", d.section)
+    clip_seconds = t.get_float("clip_seconds", d.clip_seconds, positive=True)
+    hop_seconds = t.get_float("hop_seconds", d.hop_seconds, positive=True)
+    channel = t.get_int("channel", d.channel, lo=0)
+    samplerate = t.get_int("samplerate", d.samplerate, lo=1000, hi=768000)
+    # None, not the field's default: unset follows storage.evidence (below).
     save_evidence = t.get_bool("save_evidence", None)
-    backend = t.get_str("backend", "auto")
-    threads = t.get_int("threads", 0, lo=0)
-    threshold = t.get_float("threshold", None)
-    queue_clips = t.get_int("queue_clips", 4, lo=1, hi=1000)
+    backend = t.get_str("backend", d.backend)
+    threads = t.get_int("threads", d.threads, lo=0)
+    threshold = t.get_float("threshold", d.threshold)
+    queue_clips = t.get_int("queue_clips", d.queue_clips, lo=1, hi=1000)
     t.finish()
     if not bundle.is_file():
         raise t.error("bundle", f"bundle file {bundle} does not exist")
@@ -469,32 +478,22 @@ def _machine(t: _Table, storage: StorageConfig) -> MachineConfig:
         raise t.error("save_evidence", "needs an evidence folder: set storage.evidence")
     if save_evidence is None:
         save_evidence = storage.evidence is not None
-    return MachineConfig(mid, bundle, source, realtime, loop, section, clip_seconds, hop_seconds, channel, samplerate,
-                         save_evidence, backend, threads, threshold, queue_clips)
+    return MachineConfig(
+        id=mid, bundle=bundle, source=source, realtime=realtime, loop=loop, section=section,
+        clip_seconds=clip_seconds, hop_seconds=hop_seconds, channel=channel, samplerate=samplerate,
+        save_evidence=save_evidence, backend=backend, threads=threads, threshold=threshold, queue_clips=queue_clips,
+    )
 
 
-def check_mic_devices(cfg: DaemonConfig) -> None:
-    """Refuse ``mic:`` sources whose device PortAudio does not list (or lacks the channel)."""
-    from edge_asd.daemon.sources import DeviceError, resolve_input_device
-
-    for i, m in enumerate(cfg.machines):
-        if m.source.kind != "mic":
-            continue
-        try:
-            resolve_input_device(m.source.device, m.channel)
-        except DeviceError as exc:
-            raise ConfigError(f"{cfg.path}: machines[{i}].source: {exc}") from None
-
-
-def load_config(
+def read_config(
     path: str | Path,
     env: dict[str, str] | None = None,
-    check_devices: bool = True,
     require_credentials: bool = True,
 ) -> DaemonConfig:
     """Read and validate a daemon configuration; any problem is one :class:`ConfigError`.
 
-    ``check_devices``: look ``mic:`` devices up in PortAudio's device list.
+    ``mic:`` devices are not looked up here (this module knows no audio devices):
+    :func:`edge_asd.daemon.loading.load_config` also checks them.
     ``require_credentials``: a ``password_credential`` needs ``$CREDENTIALS_DIRECTORY``
     (systemd's LoadCredential=); without it, as when ``--validate-config`` is run
     from a shell, the credential is left unchecked.
@@ -519,8 +518,8 @@ def load_config(
 
     top = _Table(path, "", data)
     device_id = _check_id(top, "device_id", top.get_str("device_id"))
-    stats_interval = top.get_float("stats_interval_s", 60.0, positive=True)
-    shutdown_timeout = top.get_float("shutdown_timeout_s", 10.0, lo=0.0)
+    stats_interval = top.get_float("stats_interval_s", DaemonConfig.stats_interval_s, positive=True)
+    shutdown_timeout = top.get_float("shutdown_timeout_s", DaemonConfig.shutdown_timeout_s, lo=0.0)
     mqtt = _mqtt(top.table("mqtt"), env, require_credentials)
     if "storage" not in data:
         raise top.error("storage", "required table is missing (it names the outbox file)")
@@ -543,8 +542,6 @@ def load_config(
             raise ConfigError(f"{path}: machines[{i}].id: duplicate machine id {m.id!r} (also machines[{seen[m.id]}])")
         seen[m.id] = i
         machines.append(m)
-    cfg = DaemonConfig(path, device_id, storage, tuple(machines), mqtt, alerts, logging_, stats_interval,
-                       shutdown_timeout, web)
-    if check_devices:
-        check_mic_devices(cfg)
-    return cfg
+    return DaemonConfig(path=path, device_id=device_id, storage=storage, machines=tuple(machines), mqtt=mqtt,
+                        alerts=alerts, logging=logging_, stats_interval_s=stats_interval,
+                        shutdown_timeout_s=shutdown_timeout, web=web)

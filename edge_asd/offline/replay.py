@@ -4,7 +4,7 @@ A recording is replayed exactly as the daemon's ``file:`` source would replay
 it: the same :class:`~edge_asd.daemon.sources.FileSource` opens, checks, streams,
 cuts and resamples it (block by block, so an hour-long file takes the memory of
 a few blocks), the same :meth:`ClipScorer.score` scores each window, the same
-:class:`~edge_asd.daemon.app.Debouncer` turns window decisions into the alert state
+:class:`~edge_asd.scoring.alerts.Debouncer` turns window decisions into the alert state
 that ``[alerts]`` would have raised and cleared, and the same
 :class:`~edge_asd.daemon.evidence.EvidenceStore` keeps the audio of anomalous windows.
 """

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
@@ -15,6 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from edge_asd.errors import UserError
+from edge_asd.progress import Progress
 from edge_asd.synth.clips import ClipJob, clip_jobs, render_clip
 from edge_asd.synth.config import SynthConfig
 
@@ -80,35 +80,6 @@ def worker_count(cfg: SynthConfig, total: int) -> int:
     return max(1, min(wanted, total // 8))
 
 
-class Progress:
-    """tqdm when it is installed (it is not a runtime dependency), else a line per machine."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self._bar = None
-        self._enabled = enabled
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, unit="clip", file=sys.stderr, leave=False)
-            except ImportError:
-                pass
-
-    def machine(self, name: str, count: int) -> None:
-        if self._bar is not None:
-            self._bar.set_description(name)
-        elif self._enabled:
-            print(f"synth: {name}: {count} clips", file=sys.stderr, flush=True)
-
-    def step(self) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 def generate(out: Path, cfg: SynthConfig, progress: bool = False) -> int:
     """Write the data set ``cfg`` describes under ``out`` in the DCASE layout; return the clip count.
 
@@ -121,19 +92,19 @@ def generate(out: Path, cfg: SynthConfig, progress: bool = False) -> int:
     per_machine = cfg.sections * cfg.clips_per_section()
     total = per_machine * len(cfg.machines)
     workers = worker_count(cfg, total)
-    bar = Progress(progress, total)
+    bar = Progress(total, "synth", enabled=progress)
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
     written = 0
     try:
         for machine in cfg.machines:
-            bar.machine(machine, per_machine)
+            bar.describe(f"synth {machine}")
             machine_dir = str(out / machine)
             work = ((job, machine_dir) for job in clip_jobs(cfg, machine))
             results = pool.map(write_clip, work, chunksize=4) if pool else map(write_clip, work)
             rows = []
             for row in results:
                 rows.append(row)
-                bar.step()
+                bar.update()
             write_manifest(out / machine, rows)
             written += len(rows)
     except OSError as exc:

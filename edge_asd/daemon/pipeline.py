@@ -1,0 +1,334 @@
+"""One machine's pipeline: the scorer thread that takes clips from its source, scores them, decides
+(threshold, debounce), journals scores and alerts in the outbox (holding them while it is full),
+saves evidence and tells the page; and the machine's source state as the daemon reports it."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edge_asd.daemon.config import MachineConfig
+from edge_asd.daemon.scorers import Scoring
+from edge_asd.daemon.sources import Clip, ClipSource
+from edge_asd.errors import UserError
+from edge_asd.scoring.alerts import Debouncer
+from edge_asd.scoring.drift import DriftMonitor
+
+if TYPE_CHECKING:
+    from edge_asd.daemon.app import Daemon
+
+log = logging.getLogger("edge_asd.daemon")  # the name journals show, kept from before the split
+
+# A scorer that fails this many clips in a row is broken (a GPU fault, a bug):
+# exiting lets systemd restart the service instead of publishing nothing forever.
+MAX_CONSECUTIVE_SCORE_ERRORS = 10
+SCORER_JOIN_TIMEOUT_S = 30.0
+# The shortest stall that marks a source failing, however short its clips: a scheduling hiccup is not one.
+MIN_STALL_S = 10.0
+# Scores kept in memory while the outbox refuses them (disk full), retried with every clip.
+MAX_UNSTORED_SCORES = 100
+
+
+@dataclass(frozen=True)
+class _WaitingScore:
+    """A score on its way into the outbox: the payload is built with the seq allocated when it is stored."""
+
+    make_payload: object  # Callable[[int], dict]
+    score: float
+    threshold: float
+    dbfs: float
+
+
+# What a pipeline restarted by a reload keeps: the heartbeat counts since the daemon started. Not its
+# published source state: the restarted source (new settings) announces itself again.
+_CARRIED_COUNTERS = ("scored", "anomalous_clips", "score_errors", "outbox_errors", "evidence_saved", "bad_clips",
+                     "scores_dropped", "last_dbfs", "silent_run")
+
+
+class Pipeline:
+    """One machine: its source and the scorer thread that turns clips into journaled messages."""
+
+    def __init__(
+        self,
+        machine: MachineConfig,
+        scoring: Scoring,
+        source: ClipSource,
+        daemon: "Daemon",
+        debouncer: Debouncer,
+    ):
+        self.machine = machine
+        self.scoring = scoring
+        self.source = source
+        self.daemon = daemon
+        self.debouncer = debouncer
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._guarded_loop, name=f"scorer-{machine.id}", daemon=True)
+        self._latency_lock = threading.Lock()
+        self._latencies: list[float] = []
+        self.scored = 0
+        self.anomalous_clips = 0
+        self.score_errors = 0
+        self.outbox_errors = 0
+        self.evidence_saved = 0
+        self.bad_clips = 0  # clips the model gave a non-finite result for
+        self.scores_dropped = 0  # scores lost because the outbox stayed full
+        self._unstored_scores: collections.deque = collections.deque(maxlen=MAX_UNSTORED_SCORES)
+        self._unstored_alerts: collections.deque = collections.deque()
+        self.last_dbfs: float | None = None
+        self.silent_run = 0
+        self.crashed: BaseException | None = None
+        self.busy_since: float | None = None  # monotonic start of the clip being scored
+        self.published_state: str | None = None  # last source state announced on MQTT
+        self.started_mono: float | None = None
+        self.last_done_mono: float | None = None  # when the last clip was scored and journaled
+        self.drift = DriftMonitor(self._reference_quantiles(scoring))
+
+    @staticmethod
+    def _reference_quantiles(scoring) -> list[float] | None:
+        scorer = scoring.shared.scorer
+        section = scoring.section or scorer.sections[0]
+        return getattr(scorer, "reference_quantiles", {}).get(section)
+
+    @property
+    def id(self) -> str:
+        return self.machine.id
+
+    def start(self) -> None:
+        self.started_mono = time.monotonic()
+        self.source.start()
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        """The source ended and every clip it produced was scored."""
+        return not self._thread.is_alive() and self.source.ended
+
+    def stop(self, timeout: float = SCORER_JOIN_TIMEOUT_S, report_lost: bool = True) -> int:
+        """Stop capture, let the clip being scored finish, drop the rest; returns how many queued clips were dropped.
+
+        ``report_lost``: log the scores and alerts still waiting for room in the
+        outbox, which end with this process (a reload hands them on instead).
+        """
+        self.source.stop()
+        self._halt.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("machine %s: scoring did not finish within %g s", self.id, timeout)
+        if report_lost and (self._unstored_scores or self._unstored_alerts):
+            log.error("machine %s: %d score(s) and %d alert(s) never found room in the outbox and are lost",
+                      self.id, len(self._unstored_scores), len(self._unstored_alerts))
+        return self.source.queue.discard()
+
+    @property
+    def scores_waiting(self) -> int:
+        return len(self._unstored_scores)
+
+    def take_over(self, old: "Pipeline") -> None:
+        """Continue the counters and the waiting messages of the pipeline this one replaces (a reload)."""
+        for name in _CARRIED_COUNTERS:
+            setattr(self, name, getattr(old, name))
+        self._unstored_scores.extend(old._unstored_scores)
+        self._unstored_alerts.extend(old._unstored_alerts)
+        self.drift = old.drift
+        self.drift.quantiles = self._reference_quantiles(self.scoring)
+
+    def take_latencies(self) -> list[float]:
+        with self._latency_lock:
+            out, self._latencies = self._latencies, []
+        return out
+
+    def silent(self) -> bool:
+        return self.silent_run >= self.daemon.cfg.alerts.silence_clips
+
+    def _guarded_loop(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - the main loop turns this into exit status 1
+            log.exception("machine %s: internal error in the scorer thread", self.id)
+            self.crashed = exc
+            self.daemon.wake()
+
+    def _loop(self) -> None:
+        queue = self.source.queue
+        consecutive_errors = 0
+        while not self._halt.is_set():
+            clip = queue.get(timeout=0.5)
+            if clip is None:
+                if queue.exhausted:
+                    log.info("machine %s: source ended; %d clips scored", self.id, self.scored)
+                    self.daemon.wake()
+                    return
+                continue
+            try:
+                self._process(clip)
+                consecutive_errors = 0
+                self.last_done_mono = time.monotonic()
+            except UserError as exc:  # e.g. a clip the bundle cannot take: this clip's problem only
+                self.score_errors += 1
+                consecutive_errors += 1
+                log.error("machine %s: cannot score the clip from %s: %s", self.id, clip.origin, exc)
+            except Exception:
+                self.score_errors += 1
+                consecutive_errors += 1
+                log.exception("machine %s: scoring the clip from %s failed", self.id, clip.origin)
+            if consecutive_errors >= MAX_CONSECUTIVE_SCORE_ERRORS:
+                raise RuntimeError(f"machine {self.id}: {consecutive_errors} clips in a row failed to score")
+
+    def _process(self, clip: Clip) -> None:
+        from edge_asd.mqtt.payloads import alert_payload, score_payload
+
+        sc = self.scoring  # one snapshot per clip: a reload may replace it meanwhile
+        self.busy_since = time.monotonic()
+        try:
+            with sc.shared.lock:
+                result = sc.shared.scorer.score(clip.samples, sc.section)
+        finally:
+            self.busy_since = None
+        threshold = sc.threshold if sc.threshold is not None else float(result.threshold)
+        score = float(result.score)
+        p_target = float(result.p_target)
+        self.last_dbfs = clip.dbfs
+        if not all(math.isfinite(v) for v in (score, threshold, p_target, clip.dbfs)):
+            # JSON cannot carry it and no decision can rest on it: this clip's problem, not the scorer's.
+            self.bad_clips += 1
+            self.daemon.throttled(logging.WARNING, f"nonfinite-{self.id}",
+                                  "machine %s: non-finite result for the clip from %s (score %s, threshold %s, "
+                                  "p_target %s, dbfs %s); counted in bad_clips, not published",
+                                  self.id, clip.origin, score, threshold, p_target, clip.dbfs)
+            return
+        anomalous = score > threshold
+        model = sc.bundle_id
+        self._track_silence(clip.dbfs)
+        end_time, level = clip.end_time, clip.dbfs  # not the clip: a waiting score must not hold its samples
+        seq = self._journal_score(_WaitingScore(
+            lambda n: score_payload(end_time, n, score, threshold, anomalous, p_target, level, model),
+            score, threshold, level))
+        with self._latency_lock:
+            self._latencies.append((time.monotonic() - clip.ready_monotonic) * 1e3)
+        web = self.daemon.web
+        if web is not None:
+            web.score(self.id, seq, clip.end_time, score, threshold, anomalous, float(result.p_target), clip.dbfs)
+        self.scored += 1
+        self.drift.add(score, p_target)
+        if anomalous:
+            self.anomalous_clips += 1
+
+        change = self.debouncer.update(anomalous)
+        if change is not None:
+            (log.warning if change == "anomalous" else log.info)(
+                "machine %s: state %s (score %.3f, threshold %.3f, clip ending %s)",
+                self.id, change, score, threshold, clip.end_time.isoformat(timespec="seconds"),
+            )
+            self._unstored_alerts.append(alert_payload(clip.end_time, change, self.id, score, threshold, seq or 0, model))
+            if web is not None:
+                web.alert(self.id, clip.end_time, change)
+        self._journal_alerts()
+
+        store = self.daemon.evidence
+        if anomalous and sc.save_evidence and store is not None:
+            saved = store.save(self.id, clip.samples, clip.end_time, seq or 0)
+            if saved is not None:
+                self.evidence_saved += 1
+                if web is not None:
+                    web.evidence(self.id, saved)
+        if clip.completes is not None and seq is not None:
+            self.source.file_finished(clip.completes)
+
+    def _journal_score(self, waiting: "_WaitingScore") -> int | None:
+        """Journal this clip's score after any that could not be stored before, in clip order.
+
+        Returns its seq, or None while it waits (the outbox is full); waiting scores
+        are retried with every clip, and the oldest is dropped, counted, beyond
+        MAX_UNSTORED_SCORES.
+        """
+        if len(self._unstored_scores) == self._unstored_scores.maxlen:
+            self.scores_dropped += 1
+            self.daemon.throttled(logging.ERROR, f"dropped-{self.id}",
+                                  "machine %s: the oldest of %d scores waiting for room in the outbox is dropped "
+                                  "(%d dropped so far)", self.id, len(self._unstored_scores), self.scores_dropped)
+        self._unstored_scores.append(waiting)
+        return self._retry_journal()
+
+    def _retry_journal(self) -> int | None:
+        from edge_asd.mqtt.outbox import OutboxError
+
+        seq = None
+        while self._unstored_scores:
+            w = self._unstored_scores[0]
+            try:
+                seq = self.daemon.publisher.enqueue_score(self.id, w.make_payload)
+            except OutboxError as exc:
+                self.outbox_errors += 1
+                self.daemon.throttled(logging.ERROR, f"outbox-{self.id}",
+                                      "machine %s: score not stored: %s (%d waiting, retried with the next clip)",
+                                      self.id, exc, len(self._unstored_scores))
+                return None
+            self._unstored_scores.popleft()
+            # One line per journaled seq (the fault-injection tests count them).
+            log.debug("machine %s: seq %s score %.3f threshold %.3f dbfs %.1f", self.id, seq, w.score, w.threshold,
+                      w.dbfs)
+        return seq
+
+    def _journal_alerts(self) -> None:
+        """Journal the alerts waiting, oldest first; one the outbox refuses is retried with the next clip."""
+        from edge_asd.mqtt.outbox import OutboxError
+
+        while self._unstored_alerts:
+            try:
+                self.daemon.publisher.enqueue(self.id, "alert", self._unstored_alerts[0])
+            except OutboxError as exc:
+                self.outbox_errors += 1
+                self.daemon.throttled(logging.ERROR, f"alert-{self.id}",
+                                      "machine %s: alert not stored: %s (retried with the next clip)", self.id, exc)
+                return
+            self._unstored_alerts.popleft()
+
+    def _track_silence(self, level: float) -> None:
+        was = self.silent()
+        if level < self.daemon.cfg.alerts.silence_dbfs:
+            self.silent_run += 1
+        else:
+            self.silent_run = 0
+        now = self.silent()
+        if now and not was:
+            log.warning("machine %s: source is silent (%d clips below %g dBFS); check the microphone",
+                        self.id, self.silent_run, self.daemon.cfg.alerts.silence_dbfs)
+        elif was and not now:
+            log.info("machine %s: sound is back (%.1f dBFS)", self.id, level)
+
+    def stall(self, now: float | None = None) -> str | None:
+        """Why this running source counts as failing for want of clips, or None.
+
+        Progress, not the source's own word: a capture thread stuck in a driver
+        call reports nothing at all, and a source that never delivered is not ok.
+        """
+        if self.started_mono is None or self.done or self.source.ended:
+            return None
+        if self.busy_since is not None or len(self.source.queue):
+            return None  # the scorer has work: a slow scorer is not a dead source
+        now = time.monotonic() if now is None else now
+        last = max(t for t in (self.started_mono, self.source.last_clip_mono, self.last_done_mono) if t is not None)
+        every = max(self.scoring.clip_seconds, self.scoring.hop_seconds)
+        limit = max(self.daemon.cfg.alerts.stall_clips * every, MIN_STALL_S)
+        if now - last <= limit:
+            return None
+        return f"no audio clip for {now - last:.0f} s (one is due every {every:g} s)"
+
+    def source_state(self) -> str:
+        """ok, silent, failing, ended, or starting (no clip yet)."""
+        h = self.source.health()
+        if self.done or h.state == "ended":
+            return "ended"
+        if h.state == "failing" or self.stall() is not None:
+            return "failing"
+        if self.silent():
+            return "silent"
+        return "ok" if h.state == "ok" and self.source.last_clip_mono is not None else "starting"
+
+    def failure_detail(self) -> str | None:
+        return self.source.health().last_error or self.stall()

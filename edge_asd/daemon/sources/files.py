@@ -1,0 +1,238 @@
+"""``file:`` sources: recordings replayed through the clip path, as a microphone would deliver them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import soundfile as sf
+
+from edge_asd.daemon.sources.base import ClipSource
+from edge_asd.daemon.sources.clip import Clip, ClipCutter, fit_length
+from edge_asd.errors import AudioError
+from edge_asd.io.audio import SAMPLE_RATE, dbfs, open_audio, resample, short_error
+from edge_asd.io.files import list_source_files
+
+if TYPE_CHECKING:
+    from edge_asd.daemon.fileprogress import FileProgress
+
+log = logging.getLogger("edge_asd.sources")  # the name journals show, kept from before the subpackages
+
+
+class FileSource(ClipSource):
+    """Replays audio files through the clip path.
+
+    Rules, chosen so a replay scores what a microphone would have delivered:
+
+    * Files are taken in sorted order (a folder is searched recursively; a glob
+      is expanded) and re-listed on every loop pass, so files added to a folder
+      are picked up.
+    * Each file is cut on its own: clips never straddle two recordings, and a
+      tail shorter than a clip is not scored.
+    * A file is streamed in blocks of :attr:`block_frames` frames, never read
+      whole, so a recording of many hours replays in the memory of a few blocks.
+      Clips are cut at the file's own rate and each clip is resampled to 16 kHz,
+      exactly as the microphone path does (a rate change is logged once per file).
+    * A multi-channel file contributes channel ``channel`` (logged once per file).
+    * A bad file (unreadable, empty, too short for one clip, no such channel) is
+      logged with its name and skipped; the rest carry on. A block of NaN or
+      infinite samples (or unreadable data) ends its file there: the clips before
+      it were scored, the rest of the file is skipped and the file is named.
+    * A clip's timestamp is the start of its file on a replay timeline plus the
+      offset of the clip's end in the file. A file starts at the later of "now"
+      and the end of the previous file on that timeline, so timestamps always
+      increase: in real time they are the wall-clock times the clips became
+      available, as for a microphone; as fast as possible they continue the
+      timeline as if the files had been played back to back in real time (and
+      so may run ahead of the clock). File modification times are not used:
+      copying recordings changes them.
+    * With a :class:`~edge_asd.daemon.fileprogress.FileProgress`, a restarted source skips
+      the files up to the last one whose final clip (``Clip.completes``) the
+      scorer reported done with :meth:`file_finished`.
+    * ``realtime=True`` paces clips at the file's duration and drops the oldest
+      queued clip when scoring falls behind (exactly like a microphone);
+      ``realtime=False`` waits for the scorer, so every clip is scored.
+    """
+
+    # 64 Ki frames: 4 s at 16 kHz, 1.4 s at 48 kHz; a few MB even for many channels.
+    block_frames = 65536
+
+    def __init__(
+        self,
+        name: str,
+        target: str | Path,
+        clip_seconds: float,
+        hop_seconds: float | None = None,
+        realtime: bool = True,
+        loop: bool = False,
+        channel: int = 0,
+        queue_clips: int = 4,
+        empty_retry_s: float = 5.0,
+        progress: "FileProgress | None" = None,
+    ):
+        super().__init__(name, clip_seconds, hop_seconds, queue_clips)
+        self.target = str(target)
+        self.progress = progress
+        self.realtime = realtime
+        self.loop = loop
+        self.channel = channel
+        self.empty_retry_s = empty_retry_s
+        self.files_played = 0
+        self._noted: set[tuple[str, str]] = set()
+        self._timeline_end: datetime | None = None  # end of the last file on the replay timeline
+
+    def _note(self, path: Path, kind: str, level: int, msg: str, *args: Any) -> None:
+        """Log a per-file message once, not on every loop pass."""
+        if (str(path), kind) in self._noted:
+            return
+        self._noted.add((str(path), kind))
+        log.log(level, msg, *args)
+
+    def _forget_gone(self, paths: list[Path]) -> None:
+        """Drop the once-only notes of files no longer listed: a folder that files pass through must not grow them."""
+        listed = {str(p) for p in paths}
+        self._noted = {k for k in self._noted if k[0] in listed}
+
+    def open_file(self, path: Path) -> sf.SoundFile:
+        """An open file that can give at least one clip, per the class rules; :class:`AudioError` when it cannot."""
+        try:
+            f = open_audio(path)
+        except AudioError:
+            if not path.exists():
+                raise AudioError(f"{path}: no such file (it disappeared)") from None
+            raise
+        try:
+            self._check(path, f)
+        except AudioError:
+            f.close()
+            raise
+        return f
+
+    def _check(self, path: Path, f: sf.SoundFile) -> None:
+        if f.frames == 0:
+            raise AudioError(f"{path}: contains no samples")
+        if f.channels > 1:
+            if self.channel >= f.channels:
+                raise AudioError(f"{path}: has {f.channels} channels; channel {self.channel} does not exist")
+            self._note(path, "channel", logging.INFO, "source %s: %s has %d channels; using channel %d",
+                       self.name, path, f.channels, self.channel)
+        elif self.channel > 0:
+            self._note(path, "channel", logging.INFO, "source %s: %s is mono; using its only channel",
+                       self.name, path)
+        if f.frames < int(round(self.clip_seconds * f.samplerate)):
+            raise AudioError(
+                f"{path}: {f.frames / f.samplerate:.2f} s long, shorter than one {self.clip_seconds:g} s clip"
+            )
+        if f.samplerate != SAMPLE_RATE:
+            self._note(path, "rate", logging.INFO, "source %s: %s is %d Hz; resampling to %d Hz",
+                       self.name, path, f.samplerate, SAMPLE_RATE)
+
+    def _run(self) -> None:
+        # A restarted source continues after the last file it finished (the first pass only).
+        resume_after = self.progress.last(self.name, self.target) if self.progress is not None else None
+        while not self._stop.is_set():
+            played = 0
+            paths = list_source_files(self.target)
+            self._forget_gone(paths)
+            for path in paths:
+                if self._stop.is_set():
+                    return
+                if resume_after is not None and path <= Path(resume_after):
+                    played += 1  # done before the restart: not an empty folder
+                    continue
+                clips_before = self.clips
+                try:
+                    with self.open_file(path) as f:
+                        if not self._replay(path, f):
+                            return
+                except AudioError as exc:
+                    self.bad_files += 1
+                    self._last_error = str(exc)
+                    scored = self.clips - clips_before
+                    if scored:
+                        self._note(path, "bad", logging.ERROR,
+                                   "source %s: skipping the rest of the file after %d clip(s): %s", self.name, scored, exc)
+                        played += 1
+                    else:
+                        self._note(path, "bad", logging.ERROR, "source %s: skipping %s", self.name, exc)
+                    continue
+                played += 1
+                self.files_played += 1
+            resume_after = None
+            if not self.loop:
+                return
+            if played == 0:
+                self._fail("empty", f"{self.target}: no playable audio files; looking again in {self.empty_retry_s:g} s")
+                if self._stop.wait(self.empty_retry_s):
+                    return
+
+    def _blocks(self, path: Path, f: sf.SoundFile):
+        """``(mono block, frames read so far)`` of the selected channel; :class:`AudioError` at the first bad block."""
+        ch = self.channel if f.channels > 1 else 0
+        done = 0
+        while True:
+            try:
+                block = f.read(self.block_frames, dtype="float32", always_2d=True)
+            except Exception as exc:  # a decoder error in the middle of a damaged file
+                raise AudioError(f"{path}: unreadable audio data at {done / f.samplerate:.2f} s ({short_error(exc)})") from None
+            if block.shape[0] == 0 or self._stop.is_set():
+                return
+            x = block[:, ch]
+            if not np.all(np.isfinite(x)):
+                at = done + int(np.argmin(np.isfinite(x)))
+                raise AudioError(f"{path}: contains NaN or infinite samples (first at {at / f.samplerate:.2f} s)")
+            done += x.size
+            yield x, done
+
+    def cut_clips(self, path: Path, f: sf.SoundFile) -> Iterator[tuple[np.ndarray, float, bool]]:
+        """``(clip at 16 kHz, offset of its end in s, whether no further clip fits the file)`` of an open file.
+
+        Streamed block by block (the class rules); :class:`AudioError` at the first bad block.
+        ``edge-asd score`` replays recordings through this too, so both cut alike.
+        """
+        rate = f.samplerate
+        hop_n = max(1, int(round(self.hop_seconds * rate)))
+        cutter = ClipCutter(int(round(self.clip_seconds * rate)), hop_n)
+        out_n = int(round(self.clip_seconds * SAMPLE_RATE))
+        for x, end_index in self._blocks(path, f):
+            for native, end in cutter.feed(x, end_index):
+                yield fit_length(resample(native, rate, SAMPLE_RATE), out_n), end / rate, end + hop_n > f.frames
+
+    def file_finished(self, path: Path) -> None:
+        """Every clip of ``path`` was scored (the daemon's scorer says so): a restart continues after it."""
+        if self.progress is not None:
+            self.progress.record(self.name, self.target, path)
+
+    def _replay(self, path: Path, f: sf.SoundFile) -> bool:
+        """Queue one file's clips, streaming it; False when stopped midway."""
+        if self._state != "ok":
+            self._state = "ok"
+        duration = f.frames / f.samplerate
+        start_wall = datetime.now(timezone.utc)
+        if self._timeline_end is not None and self._timeline_end > start_wall:
+            start_wall = self._timeline_end
+        self._timeline_end = start_wall + timedelta(seconds=duration)
+        start_mono = time.monotonic()
+        for samples, offset, last in self.cut_clips(path, f):
+            if self.realtime and self._stop.wait(max(0.0, start_mono + offset - time.monotonic())):
+                return False
+            clip = Clip(
+                samples=samples,
+                end_time=start_wall + timedelta(seconds=offset),
+                dbfs=dbfs(samples),
+                ready_monotonic=time.monotonic(),
+                origin=f"{path}@{offset - self.clip_seconds:.3f}s",
+                completes=path if last else None,
+            )
+            if not self._emit(clip, wait=not self.realtime):
+                return False
+        if self._stop.is_set():
+            return False
+        if self.realtime:
+            # The next file starts when this one would have finished playing.
+            return not self._stop.wait(max(0.0, start_mono + duration - time.monotonic()))
+        return True

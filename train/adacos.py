@@ -88,7 +88,10 @@ class SubClusterAdaCos(nn.Module):
 
     def class_log_probs(self, cosine: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(class)`` ``[B, C]``: log of the summed softmax probabilities of each class's sub-clusters."""
-        logits = cosine * (self.scale if scale is None else scale)
+        # A copy: autograd keeps the scale of this product for the backward pass, and the loss then
+        # sets the buffer in place; under DDP the backward also runs through the forward's section
+        # logits, which would find their saved scale modified.
+        logits = cosine * (self.scale.clone() if scale is None else scale)
         grouped = logits.reshape(logits.shape[0], self.n_classes, self.n_subclusters)
         return torch.logsumexp(grouped, dim=2) - torch.logsumexp(logits, dim=1, keepdim=True)
 

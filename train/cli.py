@@ -2,6 +2,7 @@
 
     edge-asd-train --data DATA --machine M --out RUN [--backbone ...] [--epochs N] ...
     edge-asd-train report --data DATA --out DIR     # the report's Tables 1-4 for every run under DIR
+    edge-asd-train grid GRID.toml --out DIR         # every run of a grid (train/grid.py)
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -82,6 +84,8 @@ def _train(args: argparse.Namespace) -> int:
     device = _device(args.device)
     for cfg, s2 in plans:
         run_dir = Path(train_extractor(cfg, progress=not args.quiet))
+        if int(os.environ.get("RANK", "0")):
+            continue  # under torchrun stage 2 and the references are one process's work: rank 0's
         # An extractor with a domain head serves both approaches (the report compares
         # them on one extractor); without one, only generalization. s2.approach is
         # the one edge-asd-export deploys by default.
@@ -210,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(
         prog="edge-asd-train",
         description="Train the two-stage ASD system for one machine type (stage 1 extractor, stage 2 inlier models). "
-        "`edge-asd-train report --data DATA --out DIR` writes the report's tables for the runs under DIR.",
+        "`edge-asd-train report --data DATA --out DIR` writes the report's tables for the runs under DIR; "
+        "`edge-asd-train grid GRID.toml --out DIR` trains every run of a grid file.",
     )
     p.add_argument("--data", required=True, help="DCASE-layout data root; only DATA/<machine>/train is read")
     p.add_argument("--machine", required=True)
@@ -295,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "report":
         return run_cli(build_report_parser(), argv[1:])
+    if argv and argv[0] == "grid":
+        from .grid import build_grid_parser
+
+        return run_cli(build_grid_parser(), argv[1:])
     return run_cli(build_parser(), argv)
 
 

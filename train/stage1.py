@@ -76,6 +76,29 @@ class Runtime:
         if self.distributed:
             dist.barrier()
 
+    def gather(self, obj: object) -> list:
+        """``obj`` of every rank, in rank order (a collective: every rank calls it)."""
+        if not self.distributed:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Every rank's buffers made the same: running statistics averaged, counters taken from rank 0.
+
+        DDP's own buffer broadcast (switched off in :class:`Trainer`) would copy rank 0's at each
+        forward, so the statistics would only ever have seen rank 0's share of the batches, and
+        each rank would end holding the update of its own last step."""
+        if not self.distributed:
+            return
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                buf.div_(self.world_size)
+            else:
+                dist.broadcast(buf, src=0)
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -157,7 +180,8 @@ class Trainer:
             # So do the section and machine heads under sub-cluster AdaCos, which replaces their losses.
             unused = bool(cfg.domain_head and cfg.lambda_domain == 0) or cfg.objective != "oe"
             self.module: nn.Module = DistributedDataParallel(
-                self.forward, device_ids=[device] if cuda else None, find_unused_parameters=unused
+                self.forward, device_ids=[device] if cuda else None, find_unused_parameters=unused,
+                broadcast_buffers=False,  # Runtime.average_buffers after each epoch instead
             )
         else:
             self.module = self.forward
@@ -459,7 +483,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         trainer.load_state(state)
-        _set_rng_state(state["rng"], device)
+        # each rank its own generator (its dropout masks differ from the others'), as before the stop
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        _set_rng_state(ranks[runtime.rank] if runtime.rank < len(ranks) else state["rng"], device)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         if runtime.is_main:
             log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
@@ -520,10 +546,13 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
             bar.update(1)
         flush()
         done = epoch + 1
+        runtime.average_buffers(model)
+        rngs = runtime.gather(_rng_state(device))  # before validation, which draws nothing but runs on rank 0 only
         if runtime.is_main:
             if done % cfg.validate_every == 0 or done == cfg.epochs:
                 validate(done)
-            state = {"model": _cpu_state(model), "epoch": done, "step": step, "rng": _rng_state(device), **trainer.state()}
+            state = {"model": _cpu_state(model), "epoch": done, "step": step, "rng": rngs[0], "rng_ranks": rngs,
+                     **trainer.state()}
             _atomic_save(state, last_path)
             if done % cfg.checkpoint_every == 0:
                 shutil.copyfile(last_path, ckpt_dir / f"epoch_{done:04d}.pt")

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.config import TrainConfig  # noqa: E402
 from train.models import BACKBONES, build_extractor  # noqa: E402
-from train.stage1 import Trainer, prepare_model, resolve_device  # noqa: E402
+from train.distributed import resolve_device  # noqa: E402
+from train.stage1 import Trainer, prepare_model  # noqa: E402
 
 
 @dataclass(frozen=True)

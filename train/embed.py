@@ -14,7 +14,7 @@ from edge_asd.errors import UserError
 from .data import iter_clip_batches
 from .frontend import strict_fp32
 from .models import Extractor, ModelConfig, build_extractor
-from .stage1 import EXTRACTOR_FORMAT
+from .checkpoints import EXTRACTOR_FORMAT
 
 
 def load_extractor(run_dir: str | Path, device: str | torch.device = "cpu") -> Extractor:

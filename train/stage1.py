@@ -21,13 +21,10 @@ and only rank 0 writes. ``batch_size`` is the global batch.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +37,10 @@ from edge_asd.io.audio import SegmentSpec
 from edge_asd.errors import ConfigError, DataError, UserError
 
 from .adacos import AdaCosCropDataset, adacos_classes, subcluster_adacos_loss
+from .checkpoints import atomic_save, check_resumable, cpu_state, prune_snapshots, rng_state, save_extractor, set_rng_state
 from .config import TrainConfig
+from .distributed import Runtime, setup_runtime
+from .runlog import LOSS_COLUMNS, VALIDATION_COLUMNS, append_rows, fmt, truncate_csv
 from .data import BatchPlan, CropDataset, OEBatchSampler, PreparedData, iter_clip_batches, prepare_data
 from .frontend import strict_fp32
 from .losses import LossTerms, LossWeights, domain_loss, oe_loss
@@ -48,83 +48,8 @@ from .models import Extractor, build_extractor
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_FORMAT = "edge-asd-extractor"
-EXTRACTOR_VERSION = 1
-LOSS_COLUMNS = ["step", "epoch", "lr", "loss", "l_machine", "l_section", "l_domain"]
-VALIDATION_COLUMNS = ["epoch", "step", "n_clips", "section_acc", "section_acc_source", "section_acc_target", "section_loss"]
-
 
 # --- where it runs ------------------------------------------------------------------------
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    initialized_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def gather(self, obj: object) -> list:
-        """``obj`` of every rank, in rank order (a collective: every rank calls it)."""
-        if not self.distributed:
-            return [obj]
-        out: list = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def average_buffers(self, model: nn.Module) -> None:
-        """Every rank's buffers made the same: running statistics averaged, counters taken from rank 0.
-
-        DDP's own buffer broadcast (switched off in :class:`Trainer`) would copy rank 0's at each
-        forward, so the statistics would only ever have seen rank 0's share of the batches, and
-        each rank would end holding the update of its own last step."""
-        if not self.distributed:
-            return
-        for buf in model.buffers():
-            if buf.is_floating_point():
-                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-                buf.div_(self.world_size)
-            else:
-                dist.broadcast(buf, src=0)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r}: expected auto, cpu or cuda")
-    return torch.device(name)
-
-
-def setup_runtime(device: str) -> Runtime:
-    """Single process, or one DDP process of a ``torchrun`` launch (WORLD_SIZE > 1)."""
-    dev = resolve_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Runtime(dev)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    initialized = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        initialized = True
-    return Runtime(dev, dist.get_rank(), dist.get_world_size(), initialized)
 
 
 # --- one optimisation step ----------------------------------------------------------------
@@ -313,82 +238,6 @@ def heldout_clips(run_dir: str | Path, data_root: str | Path) -> list[tuple[Path
 # --- run folder -----------------------------------------------------------------------------
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def _truncate_csv(path: Path, columns: list[str], keep) -> None:
-    """Rewrite a log keeping the rows ``keep(row)`` accepts (rows past the resumed checkpoint go)."""
-    rows = []
-    if path.exists():
-        with path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if keep(r)]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _append_rows(path: Path, rows: list[list]) -> None:
-    with path.open("a", newline="") as f:
-        csv.writer(f).writerows(rows)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.6g}"
-
-
-def _check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise UserError(f"{path}: missing; cannot tell how the run in {run_dir} was configured")
-    try:
-        stored = TrainConfig.from_dict(json.loads(path.read_text()), ignore_unknown=True)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ConfigError(f"{path}: unreadable training config ({exc})") from None
-    a, b = stored.to_dict(), cfg.to_dict()
-    differ = [k for k in a if k not in TrainConfig.RESUMABLE_CHANGES and a[k] != b[k]]
-    if differ:
-        raise ConfigError(
-            f"{run_dir / 'config.json'}: cannot resume with a different {', '.join(differ)} "
-            f"(stored: {', '.join(f'{k}={a[k]!r}' for k in differ)})"
-        )
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def save_extractor(model: Extractor, path: Path, extra: dict | None = None) -> None:
-    """Final weights with everything needed to rebuild the module (plain tensors and builtins)."""
-    _atomic_save(
-        {
-            "format": EXTRACTOR_FORMAT,
-            "version": EXTRACTOR_VERSION,
-            "model_config": model.config.to_dict(),
-            "frontend": model.frontend.config(),
-            "state_dict": _cpu_state(model),
-            **(extra or {}),
-        },
-        path,
-    )
-
-
 # --- training -------------------------------------------------------------------------------
 
 
@@ -424,7 +273,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     if last_path.exists() and not cfg.resume:
         raise UserError(f"{run_dir}: already holds a stage-1 run (checkpoints/last.pt); resume it or choose another folder")
     if resuming:
-        _check_resumable(run_dir, cfg)
+        check_resumable(run_dir, cfg)
 
     data = _prepare(cfg, runtime, progress)
     if resuming and (run_dir / "split.json").exists():
@@ -485,15 +334,15 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
         trainer.load_state(state)
         # each rank its own generator (its dropout masks differ from the others'), as before the stop
         ranks = state.get("rng_ranks") or [state["rng"]]
-        _set_rng_state(ranks[runtime.rank] if runtime.rank < len(ranks) else state["rng"], device)
+        set_rng_state(ranks[runtime.rank] if runtime.rank < len(ranks) else state["rng"], device)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         if runtime.is_main:
             log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
 
     losses_csv, val_csv = run_dir / "losses.csv", run_dir / "validation.csv"
     if runtime.is_main:
-        _truncate_csv(losses_csv, LOSS_COLUMNS, lambda r: int(r["step"]) <= step)
-        _truncate_csv(val_csv, VALIDATION_COLUMNS, lambda r: int(r["epoch"]) <= start_epoch)
+        truncate_csv(losses_csv, LOSS_COLUMNS, lambda r: int(r["step"]) <= step)
+        truncate_csv(val_csv, VALIDATION_COLUMNS, lambda r: int(r["epoch"]) <= start_epoch)
         log.info(
             "stage 1 %s: %d sections, %d source + %d target training normals, %d held out, "
             "%d pseudo-anomalous (%d outliers); %d steps/epoch x %d epochs on %s",
@@ -515,7 +364,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
         if not data.heldout:
             return
         res = evaluate_sections(model, data.heldout, spec, device)
-        _append_rows(val_csv, [[epoch, step, res["n_clips"]] + [_fmt(res[c]) for c in VALIDATION_COLUMNS[3:]]])
+        append_rows(val_csv, [[epoch, step, res["n_clips"]] + [fmt(res[c]) for c in VALIDATION_COLUMNS[3:]]])
         bar.set_postfix_str(f"val acc {res['section_acc']:.3f}", refresh=False)
 
     if runtime.is_main and not resuming and start_epoch == 0:
@@ -529,7 +378,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
             return
         values = torch.stack([p[3] for p in pending]).float().cpu().numpy()
         if runtime.is_main:
-            _append_rows(losses_csv, [[s, e, _fmt(lr)] + [_fmt(v) for v in row] for (s, e, lr, _), row in zip(pending, values)])
+            append_rows(losses_csv, [[s, e, fmt(lr)] + [fmt(v) for v in row] for (s, e, lr, _), row in zip(pending, values)])
             bar.set_postfix_str(f"loss {values[-1, 0]:.4f}", refresh=False)
         pending.clear()
 
@@ -547,16 +396,16 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
         flush()
         done = epoch + 1
         runtime.average_buffers(model)
-        rngs = runtime.gather(_rng_state(device))  # before validation, which draws nothing but runs on rank 0 only
+        rngs = runtime.gather(rng_state(device))  # before validation, which draws nothing but runs on rank 0 only
         if runtime.is_main:
             if done % cfg.validate_every == 0 or done == cfg.epochs:
                 validate(done)
-            state = {"model": _cpu_state(model), "epoch": done, "step": step, "rng": rngs[0], "rng_ranks": rngs,
+            state = {"model": cpu_state(model), "epoch": done, "step": step, "rng": rngs[0], "rng_ranks": rngs,
                      **trainer.state()}
-            _atomic_save(state, last_path)
+            atomic_save(state, last_path)
             if done % cfg.checkpoint_every == 0:
                 shutil.copyfile(last_path, ckpt_dir / f"epoch_{done:04d}.pt")
-                _prune_snapshots(ckpt_dir, cfg.keep_checkpoints)
+                prune_snapshots(ckpt_dir, cfg.keep_checkpoints)
         runtime.barrier()
     bar.close()
 
@@ -566,9 +415,3 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     return run_dir
 
 
-def _prune_snapshots(ckpt_dir: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    snaps = sorted(ckpt_dir.glob("epoch_*.pt"))
-    for old in snaps[:-keep]:
-        old.unlink()

@@ -283,8 +283,8 @@ def run_one_named(points: Sequence[RunPoint], out: Path, name: str) -> RunResult
 # --- launchers -------------------------------------------------------------------------------
 
 
-class Progress:
-    """runs done / running / failed, on one tqdm bar; called from the launcher's threads."""
+class GridProgress:
+    """Runs done / running / failed on one tqdm bar (the desktop's progress bar), from the launcher's threads."""
 
     def __init__(self, total: int, enabled: bool):
         from tqdm import tqdm
@@ -343,7 +343,7 @@ def run_local(points: Sequence[RunPoint], out: Path, jobs: int | None = None, pr
         threads = str(max(1, (os.cpu_count() or 1) // n))
         for _ in range(n):
             slots.put({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "CUDA_VISIBLE_DEVICES": ""})
-    bar = Progress(len(points), progress)
+    bar = GridProgress(len(points), progress)
 
     def one(point: RunPoint) -> RunResult:
         env = slots.get()
@@ -383,7 +383,7 @@ def run_ray(
         (init or ray.init)(address=None if address == "local" else address, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(_ray_task)
-        bar = Progress(len(points), progress)
+        bar = GridProgress(len(points), progress)
         pending = {task.remote(p, str(out.resolve())): p for p in points}
         for _ in pending:
             bar.started()

@@ -263,9 +263,8 @@ def _prepare(cfg: TrainConfig, runtime: Runtime, progress: bool) -> PreparedData
     return data
 
 
-def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
-    cfg.validate()
-    device = runtime.device
+def _run_folder(cfg: TrainConfig) -> tuple[Path, Path, Path, bool]:
+    """The run folder, its checkpoints and whether this start resumes; refuses to overwrite a run."""
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "checkpoints"
     last_path = ckpt_dir / "last.pt"
@@ -274,20 +273,25 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
         raise UserError(f"{run_dir}: already holds a stage-1 run (checkpoints/last.pt); resume it or choose another folder")
     if resuming:
         check_resumable(run_dir, cfg)
+    return run_dir, ckpt_dir, last_path, resuming
 
-    data = _prepare(cfg, runtime, progress)
+
+def _write_run_files(cfg: TrainConfig, runtime: Runtime, data: PreparedData, resuming: bool) -> None:
+    """config.json and split.json (rank 0); a resumed run must find the clips it started with."""
+    run_dir = Path(cfg.out)
     if resuming and (run_dir / "split.json").exists():
         stored = json.loads((run_dir / "split.json").read_text())
         if stored.get("clips") != data.split["clips"] or stored.get("sections") != data.sections:
             raise DataError(f"{cfg.data}: the training clips changed since {run_dir} was started; cannot resume")
     if runtime.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         (run_dir / "split.json").write_text(json.dumps(data.split, indent=2))
     runtime.barrier()
 
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuning pays off
+
+def _build_model(cfg: TrainConfig, data: PreparedData, runtime: Runtime):
+    """The extractor on its device, and the AdaCos classes when that is the objective (else None)."""
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(data.sections)
     classes = None
@@ -300,8 +304,13 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     model = build_extractor(model_cfg, cfg.pretrained_weights)
     if runtime.rank:
         torch.manual_seed(cfg.seed + runtime.rank)  # different dropout masks per process
-    prepare_model(model, cfg, device)
+    prepare_model(model, cfg, runtime.device)
+    return model, classes
 
+
+def _make_loader(cfg: TrainConfig, data: PreparedData, classes, runtime: Runtime):
+    """This process's batch sampler (its share of every global batch) and the DataLoader over it."""
+    device = runtime.device
     seg = cfg.segment_samples
     if cfg.batch_size % runtime.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is not a multiple of the {runtime.world_size} processes")
@@ -321,23 +330,43 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
         # the global RNG that dropout uses, or resumed runs would diverge.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    return sampler, loader
+
+
+def _resume(last_path: Path, model: Extractor, trainer: "Trainer", runtime: Runtime) -> tuple[int, int]:
+    """Weights, optimiser, schedule and this rank's random state from ``last.pt``: (epoch, step) done."""
+    # Loaded on the CPU: RNG states must stay CPU tensors, and the optimiser's
+    # load_state_dict moves its moments next to the parameters itself.
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    trainer.load_state(state)
+    # each rank its own generator (its dropout masks differ from the others'), as before the stop
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    set_rng_state(ranks[runtime.rank] if runtime.rank < len(ranks) else state["rng"], runtime.device)
+    start_epoch, step = int(state["epoch"]), int(state["step"])
+    if runtime.is_main:
+        log.info("resuming %s after epoch %d (step %d)", last_path.parent.parent, start_epoch, step)
+    return start_epoch, step
+
+
+def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
+    """The run folder, the data, the model and its loader, then the epochs: losses, validation, checkpoints."""
+    cfg.validate()
+    device = runtime.device
+    run_dir, ckpt_dir, last_path, resuming = _run_folder(cfg)
+    data = _prepare(cfg, runtime, progress)
+    _write_run_files(cfg, runtime, data, resuming)
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuning pays off
+    model, classes = _build_model(cfg, data, runtime)
+
+    sampler, loader = _make_loader(cfg, data, classes, runtime)
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * cfg.epochs
     trainer = Trainer(model, cfg, device, total_steps, runtime)
 
-    start_epoch, step = 0, 0
-    if resuming:
-        # Loaded on the CPU: RNG states must stay CPU tensors, and the optimiser's
-        # load_state_dict moves its moments next to the parameters itself.
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        trainer.load_state(state)
-        # each rank its own generator (its dropout masks differ from the others'), as before the stop
-        ranks = state.get("rng_ranks") or [state["rng"]]
-        set_rng_state(ranks[runtime.rank] if runtime.rank < len(ranks) else state["rng"], device)
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        if runtime.is_main:
-            log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
+    start_epoch, step = _resume(last_path, model, trainer, runtime) if resuming else (0, 0)
 
     losses_csv, val_csv = run_dir / "losses.csv", run_dir / "validation.csv"
     if runtime.is_main:

@@ -8,6 +8,7 @@ against the layering fails here before it fails a reader.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def _runtime_imports(tree: ast.AST, here: str, is_package: bool) -> set[str]:
     return found
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     graph = {}
     for path in sorted(PKG.rglob("*.py")):
@@ -96,7 +98,7 @@ def test_every_import_respects_the_layers():
 
 
 def test_no_import_circles():
-    graph = {m: {d for d in deps if d in import_graph_cache()} - {m} for m, deps in import_graph_cache().items()}
+    graph = {m: {d for d in deps if d in import_graph()} - {m} for m, deps in import_graph().items()}
     # edge_asd/__init__.py is every module's parent package, not a dependency anyone chose
     graph = {m: d - {"edge_asd"} for m, d in graph.items()}
     state: dict[str, int] = {}
@@ -117,17 +119,8 @@ def test_no_import_circles():
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
 
 
-_GRAPH: dict[str, set[str]] = {}
-
-
-def import_graph_cache() -> dict[str, set[str]]:
-    if not _GRAPH:
-        _GRAPH.update(import_graph())
-    return _GRAPH
-
-
 def test_runtime_package_never_imports_the_desktop_side():
-    bad = [f"{m} -> {d}" for m, deps in import_graph_cache().items() for d in deps if d.split(".")[0] in ("train", "export")]
+    bad = [f"{m} -> {d}" for m, deps in import_graph().items() for d in deps if d.split(".")[0] in ("train", "export")]
     assert not bad
 
 

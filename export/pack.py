@@ -367,6 +367,19 @@ def build_bundle(
     for r in runs:
         _run_config(r)
     approach = approach or default_approach(runs[0])
+    gate = _gate_of(runs) if with_plain and select is None else None
+    if gate is not None and gate["decision"] == "plain":
+        plain = _plain_member_of(runs, 0, data_root)
+        if plain:
+            log.info("%s: the training-time no-regret check found the learned member no help (AUC plain %.3f, ensemble "
+                     "%.3f): the bundle is the plain system alone (give --no-plain for the learned member alone)",
+                     runs[0], gate["auc_plain"], gate["auc_ensemble"])
+            manifest, files = _assemble(plain, "generalization")
+            manifest["gate"] = gate
+            path = write_bundle(out, manifest, files)
+            if progress:
+                print(f"wrote {path} (the plain system alone, by the no-regret check of {runs[0] / 'gate.json'})")
+            return path
     members = [_build_member(r, i, fmt, precision, approach, data_root) for i, r in enumerate(runs)]
     first = members[0]
     for m in members[1:]:
@@ -389,6 +402,8 @@ def build_bundle(
     manifest, files = _assemble(members, approach)
     if selection is not None:
         manifest["selection"] = selection
+    if gate is not None:
+        manifest["gate"] = gate
     path = write_bundle(out, manifest, files)
     if progress:
         parity = max(m.precision_report["fp32_parity_relative_error"] for m in members)
@@ -436,6 +451,13 @@ def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, by
         "members": [m.manifest for m in members],
     }
     return manifest, {k: v for m in members for k, v in m.files.items()}
+
+
+def _gate_of(runs: list[Path]) -> dict | None:
+    """The no-regret decision edge-asd-train wrote beside a single run (train/gate.py), if any."""
+    from train.gate import read_gate
+
+    return read_gate(runs[0]) if len(runs) == 1 else None
 
 
 def _plain_member_of(runs: list[Path], index: int, data_root: Path | None) -> list[_Member]:

@@ -82,6 +82,27 @@ def test_flags_over_config_over_preset_over_defaults(monkeypatch, data_root, tmp
     assert (cfg.epochs, cfg.d_model, cfg.n_heads) == (3, 32, 2)  # config file over preset
     assert (cfg.backbone, cfg.n_layers, cfg.batch_size) == ("transformer", 2, 32)  # preset over defaults
     assert cfg.kappa == TrainConfig.kappa  # defaults where nobody says otherwise
+    assert cfg.steps is None  # the file's epochs, not the preset's step budget
+
+
+def test_cpu_preset_is_a_step_budget_that_epochs_replace(monkeypatch, data_root, tmp_path):
+    cfg = resolved(monkeypatch, data_root, tmp_path, "--preset", "cpu")
+    assert cfg.steps == PRESETS["cpu"]["steps"] and cfg.amplitude == "clip"
+    cfg = resolved(monkeypatch, data_root, tmp_path / "e", "--preset", "cpu", "--epochs", "5")
+    assert (cfg.steps, cfg.epochs) == (None, 5)
+    cfg = resolved(monkeypatch, data_root, tmp_path / "s", "--preset", "cpu", "--steps", "40")
+    assert cfg.steps == 40
+
+
+def test_step_budget_is_whole_epochs_that_reach_it(tmp_path):
+    from train.stage1 import _apply_step_budget
+
+    cfg = TrainConfig(data=tmp_path, machine="fan", out=tmp_path, epochs=150, steps=300)
+    assert _apply_step_budget(cfg, 2)[0].epochs == 150  # 35 clips: 2 steps an epoch
+    assert _apply_step_budget(cfg, 7)[0].epochs == 43  # 43 x 7 = 301 >= 300
+    assert _apply_step_budget(cfg, 1000)[0].epochs == 1  # 3,000 clips: one epoch already exceeds it
+    fixed, why = _apply_step_budget(TrainConfig(data=tmp_path, machine="fan", out=tmp_path, epochs=9), 7)
+    assert fixed.epochs == 9 and "as configured" in why
 
 
 def test_a_config_file_alone_means_what_it_says(monkeypatch, data_root, tmp_path, caplog):

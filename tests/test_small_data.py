@@ -24,32 +24,19 @@ from edge_asd.scoring.stage2 import Stage2Config, check_fittable, fit_section
 
 def test_logmel_stats_equal_a_frame_by_frame_reference():
     rng = np.random.default_rng(0)
-    clip = (0.1 * rng.standard_normal(16000 * 2)).astype(np.float32)
+    clip = (0.1 * rng.standard_normal(16000 * 2) + 0.02).astype(np.float32)
     cfg = LogMelStatsConfig()
     got = LogMelStats(cfg)(clip)
-    # the textbook way: frame by frame, a periodic Hann window, |DFT|^2, mel, dB
+    # the textbook way: the clip standardized, frame by frame, a symmetric Hann window, |DFT|^2, mel, ln
+    x = (clip - clip.mean()) / clip.std()
     n = cfg.n_fft
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
-    fb = mel_filterbank(16000, n, cfg.n_mels, cfg.f_min, cfg.f_max)
-    frames = [clip[i : i + n].astype(np.float64) for i in range(0, clip.size - n + 1, cfg.hop_length)]
-    db = np.array([10 * np.log10(fb @ np.abs(np.fft.fft(f * window)[: n // 2 + 1]) ** 2 + 1e-10) for f in frames])
-    want = np.concatenate([db.mean(axis=0), db.std(axis=0)])
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / (n - 1))
+    fb = mel_filterbank(16000, n, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale)
+    frames = [x[i : i + n].astype(np.float64) for i in range(0, x.size - n + 1, cfg.hop_length)]
+    ln = np.array([np.log(fb @ np.abs(np.fft.fft(f * window)[: n // 2 + 1]) ** 2 + cfg.log_eps) for f in frames])
+    want = np.concatenate([ln.mean(axis=0), ln.std(axis=0)])
     assert got.shape == (2 * cfg.n_mels,)
-    np.testing.assert_allclose(got, want, atol=2e-3)
-
-
-def test_logmel_stats_keep_the_level_and_refuse_short_clips():
-    rng = np.random.default_rng(1)
-    clip = (0.05 * rng.standard_normal(16000)).astype(np.float32)
-    f = LogMelStats()
-    quiet, loud = f(clip), f(10 * clip)
-    # 20 dB louder: every band's mean up by 20 dB, the spread unchanged
-    np.testing.assert_allclose(loud[:64] - quiet[:64], 20.0, atol=1e-2)
-    np.testing.assert_allclose(loud[64:], quiet[64:], atol=1e-2)
-    with pytest.raises(ValueError, match="shorter than the 1024-sample window"):
-        f(clip[:500])
-    with pytest.raises(ValueError):
-        LogMelStatsConfig(f_max=9000.0)
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 # --- z-scored KNN -------------------------------------------------------------------------

@@ -330,7 +330,7 @@ def test_configuration_errors(data_root, cache_dir, tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         replace(cfg, batch_size=6).validate()
     with pytest.raises(DataError, match="no pseudo-anomalous"):
-        prepare_data(replace(cfg, data=_only_fan(data_root, tmp_path)))
+        prepare_data(replace(cfg, data=_only_fan(data_root, tmp_path), pseudo_synth=False))
 
 
 def _only_fan(data_root: Path, tmp_path: Path) -> Path:

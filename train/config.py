@@ -63,6 +63,7 @@ class TrainConfig:
     r_train: float = 0.9  # fraction of each section's source clips used for training
     n_target_train: int = 6  # target-domain clips per section used for training
     min_target_per_batch: int = 1  # Section 2.3: target-domain normals in every mini-batch
+    pseudo_synth: bool = True  # no other machine type and no outliers folder: other machine types from edge-asd synth
     outlier_fraction: float = 0.5  # share of pseudo-anomalous slots drawn from `outliers` when both pools exist
     mixup: bool = False  # Mixup between normal and pseudo-anomalous data (soft t and section labels)
     mixup_alpha: float = 0.2  # Beta(alpha, alpha) of that Mixup
@@ -74,6 +75,7 @@ class TrainConfig:
     kappa: float = 0.15
     # --- optimisation -----------------------------------------------------------------
     epochs: int = 150
+    steps: int | None = None  # optimizer-step budget: when set, epochs = ceil(steps / steps per epoch), whatever `epochs` says
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -182,6 +184,8 @@ class TrainConfig:
             raise bad(f"batch_size {self.batch_size} must be a positive multiple of {quantum}")
         if self.epochs < 1:
             raise bad("epochs must be at least 1")
+        if self.steps is not None and self.steps < 1:
+            raise bad("steps must be at least 1 (or null: train `epochs` epochs)")
         if not 0.0 < self.r_train <= 1.0:
             raise bad(f"r_train {self.r_train} must be in (0, 1]")
         for name in ("n_target_train", "min_target_per_batch", "num_workers", "memory_cache_mb", "keep_checkpoints"):

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -349,6 +351,20 @@ def _resume(last_path: Path, model: Extractor, trainer: "Trainer", runtime: Runt
     return start_epoch, step
 
 
+def _apply_step_budget(cfg: TrainConfig, steps_per_epoch: int) -> tuple[TrainConfig, str]:
+    """``cfg`` with the epochs a step budget asks for, and why that many (for the log).
+
+    A budget in optimizer steps trains 35 clips and 3,000 clips alike: counted in
+    epochs, the first gets a few dozen steps and the second hours. Whole epochs
+    (the sampler's unit), the fewest that reach the budget; derived from the data
+    alone, so a resumed run derives the same number.
+    """
+    if cfg.steps is None:
+        return cfg, f"epochs: {cfg.epochs} as configured"
+    epochs = max(1, math.ceil(cfg.steps / steps_per_epoch))
+    return replace(cfg, epochs=epochs), f"budget of {cfg.steps} optimizer steps"
+
+
 def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     """The run folder, the data, the model and its loader, then the epochs: losses, validation, checkpoints."""
     cfg.validate()
@@ -363,6 +379,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
 
     sampler, loader = _make_loader(cfg, data, classes, runtime)
     steps_per_epoch = len(sampler)
+    cfg, budget_note = _apply_step_budget(cfg, steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
     trainer = Trainer(model, cfg, device, total_steps, runtime)
 
@@ -374,10 +391,10 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
         truncate_csv(val_csv, VALIDATION_COLUMNS, lambda r: int(r["epoch"]) <= start_epoch)
         log.info(
             "stage 1 %s: %d sections, %d source + %d target training normals, %d held out, "
-            "%d pseudo-anomalous (%d outliers); %d steps/epoch x %d epochs on %s",
+            "%d pseudo-anomalous (%d outliers); %d steps/epoch x %d epochs = %d steps (%s) on %s",
             cfg.machine, len(data.sections), data.pools.source.size, data.pools.target.size, len(data.heldout),
             data.pools.machines.size + data.pools.outliers.size, data.pools.outliers.size,
-            steps_per_epoch, cfg.epochs, device,
+            steps_per_epoch, cfg.epochs, total_steps, budget_note, device,
         )
 
     from tqdm import tqdm

@@ -4,15 +4,24 @@ The mel filterbank is defined once here; the learned extractor's front end
 (``train/frontend.py``, baked into the ONNX graph) and the plain baseline below
 both build theirs from it.
 
-The plain system (issue "Detection quality I"): per clip, the mean and the
-standard deviation over time of each log-mel band. It is the simplest thing
-that could work and, with few training clips, it is a strong one: a learned
-extractor must beat it to earn its place, and it can join a standardized
+The plain system (issues "Detection quality I" and "III"): per clip, the mean
+and the standard deviation over time of each log-mel band. It is the simplest
+thing that could work and, with few training clips, it is a strong one: a
+learned extractor must beat it to earn its place, and it joins a standardized
 ensemble with the learned systems (report 2.5). It runs on the device with
-numpy alone (an rFFT of a 1024-point window costs a few ms per 10 s clip), so
-it needs no model file and no GPU, which also makes it the fallback for a user
-who has nothing to train on. The audio is used as recorded (no per-clip
-amplitude standardization): the absolute level of a machine is information.
+numpy alone, so it needs no model file and no GPU, which also makes it the
+fallback for a user who has nothing to train on.
+
+Its defaults are the strong plain reference (``shared/reference/plain_baseline.py``)
+number for number: each clip's waveform standardized to zero mean and unit
+variance, a symmetric 1024-point Hann window, hop 512, 64 HTK-scale unit-peak
+mel bands over 50-7800 Hz, the natural log of the band power. Standardizing the
+waveform throws the recording level away on purpose: an automatic gain control,
+a moved or replaced microphone or another recorder change the level from clip
+to clip, and on such data keeping it cost 0.12 of AUC (issue "Detection quality
+III"). ``amplitude="recorded"`` keeps the level, for machines where the level is
+known to be stable and informative; bundles written before these fields existed
+read back with the settings they were fitted with (:data:`LEGACY_PLAIN`).
 """
 
 from __future__ import annotations
@@ -84,22 +93,38 @@ PLAIN_KIND = "logmel_stats"
 _FRAME_BLOCK = 256  # frames per rFFT call: bounds memory on a long recording
 
 
+AMPLITUDES = ("clip", "recorded")
+WINDOWS = ("hann", "hann_periodic")
+LOGS = ("ln", "db")
+# What a manifest without the newer keys meant: the plain system of "Detection quality I".
+LEGACY_PLAIN = {"mel_scale": "slaney", "amplitude": "recorded", "window": "hann_periodic", "log": "db", "log_eps": 1e-10}
+
+
 @dataclass(frozen=True)
 class LogMelStatsConfig:
-    """The plain system's features. Defaults are the DCASE autoencoder baseline's STFT
-    (1024-point window, 512 hop) with 64 bands, as the issue's reference scorer."""
+    """The plain system's features; the defaults are the strong plain reference's."""
 
     sample_rate: int = 16000
     n_fft: int = 1024
     hop_length: int = 512
     n_mels: int = 64
-    f_min: float = 0.0
-    f_max: float = 8000.0
+    f_min: float = 50.0
+    f_max: float = 7800.0
+    mel_scale: str = "htk"  # unit-peak HTK triangles, as the reference
+    amplitude: str = "clip"  # "clip": waveform to zero mean, unit variance; "recorded": the level kept
+    window: str = "hann"  # "hann": symmetric (numpy.hanning, the reference's); "hann_periodic"
+    log: str = "ln"  # "ln": natural log of power + log_eps; "db": 10 log10(power + log_eps)
+    log_eps: float = 1e-8
 
     def __post_init__(self) -> None:
         if self.n_fft < 16 or self.hop_length < 1 or self.n_mels < 1:
             raise ValueError("logmel_stats: n_fft >= 16, hop_length >= 1 and n_mels >= 1 are needed")
-        mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max)  # raises on a bad band
+        for name, allowed in (("amplitude", AMPLITUDES), ("window", WINDOWS), ("log", LOGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"logmel_stats: {name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not self.log_eps > 0:
+            raise ValueError("logmel_stats: log_eps must be positive")
+        mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max, self.mel_scale)  # raises on a bad band
 
     @property
     def dim(self) -> int:
@@ -112,26 +137,36 @@ class LogMelStatsConfig:
     def from_dict(cls, d: dict) -> "LogMelStatsConfig":
         if d.get("kind", PLAIN_KIND) != PLAIN_KIND:
             raise ValueError(f"feature kind {d.get('kind')!r} is not {PLAIN_KIND!r}")
-        return cls(**{k: v for k, v in d.items() if k != "kind"})
+        return cls(**{**LEGACY_PLAIN, **{k: v for k, v in d.items() if k != "kind"}})
 
 
 class LogMelStats:
-    """Clip -> ``[2 * n_mels]``: the mean, then the standard deviation, of each band's dB over time."""
+    """Clip -> ``[2 * n_mels]``: the mean, then the standard deviation, of each band's log power over time."""
 
     def __init__(self, cfg: LogMelStatsConfig | None = None):
         self.cfg = cfg or LogMelStatsConfig()
         c = self.cfg
-        self._fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max).T.astype(np.float32)
-        self._window = np.hanning(c.n_fft + 1)[:-1].astype(np.float32)  # periodic Hann
+        self._fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max, c.mel_scale).T.astype(np.float32)
+        n = c.n_fft
+        window = np.hanning(n) if c.window == "hann" else np.hanning(n + 1)[:-1]
+        self._window = window.astype(np.float32)
 
     @property
     def dim(self) -> int:
         return self.cfg.dim
 
+    def prepare(self, clip: np.ndarray) -> np.ndarray:
+        """The waveform the features are computed on: float32, standardized when ``amplitude`` is "clip"."""
+        x = np.asarray(clip, dtype=np.float32).reshape(-1)
+        if self.cfg.amplitude == "clip":
+            x64 = x.astype(np.float64)
+            x = ((x64 - x64.mean()) / (x64.std() + 1e-9)).astype(np.float32)
+        return np.ascontiguousarray(x)
+
     def logmel(self, clip: np.ndarray) -> np.ndarray:
-        """``[frames, n_mels]`` log-mel in dB of an uncentred STFT."""
+        """``[frames, n_mels]`` log-mel power of an uncentred STFT of the prepared waveform."""
         c = self.cfg
-        x = np.ascontiguousarray(np.asarray(clip, dtype=np.float32).reshape(-1))
+        x = self.prepare(clip)
         if x.size < c.n_fft:
             raise ValueError(f"clip of {x.size} samples is shorter than the {c.n_fft}-sample window")
         n_frames = 1 + (x.size - c.n_fft) // c.hop_length
@@ -142,7 +177,8 @@ class LogMelStats:
         for lo in range(0, n_frames, _FRAME_BLOCK):
             spec = np.fft.rfft(frames[lo : lo + _FRAME_BLOCK] * self._window, axis=1)
             power = (spec.real**2 + spec.imag**2).astype(np.float32)
-            out[lo : lo + _FRAME_BLOCK] = 10.0 * np.log10(power @ self._fb + 1e-10)
+            mel = power @ self._fb + np.float32(c.log_eps)
+            out[lo : lo + _FRAME_BLOCK] = np.log(mel) if c.log == "ln" else 10.0 * np.log10(mel)
         return out
 
     def __call__(self, clip: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from edge_asd.io.files import audio_files
 from edge_asd.errors import DataError
 
 from train.data.outliers import decoded_dir_for, outlier_statistics, soundfile_extensions
+from train.data.pseudo import synthesize_pseudo_anomalous
 from train.data.stats import ClipStats, ClipStatsCache, clip_statistics, default_cache_dir, pooled_stats, standardize_with
 
 
@@ -144,6 +145,13 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool 
         warnings.warn(f"{cfg.outliers}: ignoring {len(inside)} clip(s) of the target machine {cfg.machine!r}", stacklevel=2)
         outliers = [p for p in outliers if not p.resolve().is_relative_to(own_root)]
 
+    synthesized = not others and not outliers and getattr(cfg, "pseudo_synth", False)
+    if synthesized:
+        cache_root = Path(cfg.cache_dir or default_cache_dir())
+        others = synthesize_pseudo_anomalous(cache_root, cfg.machine, len(own), cfg.seed, progress and rank == 0)
+        for p in others:
+            per_machine[f"synth:{p.parent.parent.name}"] = per_machine.get(f"synth:{p.parent.parent.name}", 0) + 1
+
     outlier_names = list(outliers)  # what messages call them (a decoded copy's name means nothing to a user)
     cache = _open_cache(cfg)
     threads = threads if threads is not None else min(16, os.cpu_count() or 1)
@@ -224,8 +232,8 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool 
     )
     if not pools.anomalous:
         raise DataError(
-            f"{data}: no pseudo-anomalous data: the data set has no other machine type with train clips "
-            "and no outliers folder was given"
+            f"{data}: no pseudo-anomalous data: the data set has no other machine type with train clips, "
+            "no outliers folder was given and pseudo_synth is off"
         )
     if pools.source.size == 0:
         raise DataError(f"{data / cfg.machine / 'train'}: no source-domain normal clip left for training")
@@ -261,6 +269,7 @@ def prepare_data(cfg, rank: int = 0, threads: int | None = None, progress: bool 
         ],
         "pseudo_anomalous": {
             "machines": per_machine,
+            "synthesized": bool(synthesized),  # other machine types from edge_asd.synth (one machine type, no outliers)
             "outliers": str(cfg.outliers) if cfg.outliers is not None else None,
             "n_outliers": int(pools.outliers.size),
         },

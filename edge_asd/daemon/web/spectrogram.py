@@ -52,7 +52,9 @@ def encode_png(rgb: np.ndarray) -> bytes:
 def spectrogram_png(wav: Path, features: LogMelStats | None = None) -> bytes:
     """The log-mel spectrogram of a WAV file: time left to right, low frequencies at the bottom."""
     x, rate = sf.read(wav, dtype="float32", always_2d=True)
-    features = features or LogMelStats(LogMelStatsConfig(sample_rate=rate, f_max=rate / 2))
+    # The page shows the level as recorded, in dB over the whole band (not the plain system's standardized clip).
+    features = features or LogMelStats(LogMelStatsConfig(
+        sample_rate=rate, f_min=0.0, f_max=rate / 2, mel_scale="slaney", amplitude="recorded", log="db", log_eps=1e-10))
     x = x[:, 0]
     if x.size < features.cfg.n_fft:
         x = np.pad(x, (0, features.cfg.n_fft - x.size))

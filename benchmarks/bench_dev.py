@@ -1,0 +1,190 @@
+"""The development benchmark of issue "Detection quality III": the product's own default command against
+the strong plain reference (``shared/reference/plain_baseline.py``), over generators and seeds.
+
+    .venv/bin/python benchmarks/bench_dev.py run DATA_DIR... --out DIR [--train-seeds 0,1] [--machines a,b]
+        [--variant NAME --train-args "--steps 150"] [--export-args "..."]
+    .venv/bin/python benchmarks/bench_dev.py table DIR [--variants a,b] [--match GLOB]
+
+``run``: for every data folder (one generator at one data seed, DCASE layout), every training seed and
+every machine type, exactly what a user types: ``edge-asd-train --data D --machine M --out R --seed T``
+(defaults, plus ``--train-args`` for a candidate), ``edge-asd-export R`` (defaults: what is deployed) and
+``edge-asd-export R --no-plain`` (the learned member alone), ``edge-asd score`` and ``edge-asd evaluate``;
+and the yardstick script on the same folder. One JSON per (variant, data folder, training seed) under
+``DIR/<variant>/``; finished ones are reused, so a killed run resumes.
+
+``table``: mean and spread (standard deviation over data and training seeds) of the official score
+(harmonic mean of AUC source, AUC target, pAUC over all sections, the CONTRACT's metric) per generator,
+the ratio to the plain reference computed per run and then averaged, the lowest section's target AUC
+(mean over runs), wall time and steps. The generator is the data folder's name up to ``_s<seed>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference" / "plain_baseline.py"
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    t0 = time.monotonic()
+    with open(log, "a") as fh:
+        fh.write("$ " + shlex.join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"failed ({rc}): {shlex.join(cmd)} (see {log})")
+    return time.monotonic() - t0
+
+
+def _evaluate(folder: Path) -> dict:
+    out = subprocess.run([str(BIN / "edge-asd"), "evaluate", str(folder), "--json"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _summary(result: dict) -> dict:
+    target = [s.get("auc_target") for m in result["machines"].values() for s in m["sections"].values()]
+    target = [t for t in target if t is not None]
+    return {"official": result["official_score"], "machines": {m: e["hmean"] for m, e in result["machines"].items()},
+            "min_target_auc": min(target) if target else None, "result": result}
+
+
+def _steps(run: Path) -> int | None:
+    losses = run / "losses.csv"
+    if not losses.is_file():
+        return None
+    lines = losses.read_text().strip().splitlines()
+    return int(lines[-1].split(",")[0]) if len(lines) > 1 else 0
+
+
+def _decision(run: Path) -> str | None:
+    gate = run / "gate.json"
+    return json.loads(gate.read_text()).get("decision") if gate.is_file() else None
+
+
+def run_one(data: Path, out: Path, variant: str, train_seed: int, machines: list[str], train_args: list[str],
+            export_args: list[str]) -> dict:
+    work = out / variant / "work" / f"{data.name}_t{train_seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "log.txt"
+    sub_default, sub_learned = work / "sub_default", work / "sub_learned"
+    record = {"variant": variant, "data": str(data), "train_seed": train_seed, "train_args": train_args,
+              "export_args": export_args, "machines": {}}
+    for m in machines:
+        run = work / "runs" / m
+        wall = _run([str(BIN / "edge-asd-train"), "--data", str(data), "--machine", m, "--out", str(run), "--seed",
+                     str(train_seed), "--device", "cpu", "--quiet", *train_args], log)
+        for tag, extra, sub in (("default", [], sub_default), ("learned", ["--no-plain"], sub_learned)):
+            bundle = work / f"{m}-{tag}.asd"
+            try:
+                _run([str(BIN / "edge-asd-export"), str(run), "--out", str(bundle), *export_args, *extra], log)
+            except SystemExit:
+                if tag == "learned":  # a run the gate left plain has no learned member to export alone
+                    continue
+                raise
+            _run([str(BIN / "edge-asd"), "score", str(bundle), str(data / m / "test"), "--out", str(sub), "--quiet"], log)
+        record["machines"][m] = {"train_wall_s": wall, "steps": _steps(run), "gate": _decision(run)}
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp) / "data"
+        view.mkdir()
+        for m in machines:  # the reference scores every machine folder it finds: show it only those benchmarked
+            (view / m).symlink_to((data / m).resolve(), target_is_directory=True)
+        _run([sys.executable, str(REFERENCE), str(view), str(work / "sub_plain")], log)
+    record["default"] = _summary(_evaluate(sub_default))
+    record["plain"] = _summary(_evaluate(work / "sub_plain"))
+    if sub_learned.is_dir() and any(sub_learned.iterdir()):
+        record["learned"] = _summary(_evaluate(sub_learned))
+    return record
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    (out / args.variant).mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.train_seeds.split(",")]
+    train_args, export_args = shlex.split(args.train_args or ""), shlex.split(args.export_args or "")
+    for data in map(Path, args.data):
+        machines = args.machines.split(",") if args.machines else sorted(
+            p.name for p in data.iterdir() if (p / "test").is_dir() and (p / "train").is_dir())
+        for seed in seeds:
+            dest = out / args.variant / f"{data.name}_t{seed}.json"
+            if dest.is_file():
+                continue
+            t0 = time.monotonic()
+            record = run_one(data, out, args.variant, seed, machines, train_args, export_args)
+            record["wall_s"] = time.monotonic() - t0
+            dest.write_text(json.dumps(record, indent=1))
+            print(f"{args.variant} {data.name} t{seed}: default {100 * record['default']['official']:.2f}, "
+                  f"plain {100 * record['plain']['official']:.2f} ({record['wall_s']:.0f} s)", flush=True)
+
+
+def _generator(name: str) -> str:
+    return re.sub(r"_s\d+_t\d+$", "", name)
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    out = Path(args.dir)
+    variants = args.variants.split(",") if args.variants else sorted(p.name for p in out.iterdir() if p.is_dir())
+    lines = ["| variant | generator | runs | default (mean ± sd) | vs plain | learned alone | plain reference | "
+             "min target AUC | stage 1 + 2 wall / machine | steps | gate: plain only |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        recs: dict[str, list[dict]] = {}
+        for p in sorted((out / v).glob("*.json")):
+            if args.match and not fnmatch.fnmatch(p.stem, args.match):
+                continue
+            recs.setdefault(_generator(p.stem), []).append(json.loads(p.read_text()))
+        for gen, rs in sorted(recs.items()):
+            d = np.array([r["default"]["official"] for r in rs]) * 100
+            pl = np.array([r["plain"]["official"] for r in rs]) * 100
+            le = [r["learned"]["official"] * 100 for r in rs if "learned" in r]
+            mt = [r["default"]["min_target_auc"] * 100 for r in rs if r["default"]["min_target_auc"] is not None]
+            walls = [mm["train_wall_s"] for r in rs for mm in r["machines"].values()]
+            steps = [mm["steps"] for r in rs for mm in r["machines"].values() if mm["steps"] is not None]
+            gates = [mm.get("gate") for r in rs for mm in r["machines"].values()]
+            lines.append(
+                f"| {v} | {gen} | {len(rs)} | {d.mean():.2f} ± {d.std():.2f} | {np.mean(d / pl):.3f}x | "
+                + (f"{np.mean(le):.2f} ± {np.std(le):.2f}" if le else "n/a")
+                + f" | {pl.mean():.2f} ± {pl.std():.2f} | {np.mean(mt):.1f} | {np.median(walls):.0f} s | "
+                + (f"{int(np.median(steps))}" if steps else "n/a")
+                + f" | {sum(g == 'plain' for g in gates)}/{len(gates)} |"
+            )
+    print("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("data", nargs="+")
+    r.add_argument("--out", required=True)
+    r.add_argument("--variant", default="default")
+    r.add_argument("--train-seeds", default="0,1")
+    r.add_argument("--machines")
+    r.add_argument("--train-args", help="extra edge-asd-train flags of a candidate (quoted)")
+    r.add_argument("--export-args", help="extra edge-asd-export flags of a candidate (quoted)")
+    r.set_defaults(func=cmd_run)
+    t = sub.add_parser("table")
+    t.add_argument("dir")
+    t.add_argument("--variants")
+    t.add_argument("--match", help="only runs whose name matches this glob, e.g. '*_s1_*' for the validation seed")
+    t.set_defaults(func=cmd_table)
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""A user with one machine type and no outliers folder trains a detector (issue "Detection quality III",
+item 5), and the no-regret check decides what the bundle holds (item 6)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_asd.io.audio import read_audio
+from edge_asd.io.dcase import list_clips
+from edge_asd.runtime.bundle import open_bundle
+from tonal_data import tiny_config
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def only_fan(data_root, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one") / "data"
+    shutil.copytree(data_root / "fan", root / "fan")
+    return root
+
+
+def test_one_machine_type_gets_synthesized_pseudo_anomalies_once(only_fan, cache_dir, tmp_path):
+    from train.data import prepare_data
+    from train.data.pseudo import MIN_CLIPS
+
+    cfg = replace(tiny_config(only_fan, tmp_path / "run", cache_dir), segment_seconds=1.0)
+    data = prepare_data(cfg)
+    doc = data.split["pseudo_anomalous"]
+    assert doc["synthesized"] is True
+    assert data.pools.machines.size >= MIN_CLIPS and data.pools.outliers.size == 0
+    assert set(doc["machines"]) == {"synth:bearing", "synth:gearbox", "synth:pump", "synth:valve"}  # not "fan": the user's name
+    folders = sorted((cache_dir / "pseudo_anomalous").iterdir())
+    assert len(folders) == 1
+    stamp = {p: p.stat().st_mtime_ns for p in folders[0].rglob("*.wav")}
+    again = prepare_data(cfg)  # a rerun reads the same files, written once
+    assert again.pools.machines.size == data.pools.machines.size
+    assert {p: p.stat().st_mtime_ns for p in folders[0].rglob("*.wav")} == stamp
+    assert sorted((cache_dir / "pseudo_anomalous").iterdir()) == folders
+
+
+def test_alterations_are_seeded_and_change_the_clip():
+    from train.gate import ALTERATIONS, alter
+
+    x = (0.1 * np.random.default_rng(0).standard_normal(SR * 2)).astype(np.float32)
+    for kind in ALTERATIONS:
+        a = alter(x, kind, np.random.default_rng(1))
+        b = alter(x, kind, np.random.default_rng(1))
+        assert a.shape == x.shape and a.dtype == np.float32 and np.all(np.isfinite(a))
+        np.testing.assert_array_equal(a, b)
+        assert np.abs(a - x).mean() > 1e-3 * np.abs(x).mean(), kind
+    with pytest.raises(ValueError, match="unknown alteration"):
+        alter(x, "rattle", np.random.default_rng(0))
+
+
+def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tmp_path):
+    """edge-asd-train on a folder with one machine type trains, checks, and edge-asd-export follows the check."""
+    from edge_asd.cli.main import main as asd_main
+    from export.cli import main as export_main
+    from train.cli import main as train_main
+
+    conf = tmp_path / "tiny.json"
+    cfg = tiny_config(only_fan, tmp_path / "unused", cache_dir, segment_seconds=1.0).to_dict()
+    conf.write_text(json.dumps({k: v for k, v in cfg.items() if k not in ("data", "machine", "out")}))
+    run = tmp_path / "run"
+    assert train_main(["--data", str(only_fan), "--machine", "fan", "--out", str(run), "--config", str(conf),
+                       "--steps", "6", "--quiet"]) == 0
+    gate = json.loads((run / "gate.json").read_text())
+    assert gate["decision"] in ("ensemble", "plain")
+    for key in ("auc_plain", "auc_learned", "auc_ensemble"):
+        assert 0.0 <= gate[key] <= 1.0
+    assert gate["n_normals"] == gate["n_pseudo"] > 0
+    assert json.loads((run / "split.json").read_text())["pseudo_anomalous"]["synthesized"] is True
+
+    # the export follows the decision, whichever it is, and says so in the manifest
+    for decision, n_members in (("ensemble", 2), ("plain", 1)):
+        (run / "gate.json").write_text(json.dumps({**gate, "decision": decision}))
+        bundle = tmp_path / f"{decision}.asd"
+        assert export_main([str(run), "--out", str(bundle)]) == 0
+        manifest = open_bundle(bundle).manifest
+        assert manifest["gate"]["decision"] == decision
+        assert len(manifest["members"]) == n_members
+        if decision == "plain":
+            assert manifest["members"][0]["system"] == "plain"
+        out = tmp_path / f"sub-{decision}"
+        assert asd_main(["score", str(bundle), str(only_fan / "fan" / "train"), "--section", "00", "--out", str(out),
+                         "--quiet"]) == 0
+    # --no-plain is the learned member alone, whatever the check said
+    assert export_main([str(run), "--out", str(tmp_path / "learned.asd"), "--no-plain"]) == 0
+    manifest = open_bundle(tmp_path / "learned.asd").manifest
+    assert len(manifest["members"]) == 1 and manifest["members"][0].get("system") != "plain"
+
+
+def test_bundle_scores_ignore_the_recording_gain(tiny_bundle, tiny_data):
+    """Every member standardizes the clip: +-12 dB of recording gain leaves the score where it was."""
+    from edge_asd.runtime.scorer import load_scorer
+
+    scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
+    clips = list_clips(tiny_data, "fan", "test")[:4]
+    for c in clips:
+        x = read_audio(c.path)
+        base = scorer.score(x, c.section).score
+        for db in (-12.0, 12.0):
+            got = scorer.score(x * np.float32(10 ** (db / 20)), c.section).score
+            assert abs(got - base) <= 1e-3 * max(1.0, abs(base)), (c.name, db, got, base)

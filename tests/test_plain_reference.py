@@ -1,0 +1,101 @@
+"""The product's plain system is the strong plain reference (shared/reference/plain_baseline.py)
+number for number, ignores the recording gain, and reads old bundles' settings back."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_asd.io.audio import read_audio
+from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE = SHARED / "reference" / "plain_baseline.py"
+REAL = SHARED / "real-samples"
+
+
+def _reference():
+    if not REFERENCE.is_file():
+        pytest.skip(f"{REFERENCE} not beside the repository")
+    spec = importlib.util.spec_from_file_location("plain_baseline", REFERENCE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_features_equal_the_reference_scripts_on_real_clips():
+    ref = _reference()
+    paths = sorted(REAL.glob("*/train/*.wav"))[::5]
+    assert len(paths) >= 10
+    f = LogMelStats()
+    for p in paths:
+        want = ref.feats(ref.load(str(p)))
+        got = f(read_audio(p))
+        # float32 throughout against the script's float64: a few 1e-7 in the log domain
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(p))
+
+
+def test_features_ignore_the_recording_gain_and_legacy_keeps_it():
+    rng = np.random.default_rng(3)
+    t = np.arange(16000 * 3) / 16000
+    clip = (0.05 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    f = LogMelStats()
+    base = f(clip)
+    for db in (-12.0, 12.0):
+        np.testing.assert_allclose(f(clip * np.float32(10 ** (db / 20))), base, rtol=1e-5, atol=1e-4)
+    # a level-keeping configuration sees +12 dB as +12 dB on every band's mean (dB)
+    legacy = LogMelStats(LogMelStatsConfig.from_dict({"kind": "logmel_stats", "n_mels": 64, "f_min": 0.0, "f_max": 8000.0}))
+    assert legacy.cfg.amplitude == "recorded" and legacy.cfg.log == "db" and legacy.cfg.mel_scale == "slaney"
+    quiet, loud = legacy(clip), legacy(clip * np.float32(10 ** (12 / 20)))
+    np.testing.assert_allclose(loud[:64] - quiet[:64], 12.0, atol=1e-2)
+    np.testing.assert_allclose(loud[64:], quiet[64:], atol=1e-2)
+
+
+def test_silence_and_bad_settings():
+    f = LogMelStats()
+    out = f(np.zeros(16000, dtype=np.float32))
+    assert np.all(np.isfinite(out))  # standardized silence is all zeros: log(eps), no NaN
+    with pytest.raises(ValueError, match="shorter than the 1024-sample window"):
+        f(np.ones(500, dtype=np.float32))
+    with pytest.raises(ValueError, match="amplitude 'loud'"):
+        LogMelStatsConfig(amplitude="loud")
+    with pytest.raises(ValueError):
+        LogMelStatsConfig(f_max=9000.0)
+
+
+def _read_scores(folder: Path) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for p in sorted(folder.glob("anomaly_score_*.csv")):
+        with open(p, newline="") as fh:
+            out[p.name] = {row[0]: float(row[1]) for row in csv.reader(fh)}
+    return out
+
+
+def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
+    """`edge-asd-train --system plain` -> `edge-asd-export` -> `edge-asd score` orders every test clip
+    of every section as the yardstick script does (a per-section standardization is monotone)."""
+    ref = _reference()
+    from edge_asd.cli.main import main as asd_main
+    from export.cli import main as export_main
+    from train.cli import main as train_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fan").symlink_to(REAL / "fan", target_is_directory=True)
+    run, bundle = tmp_path / "plain", tmp_path / "fan.asd"
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain", "--quiet"]) == 0
+    assert export_main([str(run), "--out", str(bundle)]) == 0
+    assert asd_main(["score", str(bundle), str(data / "fan" / "test"), "--out", str(tmp_path / "product")]) == 0
+    ref.main(str(data), str(tmp_path / "reference"))
+    got, want = _read_scores(tmp_path / "product"), _read_scores(tmp_path / "reference")
+    assert got.keys() == want.keys() and got
+    for name in want:
+        assert got[name].keys() == want[name].keys()
+        clips = sorted(want[name])
+        order_want = np.argsort([want[name][c] for c in clips], kind="stable")
+        order_got = np.argsort([got[name][c] for c in clips], kind="stable")
+        assert order_got.tolist() == order_want.tolist(), name

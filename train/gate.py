@@ -1,0 +1,196 @@
+"""No regret: a label-free check, at training time, of whether the learned member joins the plain system.
+
+A user cannot see real anomalies before deploying, and on data where nothing
+learned helps, an ensemble with a weak learned member is worse than the plain
+system alone (issue "Detection quality III", item 6). So before the bundle is
+made, both are compared on what can be measured without labels:
+
+* **normals**: up to ``MAX_PER_SECTION`` normal clips of each section, scored
+  out of fold: each fold by section models fitted (with the run's own stage-2
+  configuration) on every other normal of the section;
+* **pseudo-anomalies**: one altered copy of each of those clips, altered by a
+  generic change a failing machine makes (an added tone, periodic clicks, a
+  raised band, a speed change, amplitude modulation), scored by the same fold's
+  models. They come from clips the fold's models never saw, and they are not
+  the other machine types the extractor was trained to push away, which would
+  flatter it.
+
+The AUC of each system (the plain one, the learned one, their standardized
+ensemble as exported) is the mean over sections. The learned member joins when
+the ensemble's AUC is at least the plain system's minus ``MARGIN``; otherwise
+the bundle is the plain system alone. ``RUN/gate.json`` records the decision and
+its figures; ``edge-asd-export`` follows it and copies it into the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_asd.io.audio import normalize, read_audio, segment
+from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+from edge_asd.scoring.combine import combine_parts, p_target
+from edge_asd.scoring.metrics import roc_auc
+from edge_asd.scoring.section import section_parts
+from edge_asd.scoring.stage2 import Stage2Config, fit_section
+
+from .data import run_spec
+
+log = logging.getLogger(__name__)
+
+GATE_FILE = "gate.json"
+ALTERATIONS = ("tone", "clicks", "band", "speed", "modulation")
+MARGIN = 0.02  # "materially worse": an ensemble this far below the plain system on the check is refused
+MAX_PER_SECTION = 40  # normals checked per section (all of a section's normals stay in its models' banks otherwise)
+N_FOLDS = 5
+SR = 16000
+
+
+@dataclass
+class GateResult:
+    decision: str  # "ensemble" (learned + plain) or "plain"
+    auc_plain: float | None  # None: nothing could be checked
+    auc_learned: float | None
+    auc_ensemble: float | None
+    margin: float
+    n_normals: int
+    n_pseudo: int
+    alterations: tuple[str, ...] = ALTERATIONS
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "alterations": list(self.alterations),
+                "rule": "ensemble when its AUC >= plain's - margin: held-out normals (out of fold) against altered copies"}
+
+
+def alter(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """One altered copy of a clip: a change of the kind a fault makes, at a level a fault would have."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    t = np.arange(n) / SR
+    rms = float(x.std()) + 1e-12
+    if kind == "tone":  # a new line in the spectrum: a whine, a rub at a fixed frequency
+        level = rms * 10 ** (rng.uniform(-24.0, -12.0) / 20) * np.sqrt(2)
+        y = x + level * np.sin(2 * np.pi * rng.uniform(150.0, 6000.0) * t + rng.uniform(0, 2 * np.pi))
+    elif kind == "clicks":  # periodic impacts ringing a resonance: a bearing defect, a loose part
+        period = int(SR / rng.uniform(4.0, 40.0))
+        ring = np.exp(-np.arange(int(0.01 * SR)) / (0.002 * SR)) * np.sin(2 * np.pi * rng.uniform(800.0, 5000.0) * np.arange(int(0.01 * SR)) / SR)
+        pulses = np.zeros(n)
+        pulses[int(rng.integers(0, period))::period] = 1.0
+        clicks = np.convolve(pulses, ring)[:n]
+        y = x + clicks * (rms * 10 ** (rng.uniform(-12.0, 0.0) / 20) / (clicks.std() + 1e-12))
+    elif kind == "band":  # one band louder: a resonance excited, a clogged filter
+        spec = np.fft.rfft(x)
+        f = np.fft.rfftfreq(n, 1 / SR)
+        lo = rng.uniform(200.0, 5000.0)
+        spec[(f >= lo) & (f <= lo * rng.uniform(1.2, 1.6))] *= 10 ** (rng.uniform(6.0, 12.0) / 20)
+        y = np.fft.irfft(spec, n)
+    elif kind == "speed":  # the machine runs off its speed: load, slip, a failing drive
+        factor = 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.03, 0.08)
+        pos = np.arange(n) * factor
+        y = np.interp(pos % (n - 1), np.arange(n), x)
+    elif kind == "modulation":  # a periodic surge: imbalance, a damaged blade
+        y = x * (1.0 + rng.uniform(0.3, 0.6) * np.sin(2 * np.pi * rng.uniform(2.0, 20.0) * t))
+    else:
+        raise ValueError(f"unknown alteration {kind!r}")
+    return y.astype(np.float32)
+
+
+def _section_scores(parts_fn, section: str, emb: np.ndarray, domains: np.ndarray, logits: np.ndarray,
+                    cfg: Stage2Config, checked: np.ndarray, folds: np.ndarray, emb_alt: np.ndarray, logits_alt: np.ndarray):
+    """Per fold: fit on the section's normals but the fold's, return the fold's normal and altered parts."""
+    normal_parts, altered_parts, p_normal, p_altered = [], [], [], []
+    for f in np.unique(folds):
+        held = checked[folds == f]
+        keep = np.ones(len(emb), bool)
+        keep[held] = False
+        model = fit_section(section, emb[keep], domains[keep], logits[keep], cfg).model
+        normal_parts.append(parts_fn(model, emb[held]))
+        altered_parts.append(parts_fn(model, emb_alt[folds == f]))
+        p_normal.append(p_target(logits[held], cfg.kappa))
+        p_altered.append(p_target(logits_alt[folds == f], cfg.kappa))
+    cat = lambda ps: {k: np.concatenate([p[k] for p in ps]) for k in ps[0]}  # noqa: E731
+    return cat(normal_parts), cat(altered_parts), np.concatenate(p_normal), np.concatenate(p_altered)
+
+
+def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approach: str, device: str = "cpu",
+                         seed: int = 0) -> GateResult:
+    """Compare the plain system, the learned one and their ensemble on held-out normals against altered copies."""
+    from .embed import embed_segments, load_extractor
+    from .stage2 import embed_normals, load_stage2
+
+    s2cfg, _ = load_stage2(run_dir, approach)
+    p2cfg, _ = load_stage2(plain_dir, "generalization")
+    held = embed_normals(run_dir, data_root, s2cfg.bank, device=device, progress=False)
+    with np.load(plain_dir / "stage2" / "normal_embeddings.npz", allow_pickle=False) as z:
+        plain_by_name = dict(zip(z["names"].tolist(), z["embeddings"]))
+    split = {c["name"]: c["path"] for c in json.loads((run_dir / "split.json").read_text())["clips"]}
+    features = LogMelStats(LogMelStatsConfig.from_dict(json.loads((plain_dir / "config.json").read_text())["features"]))
+    spec = run_spec(run_dir)
+    extractor = load_extractor(run_dir, device=device)
+    rng = np.random.default_rng([seed, 0x6A7E])
+
+    y, s_plain, s_learned, s_ens = [], [], [], []
+    aucs = {"plain": [], "learned": [], "ensemble": []}
+    n_normals = 0
+    for section in sorted(set(held["sections"].tolist())):
+        idx = np.flatnonzero(held["sections"] == section)
+        names = held["names"][idx].tolist()
+        if len(idx) < 3 or not all(n in plain_by_name for n in names):
+            continue
+        emb, doms, logits = held["embeddings"][idx], held["domains"][idx], held["domain_logits"][idx]
+        pemb = np.stack([plain_by_name[n] for n in names])
+        # every target clip (the scarce domain the check must see), then source clips up to the cap
+        order = np.r_[np.flatnonzero(doms == "target"), rng.permutation(np.flatnonzero(doms != "target"))]
+        checked = np.sort(order[:MAX_PER_SECTION])
+        # folds by domain, round robin: a fold takes as few of the scarce target clips as it can
+        k = min(N_FOLDS, len(checked))
+        folds = np.empty(len(checked), dtype=np.int64)
+        for dom in ("source", "target"):
+            sel = np.flatnonzero(doms[checked] == dom)
+            folds[sel] = rng.permutation(np.arange(len(sel)) % k)
+        alt_emb, alt_logit, alt_plain = [], [], []
+        for j, i in enumerate(checked):
+            x = read_audio(data_root / split[names[i]])
+            xa = alter(x, ALTERATIONS[(j + int(rng.integers(len(ALTERATIONS)))) % len(ALTERATIONS)], rng)
+            e, lg = embed_segments(extractor, segment(normalize(xa, spec), spec), device=device)
+            alt_emb.append(e)
+            alt_logit.append(lg)
+            alt_plain.append(features(xa)[None, :])
+        alt_emb, alt_logit, alt_plain = np.stack(alt_emb), np.stack(alt_logit), np.stack(alt_plain)
+        learned_parts = lambda m, e: section_parts(m, e, s2cfg.aggregator)  # noqa: E731
+        plain_parts = lambda m, e: section_parts(m, e, p2cfg.aggregator)  # noqa: E731
+        try:
+            ln, la, pn, pa = _section_scores(learned_parts, section, emb, doms, logits, s2cfg, checked, folds, alt_emb, alt_logit)
+            zero = np.zeros((len(idx), 1), np.float32)
+            qn, qa, _, _ = _section_scores(plain_parts, section, pemb, doms, zero, p2cfg, checked, folds, alt_plain,
+                                           np.zeros((len(checked), 1), np.float32))
+        except ValueError as exc:  # a fold left too few clips of a domain to fit: the section is not checked
+            log.info("%s: section %s not checked (%s)", run_dir, section, exc)
+            continue
+        labels = np.r_[np.zeros(len(checked)), np.ones(len(checked))]
+        plain = np.r_[combine_parts([qn], pn, "generalization"), combine_parts([qa], pa, "generalization")]
+        learned = np.r_[combine_parts([ln], pn, approach), combine_parts([la], pa, approach)]
+        ens = np.r_[combine_parts([ln, qn], pn, approach), combine_parts([la, qa], pa, approach)]
+        for key, s in (("plain", plain), ("learned", learned), ("ensemble", ens)):
+            aucs[key].append(roc_auc(labels, s))
+        n_normals += len(checked)
+    if not aucs["plain"]:
+        # Nothing could be checked (too few normals in every section): the report's ensemble, as before the check.
+        log.info("%s: too few normal clips for the no-regret check; the learned member joins unchecked", run_dir)
+        return GateResult("ensemble", None, None, None, MARGIN, 0, 0)
+    mean = {k: float(np.mean(v)) for k, v in aucs.items()}
+    decision = "ensemble" if mean["ensemble"] >= mean["plain"] - MARGIN else "plain"
+    return GateResult(decision, mean["plain"], mean["learned"], mean["ensemble"], MARGIN, n_normals, n_normals)
+
+
+def write_gate(run_dir: Path, result: GateResult) -> None:
+    (Path(run_dir) / GATE_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def read_gate(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / GATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -109,3 +109,42 @@ def test_bundle_scores_ignore_the_recording_gain(tiny_bundle, tiny_data):
         for db in (-12.0, 12.0):
             got = scorer.score(x * np.float32(10 ** (db / 20)), c.section).score
             assert abs(got - base) <= 1e-3 * max(1.0, abs(base)), (c.name, db, got, base)
+
+
+def _write(folder: Path, n: int, silent: bool = False, seconds: float = 3.0) -> None:
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(n)
+    for i in range(n):
+        x = np.zeros(int(SR * seconds), np.float32) if silent else (0.1 * rng.standard_normal(int(SR * seconds))).astype(np.float32)
+        sf.write(folder / f"section_00_source_train_normal_{i:04d}.wav", x, SR, subtype="PCM_16")
+
+
+@pytest.mark.parametrize("n, silent, message", [
+    (12, True, "all 12 normal training clip(s) are silent"),
+    (1, False, "standardization needs at least 2 normal clips, got 1"),
+])
+def test_data_no_system_can_learn_from_is_refused_in_one_line(tmp_path, capsys, n, silent, message):
+    from train.cli import main as train_main
+
+    _write(tmp_path / "data" / "pump" / "train", n, silent)
+    run = tmp_path / "run"
+    assert train_main(["--data", str(tmp_path / "data"), "--machine", "pump", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("edge-asd-train: error: ")
+    assert not run.exists()
+
+
+def test_too_few_clips_for_a_learned_system_get_the_plain_one(tmp_path, caplog):
+    import logging
+
+    from train.cli import main as train_main
+    from train.plain import is_plain_run
+
+    _write(tmp_path / "data" / "pump" / "train", 4)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="train.cli"):
+        assert train_main(["--data", str(tmp_path / "data"), "--machine", "pump", "--out", str(run), "--quiet"]) == 0
+    assert is_plain_run(run)
+    assert any("too few to train a feature extractor" in r.getMessage() for r in caplog.records)

@@ -61,6 +61,14 @@ def _train(args: argparse.Namespace) -> int:
     data, out = Path(args.data), Path(args.out)
     if not (data / args.machine / "train").is_dir():
         raise UserError(f"{data / args.machine / 'train'}: no such folder (expected the DCASE layout DATA/<machine>/train/)")
+    if not args.resume:
+        from .preflight import MIN_LEARNED_CLIPS, count_normals
+
+        n_normals = count_normals(data, args.machine)  # refuses a folder of silent clips for every system
+        if args.system != "plain" and n_normals < MIN_LEARNED_CLIPS:
+            log.info("%s: %d normal training clip(s) are too few to train a feature extractor (%d or more are needed): "
+                     "fitting the plain system alone", args.machine, n_normals, MIN_LEARNED_CLIPS)
+            args.system = "plain"
     if args.system == "plain":
         s2 = plain_stage2(seed=args.seed or 0, threshold_rule=args.threshold)
         fit_plain(data, args.machine, out, s2)
@@ -185,6 +193,8 @@ def _gate(run_dir: Path, data: Path, approach: str, device: str, seed: int) -> N
     result = check_learned_member(run_dir, run_dir / "baseline" / "plain", data, approach, device=device, seed=seed)
     write_gate(run_dir, result)
     if result.auc_plain is None:
+        log.info("no-regret check: too few normal clips in every section to check the learned member: "
+                 "edge-asd-export deploys the plain system alone")
         return
     verdict = ("the learned member joins the plain one" if result.decision == "ensemble"
                else "the learned member does not help: edge-asd-export deploys the plain system alone")

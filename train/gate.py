@@ -18,7 +18,8 @@ made, both are compared on what can be measured without labels:
 The AUC of each system (the plain one, the learned one, their standardized
 ensemble as exported) is the mean over sections. The learned member joins when
 the ensemble's AUC is at least the plain system's minus ``MARGIN``; otherwise
-the bundle is the plain system alone. ``RUN/gate.json`` records the decision and
+the bundle is the plain system alone, as it is when no section has the
+clips to be checked. ``RUN/gate.json`` records the decision and
 its figures; ``edge-asd-export`` follows it and copies it into the manifest.
 """
 
@@ -179,9 +180,9 @@ def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approa
             aucs[key].append(roc_auc(labels, s))
         n_normals += len(checked)
     if not aucs["plain"]:
-        # Nothing could be checked (too few normals in every section): the report's ensemble, as before the check.
-        log.info("%s: too few normal clips for the no-regret check; the learned member joins unchecked", run_dir)
-        return GateResult("ensemble", None, None, None, MARGIN, 0, 0)
+        # Nothing could be checked (too few normals in every section): an unchecked learned member
+        # is a risk the plain system does not carry.
+        return GateResult("plain", None, None, None, MARGIN, 0, 0)
     mean = {k: float(np.mean(v)) for k, v in aucs.items()}
     decision = "ensemble" if mean["ensemble"] >= mean["plain"] - MARGIN else "plain"
     return GateResult(decision, mean["plain"], mean["learned"], mean["ensemble"], MARGIN, n_normals, n_normals)

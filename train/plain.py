@@ -65,7 +65,7 @@ def fit_plain(
         "sections": np.array([c.section for c in clips]),
         "domains": np.array([c.domain or "source" for c in clips]),
     }
-    check_normals(normals, cfg)
+    check_normals(normals, cfg, str(data / machine / "train"))
     normals["embeddings"] = clip_features([c.path for c in clips], LogMelStats(fcfg))
     normals["domain_logits"] = np.zeros((len(clips), 1), dtype=np.float32)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from edge_asd.io.dcase import list_clips
 from edge_asd.errors import DataError
 from edge_asd.scoring.stage2 import Stage2Config, check_fittable
@@ -21,6 +23,42 @@ from edge_asd.scoring.stage2 import Stage2Config, check_fittable
 from .data import split_normals
 
 log = logging.getLogger(__name__)
+
+
+# Below this many normal clips a learned extractor has nothing to learn from that the plain system does
+# not already use (and the no-regret check has too few held-out clips to judge it): plain system alone.
+MIN_LEARNED_CLIPS = 10
+
+
+SILENT_PEAK = 10 ** (-90 / 20)  # below -90 dBFS: a muted or unplugged microphone, not a machine
+
+
+def count_normals(data: Path, machine: str) -> int:
+    """Normal training clips of ``machine`` after :func:`check_audible` (DataError when there are none)."""
+    clips = [c for c in list_clips(data, machine, "train") if c.label in (None, "normal")]
+    check_audible([c.path for c in clips], data / machine / "train")
+    return len(clips)
+
+
+def check_audible(paths: list[Path], where: Path) -> None:
+    """:class:`DataError` when every clip is silent: no system can learn a machine from a muted microphone.
+
+    Some silent clips among sounding ones are only counted in the log (a machine that was off).
+    """
+    import soundfile as sf
+
+    silent = 0
+    for p in paths:
+        try:
+            peak = float(np.max(np.abs(sf.read(str(p), dtype="float32", always_2d=True)[0]), initial=0.0))
+        except Exception:  # unreadable files are the readers' to name, with their own message
+            continue
+        silent += peak < SILENT_PEAK
+    if paths and silent == len(paths):
+        raise DataError(f"{where}: all {silent} normal training clip(s) are silent (peak below -90 dBFS); "
+                        "check the microphone (muted, unplugged, gain at zero)")
+    if silent:
+        log.warning("%s: %d of %d normal training clips are silent (peak below -90 dBFS)", where, silent, len(paths))
 
 
 def bank_counts(data: Path, machine: str, bank: str, r_train: float, n_target_train: int, seed: int) -> dict[str, Counter]:

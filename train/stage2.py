@@ -22,6 +22,7 @@ import numpy as np
 
 from .data import run_spec
 from edge_asd.scoring.section import SectionModel, section_from_state, section_state
+from edge_asd.errors import DataError
 from edge_asd.scoring.stage2 import APPROACHES, Stage2Config, check_fittable, fit_section
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,14 @@ def fit_all(
     return fitted
 
 
-def check_normals(normals: dict[str, np.ndarray], cfg: Stage2Config) -> None:
+def check_normals(normals: dict[str, np.ndarray], cfg: Stage2Config, where: str = "") -> None:
+    """:class:`DataError` (one line, exit status 2) when a section's clips cannot be fitted; ``where`` names the data."""
     for section in sorted(set(normals["sections"].tolist())):
         dom = normals["domains"][normals["sections"] == section]
-        check_fittable(section, int(np.sum(dom == "source")), int(np.sum(dom == "target")), cfg)
+        try:
+            check_fittable(section, int(np.sum(dom == "source")), int(np.sum(dom == "target")), cfg)
+        except ValueError as exc:
+            raise DataError(f"{where + ': ' if where else ''}{exc}; no system can be fitted (record more normal clips)") from None
 
 
 def default_approach(run_dir: Path) -> str:

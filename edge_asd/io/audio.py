@@ -212,28 +212,98 @@ def _kaiser_lowpass(up: int, down: int, beta: float = 5.0) -> np.ndarray:
     return h * up
 
 
+def _polyphase_filter(orig_rate: int, target_rate: int) -> tuple[int, int, np.ndarray, int]:
+    """``(up, down, polyphase, half_len)`` of the rational resampler, ``polyphase[p, j] = h[p + j * up]``."""
+    g = math.gcd(int(orig_rate), int(target_rate))
+    up, down = int(target_rate) // g, int(orig_rate) // g
+    h = _kaiser_lowpass(up, down)
+    taps = -(-h.size // up)
+    hp = np.zeros(taps * up)
+    hp[: h.size] = h
+    return up, down, hp.reshape(taps, up).T, (h.size - 1) // 2
+
+
+def _polyphase_outputs(
+    x: np.ndarray, x_start: int, m_lo: int, m_hi: int, up: int, down: int, polyphase: np.ndarray, half_len: int
+) -> np.ndarray:
+    """Outputs ``m_lo..m_hi-1`` of resampling a signal of which ``x`` holds the samples from index ``x_start``.
+
+    Samples outside ``x`` count as zero: callers pass every sample the outputs reach
+    that exists (``resample`` the whole signal, :class:`StreamResampler` what it kept).
+    """
+    taps = polyphase.shape[1]
+    y = np.empty(max(0, m_hi - m_lo))
+    if y.size == 0:
+        return y
+    if x.size == 0:
+        y[:] = 0.0
+        return y
+    # Blocks of outputs bound the gathered window matrix (a 10 s clip at 48 kHz
+    # would otherwise need ~80 MB at once on a device with little memory).
+    for lo in range(m_lo, m_hi, 8192):
+        t = np.arange(lo, min(m_hi, lo + 8192), dtype=np.int64) * down + half_len
+        idx = (t // up)[:, None] - np.arange(taps)[None, :] - x_start
+        valid = (idx >= 0) & (idx < x.size)
+        gathered = np.where(valid, x[np.clip(idx, 0, x.size - 1)], 0.0)
+        y[lo - m_lo : lo - m_lo + t.size] = np.einsum("nj,nj->n", gathered, polyphase[t % up])
+    return y
+
+
 def resample(x: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Anti-aliased rational resampling of a 1-D signal (output length ceil(n * up / down))."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     if orig_rate == target_rate:
         return x.astype(np.float32)
-    g = math.gcd(int(orig_rate), int(target_rate))
-    up, down = int(target_rate) // g, int(orig_rate) // g
-    h = _kaiser_lowpass(up, down)
-    half_len = (h.size - 1) // 2
+    up, down, polyphase, half_len = _polyphase_filter(orig_rate, target_rate)
     n_out = -(-x.size * up // down)
-    taps = -(-h.size // up)
-    hp = np.zeros(taps * up)
-    hp[: h.size] = h
-    # polyphase[p, j] = h[p + j * up]
-    polyphase = hp.reshape(taps, up).T
-    y = np.empty(n_out)
-    # Blocks of outputs bound the gathered window matrix (a 10 s clip at 48 kHz
-    # would otherwise need ~80 MB at once on a device with little memory).
-    for lo in range(0, n_out, 8192):
-        t = np.arange(lo, min(n_out, lo + 8192)) * down + half_len
-        idx = (t // up)[:, None] - np.arange(taps)[None, :]
-        valid = (idx >= 0) & (idx < x.size)
-        gathered = np.where(valid, x[np.clip(idx, 0, x.size - 1)], 0.0)
-        y[lo : lo + t.size] = np.einsum("nj,nj->n", gathered, polyphase[t % up])
-    return y.astype(np.float32)
+    return _polyphase_outputs(x, 0, 0, n_out, up, down, polyphase, half_len).astype(np.float32)
+
+
+class StreamResampler:
+    """:func:`resample` of a signal that arrives block by block, in the memory of a block and the filter.
+
+    The outputs of :meth:`feed` and :meth:`finish`, put together, are :func:`resample`
+    of the whole signal, whatever the block sizes: an output is computed once every
+    input sample its filter reaches has arrived (or, in :meth:`finish`, is known to be
+    past the end), and the input it may still need is kept. So a recording of hours
+    is resampled with no seam at block boundaries and no whole-file read.
+    """
+
+    def __init__(self, orig_rate: int, target_rate: int = SAMPLE_RATE):
+        self.orig_rate, self.target_rate = int(orig_rate), int(target_rate)
+        self._same = self.orig_rate == self.target_rate
+        if not self._same:
+            self._up, self._down, self._polyphase, self._half_len = _polyphase_filter(orig_rate, target_rate)
+        self._kept = np.zeros(0)  # the input samples outputs still to come may reach
+        self._received = 0  # input samples fed so far
+        self._emitted = 0  # outputs given so far
+
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        """The outputs that ``x`` completes (float32; possibly none)."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        self._received += x.size
+        if self._same:
+            self._emitted += x.size
+            return x.astype(np.float32)
+        self._kept = np.concatenate([self._kept, x])
+        # Output m reaches up to input (m * down + half_len) // up: it is final once that sample has arrived.
+        ready = max(self._emitted, -(-(self._received * self._up - self._half_len) // self._down))
+        return self._emit(ready)
+
+    def finish(self) -> np.ndarray:
+        """The last outputs, which reach past the end of the signal (zeros there, as :func:`resample`)."""
+        if self._same:
+            return np.zeros(0, dtype=np.float32)
+        return self._emit(-(-self._received * self._up // self._down))
+
+    def _emit(self, m_hi: int) -> np.ndarray:
+        kept_start = self._received - self._kept.size
+        y = _polyphase_outputs(self._kept, kept_start, self._emitted, m_hi, self._up, self._down, self._polyphase,
+                               self._half_len)
+        self._emitted = m_hi
+        # The earliest input the next output reaches; everything before it is done with.
+        first_needed = (m_hi * self._down + self._half_len) // self._up - (self._polyphase.shape[1] - 1)
+        drop = min(max(0, first_needed - kept_start), self._kept.size)
+        if drop:
+            self._kept = self._kept[drop:]
+        return y.astype(np.float32)

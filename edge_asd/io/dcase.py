@@ -22,6 +22,13 @@ from edge_asd.errors import DataError
 from edge_asd.io.files import audio_files
 
 
+# What a labelled name may say (CONTRACT.md's data layout); writers check against these.
+DOMAINS = ("source", "target")
+SPLITS = ("train", "test")
+LABELS = ("normal", "anomaly")
+# Two digits, as _LABELLED reads a section; ASCII ones, since \d also matches other scripts' digits.
+SECTION_ID = re.compile(r"[0-9]{2}")
+
 _LABELLED = re.compile(
     r"^section_(?P<section>\d{2})_(?P<domain>source|target)_(?P<split>train|test)_"
     r"(?P<label>normal|anomaly)_(?P<index>\d+)(?:_(?P<attrs>.+))?$"
@@ -102,6 +109,11 @@ def parse_name(path: str | Path, machine: str | None = None) -> ClipInfo:
     raise DataError(
         f"{path}: not a DCASE clip name (expected section_XX_<source|target>_<train|test>_<normal|anomaly>_NNNN[_attributes].wav)"
     )
+
+
+def clip_name(section: str, domain: str, split: str, label: str, index: int) -> str:
+    """The labelled DCASE name of a clip without attributes, as :func:`parse_name` reads it back."""
+    return f"section_{section}_{domain}_{split}_{label}_{index:04d}.wav"
 
 
 def list_machines(data_root: str | Path) -> list[str]:

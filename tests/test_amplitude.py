@@ -42,7 +42,7 @@ def test_machine_level_travels_from_training_to_the_device(tmp_path):
     from train.cli import main as train_main
 
     data = tmp_path / "d"
-    generate(data, SynthConfig(machines=("fan", "valve"), sections=1, train_source=6, train_target=3, test=2,
+    generate(data, SynthConfig(machines=("fan", "valve"), sections=1, train_source=7, train_target=3, test=2,
                                seconds=3.0, seed=5, workers=1), progress=False)
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"backbone": "transformer", "embedding_dim": 16, "d_model": 16, "n_layers": 1, "n_heads": 2,

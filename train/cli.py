@@ -63,6 +63,8 @@ def _train(args: argparse.Namespace) -> int:
     data, out = Path(args.data), Path(args.out)
     if not (data / args.machine / "train").is_dir():
         raise UserError(f"{data / args.machine / 'train'}: no such folder (expected the DCASE layout DATA/<machine>/train/)")
+    if args.config and not args.resume:
+        _read_config(Path(args.config))  # a bad config file is the first thing to hear about
     if not args.resume:
         from .preflight import MIN_LEARNED_CLIPS, count_normals
 
@@ -77,8 +79,6 @@ def _train(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"plain system ready: {out} (export with: edge-asd-export {out} --out {args.machine}.asd)")
         return 0
-    if args.config and not args.resume:
-        _read_config(Path(args.config))  # a bad config file is the first thing to hear about
     _stage2_defaults(args)
     if args.approach == "auto":
         from .preflight import choose_approach

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_asd.io.audio import SILENT_PEAK
 from edge_asd.io.dcase import list_clips
 from edge_asd.errors import DataError
 from edge_asd.scoring.stage2 import Stage2Config, check_fittable
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 MIN_LEARNED_CLIPS = 10
 
 
-SILENT_PEAK = 10 ** (-90 / 20)  # below -90 dBFS: a muted or unplugged microphone, not a machine
 
 
 def count_normals(data: Path, machine: str) -> int:

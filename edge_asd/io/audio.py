@@ -16,6 +16,10 @@ import soundfile as sf
 from edge_asd.errors import AudioError
 
 SAMPLE_RATE = 16000
+# A peak below -90 dBFS is a muted or unplugged microphone, not a machine (in a 16-bit file: digital
+# silence or 1-LSB dither). One rule for import, which skips such windows, and training, which refuses
+# a folder of them, so training never refuses what import kept.
+SILENT_PEAK = 10 ** (-90 / 20)
 # The STFT hop of the front end (16 ms at 16 kHz). Segment starts are snapped to
 # it so that the spectrogram of a whole clip can be computed once and sliced per
 # segment with exactly the frames a per-segment computation would give.

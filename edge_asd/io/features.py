@@ -159,6 +159,8 @@ class LogMelStats:
         """The waveform the features are computed on: float32, standardized when ``amplitude`` is "clip"."""
         x = np.asarray(clip, dtype=np.float32).reshape(-1)
         if self.cfg.amplitude == "clip":
+            # The reference's (x - mean) / (std + 1e-9), not io.audio.standardize's zero floor for
+            # near-silent clips: the plain system is the reference number for number.
             x64 = x.astype(np.float64)
             x = ((x64 - x64.mean()) / (x64.std() + 1e-9)).astype(np.float32)
         return np.ascontiguousarray(x)

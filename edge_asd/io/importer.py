@@ -30,18 +30,13 @@ import numpy as np
 import soundfile as sf
 
 from edge_asd.errors import AudioError, DataError, UserError
-from edge_asd.io.audio import SAMPLE_RATE, StreamResampler, open_audio, short_error
+from edge_asd.io.audio import SAMPLE_RATE, SILENT_PEAK, StreamResampler, open_audio, short_error
 from edge_asd.io.dcase import DOMAINS, LABELS, SECTION_ID, SPLITS, clip_name, parse_name
 from edge_asd.io.files import audio_files, expand_paths
 from edge_asd.progress import Progress
 
 PROVENANCE_NAME = "import.csv"
 PROVENANCE_COLUMNS = ("clip", "recording", "start_s", "end_s", "imported_at")
-
-# Training's own rule (train/preflight.py, SILENT_PEAK): a peak below -90 dBFS is a muted
-# or unplugged microphone, not a machine; in a 16-bit file it is digital silence or 1-LSB
-# dither. With the same rule, training never warns about or refuses what import kept.
-SILENT_PEAK = 10 ** (-90 / 20)
 
 # A loud recording touches full scale at single peaks (a full-scale tone sampled at 8 kHz
 # may sit there on a quarter of its samples, but not on two in a row); a saturated

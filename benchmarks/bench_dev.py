@@ -12,6 +12,18 @@ every machine type, exactly what a user types: ``edge-asd-train --data D --machi
 and the yardstick script on the same folder. One JSON per (variant, data folder, training seed) under
 ``DIR/<variant>/``; finished ones are reused, so a killed run resumes.
 
+``regate``: the no-regret check of the current code re-run on every trained run of DIR/<variant> (stage 1 and
+stage 2 are not retrained: the check only decides which members are exported), then the default bundle
+re-exported and re-scored; the records go to DIR/<variant>-regated/. What a fresh ``run`` would give when only
+the check changed, at a fraction of its cost. ``--refit-plain`` first refits each run's plain member
+(RUN/baseline/plain, seconds of numpy) with the current default features, for when the plain system changed
+(records to DIR/<variant>-replain/); a machine whose run is the plain system alone is refitted too.
+
+``plain``: for every record of DIR/<variant> (``--work`` where its trained runs lie, by default the
+variant's own), the product's plain system alone (``edge-asd-export RUN/baseline/plain``: what
+``edge-asd-train --system plain`` deploys) scored and evaluated beside it (``"plain_product"``), and each
+machine's no-regret check figures from ``RUN/gate.json``: to see whether the check picks the better of the two.
+
 ``table``: mean and spread (standard deviation over data and training seeds) of the official score
 (harmonic mean of AUC source, AUC target, pAUC over all sections, the CONTRACT's metric) per generator,
 the ratio to the plain reference computed per run and then averaged, the lowest section's target AUC
@@ -110,6 +122,72 @@ def run_one(data: Path, out: Path, variant: str, train_seed: int, machines: list
     return record
 
 
+def _export_and_score(work: Path, data: Path, m: str, export_args: list[str]) -> None:
+    run, bundle, sub, log = work / "runs" / m, work / f"{m}-default.asd", work / "sub_default", work / "log.txt"
+    for old in sub.glob(f"*_{m}_*"):  # the machine's previous submission files
+        old.unlink()
+    _run([str(BIN / "edge-asd-export"), str(run), "--out", str(bundle), *export_args], log)
+    _run([str(BIN / "edge-asd"), "score", str(bundle), str(data / m / "test"), "--out", str(sub), "--quiet"], log)
+
+
+def cmd_regate(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT))
+    from train.gate import check_learned_member, write_gate
+    from train.plain import fit_plain, plain_stage2
+    from train.stage2 import default_approach
+
+    src = Path(args.dir)
+    dest_dir = src.parent / f"{src.name}-{'replain' if args.refit_plain else 'regated'}"
+    dest_dir.mkdir(exist_ok=True)
+    for p in sorted(src.glob("*.json")):
+        dest = dest_dir / p.name
+        if dest.is_file() or (args.match and not fnmatch.fnmatch(p.stem, args.match)):
+            continue
+        record = json.loads(p.read_text())
+        work, data = src / "work" / p.stem, Path(record["data"])
+        for m, info in record["machines"].items():
+            run = work / "runs" / m
+            if info.get("steps") is None:  # the plain system alone was trained: nothing to check
+                if args.refit_plain:
+                    fit_plain(data, m, run, plain_stage2(record["train_seed"]))
+                    _export_and_score(work, data, m, record["export_args"])
+                continue
+            if args.refit_plain:
+                fit_plain(data, m, run / "baseline" / "plain", plain_stage2(record["train_seed"]))
+            result = check_learned_member(run, run / "baseline" / "plain", data, default_approach(run), seed=record["train_seed"])
+            write_gate(run, result)
+            info["gate_before"], info["gate"] = info.get("gate"), result.decision
+            _export_and_score(work, data, m, record["export_args"])
+        record["default"] = _summary(_evaluate(work / "sub_default"))
+        dest.write_text(json.dumps(record, indent=1))
+        print(f"{dest_dir.name} {p.stem}: default {100 * record['default']['official']:.2f}, plain "
+              f"{100 * record['plain']['official']:.2f}, gates {[i.get('gate') for i in record['machines'].values()]}", flush=True)
+
+
+def cmd_plain(args: argparse.Namespace) -> None:
+    src = Path(args.dir)
+    for p in sorted(src.glob("*.json")):
+        record = json.loads(p.read_text())
+        if "plain_product" in record or (args.match and not fnmatch.fnmatch(p.stem, args.match)):
+            continue
+        work, data = Path(args.work or src / "work") / p.stem, Path(record["data"])
+        sub, log = work / "sub_plain_product", work / "log.txt"
+        for m, info in record["machines"].items():
+            run = work / "runs" / m
+            plain = run if info.get("steps") is None else run / "baseline" / "plain"
+            bundle = work / f"{m}-plain.asd"
+            for old in sub.glob(f"*_{m}_*"):
+                old.unlink()
+            _run([str(BIN / "edge-asd-export"), str(plain), "--out", str(bundle)], log)
+            _run([str(BIN / "edge-asd"), "score", str(bundle), str(data / m / "test"), "--out", str(sub), "--quiet"], log)
+            gate = run / "gate.json"
+            info["check"] = json.loads(gate.read_text()) if gate.is_file() else None
+        record["plain_product"] = _summary(_evaluate(sub))
+        p.write_text(json.dumps(record, indent=1))
+        print(f"{src.name} {p.stem}: default {100 * record['default']['official']:.2f}, product plain "
+              f"{100 * record['plain_product']['official']:.2f}, script {100 * record['plain']['official']:.2f}", flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     (out / args.variant).mkdir(parents=True, exist_ok=True)
@@ -176,6 +254,16 @@ def main() -> None:
     r.add_argument("--train-args", help="extra edge-asd-train flags of a candidate (quoted)")
     r.add_argument("--export-args", help="extra edge-asd-export flags of a candidate (quoted)")
     r.set_defaults(func=cmd_run)
+    g = sub.add_parser("regate")
+    g.add_argument("dir", help="a variant folder of an earlier run: DIR/<variant>")
+    g.add_argument("--match", help="only runs whose name matches this glob")
+    g.add_argument("--refit-plain", action="store_true", help="refit each run's plain member with the current defaults first")
+    g.set_defaults(func=cmd_regate)
+    q = sub.add_parser("plain")
+    q.add_argument("dir", help="a variant folder: DIR/<variant>")
+    q.add_argument("--work", help="where its trained runs lie (default DIR/<variant>/work)")
+    q.add_argument("--match", help="only runs whose name matches this glob")
+    q.set_defaults(func=cmd_plain)
     t = sub.add_parser("table")
     t.add_argument("dir")
     t.add_argument("--variants")

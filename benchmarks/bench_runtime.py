@@ -1,18 +1,27 @@
-"""Per-clip cost on the device side: the exported bundle against torch eager, same weights.
+"""Per-clip cost on the device side: the bundle a CPU user gets, against torch eager of the same weights.
 
-    .venv/bin/python benchmarks/bench_runtime.py [--threads 2] [--repeats 20] [--backbone efficientnet_b0]
+    .venv/bin/python benchmarks/bench_runtime.py [--threads 2] [--repeats 20] [--runs 3] [--clips 200]
 
-Builds an EfficientNet-B0 extractor (random init: speed does not depend on the
-weights), exports it as the product does (fp32 and int8), packs a real bundle
-with KNN detectors, then measures each variant in a fresh process of its own so
-resident memory is that process's alone:
+Two extractors, each beside torch eager of the very weights its bundles hold:
 
-* milliseconds per 10 s clip (S = 10 segments of 2 s), split into preparation
-  (standardize + segment, numpy), extractor (front end + encoder) and detector;
-* real-time factor (processing time / audio time);
-* peak resident memory (VmHWM) and the time from process start to the first score.
+* the default CPU bundle: `edge-asd synth` data (fan + gearbox), `edge-asd-train --preset cpu
+  --steps 20` (the preset's small Transformer; 20 steps because speed does not depend on the
+  weights), `edge-asd-export` as a user runs it: fp32 with the plain member (the default),
+  fp32 without it (``--no-plain``), the same with the front-end graph instead of the rFFT (what
+  bundles written before issue 28 run), and ``--precision int8``;
+* EfficientNet-B0 (random init), exported fp32 (split graphs, rFFT front end) and int8.
 
-Prints a table of medians and writes benchmarks/results/runtime.json.
+Each variant runs ``--runs`` times, each time in a fresh process pinned to ``--threads``
+cores (so resident memory is that process's alone), scoring one 10 s clip ``--repeats``
+times after one untimed clip: the median ms per clip of each run, split into front end
+(standardization, log-mel, the plain member's features), extractor (the encoder) and
+detector; the table gives the median over runs and the range of the runs' medians.
+
+Then, for the default bundle: `edge-asd score` of a folder of ``--clips`` 10 s clips (clips
+per second, end to end, ``--runs`` times), and the daemon's peak resident memory with one
+machine (benchmarks/bench_daemon.py on 4 clips of a real-time file source).
+
+Prints the table and writes benchmarks/results/runtime.json.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,14 +50,17 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
+def _clip() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=int(CLIP_SECONDS * 16000)).astype(np.float32)
+
+
 def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> dict:
     """Runs in a fresh interpreter: edge_asd only, never torch."""
     from edge_asd.runtime.scorer import load_scorer, quiet_faiss_threads
 
     quiet_faiss_threads()  # as the edge-asd commands do
     scorer = load_scorer(bundle, backend="onnx-cpu", threads=threads)
-    rng = np.random.default_rng(0)
-    clip = rng.normal(size=int(CLIP_SECONDS * 16000)).astype(np.float32)
+    clip = _clip()
     first = scorer.score(clip)
     first_score_s = time.time() - t_start
     rows = []
@@ -59,23 +72,26 @@ def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> di
     med = np.median(np.array(rows), axis=0)
     assert "torch" not in sys.modules
     return {
-        "prepare_ms": med[0], "extractor_ms": med[1], "detector_ms": med[2], "total_ms": med[3],
-        "rtf": med[3] / 1e3 / CLIP_SECONDS, "peak_rss_mb": _peak_rss_mb(), "first_score_s": first_score_s,
-        "score_finite": bool(np.isfinite(first.score)),
+        "frontend_ms": med[0], "extractor_ms": med[1], "detector_ms": med[2], "total_ms": med[3],
+        "peak_rss_mb": _peak_rss_mb(), "first_score_s": first_score_s, "score_finite": bool(np.isfinite(first.score)),
+        "frontends": sorted({type(getattr(m.backend, "frontend", m.backend)).__name__ for m in scorer.members}),
     }
 
 
-def child_torch(weights: str, threads: int, repeats: int, t_start: float) -> dict:
+def child_torch(weights: str, threads: int, repeats: int, t_start: float, stft: bool = False) -> dict:
+    """torch eager of the same weights, the report's way: standardize, segment, ``embed`` the 10 segments.
+
+    ``stft``: the front end by torch.stft (an FFT, as training may run it) instead of the deployed DFT.
+    """
     import torch
 
     from edge_asd.io.audio import SegmentSpec, segment, standardize
-    from train.models import ModelConfig, build_extractor
+    from train.embed import load_extractor
 
     torch.set_num_threads(threads)
-    state = torch.load(weights, weights_only=True)
-    model = build_extractor(ModelConfig.from_dict(state["config"])).eval()
-    model.load_state_dict(state["weights"])
-    clip = np.random.default_rng(0).normal(size=int(CLIP_SECONDS * 16000)).astype(np.float32)
+    model = load_extractor(weights)
+    model.frontend.use_fft = stft
+    clip = _clip()
     spec = SegmentSpec()
     times = []
     with torch.no_grad():
@@ -85,38 +101,81 @@ def child_torch(weights: str, threads: int, repeats: int, t_start: float) -> dic
             t0 = time.perf_counter()
             model.embed(torch.from_numpy(segment(standardize(clip), spec)))
             times.append((time.perf_counter() - t0) * 1e3)
-    med = float(np.median(times))
-    return {"total_ms": med, "rtf": med / 1e3 / CLIP_SECONDS, "peak_rss_mb": _peak_rss_mb(), "first_score_s": first_score_s}
+    return {"total_ms": float(np.median(times)), "peak_rss_mb": _peak_rss_mb(), "first_score_s": first_score_s}
 
 
-def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
-    """An extractor, its fp32 and int8 bundles (KNN detectors on real embeddings)."""
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    return r
+
+
+def _exe(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def build_cpu_bundles(work: Path) -> dict[str, str]:
+    """The default CPU preset's run and the bundles a user exports from it."""
+    data, run = work / "data", work / "runs" / "fan" / "cpu"
+    _run([_exe("edge-asd"), "synth", str(data), "--machines", "fan,gearbox", "--sections", "1",
+          "--train-source", "24", "--train-target", "4", "--test", "2", "--quiet"])
+    _run([_exe("edge-asd-train"), "--data", str(data), "--machine", "fan", "--out", str(run), "--preset", "cpu",
+          "--steps", "20", "--quiet"])
+    out = {"weights": str(run)}
+    for name, flags in (("fp32", []), ("fp32-learned", ["--no-plain"]), ("int8", ["--precision", "int8"])):
+        _run([_exe("edge-asd-export"), str(run), "--out", str(work / f"cpu-{name}.asd"), *flags])
+        out[name] = str(work / f"cpu-{name}.asd")
+    out["fp32-learned-graph"] = str(without_rfft(Path(out["fp32-learned"]), work / "cpu-fp32-learned-graph.asd"))
+    return out
+
+
+def without_rfft(bundle: Path, out: Path) -> Path:
+    """A copy of a bundle without the rFFT front end's numbers: what a bundle written before issue 28 runs."""
+    from edge_asd.runtime.bundle import open_bundle, write_bundle
+
+    b = open_bundle(bundle)
+    manifest = json.loads(json.dumps(b.manifest))
+    drop = set()
+    for m in manifest["members"]:
+        split = m.get("split") or {}
+        if "input_norm" in split:
+            drop.add(split.pop("input_norm"))
+            split.pop("logmel", None)
+    files = {n: b.read(n) for n in b.manifest["files"] if n not in drop}
+    return write_bundle(out, manifest, files)
+
+
+def build_b0_bundles(work: Path) -> dict[str, str]:
+    """A random-init EfficientNet-B0, its fp32 (split graphs, rFFT numbers) and int8 bundles, KNN detectors."""
     import torch
 
     from edge_asd.runtime.bundle import npz_bytes, write_bundle
     from edge_asd.scoring.section import section_state
     from edge_asd.scoring.stage2 import Stage2Config, fit_section
-    from export.onnx_export import export_onnx, export_split
+    from export.onnx_export import export_onnx, export_split, input_norm_affine
     from export.precision import to_int8
+    from train.checkpoints import save_extractor
     from train.models import ModelConfig, build_extractor
 
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone=backbone, sections=["00", "01"], machine="bench")
+    cfg = ModelConfig(backbone="efficientnet_b0", sections=["00", "01"], machine="bench")
     model = build_extractor(cfg).eval()
-    torch.save({"config": cfg.to_dict(), "weights": model.state_dict()}, work / "extractor.pt")
+    weights = work / "b0.pt"
+    save_extractor(model, weights)
     fp32 = export_onnx(model, cfg.segment_samples)
     fe, enc, frames = export_split(model, cfg.segment_samples)
+    scale, shift = input_norm_affine(model)
     rng = np.random.default_rng(1)
     segs = rng.normal(size=(40, cfg.segment_samples)).astype(np.float32)
     int8 = to_int8(fp32, segs[:16])
     with torch.no_grad():
-        emb, logit = (t.numpy() for t in model.embed(torch.from_numpy(segs)))
+        emb, _ = (t.numpy() for t in model.embed(torch.from_numpy(segs)))
     # a bank of the size a DCASE section gives (~100 held-out clips x 10 segments)
-    bank = np.repeat(emb, 25, axis=0) + rng.normal(scale=0.01, size=(1000, emb.shape[1])).astype(np.float32)
-    bank = bank.reshape(100, 10, -1)
+    bank = (np.repeat(emb, 25, axis=0) + rng.normal(scale=0.01, size=(1000, emb.shape[1])).astype(np.float32)).reshape(100, 10, -1)
     domains = np.array(["source"] * 90 + ["target"] * 10)
-    out = {"weights": str(work / "extractor.pt")}
-    for name, onnx_bytes in (("fp32-segments", fp32), ("fp32", fp32), ("int8", int8)):
+    out = {"weights": str(weights)}
+    for name, onnx_bytes in (("fp32", fp32), ("int8", int8)):
         arrays, sections = {}, {}
         for s in cfg.sections:
             res = fit_section(s, bank, domains, np.zeros((100, 10)), Stage2Config(detector="knn", detector_params={"k": 1}))
@@ -131,54 +190,114 @@ def build_artifacts(work: Path, backbone: str) -> dict[str, str]:
             "members": [{"name": "m0", "model": "m0.onnx", "state": "m0.npz", "precision": name, "sections": sections}],
         }
         files = {"m0.onnx": onnx_bytes, "m0.npz": npz_bytes(arrays)}
-        if name == "fp32":  # as edge-asd-export writes it: the front end once per clip
-            files.update({"m0.fe.onnx": fe, "m0.enc.onnx": enc})
+        if name == "fp32":  # as edge-asd-export writes it: the front end once per clip, by rFFT on a CPU
+            files.update({"m0.fe.onnx": fe, "m0.enc.onnx": enc, "m0.norm.npz": npz_bytes({"scale": scale, "shift": shift})})
             manifest["members"][0]["split"] = {
                 "frontend": "m0.fe.onnx", "encoder": "m0.enc.onnx", "frames_per_segment": frames, "hop_length": 256,
+                "logmel": model.frontend.config(), "input_norm": "m0.norm.npz",
             }
-        path = write_bundle(work / f"{name}.asd", manifest, files)
-        out[name] = str(path)
+        out[name] = str(write_bundle(work / f"b0-{name}.asd", manifest, files))
     return out
 
 
-def run_child(kind: str, target: str, threads: int, repeats: int) -> dict:
+def run_child(kind: str, target: str, threads: int, repeats: int, extra: str = "") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     code = (
         "import json, sys, time; t0 = time.time(); sys.path.insert(0, %r); import bench_runtime as b; "
-        "print(json.dumps(b.child_%s(%r, %d, %d, t0)))" % (str(HERE), kind, target, threads, repeats)
+        "print(json.dumps(b.child_%s(%r, %d, %d, t0%s)))" % (str(HERE), kind, target, threads, repeats, extra)
     )
     cmd = [sys.executable, "-c", code]
     if threads:
         cmd = ["taskset", "-c", ",".join(str(i) for i in range(threads))] + cmd
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    out = _run(cmd, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def repeated(runs: int, *args, **kw) -> dict:
+    """A child ``runs`` times in fresh processes: each figure's median over runs and the runs' range."""
+    got = [run_child(*args, **kw) for _ in range(runs)]
+    keys = [k for k, v in got[0].items() if isinstance(v, float)]
+    summary = {k: float(np.median([g[k] for g in got])) for k in keys}
+    summary["total_ms_range"] = [float(min(g["total_ms"] for g in got)), float(max(g["total_ms"] for g in got))]
+    summary["runs"] = got
+    return summary
+
+
+def replay(bundle: str, work: Path, n_clips: int, threads: int, runs: int) -> dict:
+    """`edge-asd score` of a folder of ``n_clips`` 10 s clips, end to end, ``runs`` times."""
+    sys.path.insert(0, str(HERE))
+    from bench_score import time_score
+
+    from edge_asd.synth import SynthConfig, generate
+
+    generate(work / "replay", SynthConfig(machines=("fan",), sections=1, train_source=1, train_target=1,
+                                          test=-(-n_clips // 4), seed=3), progress=False)
+    clips = work / "replay-clips"
+    clips.mkdir()
+    for p in sorted((work / "replay" / "fan" / "test").glob("*.wav"))[:n_clips]:
+        shutil.copy(p, clips / p.name)
+    n = len(list(clips.glob("*.wav")))
+    walls, peaks = zip(*(time_score(bundle, clips, threads) for _ in range(runs)))
+    rates = [n / w for w in walls]
+    return {"clips": n, "clips_per_s": float(np.median(rates)), "clips_per_s_range": [min(rates), max(rates)],
+            "peak_rss_mb": float(max(peaks)), "wall_s": list(walls), "clips_dir": str(clips)}
+
+
+def daemon_memory(bundle: str, clips: str, threads: int) -> dict:
+    """The daemon with one machine: benchmarks/bench_daemon.py on 4 clips of a real-time file source."""
+    _run([sys.executable, str(HERE / "bench_daemon.py"), bundle, clips, "--clips-count", "4", "--threads", str(threads),
+          "--tag", "cpu_default"])
+    return json.loads((HERE / "results" / "daemon_cpu_default.json").read_text())
+
+
+ROWS = [
+    # (group, label, child kind, artifact key, extra child argument)
+    ("cpu", "torch eager fp32 (deployed DFT front end)", "torch", "weights", ""),
+    ("cpu", "torch eager fp32, torch.stft front end", "torch", "weights", ", True"),
+    ("cpu", "edge-asd fp32 default bundle (learned + plain)", "runtime", "fp32", ""),
+    ("cpu", "edge-asd fp32, learned member only", "runtime", "fp32-learned", ""),
+    ("cpu", "edge-asd fp32, learned only, graph front end (pre-#28 bundle)", "runtime", "fp32-learned-graph", ""),
+    ("cpu", "edge-asd int8 bundle (learned + plain)", "runtime", "int8", ""),
+    ("b0", "torch eager fp32 (deployed DFT front end)", "torch", "weights", ""),
+    ("b0", "edge-asd fp32 (split graphs, rFFT front end)", "runtime", "fp32", ""),
+    ("b0", "edge-asd int8 (whole-segment QDQ graph)", "runtime", "int8", ""),
+]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--backbone", default="efficientnet_b0")
+    ap.add_argument("--runs", type=int, default=3, help="fresh processes per variant")
+    ap.add_argument("--clips", type=int, default=200, help="clips of the offline replay")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        art = build_artifacts(Path(tmp), args.backbone)
-        results = {
-            "torch eager (fp32)": run_child("torch", art["weights"], args.threads, args.repeats),
-            "edge-asd fp32, per segment": run_child("runtime", art["fp32-segments"], args.threads, args.repeats),
-            "edge-asd fp32 (default)": run_child("runtime", art["fp32"], args.threads, args.repeats),
-            "edge-asd onnxruntime int8": run_child("runtime", art["int8"], args.threads, args.repeats),
-        }
-    ref = results["torch eager (fp32)"]["total_ms"]
-    print(f"{'variant':28s} {'ms/clip':>8s} {'vs torch':>8s} {'front':>6s} {'extract':>8s} {'detect':>7s} {'RTF':>6s} {'RSS MB':>7s} {'1st score s':>11s}")
-    for name, r in results.items():
-        print(
-            f"{name:28s} {r['total_ms']:8.1f} {r['total_ms'] / ref:8.2f} {r.get('prepare_ms', float('nan')):6.1f} "
-            f"{r.get('extractor_ms', float('nan')):8.1f} {r.get('detector_ms', float('nan')):7.2f} {r['rtf']:6.3f} "
-            f"{r['peak_rss_mb']:7.0f} {r['first_score_s']:11.2f}"
-        )
+        work = Path(tmp)
+        art = {"cpu": build_cpu_bundles(work), "b0": build_b0_bundles(work)}
+        results: dict[str, dict] = {"cpu": {}, "b0": {}}
+        for group, label, kind, key, extra in ROWS:
+            results[group][label] = repeated(args.runs, kind, art[group][key], args.threads, args.repeats, extra=extra)
+            print(f"{group:3s} {label:62s} {results[group][label]['total_ms']:7.1f} ms", flush=True)
+        rep = replay(art["cpu"]["fp32"], work, args.clips, args.threads, args.runs)
+        daemon = daemon_memory(art["cpu"]["fp32"], rep.pop("clips_dir"), args.threads)
+    print(f"\n{'variant':68s} {'ms/clip':>8s} {'range':>13s} {'vs torch':>8s} {'front':>6s} {'extract':>8s} "
+          f"{'detect':>7s} {'RSS MB':>7s} {'1st s':>6s}")
+    for group, rows in results.items():
+        ref = next(iter(rows.values()))["total_ms"]
+        for label, r in rows.items():
+            lo, hi = r["total_ms_range"]
+            print(f"{group + ': ' + label:68s} {r['total_ms']:8.1f} {f'{lo:.1f}-{hi:.1f}':>13s} {r['total_ms'] / ref:8.2f} "
+                  f"{r.get('frontend_ms', float('nan')):6.1f} {r.get('extractor_ms', float('nan')):8.1f} "
+                  f"{r.get('detector_ms', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} {r['first_score_s']:6.2f}")
+    lo, hi = rep["clips_per_s_range"]
+    print(f"\nedge-asd score, {rep['clips']} clips of 10 s, default CPU bundle: {rep['clips_per_s']:.1f} clips/s "
+          f"(runs {lo:.1f}-{hi:.1f}), peak RSS {rep['peak_rss_mb']:.0f} MB")
+    print(f"edge-asd run, one machine, default CPU bundle: peak RSS {daemon['peak_rss_mb']:.0f} MB, "
+          f"latency median {daemon['latency_ms_median']:.0f} ms")
     record = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "threads": args.threads, "repeats": args.repeats, "backbone": args.backbone, "results": results,
+        "threads": args.threads, "repeats": args.repeats, "runs": args.runs, "load_average_at_end": os.getloadavg(),
+        "results": results, "replay": rep, "daemon": daemon,
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "runtime.json").write_text(json.dumps(record, indent=2))

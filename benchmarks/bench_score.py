@@ -1,6 +1,6 @@
 """Offline replay throughput: `edge-asd score` in clips per second, against torch eager on the same weights.
 
-    .venv/bin/python benchmarks/bench_score.py [--clips 40] [--threads 2] [--repeats 3] [--backbone efficientnet_b0]
+    .venv/bin/python benchmarks/bench_score.py [--clips 40] [--threads 2] [--repeats 3]
 
 Writes `edge-asd synth` clips (10 s, the DCASE layout), builds an EfficientNet-B0
 bundle as benchmarks/bench_runtime.py does (random init: speed does not depend on
@@ -66,13 +66,11 @@ def child_torch(weights: str, clips: str, threads: int) -> dict:
     import torch
 
     from edge_asd.io.audio import SegmentSpec, clip_segments
-    from train.models import ModelConfig, build_extractor
+    from train.embed import load_extractor
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    state = torch.load(weights, weights_only=True)
-    model = build_extractor(ModelConfig.from_dict(state["config"])).eval()
-    model.load_state_dict(state["weights"])
+    model = load_extractor(weights)
     files = sorted(Path(clips).glob("*.wav"))
     spec = SegmentSpec()
     with torch.no_grad():
@@ -87,7 +85,6 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--backbone", default="efficientnet_b0")
     args = ap.parse_args()
     import bench_runtime
 
@@ -95,7 +92,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        art = bench_runtime.build_artifacts(work, args.backbone)
+        art = bench_runtime.build_b0_bundles(work)
         per_cell = max(1, -(-args.clips // 8))  # 2 sections x 2 domains x normal/anomaly
         generate(work / "data", SynthConfig(machines=("fan",), sections=2, train_source=1, train_target=1,
                                             test=per_cell, seed=0), progress=False)
@@ -120,7 +117,7 @@ def main() -> None:
     wall, twall = float(np.median(walls)), float(np.median(torch_walls))
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "backbone": args.backbone,
+        "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "backbone": "efficientnet_b0",
         "clips": n, "clip_seconds": 10.0,
         "edge_asd_score": {"wall_s": wall, "clips_per_s": n / wall, "peak_rss_mb": rss},
         "torch_eager": {"wall_s": twall, "clips_per_s": n / twall, "note": "scoring loop only, no process start or model load"},

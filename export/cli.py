@@ -39,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root, if it moved since training")
     p.add_argument("--select", type=int, metavar="K", help="ensemble: keep only the K best of the runs given")
     p.add_argument("--select-by", choices=SELECT_BY,
-                   help="how --select ranks runs: proxy (label-free: held-out normals against other machines' clips; "
-                   "the default) or validation (official score on --validation clips)")
+                   help="how --select ranks runs: validation (official score on the validation clips; the default "
+                   "when there are some) or proxy (label-free: held-out normals against other machines' clips)")
     p.add_argument("--validation", nargs="+", metavar="PATH",
-                   help="labelled clips (files or folders, DCASE test naming) for --select-by validation; never the test set you report on")
+                   help="labelled clips (files or folders, DCASE test naming) for --select and the bundle's official "
+                   "score; never the test set you report on. Default: the test clips edge-asd import/record wrote "
+                   "(DATA/TYPE/import.csv) in sections that hold both normal and anomalous ones")
     p.add_argument("--no-plain", dest="with_plain", action="store_false",
                    help="leave out the plain log-mel-statistics member that edge-asd-train fits beside the run "
                    "(by default it joins the bundle as an ensemble member: better in every measured case, BENCHMARKS.md)")

@@ -112,6 +112,22 @@ class EncoderGraph(nn.Module):
         return emb, self.extractor.heads.domain_logit(emb).reshape(-1)
 
 
+def input_norm_affine(extractor: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """The extractor's input normalization at inference as ``scale * x + shift`` per mel band (float32).
+
+    A BatchNorm with running statistics is an affine map once trained; the
+    CPU's rFFT front end (edge_asd.runtime.frontend) applies it after the log-mel,
+    as ``frontend.onnx`` does.
+    """
+    bn = extractor.input_norm
+    mean = bn.running_mean.detach().double().cpu().numpy()
+    var = bn.running_var.detach().double().cpu().numpy()
+    weight = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else np.ones_like(mean)
+    bias = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else np.zeros_like(mean)
+    scale = weight / np.sqrt(var + bn.eps)
+    return scale.astype(np.float32), (bias - mean * scale).astype(np.float32)
+
+
 def _export(graph: nn.Module, example: torch.Tensor, input_name: str, outputs: list[str], dynamic: dict, opset: int) -> bytes:
     import onnx
 

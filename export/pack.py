@@ -24,6 +24,7 @@ from edge_asd.scoring.combine import combine_parts, p_target
 from edge_asd.scoring.section import section_parts, section_state
 from edge_asd.scoring.stage2 import APPROACHES, Stage2Config
 from edge_asd.scoring.drift import reference_quantiles
+from edge_asd.scoring.bands import K_NEIGHBOURS, BandReference, fit_reference
 from edge_asd.scoring.thresholds import fit_threshold
 
 from train.data import run_spec
@@ -34,6 +35,7 @@ from .precision import PRECISIONS, convert
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "tensorrt")
 PARITY_TOLERANCE = 1e-4
+FRONTEND_TOLERANCE = 1e-5  # the rFFT front end against frontend.onnx: max |difference| / max |log-mel|
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -270,6 +272,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
             "frontend": prefix + "frontend.onnx", "encoder": prefix + "encoder.onnx",
             "frames_per_segment": frames, "hop_length": spec.align,
         }
+        member["split"].update(_rfft_frontend(extractor, fe, held_paths[:1], spec, prefix, files, precision_report))
     if fmt == "tensorrt":
         from edge_asd.runtime.trt import build_engine
 
@@ -292,6 +295,37 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         files[prefix + "extractor.engine"] = engine
         member["engine"] = {"file": prefix + "extractor.engine", **meta}
     return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report, spec)
+
+
+def _rfft_frontend(extractor, frontend_onnx: bytes, paths: list[Path], spec: SegmentSpec, prefix: str,
+                   files: dict[str, bytes], report: dict) -> dict:
+    """The numbers of the CPU's rFFT front end, once it agrees with ``frontend.onnx`` on a real clip.
+
+    Adds its file to ``files`` and its parity to ``report``; where it disagrees
+    (it never has) the bundle keeps the graph on the CPU, slower but right.
+    """
+    from edge_asd.io.audio import normalize, read_audio
+    from edge_asd.runtime.frontend import FFTFrontEnd, LogMelConfig
+    from edge_asd.runtime.onnx import OnnxFrontEnd
+
+    from .onnx_export import input_norm_affine
+
+    logmel = extractor.frontend.config()
+    scale, shift = input_norm_affine(extractor)
+    if paths:
+        wave = normalize(read_audio(paths[0], spec.sample_rate, min_seconds=spec.segment_seconds), spec)
+    else:
+        wave = np.random.default_rng(0).standard_normal(spec.segment_samples * 2).astype(np.float32)
+    graph = OnnxFrontEnd(frontend_onnx, int(logmel["n_fft"]), int(logmel["hop_length"]))(wave)
+    fft = FFTFrontEnd(LogMelConfig.from_dict(logmel), scale, shift)(wave)
+    parity = relative_error(graph, fft)
+    report["frontend_rfft_relative_error"] = parity
+    if parity > FRONTEND_TOLERANCE:
+        log.warning("rFFT front end disagrees with frontend.onnx (relative error %.1e > %.0e): the bundle keeps the "
+                    "graph on the CPU", parity, FRONTEND_TOLERANCE)
+        return {}
+    files[prefix + "input_norm.npz"] = npz_bytes({"scale": scale, "shift": shift})
+    return {"logmel": logmel, "input_norm": prefix + "input_norm.npz"}
 
 
 def _part_keys(member: _Member) -> list[str]:
@@ -357,6 +391,8 @@ def build_bundle(
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
     runs = [Path(r) for r in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir])]
+    if not validation:
+        validation = _known_faults(runs[0], data_root) or None
     select_by = select_by or ("validation" if validation else "proxy")
     if select_by not in SELECT_BY:
         raise UserError(f"--select-by must be one of {', '.join(SELECT_BY)}")
@@ -374,11 +410,12 @@ def build_bundle(
             log.info("%s: the training-time no-regret check found the learned member no help (AUC plain %.3f, ensemble "
                      "%.3f): the bundle is the plain system alone (give --no-plain for the learned member alone)",
                      runs[0], gate["auc_plain"], gate["auc_ensemble"])
-            manifest, files = _assemble(plain, "generalization")
+            manifest, files = _assemble(plain, "generalization", data_root)
             manifest["gate"] = gate
             path = write_bundle(out, manifest, files)
             if progress:
                 print(f"wrote {path} (the plain system alone, by the no-regret check of {runs[0] / 'gate.json'})")
+                _print_validation(path, validation)
             return path
     members = [_build_member(r, i, fmt, precision, approach, data_root) for i, r in enumerate(runs)]
     first = members[0]
@@ -390,7 +427,9 @@ def build_bundle(
         if not (m.manifest.get("features") or first.manifest.get("features")):
             # the plain system has one vector per clip and no domain classifier: nothing to share
             shared += [("aggregator", m.s2cfg.aggregator, first.s2cfg.aggregator), ("kappa", m.s2cfg.kappa, first.s2cfg.kappa),
-                       ("amplitude normalization", m.spec.level, first.spec.level)]
+                       ("amplitude normalization", m.spec.level, first.spec.level),
+                       ("segment length (s)", m.spec.segment_seconds, first.spec.segment_seconds),
+                       ("segments per clip", m.spec.n_segments, first.spec.n_segments)]
         for what, a, b in shared:
             if a != b:
                 raise UserError(f"{m.manifest['run']}: {what} {a} differs from {first.manifest['run']}'s {b}; ensemble members must share it")
@@ -399,7 +438,7 @@ def build_bundle(
         members, selection = _select(members, select, select_by, validation or [], approach, precision)
     if with_plain:
         members += _plain_member_of(runs, len(members), data_root)
-    manifest, files = _assemble(members, approach)
+    manifest, files = _assemble(members, approach, data_root)
     if selection is not None:
         manifest["selection"] = selection
     if gate is not None:
@@ -409,11 +448,34 @@ def build_bundle(
         parity = max(m.precision_report["fp32_parity_relative_error"] for m in members)
         chosen = f", chosen by {select_by} from {len(runs)}" if selection else ""
         print(f"wrote {path} ({approach}, {precision}, {fmt}, {len(members)} member(s){chosen}); ONNX parity {parity:.1e}")
+        _print_validation(path, validation)
     return path
 
 
-def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, bytes]]:
-    """The manifest and files of a bundle of these members."""
+def _known_faults(run_dir: Path, data_root: Path | None) -> list[Path]:
+    """The user's imported labelled test clips (import.csv) of the run's machine type: validation by default."""
+    from edge_asd.io.clipset import known_fault_clips
+
+    cfg = _run_config(run_dir)
+    data = Path(data_root or cfg["data"])
+    clips = known_fault_clips(data, cfg["machine"])
+    if clips:
+        log.info("validation: the %d imported labelled test clips of %s (import.csv)", len(clips),
+                 data / cfg["machine"] / "test")
+    return clips
+
+
+def _print_validation(bundle: Path, validation: list[Path] | None) -> None:
+    """The exported bundle's official score on the validation clips, scored as the device scores them."""
+    if validation:
+        score = _official_score(bundle, validation)
+        print(f"{bundle}: official score {score:.3f} on the validation clips ({', '.join(map(str, validation[:3]))}"
+              f"{', ...' if len(validation) > 3 else ''})")
+
+
+def _assemble(members: list[_Member], approach: str, data_root: Path | None = None,
+              with_bands: bool = True) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and files of a bundle of these members (band evidence: not for a candidate's trial bundle)."""
     from train.config import TrainConfig
 
     first = members[0]
@@ -424,8 +486,9 @@ def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, by
         else float(np.mean([m.manifest["sections"][s]["threshold"] for m in members]))
         for s in first.manifest["sections"]
     }
-    spec = SegmentSpec()
     learned = [m for m in members if not m.manifest.get("features")]
+    # the extractors' segments (members share them, checked above); a plain-only bundle states the default
+    spec = learned[0].spec if learned else SegmentSpec()
     manifest = {
         "machine_type": first.manifest["machine_type"],
         "sections": sorted(first.manifest["sections"]),
@@ -446,11 +509,58 @@ def _assemble(members: list[_Member], approach: str) -> tuple[dict, dict[str, by
         "threshold_rule": first.s2cfg.threshold_rule,
         "thresholds": thresholds,
         "reference_quantiles": {s: reference_quantiles(v) for s, v in reference.items()},
+        # 0 of the runtime's ratio (1 is the threshold): the median of the same held-out normals
+        "reference_medians": {s: float(np.median(v)) for s, v in reference.items()},
         "stage2": asdict(first.s2cfg),
         "precision": first.precision_report if len(members) == 1 else {m.manifest["name"]: m.precision_report for m in members},
         "members": [m.manifest for m in members],
     }
-    return manifest, {k: v for m in members for k, v in m.files.items()}
+    files = {k: v for m in members for k, v in m.files.items()}
+    bands = _band_evidence(members, data_root) if with_bands else None
+    if bands is not None:
+        manifest["band_evidence"], files[BANDS_FILE] = bands
+    return manifest, files
+
+
+BANDS_FILE = "bands.npz"
+# A section's normals beyond this many are thinned evenly: 1000 clips are 0.5 MB in
+# the bundle and a 0.1 ms search on the device, and more add little to a neighbour's mean.
+MAX_BAND_CLIPS = 1000
+
+
+def _band_evidence(members: list[_Member], data_root: Path | None) -> tuple[dict, bytes] | None:
+    """Per section, the normal training clips' plain features the device compares each clip's bands with.
+
+    The plain member's feature settings where the bundle has one (its features
+    are then computed once per clip on the device), the plain defaults
+    otherwise. None where no section has the 3 normal clips it needs.
+    """
+    from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+    from train.plain import clip_features
+    from train.stage2 import split_clips
+
+    plain = [m for m in members if m.manifest.get("features")]
+    cfg = LogMelStatsConfig.from_dict(plain[0].manifest["features"]) if plain else LogMelStatsConfig()
+    run = Path(members[0].manifest["run"])
+    root = Path(data_root or members[0].config["data"])
+    by_section: dict[str, list[Path]] = {}
+    for c in split_clips(run):
+        by_section.setdefault(c["section"], []).append(root / c["path"])
+    arrays: dict[str, np.ndarray] = {}
+    sections = []
+    for section in sorted(members[0].manifest["sections"]):
+        paths = by_section.get(section, [])
+        if len(paths) > MAX_BAND_CLIPS:
+            paths = [paths[i] for i in np.linspace(0, len(paths) - 1, MAX_BAND_CLIPS).astype(int)]
+        if len(paths) < 3:
+            log.info("section %s: %d normal clip(s), too few for band evidence (3 needed)", section, len(paths))
+            continue
+        ref: BandReference = fit_reference(clip_features(paths, LogMelStats(cfg))[:, 0], cfg, K_NEIGHBOURS)
+        arrays.update(ref.arrays(f"{section}/"))
+        sections.append(section)
+    if not sections:
+        return None
+    return {"file": BANDS_FILE, "features": cfg.to_dict(), "k": K_NEIGHBOURS, "sections": sections}, npz_bytes(arrays)
 
 
 def _gate_of(runs: list[Path]) -> dict | None:
@@ -509,12 +619,17 @@ def _select(
 
 def _validation_score(member: _Member, approach: str, validation: list[Path]) -> float:
     """The official score of one member alone on the user's labelled clips, scored as the device would."""
+    manifest, files = _assemble([member], approach, with_bands=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _official_score(write_bundle(Path(tmp) / "member.asd", manifest, files), validation)
+
+
+def _official_score(bundle: Path, validation: list[Path]) -> float:
+    """The official score of a bundle on labelled clips, scored by ``edge-asd score`` as on the device."""
     from edge_asd.scoring.metrics import evaluate_dir
     from edge_asd.offline.score import score_paths
 
-    manifest, files = _assemble([member], approach)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = write_bundle(Path(tmp) / "member.asd", manifest, files)
         score_paths(bundle, validation, Path(tmp) / "sub", backend="onnx-cpu", progress=False)
         try:
             return float(evaluate_dir(Path(tmp) / "sub")["official_score"])

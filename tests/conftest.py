@@ -12,6 +12,7 @@ tests/tonal_data.py, so that no test module imports another.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,3 +101,26 @@ def daemons() -> list:
 # --- MQTT broker fixtures (broker, brokers): defined in mqtt_broker.py, shared by every test module ---
 # Loaded as a plugin here, before any test module imports mqtt_broker, so pytest can still rewrite its asserts.
 pytest_plugins = ["mqtt_broker"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``make(size)``: a real tmpfs of ``size`` (mount's syntax: "2m") in the test's folder, unmounted afterwards.
+
+    Mounting needs root (as CI runs the tests); elsewhere the test is skipped with the mount's own reason.
+    """
+    mounted: list[Path] = []
+
+    def make(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounted)}-{size}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

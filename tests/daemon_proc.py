@@ -18,6 +18,7 @@ import soundfile as sf
 
 SR = 16000
 SCORE_KEYS = {"v", "ts", "seq", "score", "threshold", "anomalous", "p_target", "dbfs", "model"}
+EVIDENCE_KEYS = {"ratio", "bands"}  # from a bundle with band statistics (issue "Why is it anomalous")
 
 
 class NotifySocket:
@@ -185,7 +186,12 @@ def scores(sub, topic: str = "edge_asd/box1/fan1/score") -> list[dict]:
 
 
 def check_score_schema(msg: dict, model: str) -> None:
-    assert set(msg) == SCORE_KEYS, msg
+    # ratio is absent where a threshold override lies at or below the normals' median (no scale to give)
+    assert set(msg) - EVIDENCE_KEYS == SCORE_KEYS, msg
+    assert isinstance(msg.get("ratio", 0.0), float)
+    if "bands" in msg:
+        assert isinstance(msg["bands"], list) and len(msg["bands"]) <= 3
+        assert all(set(b) == {"lo_hz", "hi_hz", "z"} and b["lo_hz"] < b["hi_hz"] for b in msg["bands"]), msg
     assert msg["v"] == 1 and msg["model"] == model
     assert isinstance(msg["seq"], int) and isinstance(msg["anomalous"], bool)
     for k in ("score", "threshold", "p_target", "dbfs"):
@@ -195,3 +201,19 @@ def check_score_schema(msg: dict, model: str) -> None:
     ts = datetime.fromisoformat(msg["ts"])
     assert ts.tzinfo is not None and ts.utcoffset() == timedelta(0)
     assert msg["anomalous"] == (msg["score"] > msg["threshold"])
+
+
+def fill_file_system(folder: Path) -> Path:
+    """Fill the file system holding ``folder`` to the last byte."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler

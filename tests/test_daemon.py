@@ -257,7 +257,7 @@ def test_a_full_outbox_is_reported_and_recovers(tiny_bundle, edge_asd_exe, tmp_p
     noise_wavs(tmp_path / "rec", 2, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
     port = free_port()
     cfg = write_config(tmp_path / "edge-asd.toml", port, tiny_bundle, f"file:{tmp_path / 'rec'}",
-                       machine="realtime = false\nloop = true\n", storage="outbox_max_mb = 0.05\n")
+                       machine="realtime = false\nloop = true\n", storage="outbox_max_mb = 0.25\n")
     d = Daemon(edge_asd_exe, cfg)
     daemons.append(d)
     line = d.wait_log(r"machine fan1: score not stored: .*").group(0)

@@ -122,7 +122,7 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     from export.onnx_export import relative_error
 
     from edge_asd.runtime.backend import ClipView
-    from edge_asd.runtime.onnx import OnnxBackend, SplitOnnx
+    from edge_asd.runtime.onnx import OnnxBackend, OnnxFrontEnd, SplitOnnx
 
     scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
     member = scorer.members[0]
@@ -139,14 +139,12 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     via_split = scorer.score(x, "00").score
     via_segments = scorer.score_segments(segment(std, SegmentSpec())[None], "00")[0][0]
     assert via_split == pytest.approx(via_segments, rel=1e-4, abs=1e-4)
-    # the clip's frames made a stretch at a time are the same frames
-    whole = SplitOnnx(b.read(b.manifest["members"][0]["split"]["frontend"]), b.read(b.manifest["members"][0]["split"]["encoder"]),
-                      member.backend.frames, member.backend.hop)
-    assert member.backend.window == 2048 and std.size // 256 - 8 + 1 > member.backend.frontend_chunk_frames
-    for chunk in (member.backend.frontend_chunk_frames, 7):
-        member.backend.frontend_chunk_frames = chunk
-        np.testing.assert_allclose(member.backend._clip_frames(std), whole._clip_frames(std), rtol=1e-5, atol=1e-5)
-    member.backend.frontend_chunk_frames = 160
+    # the graph's frames made a stretch at a time are the same frames
+    graph = b.read(b.manifest["members"][0]["split"]["frontend"])
+    whole = OnnxFrontEnd(graph, 2048, 256, chunk_frames=10_000)
+    assert std.size // 256 - 8 + 1 > OnnxFrontEnd.chunk_frames
+    for chunk in (OnnxFrontEnd.chunk_frames, 7):
+        np.testing.assert_allclose(OnnxFrontEnd(graph, 2048, 256, chunk_frames=chunk)(std), whole(std), rtol=1e-5, atol=1e-5)
     # offline scoring of several clips (edge-asd score) takes the same per-clip path
     clips = [read_audio(c.path) for c in list_clips(tiny_data, "fan", "test")[:3]]
     batched = scorer.score_segments(np.stack([segment(standardize(c), SegmentSpec()) for c in clips]), "00")[0]

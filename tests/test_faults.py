@@ -1,7 +1,8 @@
 """Fault injection: the broker and the daemon SIGKILLed and restarted, again and again, during one fast replay.
 
-What "every scored clip" means: a daemon restarted (by systemd, here by the test) replays its file source from
-the beginning, since it keeps no replay progress, so those clips are scored again under new seqs. Every clip a
+What "every scored clip" means: each daemon run is given the recordings under a path of its own, so each replays
+them from the beginning (a restart of the same source would continue after its last journaled clip) and those clips
+are scored again under new seqs. Every clip a
 daemon journaled, that is every ``seq N score`` log line of every run (killed or not), must reach the subscriber
 exactly once after dedupe by seq, and the seqs delivered must run from 1 with no gap. A daemon killed between
 journaling a clip and logging it leaves a seq that is delivered without a log line; that is allowed and counted.
@@ -42,8 +43,6 @@ def test_broker_and_daemon_killed_during_a_replay_lose_and_duplicate_nothing(tin
     sub = broker.subscriber("edge_asd/box1/#", persistent=True)
     try:
         broker.save()
-        cfg = write_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"file:{tmp_path / 'rec'}",
-                           machine=f"realtime = false\nclip_seconds = {CLIP_S}\n")
 
         def delivered() -> set[int]:
             return {m["seq"] for m in scores(sub)}
@@ -53,11 +52,15 @@ def test_broker_and_daemon_killed_during_a_replay_lose_and_duplicate_nothing(tin
 
         def start_daemon() -> Daemon:
             # Every run replays the whole folder, so that each one has clips to be killed in: a restarted
-            # file source would otherwise continue after the files already finished (tests/test_replay.py
-            # tests that); the journal and its delivery across kills are what this test is about.
-            for progress in (tmp_path / "state").glob("*.files.json"):
-                progress.unlink()
-            d = Daemon(edge_asd_exe, cfg)
+            # file source would otherwise continue after the last clip journaled (tests/test_delivery.py and
+            # tests/test_replay.py test that). Positions are kept per source target, so each run is given the
+            # folder under a path of its own (a symlink); the journal and its delivery across kills are what
+            # this test is about.
+            view = tmp_path / f"rec-run{len(runs) + 1}"
+            view.symlink_to(tmp_path / "rec", target_is_directory=True)
+            run_cfg = write_config(tmp_path / f"edge-asd-{len(runs) + 1}.toml", broker.port, tiny_bundle,
+                                   f"file:{view}", machine=f"realtime = false\nclip_seconds = {CLIP_S}\n")
+            d = Daemon(edge_asd_exe, run_cfg)
             daemons.append(d)
             runs.append(d)
             return d

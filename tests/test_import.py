@@ -340,13 +340,13 @@ def test_numbering_continues_per_group_and_nothing_is_overwritten(tmp_path, caps
 
 def test_a_name_taken_while_importing_is_skipped_not_replaced(tmp_path, monkeypatch):
     """Another writer took the next names after the folder was read: the clips go to the free ones."""
-    import edge_asd.io.importer as importer
+    import edge_asd.io.clipset as clipset
 
     opts = ImportOptions(data=tmp_path / "d", machine="fan", clip_seconds=1.0)
     opts.folder.mkdir(parents=True)
     theirs = opts.folder / clip_name("00", "source", "train", "normal", 0)
     theirs.write_bytes(b"someone else's clip")
-    monkeypatch.setattr(importer, "next_free_index", lambda options: 0)  # as if read before theirs appeared
+    monkeypatch.setattr(clipset, "next_free_index", lambda options: 0)  # as if read before theirs appeared
     rec = tmp_path / "a.wav"
     sf.write(rec, noise(2, SR), SR)
     (r,) = import_recordings([rec], opts)

@@ -30,7 +30,7 @@ def test_one_machine_type_gets_synthesized_pseudo_anomalies_once(only_fan, cache
     from train.data import prepare_data
     from train.data.pseudo import MIN_CLIPS
 
-    cfg = replace(tiny_config(only_fan, tmp_path / "run", cache_dir), segment_seconds=1.0)
+    cfg = replace(tiny_config(only_fan, tmp_path / "run", cache_dir), segment_seconds=1.024)
     data = prepare_data(cfg)
     doc = data.split["pseudo_anomalous"]
     assert doc["synthesized"] is True
@@ -66,7 +66,7 @@ def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tm
     from train.cli import main as train_main
 
     conf = tmp_path / "tiny.json"
-    cfg = tiny_config(only_fan, tmp_path / "unused", cache_dir, segment_seconds=1.0).to_dict()
+    cfg = tiny_config(only_fan, tmp_path / "unused", cache_dir, segment_seconds=1.024).to_dict()
     conf.write_text(json.dumps({k: v for k, v in cfg.items() if k not in ("data", "machine", "out")}))
     run = tmp_path / "run"
     assert train_main(["--data", str(only_fan), "--machine", "fan", "--out", str(run), "--config", str(conf),
@@ -75,7 +75,19 @@ def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tm
     assert gate["decision"] in ("ensemble", "plain")
     for key in ("auc_plain", "auc_learned", "auc_ensemble"):
         assert 0.0 <= gate[key] <= 1.0
-    assert gate["n_normals"] == gate["n_pseudo"] > 0
+    from train.gate import ALTERATIONS, check_learned_member
+
+    split = json.loads((run / "split.json").read_text())
+    n_heldout = sum(c["split"] == "heldout" for c in split["clips"])
+    # only clips stage 1 never trained on are checked, each with every alteration
+    assert 0 < gate["n_normals"] <= n_heldout < len(split["clips"])
+    assert gate["n_pseudo"] == gate["n_normals"] * len(ALTERATIONS)
+    # a run whose extractor trained on every normal cannot be checked: the plain system is deployed
+    seen = {**split, "clips": [{**c, "split": "train"} for c in split["clips"]]}
+    (run / "split.json").write_text(json.dumps(seen))
+    unchecked = check_learned_member(run, run / "baseline" / "plain", only_fan, "generalization")
+    assert unchecked.decision == "plain" and unchecked.auc_plain is None and unchecked.n_normals == 0
+    (run / "split.json").write_text(json.dumps(split))
     assert json.loads((run / "split.json").read_text())["pseudo_anomalous"]["synthesized"] is True
 
     # the export follows the decision, whichever it is, and says so in the manifest
@@ -86,6 +98,8 @@ def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tm
         manifest = open_bundle(bundle).manifest
         assert manifest["gate"]["decision"] == decision
         assert len(manifest["members"]) == n_members
+        if decision == "ensemble":  # the run trained on 1.024 s segments: stage 2 and the device cut 1 s ones
+            assert manifest["audio"]["segment_seconds"] == 1.024
         if decision == "plain":
             assert manifest["members"][0]["system"] == "plain"
         out = tmp_path / f"sub-{decision}"

@@ -126,7 +126,7 @@ def test_messages_survive_a_killed_process(tmp_path):
 
 def test_full_outbox_raises_and_recovers_after_delivery(tmp_path):
     # A size cap gives SQLite's SQLITE_FULL exactly as a full disk does.
-    with Outbox(tmp_path / "o.sqlite", max_bytes=48 * 1024) as box:
+    with Outbox(tmp_path / "o.sqlite", max_bytes=256 * 1024) as box:
         stored = 0
         with pytest.raises(OutboxFullError) as info:
             for _ in range(10_000):

@@ -87,7 +87,8 @@ def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
     data.mkdir()
     (data / "fan").symlink_to(REAL / "fan", target_is_directory=True)
     run, bundle = tmp_path / "plain", tmp_path / "fan.asd"
-    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain", "--quiet"]) == 0
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain",
+                       "--plain-features", "reference", "--quiet"]) == 0
     assert export_main([str(run), "--out", str(bundle)]) == 0
     assert asd_main(["score", str(bundle), str(data / "fan" / "test"), "--out", str(tmp_path / "product")]) == 0
     ref.main(str(data), str(tmp_path / "reference"))
@@ -99,3 +100,36 @@ def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
         order_want = np.argsort([want[name][c] for c in clips], kind="stable")
         order_got = np.argsort([got[name][c] for c in clips], kind="stable")
         assert order_got.tolist() == order_want.tolist(), name
+
+
+def test_modulation_spectrum_finds_the_rate_of_an_envelope_and_ignores_gain():
+    """The envelope modulation spectrum (the product's plain default): a 30 Hz surge in one band raises
+    that band's bin around 30 Hz and no other band's; gain leaves it; old configs read back without it."""
+    from edge_asd.io.features import modulation_pooling
+
+    cfg = LogMelStatsConfig(modulation_bands=8)
+    f = LogMelStats(cfg)
+    assert f.dim == 128 + 8 * 16
+    rng = np.random.default_rng(0)
+    t = np.arange(160000) / 16000
+    noise = rng.standard_normal(t.size).astype(np.float32)
+    tone = np.sin(2 * np.pi * 3000 * t)  # inside one of the 8 wide bands
+    steady = f(noise + 0.5 * tone)
+    surging = f(noise + 0.5 * tone * (1 + 0.8 * np.sin(2 * np.pi * 30 * t)))
+    diff = (surging - steady)[128:].reshape(8, 16)
+    band, b = np.unravel_index(np.argmax(diff), diff.shape)
+    hz = np.fft.rfftfreq(cfg.modulation_frames, cfg.modulation_hop / cfg.sample_rate)
+    centre_hz = (hz[:, None] * (modulation_pooling(cfg) > 0)).sum(0) / (modulation_pooling(cfg) > 0).sum(0)
+    assert 20 < centre_hz[b] < 45, centre_hz[b]
+    assert diff[band, b] > 2.0  # ln units: the surge's bin is several times louder
+    assert np.abs(np.delete(diff, band, axis=0)).max() < diff[band, b] / 2
+    # gain: the clip is standardized and each envelope divided by its mean
+    np.testing.assert_allclose(f(4.0 * (noise + 0.5 * tone)), steady, rtol=1e-4, atol=1e-4)
+    # a clip shorter than one 2 s modulation frame still has every bin
+    assert np.all(np.isfinite(f(noise[:24000])))
+    # a manifest of the reference (no modulation keys) reads back as the reference
+    old = {k: v for k, v in LogMelStatsConfig().to_dict().items() if not k.startswith("modulation")}
+    assert LogMelStatsConfig.from_dict(old).dim == 128
+    assert LogMelStatsConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="modulation bins"):
+        LogMelStatsConfig(modulation_bands=8, modulation_bins=200)

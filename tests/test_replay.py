@@ -254,41 +254,65 @@ def test_bad_recordings_are_named_and_skipped(normal_audio, tiny_bundle, edge_as
     assert files[0] == "1-good.wav" and files[-1] == "7-good.wav" and set(files[1:-1]) == {"6-nan-later.wav"}
 
 
-def test_a_restarted_file_source_continues_after_the_last_finished_file(tmp_path):
+def test_a_restarted_file_source_continues_after_the_last_journaled_clip(tmp_path):
+    from edge_asd.mqtt.outbox import Outbox
+
     rec = tmp_path / "rec"
     rec.mkdir()
     rng = np.random.default_rng(0)
     for name in ("a.wav", "b.wav", "c.wav"):
         sf.write(rec / name, (0.1 * rng.standard_normal(int(2.5 * SR))).astype(np.float32), SR)
-    progress = FileProgress(tmp_path / "outbox.sqlite.files.json")
 
-    def run(**kw) -> list:
-        src = FileSource("m", rec, clip_seconds=1.0, hop_seconds=0.5, realtime=False, progress=progress, **kw)
+    def run(box: Outbox, journal: int, **kw) -> list:
+        """Clips a source gives; the first ``journal`` are journaled with their positions, as the scorer does."""
+        src = FileSource("m", rec, clip_seconds=1.0, hop_seconds=0.5, realtime=False,
+                         progress=FileProgress(box, tmp_path / "outbox.sqlite.files.json"), **kw)
         src.start()
         clips = []
         while (c := src.queue.get(timeout=30)) is not None:
             clips.append(c)
-            if c.completes is not None and c.completes.name != "c.wav":  # the scorer dies before c is done
-                src.file_finished(c.completes)
-            if kw.get("loop") and len(clips) == 8:
+            if len(clips) <= journal:
+                box.append_with_seq("m", "t", lambda seq: b"{}", position=c.position)
+            if len(clips) == 8:
                 break
         src.stop()
         return clips
 
-    first = run()
-    names = [Path(c.origin.split("@")[0]).name for c in first]
-    assert names == ["a.wav"] * 4 + ["b.wav"] * 4 + ["c.wav"] * 4
-    # only the last clip of each file says it completes that file
-    assert [c.completes.name if c.completes else None for c in first] == ([None] * 3 + ["a.wav"]) + \
-        ([None] * 3 + ["b.wav"]) + ([None] * 3 + ["c.wav"])
-    progress = FileProgress(tmp_path / "outbox.sqlite.files.json")  # a new process reads it back
-    again = run()
-    assert {Path(c.origin.split("@")[0]).name for c in again} == {"c.wav"}, "a and b are not replayed"
-    # In a loop, the pass after the restart starts at the first file again.
-    looped = run(loop=True)
-    assert [Path(c.origin.split("@")[0]).name for c in looped] == ["c.wav"] * 4 + ["a.wav"] * 4
+    def where(clips) -> list[str]:
+        return [f"{Path(c.origin.split('@')[0]).name}@{c.origin.split('@')[1]}" for c in clips]
+
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        first = run(box, journal=6)  # killed after journaling the second clip of b
+        assert where(first) == [f"{n}@{o:.3f}s" for n in ("a.wav", "b.wav") for o in (0.0, 0.5, 1.0, 1.5)]
+        again = run(box, journal=0)
+        assert where(again)[:2] == ["b.wav@1.000s", "b.wav@1.500s"], "continues with the first clip not journaled"
+        assert again[0].end_time > first[5].end_time, "timestamps do not jump back across the restart"
+        assert (again[0].end_time - first[5].end_time).total_seconds() == pytest.approx(0.5, abs=0.01)
+        # In a loop, the pass after the restart starts at the first file again.
+        box.append_with_seq("m", "t", lambda seq: b"{}", position=again[1].position)  # the last clip of b
+        looped = run(box, journal=0, loop=True)
+        assert where(looped) == [f"c.wav@{o:.3f}s" for o in (0.0, 0.5, 1.0, 1.5)] + \
+            [f"a.wav@{o:.3f}s" for o in (0.0, 0.5, 1.0, 1.5)]
     # Pointed at another folder, a source starts at its beginning.
-    assert FileProgress(tmp_path / "outbox.sqlite.files.json").last("m", str(tmp_path / "other")) is None
+    assert FileProgress(Outbox(tmp_path / "outbox.sqlite")).resume("m", str(tmp_path / "other")) is None
+
+
+def test_the_finished_file_an_older_daemon_recorded_is_still_honoured(tmp_path):
+    from edge_asd.mqtt.outbox import Outbox
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(rec / name, np.full(int(2 * SR), 0.1, np.float32), SR)
+    legacy = tmp_path / "outbox.sqlite.files.json"
+    legacy.write_text(json.dumps({f"m\t{rec}": str(rec / "a.wav")}))
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        src = FileSource("m", rec, clip_seconds=1.0, realtime=False, progress=FileProgress(box, legacy))
+        src.start()
+        clips = []
+        while (c := src.queue.get(timeout=30)) is not None:
+            clips.append(c)
+        assert {Path(c.origin.split("@")[0]).name for c in clips} == {"b.wav"}
 
 
 def test_score_and_the_daemon_give_the_same_windows_scores_and_alerts(loud_middle, tiny_bundle, edge_asd_exe,
@@ -326,7 +350,11 @@ def test_score_and_the_daemon_give_the_same_windows_scores_and_alerts(loud_middl
         assert (row["score"], row["p_target"], row["dbfs"]) == pytest.approx((m["score"], m["p_target"], m["dbfs"]),
                                                                              rel=1e-6), row["window"]
         assert (row["threshold"], row["anomalous"]) == (m["threshold"], m["anomalous"])
+        # ratio on the overriding threshold (1 where alerts start), and the same deviating bands
+        assert row["ratio"] == pytest.approx(m["ratio"], rel=1e-5) and (m["ratio"] > 1) == m["anomalous"]
+        assert row["bands"] == m["bands"], row["window"]
     events = [(row["window"] + 1, {"raised": "anomalous", "cleared": "normal"}[row["event"]]) for row in rows
               if row["event"]]
     assert events and [(a["seq"], a["state"]) for a in alerts] == events
+    assert all(a["bands"] == msgs[a["seq"] - 1]["bands"] and a["ratio"] == msgs[a["seq"] - 1]["ratio"] for a in alerts)
     assert {e for _, e in events} == {"anomalous", "normal"}

@@ -359,6 +359,8 @@ def test_mic_device_that_disappears_is_reported_and_reopened(vmic, tmp_path):
         assert clip is not None, f"capture did not resume: {src.health()}"
         assert peak_hz(clip.samples) == pytest.approx(1000, abs=4)
         assert src.health().state == "ok" and src.health().reopens >= 1
+        # The old failure's text is cleared with the recovery: a later stall must not be reported under it.
+        assert src.health().last_error is None, src.health()
     finally:
         src.stop()
 

@@ -35,7 +35,7 @@ from train.data import (
 from train.embed import embed_clips, embed_segments, load_extractor
 from train.losses import LossWeights, domain_loss, oe_loss, section_loss, target_probability
 from train.models import BACKBONES, ModelConfig, build_extractor
-from train.stage1 import Trainer, evaluate_sections, heldout_clips, train_extractor
+from train.stage1 import CHANNEL_COMPONENTS, Trainer, TrainForward, channel_curves, evaluate_sections, heldout_clips, train_extractor
 
 from tonal_data import SR, tiny_config
 
@@ -337,6 +337,36 @@ def _only_fan(data_root: Path, tmp_path: Path) -> Path:
     root = tmp_path / "only_fan"
     shutil.copytree(data_root / "fan", root / "fan")
     return root
+
+
+# --- channel augmentation ------------------------------------------------------------------------
+
+
+def test_channel_curves_are_smooth_tilts_of_the_asked_spread():
+    curves = channel_curves(4000, 224, 6.0, torch.Generator().manual_seed(3))
+    assert curves.shape == (4000, 224)
+    db = curves * 10.0 / np.log(10.0)  # natural-log power -> dB
+    assert abs(float(db.std(dim=1).pow(2).mean().sqrt()) - 6.0) < 0.3
+    assert float(db.mean(dim=1).abs().max()) < 0.2  # no level change: the clip's level is standardized away
+    # smooth: no component above CHANNEL_COMPONENTS cosines over the bands
+    spectrum = torch.fft.rfft(torch.cat([db, db.flip(1)], dim=1), dim=1).abs().mean(0)
+    assert float(spectrum[CHANNEL_COMPONENTS + 2:].max()) < 0.02 * float(spectrum[1:CHANNEL_COMPONENTS + 1].max())
+    again = channel_curves(4000, 224, 6.0, torch.Generator().manual_seed(3))
+    assert torch.equal(curves, again)
+    assert not torch.equal(curves, channel_curves(4000, 224, 6.0, torch.Generator().manual_seed(4)))
+
+
+def test_channel_augmentation_changes_training_only(data_root, cache_dir, tmp_path):
+    cfg = tiny_config(data_root, tmp_path / "run", cache_dir)
+    model = build_extractor(cfg.model_config(["00", "01", "02"])).eval()
+    wave = torch.randn(2, SR)
+    plain = TrainForward(model, amp=False)(wave)
+    tilted = TrainForward(model, amp=False, channel_db=6.0, seed=1)(wave)
+    assert not torch.allclose(plain["embedding"], tilted["embedding"])
+    with pytest.raises(ConfigError, match="channel_db"):
+        replace(cfg, channel_db=-1.0).validate()
+    with pytest.raises(ConfigError, match="channel_db"):
+        replace(cfg, channel_db=float("nan")).validate()
 
 
 # --- losses ----------------------------------------------------------------------------------------

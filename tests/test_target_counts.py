@@ -122,3 +122,19 @@ def test_section_without_test_clips_of_one_domain_is_evaluated(tmp_path, capsys)
     assert asd_main(["evaluate", str(sub)]) == 0
     out = capsys.readouterr().out
     assert "n/a" in out and "official score" in out
+
+
+def test_held_out_normals_that_the_no_regret_check_can_judge(tmp_path):
+    """Stage 1 holds out 10 % of a section's source clips: 12 real fan clips leave 1 (the check needs 3, and
+    edge-asd-train warns before stage 1); 30 clips leave 3."""
+    from edge_asd.io.dcase import list_clips
+    from train.gate import MIN_CHECKED
+    from train.preflight import heldout_for_check
+
+    assert heldout_for_check(REAL, "fan", 0.9, 6, 0) == 1 < MIN_CHECKED
+    src = list_clips(REAL, "fan", "train")[0].path
+    (tmp_path / "pump" / "train").mkdir(parents=True)
+    for i in range(30):
+        shutil.copy(src, tmp_path / "pump" / "train" / f"section_00_source_train_normal_{i:04d}.wav")
+    assert heldout_for_check(tmp_path, "pump", 0.9, 6, 0) == 3 == MIN_CHECKED
+    assert heldout_for_check(tmp_path, "pump", 0.8, 6, 0) == 6

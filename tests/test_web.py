@@ -60,6 +60,19 @@ def test_web_is_off_by_default_and_on_loopback_when_enabled(tmp_path):
     w = load().web
     assert (w.enabled, w.host, w.port, w.token, w.loopback) == (True, "127.0.0.1", 8080, None, True)
     assert w.history == tmp_path / "history.sqlite" and w.history_hours == 24.0
+    assert w.page_url == "http://127.0.0.1:8080/", "what an ssh -L tunnel gives the user's browser"
+
+
+def test_the_page_url_links_to_the_page_from_other_machines(tmp_path):
+    # Home Assistant's "Visit device" link (discovery's configuration_url).
+    import socket
+
+    _, load = _config(tmp_path, 'enabled = true\nlisten = "0.0.0.0:8443"\ntoken = "long-enough"')
+    assert load().web.page_url == f"http://{socket.getfqdn()}:8443/"
+    _, load = _config(tmp_path, 'enabled = true\nlisten = "[::1]:8080"')
+    assert load().web.page_url == "http://[::1]:8080/"
+    _, load = _config(tmp_path, 'enabled = true\nurl = "https://edge.plant.lan/asd/"')
+    assert load().web.page_url == "https://edge.plant.lan/asd/"
 
 
 @pytest.mark.parametrize("web, key, words", [
@@ -73,6 +86,7 @@ def test_web_is_off_by_default_and_on_loopback_when_enabled(tmp_path):
     ('threads = 1', "web.threads", "at least 2"),
     ('history_hours = 0', "web.history_hours", "greater than 0"),
     ('histroy_hours = 3', "web.histroy_hours", "history_hours"),
+    ('url = "line1-edge:8080"', "web.url", "http:// or https://"),
 ])
 def test_bad_web_settings_name_the_file_and_key(tmp_path, web, key, words):
     path, load = _config(tmp_path, web)
@@ -252,6 +266,20 @@ def test_the_api_answers_json(web):
     assert [c["name"] for c in clips] == ["20260304T050607.890Z_seq7"] and clips[0]["seq"] == 7
     assert _get(web, "/api/machines/nope/scores")[0] == 404
     assert _get(web, "/api/machines/m1/scores?since=yesterday")[0] == 400
+
+
+@pytest.mark.parametrize("since", ["nan", "NaN", "inf", "-inf", "1e309", "-1e309", "yesterday"])
+def test_a_since_that_is_no_time_gets_400_with_a_one_line_json_error(web, since):
+    # float() takes all but the last; before, "nan" came back 200 with NaN in a body no JSON parser reads.
+    web.score("m1", 1, datetime.now(timezone.utc), 1.5, 2.0, False, 0.25, -31.0)
+    assert web.history.flush()
+    status, headers, body = _get(web, f"/api/machines/m1/scores?since={since}")
+    assert status == 400 and headers["Content-Type"] == "application/json"
+    assert body.count(b"\n") == 0
+    answer = json.loads(body, parse_constant=lambda c: pytest.fail(f"{c} in the body"))
+    assert set(answer) == {"error"} and answer["error"].startswith("since: ") and repr(since) in answer["error"]
+    status, _, body = _get(web, "/api/machines/m1/scores?since=0")
+    assert status == 200 and [r["seq"] for r in json.loads(body)["scores"]] == [1]
 
 
 def test_a_token_is_required_and_a_wrong_one_gets_401(web):

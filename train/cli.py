@@ -20,6 +20,7 @@ from edge_asd.scoring.stage2 import APPROACHES, BANKS, Stage2Config
 
 S2_DEFAULTS = Stage2Config()  # the command line's defaults are the dataclass's
 
+from .plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
 from .presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ def _train(args: argparse.Namespace) -> int:
             args.system = "plain"
     if args.system == "plain":
         s2 = plain_stage2(seed=args.seed or 0, threshold_rule=args.threshold)
-        fit_plain(data, args.machine, out, s2)
+        fit_plain(data, args.machine, out, s2, PLAIN_FEATURES[args.plain_features])
         if not args.quiet:
             print(f"plain system ready: {out} (export with: edge-asd-export {out} --out {args.machine}.asd)")
+        _known_faults(out, data, args.machine, s2.approach, "cpu")
         return 0
     _stage2_defaults(args)
     if args.approach == "auto":
@@ -91,6 +93,7 @@ def _train(args: argparse.Namespace) -> int:
     # --approach both: one extractor per approach, side by side (RUN/generalization, RUN/specialization)
     outs = {a: (out / a if len(approaches) > 1 else out) for a in approaches}
     plans = [_plan(args, data, outs[a], a) for a in approaches]  # every data check before any training
+    _warn_unjudgeable(plans[0][0], data)
     device = _device(args.device)
     for cfg, s2 in plans:
         run_dir = Path(train_extractor(cfg, progress=not args.quiet))
@@ -106,7 +109,17 @@ def _train(args: argparse.Namespace) -> int:
             _gate(run_dir, data, s2.approach, device, cfg.seed)
         if not args.quiet:
             print(f"run ready: {run_dir} (export with: edge-asd-export {run_dir} --out {args.machine}.asd)")
+        _known_faults(run_dir, data, args.machine, s2.approach, device)
     return 0
+
+
+def _known_faults(run_dir: Path, data: Path, machine: str, approach: str, device: str) -> None:
+    """The official score on the user's imported labelled test clips, when there are some (a result: never quiet)."""
+    from .known_faults import known_fault_report
+
+    line = known_fault_report(run_dir, data, machine, approach, device)
+    if line:
+        print(line, flush=True)
 
 
 def _stage2_defaults(args: argparse.Namespace) -> None:
@@ -133,7 +146,7 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
     if args.epochs is not None and args.steps is None:
         overrides["steps"] = None  # --epochs on the command line means epochs, over a preset's step budget
     for key in ("backbone", "epochs", "steps", "seed", "outliers", "batch_size", "embedding_dim", "r_train", "num_workers", "lr",
-                "amplitude", "pretrained_weights"):
+                "amplitude", "pretrained_weights", "channel_db"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.mixup:
@@ -176,7 +189,8 @@ def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
 
     if not args.no_plain:
         # also an ensemble member: edge-asd-export RUN RUN/baseline/plain
-        fit_plain(data, args.machine, run_dir / "baseline" / "plain", plain_stage2(seed, args.threshold))
+        fit_plain(data, args.machine, run_dir / "baseline" / "plain", plain_stage2(seed, args.threshold),
+                  PLAIN_FEATURES[args.plain_features])
     if args.baseline_epochs > 0:
         from edge_asd.io.dcase import list_clips
 
@@ -188,15 +202,27 @@ def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
         ae.save(run_dir / "baseline" / "ae.pt")
 
 
+def _warn_unjudgeable(cfg, data: Path) -> None:
+    """Say before the minutes of stage 1 when its extractor cannot be deployed by default."""
+    from .gate import MIN_CHECKED
+    from .preflight import heldout_for_check
+
+    held = heldout_for_check(data, cfg.machine, cfg.r_train, cfg.n_target_train, cfg.seed)
+    if held < MIN_CHECKED:
+        log.warning("%s: stage 1 holds out at most %d normal clip(s) per section and the no-regret check needs %d, so "
+                    "edge-asd-export will deploy the plain system (the extractor only with --no-plain); more clips per "
+                    "section, or a lower --r-train, let it be checked", cfg.machine, held, MIN_CHECKED)
+
+
 def _gate(run_dir: Path, data: Path, approach: str, device: str, seed: int) -> None:
     """No regret (train/gate.py): whether the learned member joins the plain one in the exported bundle."""
-    from .gate import check_learned_member, write_gate
+    from .gate import MIN_CHECKED, check_learned_member, write_gate
 
     result = check_learned_member(run_dir, run_dir / "baseline" / "plain", data, approach, device=device, seed=seed)
     write_gate(run_dir, result)
     if result.auc_plain is None:
-        log.info("no-regret check: too few normal clips in every section to check the learned member: "
-                 "edge-asd-export deploys the plain system alone")
+        log.info("no-regret check: fewer than %d normal clips held out from stage 1 in every section, so the learned "
+                 "member cannot be checked: edge-asd-export deploys the plain system alone", MIN_CHECKED)
         return
     verdict = ("the learned member joins the plain one" if result.decision == "ensemble"
                else "the learned member does not help: edge-asd-export deploys the plain system alone")
@@ -295,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generalization: GenRep points, target embeddings mixed with their nearest source ones, added to the bank")
     p.add_argument("--system", default="extractor", choices=["extractor", "plain"],
                    help="plain: only the log-mel-statistics nearest-neighbour system, no stage 1 (numpy, seconds)")
+    p.add_argument("--plain-features", default=DEFAULT_PLAIN_FEATURES, choices=sorted(PLAIN_FEATURES),
+                   help="the plain system's features: reference (shared/reference/plain_baseline.py exactly) or "
+                   "modulation (the reference plus the envelope modulation spectrum; default)")
     p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",
                    help="do not fit the plain reference system into RUN/baseline/plain")
     p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet): "
@@ -302,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "once, cached); unreadable files are logged and skipped")
     p.add_argument("--seed", type=int, help="default 0 (or the --config file's)")
     p.add_argument("--mixup", action="store_true", help="Mixup between normal and pseudo-anomalous data")
+    p.add_argument("--channel-db", type=float, default=None,
+                   help="train with every clip's spectrum tilted by a random smooth curve of this spread (dB): "
+                        "another microphone or hall (default: the preset's)")
     p.add_argument("--amplitude", choices=["clip", "machine"],
                    help="amplitude normalization: each clip standardized (the report; default) or one mean/std per machine type")
     p.add_argument("--batch-size", dest="batch_size", type=int)

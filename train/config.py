@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from edge_asd.io.audio import FRONTEND_HOP
 from edge_asd.io.dcase import list_clips, list_machines
 from edge_asd.errors import ConfigError, DataError
 
@@ -68,6 +69,7 @@ class TrainConfig:
     mixup: bool = False  # Mixup between normal and pseudo-anomalous data (soft t and section labels)
     mixup_alpha: float = 0.2  # Beta(alpha, alpha) of that Mixup
     domain_mixup_alpha: float = 1.0  # Beta(alpha, alpha) of the pseudo-target mixing ratio (uniform)
+    channel_db: float = 0.0  # each training clip's log-mel tilted by a random smooth curve of this spread (dB): another microphone or hall
     # --- loss (Eq. 3, 6, 7) -------------------------------------------------------------
     lambda_section: float = 10.0
     lambda_domain: float = 1.0
@@ -194,9 +196,17 @@ class TrainConfig:
         for name in ("checkpoint_every", "validate_every", "val_segments", "log_every", "embedding_dim", "n_layers", "d_model", "n_heads"):
             if getattr(self, name) < 1:
                 raise bad(f"{name} must be at least 1")
+        if not (math.isfinite(self.channel_db) and 0.0 <= self.channel_db <= 20.0):
+            raise bad(f"channel_db {self.channel_db} must be between 0 and 20 (dB)")
         for name in ("lr", "kappa", "mixup_alpha", "domain_mixup_alpha", "segment_seconds"):
             if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
                 raise bad(f"{name} must be a positive number")
+        hop = FRONTEND_HOP
+        if round(self.segment_seconds * 16000) % hop:
+            # the exported front end frames a segment into whole hops (a dense STFT for ONNX and TensorRT)
+            n = max(1, round(self.segment_seconds * 16000 / hop))
+            raise bad(f"segment_seconds {self.segment_seconds} must be a whole number of {hop}-sample hops at 16 kHz, "
+                      f"for instance {n * hop / 16000:g}")
         for name in ("lambda_section", "lambda_domain", "weight_decay"):
             if getattr(self, name) < 0:
                 raise bad(f"{name} must not be negative")

@@ -22,8 +22,6 @@ from .stage2 import load_stage2
 
 
 def embed_test(run_dir: Path, data_root: Path, machine: str, device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
-    from .embed import embed_clips, load_extractor
-
     clips = list_clips(data_root, machine, "test")
     names = np.array([c.name for c in clips])
     cache = run_dir / "eval" / "test_embeddings.npz"
@@ -31,11 +29,7 @@ def embed_test(run_dir: Path, data_root: Path, machine: str, device: str = "cpu"
         with np.load(cache, allow_pickle=False) as z:
             if z["names"].tolist() == names.tolist():
                 return {k: z[k] for k in z.files}
-    if is_plain_run(run_dir):
-        emb, logit = plain_embeddings(run_dir, [c.path for c in clips])
-    else:
-        model = load_extractor(run_dir, device=device)
-        emb, logit = embed_clips(model, [c.path for c in clips], run_spec(run_dir), device=device, progress=progress)
+    emb, logit = embed_paths(run_dir, [c.path for c in clips], device, progress)
     out = {
         "names": names,
         "sections": np.array([c.section for c in clips]),
@@ -46,6 +40,16 @@ def embed_test(run_dir: Path, data_root: Path, machine: str, device: str = "cpu"
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
+
+
+def embed_paths(run_dir: Path, paths: list[Path], device: str = "cpu", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings [n, S, D], domain logits [n, S])`` of clip files by a run's extractor (or plain features)."""
+    from .embed import embed_clips, load_extractor
+
+    if is_plain_run(run_dir):
+        return plain_embeddings(run_dir, paths)
+    model = load_extractor(run_dir, device=device)
+    return embed_clips(model, paths, run_spec(run_dir), device=device, progress=progress)
 
 
 def score_embedded(run_dir: Path, test: dict[str, np.ndarray], approach: str) -> dict[str, np.ndarray]:

@@ -25,6 +25,11 @@ from edge_asd.scoring.stage2 import Stage2Config
 from .stage2 import check_normals, fit_stage2
 
 PLAIN_SYSTEM = "plain"
+# The plain system's features by name (--plain-features): "reference" is shared/reference/plain_baseline.py
+# number for number; "modulation" appends the envelope modulation spectrum, which scored above it on every
+# development seed of both generators and equal on the real samples (BENCHMARKS.md, "Detection quality III").
+PLAIN_FEATURES = {"reference": LogMelStatsConfig(), "modulation": LogMelStatsConfig(modulation_bands=8)}
+DEFAULT_PLAIN_FEATURES = "modulation"
 
 
 def plain_stage2(seed: int = 0, threshold_rule: str = "gamma:0.9") -> Stage2Config:
@@ -58,7 +63,7 @@ def fit_plain(
 ) -> Path:
     """Fit the plain system for ``machine`` from ``DATA/<machine>/train`` into the run folder ``out``."""
     cfg = cfg or plain_stage2()
-    fcfg = features or LogMelStatsConfig()
+    fcfg = features or PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES]
     clips = [c for c in list_clips(data, machine, "train") if c.label in (None, "normal")]
     normals = {
         "names": np.array([c.name for c in clips]),

@@ -74,6 +74,15 @@ def bank_counts(data: Path, machine: str, bank: str, r_train: float, n_target_tr
     return counts
 
 
+def heldout_for_check(data: Path, machine: str, r_train: float, n_target_train: int, seed: int) -> int:
+    """The most normals any section holds out from stage 1: what the no-regret check can judge a learned member on."""
+    clips = [c for c in list_clips(data, machine, "train") if c.label in (None, "normal")]
+    sections = sorted({c.section for c in clips})
+    split = split_normals(clips, sections, r_train, n_target_train, seed)
+    held = Counter(c.section for c in clips if split[c.path] == "heldout")
+    return max(held.values(), default=0)
+
+
 def choose_approach(data: Path, machine: str, bank: str, r_train: float, n_target_train: int, seed: int) -> str:
     """``--approach auto``: specialization where every section has the target clips Eq. 8 needs, else generalization."""
     counts = bank_counts(data, machine, bank, r_train, n_target_train, seed)

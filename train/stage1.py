@@ -60,20 +60,47 @@ log = logging.getLogger(__name__)
 class TrainForward(nn.Module):
     """The training forward's precision policy: fp32 front end, bf16 encoder under AMP, fp32 heads.
 
-    Kept as one module so DistributedDataParallel sees a single forward.
+    Kept as one module so DistributedDataParallel sees a single forward. With
+    ``channel_db`` it also gives every clip another microphone and hall
+    (:func:`channel_curves`): training only, so it lives here and never in the
+    exported graph.
     """
 
-    def __init__(self, model: Extractor, amp: bool):
+    def __init__(self, model: Extractor, amp: bool, channel_db: float = 0.0, seed: int = 0):
         super().__init__()
         self.model = model
         self.amp = amp
+        self.channel_db = float(channel_db)
+        self._generator = torch.Generator().manual_seed(int(seed)) if channel_db > 0 else None
 
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         with strict_fp32(wave.device):
             logmel, spectrum = self.model.wave_features(wave.float())
+            if self._generator is not None:
+                curves = channel_curves(logmel.shape[0], logmel.shape[1], self.channel_db, self._generator)
+                logmel = logmel + curves.to(logmel.device).unsqueeze(-1)
         with torch.autocast(wave.device.type, dtype=torch.bfloat16, enabled=self.amp):
             emb = self.model.branch_embedding(logmel, spectrum)
         return self.model.output_heads(emb.float())
+
+
+# Cosines 1..4 over the bands: tilts and broad humps, the shapes a microphone's response or a
+# hall's reverberation gives a spectrum. Not a constant (the clip's level is standardized away)
+# and nothing narrower than a quarter of the range, which is where faults put their energy.
+CHANNEL_COMPONENTS = 4
+
+
+def channel_curves(batch: int, n_mels: int, channel_db: float, generator: torch.Generator) -> torch.Tensor:
+    """``[batch, n_mels]`` random smooth log-power offsets, standard deviation over bands ``channel_db`` dB on average.
+
+    The log-mel is natural-log power, so ``channel_db`` dB is ``channel_db * ln(10) / 10`` in its units.
+    """
+    k = torch.arange(1, CHANNEL_COMPONENTS + 1, dtype=torch.float32)
+    m = torch.arange(n_mels, dtype=torch.float32) + 0.5
+    basis = torch.cos(math.pi * k[:, None] * m[None, :] / n_mels)  # [K, n_mels], each of variance 1/2 over bands
+    coefs = torch.randn(batch, CHANNEL_COMPONENTS, generator=generator)
+    scale = channel_db * math.log(10.0) / 10.0 / math.sqrt(CHANNEL_COMPONENTS / 2.0)
+    return scale * coefs @ basis
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -98,7 +125,9 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         cuda = device.type == "cuda"
-        self.forward = TrainForward(model, amp=bool(cfg.amp and cuda and torch.cuda.is_bf16_supported()))
+        rank = runtime.rank if runtime is not None else 0
+        self.forward = TrainForward(model, amp=bool(cfg.amp and cuda and torch.cuda.is_bf16_supported()),
+                                    channel_db=cfg.channel_db, seed=cfg.seed * 1000 + rank)
         if runtime is not None and runtime.distributed:
             from torch.nn.parallel import DistributedDataParallel
 

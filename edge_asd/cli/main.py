@@ -34,16 +34,50 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_import(args: argparse.Namespace) -> int:
-    from edge_asd.io.importer import ImportOptions, import_recordings
+def _import_options(args: argparse.Namespace):
+    """Where ``import`` and ``record`` put clips, from the options they share."""
+    from edge_asd.io.clipset import ImportOptions
 
-    # Passed only when given, so that the defaults live in importer.py alone.
+    # Passed only when given, so that the defaults live in clipset.py alone.
     given = {k: getattr(args, k) for k in ("section", "domain", "split", "label", "clip_seconds", "hop_seconds",
                                             "channel")}
-    options = ImportOptions(data=Path(args.data), machine=args.machine,
-                            **{k: v for k, v in given.items() if v is not None})
-    import_recordings([Path(p) for p in args.recordings], options, progress=not args.quiet,
+    return ImportOptions(data=Path(args.data), machine=args.machine, **{k: v for k, v in given.items() if v is not None})
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from edge_asd.io.importer import import_recordings
+
+    import_recordings([Path(p) for p in args.recordings], _import_options(args), progress=not args.quiet,
                       on_recording=lambda r: print(r.summary(), flush=True))
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edge_asd.daemon.record import RecordSettings, record
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, frame) -> None:  # a stop between two reads: no clip is cut in half
+        received.append(signum)
+        stop.set()
+
+    device = int(args.mic) if args.mic.isdigit() else args.mic
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = record(_import_options(args), RecordSettings(device, args.minutes), stop, progress=not args.quiet)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(result.clips.summary(), flush=True)
+    if result.stopped:
+        name = "Ctrl-C" if received and received[0] == signal.SIGINT else "a stop signal"
+        print(f"stopped by {name} after {result.seconds:.1f} s of {args.minutes:g} min: every finished clip is kept",
+              file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
     return 0
 
 
@@ -134,6 +168,17 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_clip_options(s: argparse.ArgumentParser) -> None:
+    """The options ``import`` and ``record`` share: where clips go and how the audio is cut."""
+    s.add_argument("--section", metavar="ID", help="two-digit section id (default 00)")
+    s.add_argument("--domain", choices=DOMAINS, help="source or target (default source)")
+    s.add_argument("--split", choices=SPLITS, help="train or test (default train)")
+    s.add_argument("--label", choices=LABELS, help="normal or anomaly (default normal; anomaly only with --split test)")
+    s.add_argument("--clip-seconds", type=float, metavar="S", help="clip length (default 10)")
+    s.add_argument("--hop-seconds", type=float, metavar="S", help="from one clip's start to the next (default: the clip length)")
+    s.add_argument("--channel", type=int, metavar="N", help="channel of multi-channel audio, counted from 0 (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="edge-asd", description="Machine-condition monitoring by sound (runtime).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,15 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
                         ".flac files)")
     s.add_argument("--data", required=True, help="data set folder (created if missing)")
     s.add_argument("--machine", required=True, metavar="TYPE", help="machine type: the folder DATA/TYPE")
-    s.add_argument("--section", metavar="ID", help="two-digit section id (default 00)")
-    s.add_argument("--domain", choices=DOMAINS, help="source or target (default source)")
-    s.add_argument("--split", choices=SPLITS, help="train or test (default train)")
-    s.add_argument("--label", choices=LABELS, help="normal or anomaly (default normal; anomaly only with --split test)")
-    s.add_argument("--clip-seconds", type=float, metavar="S", help="clip length (default 10)")
-    s.add_argument("--hop-seconds", type=float, metavar="S", help="from one clip's start to the next (default: the clip length)")
-    s.add_argument("--channel", type=int, metavar="N", help="channel of multi-channel recordings, counted from 0 (default 0)")
+    _add_clip_options(s)
     s.add_argument("--quiet", action="store_true", help="no progress bar for long recordings")
     s.set_defaults(func=_cmd_import)
+
+    s = sub.add_parser(
+        "record", help="record training (or labelled test) clips from a microphone into a data set",
+        description="Capture a microphone into 16 kHz DCASE clips under DATA/TYPE/{train|test}, cut, skipped and "
+                    "numbered as edge-asd import does (DATA/TYPE/import.csv says mic:NAME). A level meter and "
+                    "clipping warnings show on stderr; Ctrl-C stops early and keeps every finished clip (exit status 130).")
+    s.add_argument("--data", required=True, help="data set folder (created if missing)")
+    s.add_argument("--machine", required=True, metavar="TYPE", help="machine type: the folder DATA/TYPE")
+    s.add_argument("--mic", required=True, metavar="NAME",
+                   help="input device: 'default', an index, or (part of) a name, as the daemon's mic: sources")
+    s.add_argument("--minutes", required=True, type=float, metavar="M", help="how long to record")
+    _add_clip_options(s)
+    s.add_argument("--quiet", action="store_true", help="no progress bar or level meter")
+    s.set_defaults(func=_cmd_record)
 
     s = sub.add_parser("score", help="score WAV files or folders: DCASE-named clips into submission files, "
                                      "other recordings window by window")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import statistics
@@ -51,7 +52,7 @@ from edge_asd.daemon.evidence import EvidenceStore
 from edge_asd.daemon.fileprogress import FileProgress, progress_path
 from edge_asd.daemon.loading import load_config
 from edge_asd.daemon.logs import setup_logging
-from edge_asd.daemon.pipeline import Pipeline
+from edge_asd.daemon.pipeline import Pipeline, stall_limit
 from edge_asd.daemon.scorers import Scoring, load_scorers
 from edge_asd.daemon.sdnotify import Notifier
 from edge_asd.daemon.sources import PortAudioHost, make_source
@@ -102,7 +103,6 @@ class Daemon:
         self._reload_again = False
         self._throttle_last: dict[str, float] = {}
         self._last_state_publish = 0.0
-        self.file_progress = FileProgress(progress_path(cfg.storage.outbox))
         self.web = None  # edge_asd.daemon.web.WebServer when [web] is enabled
 
     # -- signals and waking ---------------------------------------------------------
@@ -155,10 +155,19 @@ class Daemon:
             log.log(level, msg, *args)
 
     # -- building blocks -------------------------------------------------------------
-    def _make_publisher(self, cfg: DaemonConfig):
+    def _make_publisher(self, cfg: DaemonConfig, scorings: dict[str, Scoring] | None = None):
+        from edge_asd.mqtt.discovery import HaDevice
         from edge_asd.mqtt.publisher import Publisher
 
-        return Publisher(cfg.mqtt, cfg.device_id, self.outbox, machines=[m.id for m in cfg.machines])
+        # A score is stale once the daemon itself would call its source failing, and a clip later.
+        scorings = self._scorings if scorings is None else scorings
+        expire = {}
+        for m in cfg.machines:
+            every, limit = stall_limit(scorings[m.id], cfg.alerts.stall_clips)
+            expire[m.id] = math.ceil(limit + every)
+        ha_device = HaDevice(configuration_url=cfg.web.page_url if cfg.web.enabled else None, expire_after_s=expire)
+        return Publisher(cfg.mqtt, cfg.device_id, self.outbox, machines=[m.id for m in cfg.machines],
+                         ha_device=ha_device)
 
     def _make_evidence(self, cfg: DaemonConfig) -> EvidenceStore | None:
         if cfg.storage.evidence is None or not any(m.save_evidence for m in cfg.machines):
@@ -169,8 +178,9 @@ class Daemon:
             raise ConfigError(f"{cfg.path}: storage.evidence: cannot use {cfg.storage.evidence}: {exc.strerror or exc}") from None
 
     def _make_pipeline(self, m: MachineConfig, scoring: Scoring, debouncer: Debouncer | None = None) -> Pipeline:
-        source = make_source(m, scoring.clip_seconds, scoring.hop_seconds, host=self.host,
-                             progress=self.file_progress)
+        # Positions are read from the outbox, where each clip's is journaled with its message.
+        progress = FileProgress(self.outbox, progress_path(self.cfg.storage.outbox))
+        source = make_source(m, scoring.clip_seconds, scoring.hop_seconds, host=self.host, progress=progress)
         deb = debouncer or Debouncer(self.cfg.alerts.raise_after, self.cfg.alerts.clear_after)
         return Pipeline(m, scoring, source, self, deb)
 
@@ -225,6 +235,12 @@ class Daemon:
                 log.critical("internal error (%s); exiting so that systemd restarts the service", crashed)
                 self.shutdown(clean=False)
                 return 1
+            stalled = self._delivery_stalled()
+            if stalled:
+                log.critical("%s; exiting so that systemd restarts the service", stalled)
+                # Not flushed first: waiting on a publisher that makes no progress only delays the restart.
+                self.shutdown(clean=False, deliver=False)
+                return 1
             if self._stop_requested:
                 log.info("stop requested")
                 self.shutdown(clean=True)
@@ -277,7 +293,18 @@ class Daemon:
                         "(a hung audio driver call)")
         return None
 
-    def shutdown(self, clean: bool) -> None:
+    def _delivery_stalled(self) -> str | None:
+        """Why delivery counts as stuck (connected, messages waiting, none acknowledged for delivery_stall_s), or None."""
+        if self.publisher is None:
+            return None
+        stalled = self.publisher.stalled_for()
+        if stalled <= self.cfg.mqtt.delivery_stall_s:
+            return None
+        return (f"mqtt {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: connected, {self.outbox.depth()} message(s) waiting "
+                f"in {self.cfg.storage.outbox} and none acknowledged for {stalled:.0f} s (delivery_stall_s "
+                f"{self.cfg.mqtt.delivery_stall_s:g}): delivery is stuck")
+
+    def shutdown(self, clean: bool, deliver: bool = True) -> None:
         self.notifier.stopping("stopping")
         for p in self.pipelines.values():
             p.source.stop()
@@ -291,7 +318,7 @@ class Daemon:
             if dropped:
                 log.info("machine %s: %d captured clip(s) not scored at shutdown", p.id, dropped)
         if self.publisher is not None:
-            timeout = self.cfg.shutdown_timeout_s
+            timeout = self.cfg.shutdown_timeout_s if deliver else 0.0
             if not self.publisher.flush(timeout):
                 self._report_undelivered(timeout)
             if clean:
@@ -395,6 +422,7 @@ class Daemon:
             out["machines"][mid].update(more)
         out["connected"] = self.publisher.connected
         out["outbox_acked_not_removed"] = self.publisher.acked_not_removed
+        out["outbox_disk_mb"] = round(self.outbox.disk_bytes() / 1048576, 3)
         # ts is wall-clock time: say whether it can be trusted (seq orders the scores either way).
         out["clock_synced"] = self.clock.synced
         out["clock_steps"] = self.clock.steps
@@ -404,6 +432,7 @@ class Daemon:
         out["failing_sources"] = sorted(mid for mid, m in machines.items() if m.source == "failing")
         if self.evidence is not None:
             out["evidence_mb"] = round(self.evidence.total_bytes / 1048576, 3)
+            out["evidence_errors"] = self.evidence.errors
         return out
 
     def publish_stats(self, final: bool = False) -> None:
@@ -483,7 +512,7 @@ class Daemon:
         publisher = None
         if (new.mqtt != old.mqtt or new.device_id != old.device_id
                 or [m.id for m in new.machines] != [m.id for m in old.machines]):
-            publisher = self._make_publisher(new)  # checks settings and TLS files; connects only at start()
+            publisher = self._make_publisher(new, scorings)  # checks settings and TLS files; connects only at start()
         return _Reload(new, scorings, evidence, publisher)
 
     def _apply_reload(self, r: "_Reload") -> None:

@@ -22,6 +22,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from edge_asd.io.files import list_source_files
 from edge_asd.errors import ConfigError
 from edge_asd.mqtt.settings import MqttSettings, MqttSettingsError  # a leaf: no paho, no publisher
+from edge_asd.mqtt.outbox import MIN_MAX_BYTES as MIN_OUTBOX_BYTES  # sqlite3 only
 from edge_asd.runtime.backends import BACKENDS  # names only: onnxruntime is imported when a back end is made
 
 try:
@@ -85,10 +87,23 @@ class WebConfig:
     history_hours: float = 24.0
     threads: int = 8
     client_timeout_s: float = 10.0
+    url: str | None = None  # the page's address as others reach it (a proxy, a DNS name); None: from listen
 
     @property
     def loopback(self) -> bool:
         return is_loopback(self.host)
+
+    @property
+    def page_url(self) -> str:
+        """Where a link to the page points (Home Assistant's "Visit device"): ``url``, else from ``listen``.
+
+        On every interface (0.0.0.0, ::) the box's own name is how others reach it; on
+        loopback the address is the one an ``ssh -L`` tunnel gives the user's browser.
+        """
+        if self.url:
+            return self.url
+        host = socket.getfqdn() if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
 
 @dataclass(frozen=True)
@@ -316,6 +331,8 @@ def _mqtt(t: _Table, env: dict[str, str], require_credentials: bool = True) -> M
         keepalive=t.get_int("keepalive", d.keepalive),
         reconnect_min_s=t.get_float("reconnect_min_s", d.reconnect_min_s),
         reconnect_max_s=t.get_float("reconnect_max_s", d.reconnect_max_s),
+        ack_timeout_s=t.get_float("ack_timeout_s", d.ack_timeout_s),
+        delivery_stall_s=t.get_float("delivery_stall_s", d.delivery_stall_s),
         ha_discovery=t.get_bool("ha_discovery", d.ha_discovery),
         ha_prefix=t.get_str("ha_prefix", d.ha_prefix),
     )
@@ -331,6 +348,9 @@ def _mqtt(t: _Table, env: dict[str, str], require_credentials: bool = True) -> M
 def _storage(t: _Table) -> StorageConfig:
     outbox = t.get_path("outbox")
     outbox_max_mb = t.get_float("outbox_max_mb", None, positive=True)
+    if outbox_max_mb is not None and outbox_max_mb * 1048576 < MIN_OUTBOX_BYTES:
+        raise t.error("outbox_max_mb", f"must be at least {MIN_OUTBOX_BYTES / 1048576:g} (the database, its "
+                                       f"write-ahead log and index all count), not {outbox_max_mb:g}")
     evidence = t.get_path("evidence", None)
     max_mb = t.get_float("evidence_max_mb", StorageConfig.evidence_max_mb, positive=True)
     engine_cache = t.get_path("engine_cache", None)
@@ -410,7 +430,10 @@ def _web(t: _Table, env: dict[str, str], storage: StorageConfig, require_credent
     hours = t.get_float("history_hours", d.history_hours, positive=True, hi=24.0 * 366)
     threads = t.get_int("threads", d.threads, lo=2, hi=64)
     timeout = t.get_float("client_timeout_s", d.client_timeout_s, positive=True, hi=600.0)
+    url = t.get_str("url", d.url)
     t.finish()
+    if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        raise t.error("url", f"{url!r} must be an http:// or https:// address, e.g. \"http://line1-edge.plant.lan:8080/\"")
     host, sep, port_text = listen.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:8080
     if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
@@ -426,7 +449,7 @@ def _web(t: _Table, env: dict[str, str], storage: StorageConfig, require_credent
     elif history == storage.outbox:
         raise t.error("history", "must not be the outbox file")
     return WebConfig(enabled=enabled, host=host, port=int(port_text), token=token, history=history,
-                     history_hours=hours, threads=threads, client_timeout_s=timeout)
+                     history_hours=hours, threads=threads, client_timeout_s=timeout, url=url)
 
 
 def _source(t: _Table, value: str) -> SourceSpec:

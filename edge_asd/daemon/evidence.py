@@ -14,6 +14,7 @@ always kept.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -45,6 +46,8 @@ class EvidenceStore:
         self.saved = 0
         self.deleted = 0
         self.errors = 0
+        self._failing: str | None = None  # why the last save failed, until one succeeds
+        self._failed_run = 0
         _make_dir(self.root)
         # (mtime, path, size) of every file, oldest first: a scan at start, then
         # kept up to date in memory so a save never re-walks the folder.
@@ -73,18 +76,19 @@ class EvidenceStore:
         tmp = None
         try:
             _make_dir(folder)
+            data = _wav_bytes(samples, self.sample_rate)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".wav", dir=folder)
-            os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "wb") as fh:
-                sf.write(fh, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0), self.sample_rate,
-                         subtype="PCM_16", format="WAV")
+            try:
+                os.fchmod(fd, FILE_MODE)
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
             # Renamed into place only when complete: a power cut never leaves half a WAV.
             os.replace(tmp, path)
             tmp = None
             size = path.stat().st_size
-        except OSError as exc:
-            self.errors += 1
-            log.error("evidence: cannot save %s: %s", path, exc.strerror or exc)
+        except (OSError, sf.SoundFileError) as exc:
+            self._failed(path, getattr(exc, "strerror", None) or str(exc))
             return None
         finally:
             if tmp is not None:
@@ -92,12 +96,25 @@ class EvidenceStore:
                     os.unlink(tmp)
                 except OSError:
                     pass
+        if self._failing is not None:
+            log.info("evidence: saving again (%d clip(s) could not be saved: %s)", self._failed_run, self._failing)
+            self._failing, self._failed_run = None, 0
         with self._lock:
             self._files.append((path.stat().st_mtime, path, size))
             self._total += size
             self.saved += 1
             self._enforce_cap()
         return path
+
+    def _failed(self, path: Path, reason: str) -> None:
+        # One line per run of failures: a full disk fails every anomalous clip until space returns,
+        # and a line per clip would bury the journal (the heartbeat counts them all).
+        self.errors += 1
+        self._failed_run += 1
+        if reason != self._failing:
+            log.error("evidence: cannot save %s: %s (further clips that fail alike are counted, not logged)",
+                      path, reason)
+        self._failing = reason
 
     def _enforce_cap(self) -> None:
         while self._total > self.max_bytes and self._files:
@@ -110,6 +127,27 @@ class EvidenceStore:
             except OSError as exc:
                 log.error("evidence: cannot delete %s to stay under the size cap: %s", old, exc.strerror or exc)
             self._total -= size
+
+
+def _wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """The clip as a 16-bit WAV, encoded in memory.
+
+    Not written by libsndfile straight into the file: its writes to a Python file go
+    through a cffi callback, where an ENOSPC is printed to stderr as an "Exception
+    ignored" traceback (one per block) and the save then fails with an AssertionError
+    instead of an OSError. In memory nothing can fail, and the one write to disk
+    reports a full disk as the OSError it is.
+    """
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0), sample_rate,
+             subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _make_dir(path: Path) -> None:

@@ -16,6 +16,7 @@ from edge_asd.daemon.config import MachineConfig
 from edge_asd.daemon.scorers import Scoring
 from edge_asd.daemon.sources import Clip, ClipSource
 from edge_asd.errors import UserError
+from edge_asd.mqtt.discovery import ALERT_STATE
 from edge_asd.scoring.alerts import Debouncer
 from edge_asd.scoring.drift import DriftMonitor
 
@@ -34,6 +35,12 @@ MIN_STALL_S = 10.0
 MAX_UNSTORED_SCORES = 100
 
 
+def stall_limit(scoring: Scoring, stall_clips: int) -> tuple[float, float]:
+    """(seconds between clips, seconds without one after which the source is failing)."""
+    every = max(scoring.clip_seconds, scoring.hop_seconds)
+    return every, max(stall_clips * every, MIN_STALL_S)
+
+
 @dataclass(frozen=True)
 class _WaitingScore:
     """A score on its way into the outbox: the payload is built with the seq allocated when it is stored."""
@@ -42,6 +49,8 @@ class _WaitingScore:
     score: float
     threshold: float
     dbfs: float
+    position: tuple[str, str] | None = None  # the replay position journaled with it (file sources)
+    origin: str = ""
 
 
 # What a pipeline restarted by a reload keeps: the heartbeat counts since the daemon started. Not its
@@ -84,6 +93,7 @@ class Pipeline:
         self.crashed: BaseException | None = None
         self.busy_since: float | None = None  # monotonic start of the clip being scored
         self.published_state: str | None = None  # last source state announced on MQTT
+        self._alert_state_sent: str | None = None  # last debounced state journaled on <machine>/alert_state
         self.started_mono: float | None = None
         self.last_done_mono: float | None = None  # when the last clip was scored and journaled
         self.drift = DriftMonitor(self._reference_quantiles(scoring))
@@ -205,9 +215,11 @@ class Pipeline:
         model = sc.bundle_id
         self._track_silence(clip.dbfs)
         end_time, level = clip.end_time, clip.dbfs  # not the clip: a waiting score must not hold its samples
+        ratio = result.ratio if sc.threshold is None else sc.shared.scorer.ratio(score, result.section, threshold)
+        bands = None if result.bands is None else [b.to_dict() for b in result.bands]
         seq = self._journal_score(_WaitingScore(
-            lambda n: score_payload(end_time, n, score, threshold, anomalous, p_target, level, model),
-            score, threshold, level))
+            lambda n: score_payload(end_time, n, score, threshold, anomalous, p_target, level, model, ratio, bands),
+            score, threshold, level, clip.position, clip.origin))
         with self._latency_lock:
             self._latencies.append((time.monotonic() - clip.ready_monotonic) * 1e3)
         web = self.daemon.web
@@ -224,9 +236,17 @@ class Pipeline:
                 "machine %s: state %s (score %.3f, threshold %.3f, clip ending %s)",
                 self.id, change, score, threshold, clip.end_time.isoformat(timespec="seconds"),
             )
-            self._unstored_alerts.append(alert_payload(clip.end_time, change, self.id, score, threshold, seq or 0, model))
+            self._unstored_alerts.append(("alert", alert_payload(clip.end_time, change, self.id, score, threshold,
+                                                                 seq or 0, model, ratio, bands)))
             if web is not None:
                 web.alert(self.id, clip.end_time, change)
+        state = "anomalous" if self.debouncer.anomalous else "normal"
+        if state != self._alert_state_sent:
+            # Retained, so a dashboard (Home Assistant's "Anomalous") knows the debounced state at
+            # once; the alert topic is not, as an alert replayed on subscribe would read as new.
+            self._unstored_alerts.append((ALERT_STATE, alert_payload(clip.end_time, state, self.id, score, threshold,
+                                                                     seq or 0, model, ratio, bands)))
+            self._alert_state_sent = state
         self._journal_alerts()
 
         store = self.daemon.evidence
@@ -236,8 +256,6 @@ class Pipeline:
                 self.evidence_saved += 1
                 if web is not None:
                     web.evidence(self.id, saved)
-        if clip.completes is not None and seq is not None:
-            self.source.file_finished(clip.completes)
 
     def _journal_score(self, waiting: "_WaitingScore") -> int | None:
         """Journal this clip's score after any that could not be stored before, in clip order.
@@ -261,7 +279,7 @@ class Pipeline:
         while self._unstored_scores:
             w = self._unstored_scores[0]
             try:
-                seq = self.daemon.publisher.enqueue_score(self.id, w.make_payload)
+                seq = self.daemon.publisher.enqueue_score(self.id, w.make_payload, w.position)
             except OutboxError as exc:
                 self.outbox_errors += 1
                 self.daemon.throttled(logging.ERROR, f"outbox-{self.id}",
@@ -270,8 +288,8 @@ class Pipeline:
                 return None
             self._unstored_scores.popleft()
             # One line per journaled seq (the fault-injection tests count them).
-            log.debug("machine %s: seq %s score %.3f threshold %.3f dbfs %.1f", self.id, seq, w.score, w.threshold,
-                      w.dbfs)
+            log.debug("machine %s: seq %s score %.3f threshold %.3f dbfs %.1f from %s", self.id, seq, w.score,
+                      w.threshold, w.dbfs, w.origin)
         return seq
 
     def _journal_alerts(self) -> None:
@@ -279,8 +297,9 @@ class Pipeline:
         from edge_asd.mqtt.outbox import OutboxError
 
         while self._unstored_alerts:
+            kind, payload = self._unstored_alerts[0]
             try:
-                self.daemon.publisher.enqueue(self.id, "alert", self._unstored_alerts[0])
+                self.daemon.publisher.enqueue(self.id, kind, payload, retain=kind == ALERT_STATE)
             except OutboxError as exc:
                 self.outbox_errors += 1
                 self.daemon.throttled(logging.ERROR, f"alert-{self.id}",
@@ -313,8 +332,7 @@ class Pipeline:
             return None  # the scorer has work: a slow scorer is not a dead source
         now = time.monotonic() if now is None else now
         last = max(t for t in (self.started_mono, self.source.last_clip_mono, self.last_done_mono) if t is not None)
-        every = max(self.scoring.clip_seconds, self.scoring.hop_seconds)
-        limit = max(self.daemon.cfg.alerts.stall_clips * every, MIN_STALL_S)
+        every, limit = stall_limit(self.scoring, self.daemon.cfg.alerts.stall_clips)
         if now - last <= limit:
             return None
         return f"no audio clip for {now - last:.0f} s (one is due every {every:g} s)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -135,6 +136,24 @@ class TooLongError(AudioError):
         super().__init__(f"{path}: {seconds:.1f} s long, more than the {max_seconds:g} s read at once")
 
 
+def channel_blocks(path: Path, f: sf.SoundFile, channel: int, block_frames: int) -> Iterator[np.ndarray]:
+    """One channel of an open file, block by block (float32); :class:`AudioError` at the first bad block."""
+    done = 0
+    while True:
+        try:
+            block = f.read(block_frames, dtype="float32", always_2d=True)
+        except Exception as exc:  # a decoder error in the middle of a damaged file
+            raise AudioError(f"{path}: unreadable audio data at {done / f.samplerate:.2f} s ({short_error(exc)})") from None
+        if block.shape[0] == 0:
+            return
+        x = block[:, channel]
+        if not np.all(np.isfinite(x)):
+            at = done + int(np.argmin(np.isfinite(x)))
+            raise AudioError(f"{path}: contains NaN or infinite samples (first at {at / f.samplerate:.2f} s)")
+        done += x.size
+        yield x
+
+
 def short_error(exc: BaseException) -> str:
     """The first line of an exception's message (libraries' messages run to several), or its type."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -145,12 +164,22 @@ def standardize(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
 
     A silent (constant) clip becomes all zeros rather than a division by zero.
     """
-    x = np.asarray(x, dtype=np.float64)
-    centered = x - x.mean()
-    std = centered.std()
+    centered, std = centre(x)
     if std < eps:
-        return np.zeros_like(x, dtype=np.float32)
-    return (centered / std).astype(np.float32)
+        return np.zeros_like(centered)
+    centered *= np.float32(1.0 / std)
+    return centered
+
+
+def centre(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(x - mean(x), std(x))``: float32 samples, float64 sums.
+
+    A float64 copy of a 10 s clip cost 2 ms per clip, as much as its whole rFFT
+    front end; float64 accumulators keep the sums as exact as that copy did.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    centered = x - np.float32(x.mean(dtype=np.float64))
+    return centered, float(np.sqrt(np.square(centered).sum(dtype=np.float64) / max(1, x.size)))
 
 
 def normalize(x: np.ndarray, spec: SegmentSpec) -> np.ndarray:
@@ -158,7 +187,9 @@ def normalize(x: np.ndarray, spec: SegmentSpec) -> np.ndarray:
     if spec.level is None:
         return standardize(x)
     mean, std = spec.level
-    return ((np.asarray(x, dtype=np.float64) - mean) / std).astype(np.float32)
+    x = np.asarray(x, dtype=np.float32) - np.float32(mean)
+    x *= np.float32(1.0 / std)
+    return x
 
 
 def amplitude_manifest(spec: SegmentSpec) -> str | dict:

@@ -11,6 +11,19 @@ before it returns), with no server and no extra dependency on the device.
 Payloads are stored as opaque bytes (the JSON the publisher sends); nothing is
 ever pickled.
 
+Disk use: ``max_bytes`` bounds the whole outbox on disk, not only its rows. The write-ahead log
+grows by a page or two per commit until a checkpoint copies it back, and SQLite's default (a
+checkpoint every 1000 pages, no size limit) lets it reach 4 MB while the queue is nearly empty, enough
+to fill a small file system on its own. So the budget is split: a quarter for the WAL (checkpointed
+at half of that, truncated back to it by ``journal_size_limit``), 32 KiB for the shared-memory index,
+two pages for the ledger, the rest for the rows (``max_page_count``); and when the queue drains the WAL
+is truncated to nothing.
+
+Numbering: each stream's last seq lives in the outbox and, reserved before each commit, in the
+ledger beside it (:mod:`edge_asd.mqtt.ledger`), so a lost, emptied or replaced outbox cannot make
+numbering start again at 1. A replay source's position is stored in the same transaction as the
+message of its clip, so a kill at any instant leaves both or neither.
+
 Threading: one connection, shared by the pipeline thread (appending) and the
 publisher thread (reading, deleting), guarded by a lock. SQLite serializes
 writers anyway; one connection under a lock keeps "allocate the next seq" and
@@ -19,20 +32,26 @@ writers anyway; one connection under a lock keeps "allocate the next seq" and
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge_asd.errors import UserError
+from edge_asd.mqtt.ledger import LedgerState, ledger_path, read_ledger, write_ledger
+
+log = logging.getLogger("edge_asd.mqtt")
 
 # Bumped when the table layout changes; an outbox written by a newer version is
 # refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -49,6 +68,16 @@ CREATE TABLE IF NOT EXISTS streams (
     stream TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+-- Where a replay source got to: written with the message of the clip (schema 2).
+CREATE TABLE IF NOT EXISTS positions (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- This file's identity, so the ledger can tell a new or replaced outbox (schema 2).
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 # SQLite's primary result codes (stable C API values; the sqlite3 module only
@@ -61,6 +90,35 @@ _ACTION_DELETE = "remove delivered messages from"
 
 # Rows deleted per statement in mark_delivered (SQLite limits bound parameters).
 _DELETE_CHUNK = 500
+
+# The shared-memory index beside the WAL: 32 KiB covers 4096 frames, more than the budget ever lets in.
+_SHM_BYTES = 32768
+# The smallest outbox_max_mb that leaves the rows room beside the WAL, the index and the ledger.
+MIN_MAX_BYTES = 256 * 1024
+# Without a size limit: SQLite's own checkpoint interval, and the WAL truncated back to 4 MiB.
+_DEFAULT_AUTOCHECKPOINT = 1000
+_DEFAULT_WAL_LIMIT = 4 * 1024 * 1024
+_WAL_FRAME_HEADER = 24
+
+
+@dataclass(frozen=True)
+class DiskBudget:
+    """How ``max_bytes`` is shared between the rows, the WAL, its index and the ledger."""
+
+    db_pages: int | None        # max_page_count; None: unbounded
+    autocheckpoint: int         # pages in the WAL that trigger a checkpoint
+    wal_limit: int              # journal_size_limit in bytes
+
+    @staticmethod
+    def of(max_bytes: int | None, page_size: int) -> DiskBudget:
+        if max_bytes is None:
+            return DiskBudget(None, _DEFAULT_AUTOCHECKPOINT, _DEFAULT_WAL_LIMIT)
+        frame = page_size + _WAL_FRAME_HEADER
+        wal = min(max(max_bytes // 4, 16 * frame), _DEFAULT_WAL_LIMIT)
+        # A commit can add one transaction's frames past the checkpoint mark: half the WAL's share is kept for it.
+        autocheckpoint = max(4, wal // frame // 2)
+        rows = max_bytes - wal - _SHM_BYTES - 2 * page_size
+        return DiskBudget(max(1, rows // page_size), autocheckpoint, wal)
 
 
 class OutboxError(UserError):
@@ -95,8 +153,15 @@ class Outbox:
 
     def __init__(self, path: Path, max_bytes: int | None = None) -> None:
         self.path = Path(path)
+        self.ledger_path = ledger_path(self.path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._ledger_failing = False
+        if max_bytes is not None and max_bytes < MIN_MAX_BYTES:
+            raise OutboxError(f"{self.path}: an outbox size limit of {max_bytes} bytes is below the "
+                              f"{MIN_MAX_BYTES // 1024} KiB its database, write-ahead log and index need")
+        # Zero-length (or absent) before SQLite touches it: whatever numbering it had is gone.
+        empty_before = not self.path.exists() or self.path.stat().st_size == 0
         _prepare_file(self.path)
         try:
             conn = sqlite3.connect(
@@ -114,6 +179,11 @@ class Outbox:
         # poll, and COUNT(*) reads the whole table, which after a long outage is large.
         # One process owns an outbox, so only this object changes it.
         self._depth = int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        try:
+            self._ledger = self._reconcile(conn, empty_before)
+        except BaseException:
+            self.close()
+            raise
 
     def _setup(self, conn: sqlite3.Connection, max_bytes: int | None) -> None:
         try:
@@ -142,13 +212,78 @@ class Outbox:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if not conn.execute("SELECT 1 FROM meta WHERE key = 'outbox_id'").fetchone():
+                conn.execute("INSERT INTO meta (key, value) VALUES ('outbox_id', ?)", (uuid.uuid4().hex,))
             conn.execute("COMMIT")
-            if max_bytes is not None:
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                pages = max(1, int(max_bytes) // int(page_size))
-                conn.execute(f"PRAGMA max_page_count={pages}")
+            budget = DiskBudget.of(max_bytes, int(conn.execute("PRAGMA page_size").fetchone()[0]))
+            if budget.db_pages is not None:
+                conn.execute(f"PRAGMA max_page_count={budget.db_pages}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={budget.autocheckpoint}")
+            conn.execute(f"PRAGMA journal_size_limit={budget.wal_limit}")
         except sqlite3.Error as exc:
             raise _translate(exc, self.path, "open") from exc
+
+    def _reconcile(self, conn: sqlite3.Connection, empty_before: bool) -> LedgerState:
+        """Continue the numbering the ledger knows when this outbox is not the one it describes; returns the ledger now."""
+        box_id = str(conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()[0])
+        seqs = {str(k): int(v) for k, v in conn.execute("SELECT stream, seq FROM streams")}
+        positions = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM positions")}
+        old = read_ledger(self.ledger_path)
+        # The ledger reserves a seq before the outbox commits it: one ahead is a kill in between, not another file.
+        same = old is not None and old.outbox_id == box_id and all(
+            n <= seqs.get(s, 0) + 1 for s, n in old.seqs.items())
+        if old is not None and not same:
+            carried = {s: n for s, n in old.seqs.items() if n > seqs.get(s, 0)}
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for stream, n in carried.items():
+                    conn.execute("INSERT INTO streams (stream, seq) VALUES (?, ?) "
+                                 "ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq", (stream, n))
+                for key, value in old.positions.items():
+                    conn.execute("INSERT INTO positions (key, value) VALUES (?, ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise _translate(exc, self.path, "continue the numbering of") from exc
+            seqs.update(carried)
+            positions.update(old.positions)
+            what = "empty" if empty_before else "not the one last used (replaced, or restored from a copy)"
+            numbering = ", ".join(f"{s} after seq {n}" for s, n in sorted(seqs.items())) or "nothing to continue"
+            held = f"; it holds {self._depth} message(s) of its own, sent first" if self._depth else ""
+            log.warning("outbox %s is %s: a new outbox; numbering continues from %s (%s): %s; %d message(s) the "
+                        "previous outbox had not delivered are not in this one%s", self.path, what,
+                        self.ledger_path, "kept beside it", numbering, old.undelivered, held)
+        elif old is None and not empty_before:
+            log.info("outbox %s: no ledger beside it yet (%s); writing one", self.path, self.ledger_path)
+        elif old is None:
+            log.info("outbox %s: a new outbox; numbering starts at 1 (no ledger %s from an earlier one)",
+                     self.path, self.ledger_path)
+        state = LedgerState(box_id, seqs, positions, self._depth)
+        if old is None or not same or old.seqs != seqs or old.positions != positions:
+            self._write_ledger(state, "the outbox is not opened")
+        return state
+
+    def _write_ledger(self, state: LedgerState, consequence: str = "the message was not stored") -> None:
+        """Write the ledger; an :class:`OutboxError` (full: :class:`OutboxFullError`) naming it when that fails."""
+        try:
+            write_ledger(self.ledger_path, state)
+        except OSError as exc:
+            text = f"{self.ledger_path}: cannot write the outbox ledger: {exc.strerror or exc}; {consequence}"
+            if exc.errno == errno.ENOSPC:
+                raise OutboxFullError(text) from exc
+            raise OutboxError(text) from exc
+        self._ledger_failing = False
+
+    def _update_ledger(self) -> None:
+        """Record the depth after a delivery or an unnumbered append; a failure only makes the count older."""
+        try:
+            self._write_ledger(replace(self._ledger, undelivered=self._depth),
+                               "its count of undelivered messages is older (written again with the next message)")
+        except OutboxError as exc:
+            if not self._ledger_failing:
+                log.warning("%s", exc)
+            self._ledger_failing = True
 
     # --- writing ----------------------------------------------------------------
 
@@ -162,23 +297,35 @@ class Outbox:
                     (topic, payload, int(qos), int(bool(retain)), time.time()),
                 )
             self._depth += 1
+            self._update_ledger()
             return int(cur.lastrowid)
 
     def append_with_seq(
-        self, stream: str, topic: str, make_payload: Callable[[int], bytes], qos: int = 1
+        self, stream: str, topic: str, make_payload: Callable[[int], bytes], qos: int = 1,
+        position: tuple[str, str] | None = None,
     ) -> int:
         """Allocate the next seq of ``stream`` and store the message built from it, atomically.
 
-        Seqs start at 1 and continue across restarts. Allocation and insert share one
-        transaction, so a crash can neither skip a seq nor store a message twice;
-        if ``make_payload`` raises, nothing is stored and the seq is not used.
-        Returns the seq.
+        Seqs start at 1 and continue across restarts, and across the loss of the outbox file
+        (the ledger). Allocation and insert share one transaction, so a crash can neither skip
+        a seq nor store a message twice; if ``make_payload`` raises, nothing is stored and the
+        seq is not used. ``position`` (key, value): where a replay source got to with this
+        message, stored in the same transaction (:meth:`position` reads it back). Returns the seq.
         """
         with self._lock:
             with self._transaction("append") as conn:
                 row = conn.execute("SELECT seq FROM streams WHERE stream = ?", (stream,)).fetchone()
                 seq = (int(row[0]) if row else 0) + 1
                 payload = _as_bytes(make_payload(seq))
+                reserved = replace(self._ledger, seqs={**self._ledger.seqs, stream: seq},
+                                   positions=self._ledger.positions if position is None
+                                   else {**self._ledger.positions, position[0]: position[1]},
+                                   undelivered=self._depth + 1)
+                # Before the commit: the ledger may run one seq ahead of the outbox, never behind it.
+                self._write_ledger(reserved)
+                if position is not None:
+                    conn.execute("INSERT INTO positions (key, value) VALUES (?, ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", position)
                 conn.execute(
                     "INSERT INTO streams (stream, seq) VALUES (?, ?) "
                     "ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq",
@@ -188,6 +335,7 @@ class Outbox:
                     "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?, ?, ?, 0, ?)",
                     (topic, payload, int(qos), time.time()),
                 )
+            self._ledger = reserved
             self._depth += 1
             return seq
 
@@ -204,6 +352,16 @@ class Outbox:
                     marks = ",".join("?" * len(chunk))
                     deleted += conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
             self._depth -= deleted
+            if self._depth == 0:
+                self._checkpoint()
+            self._update_ledger()
+
+    def _checkpoint(self) -> None:
+        """The queue is empty: copy the WAL back and truncate it to nothing (its frames are the only disk it holds)."""
+        try:
+            self._open_conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.debug("%s: checkpoint failed (%s); the next one retries", self.path, exc)
 
     # --- reading ----------------------------------------------------------------
 
@@ -229,6 +387,21 @@ class Outbox:
         with self._lock:
             self._open_conn()
             return self._depth
+
+    def position(self, key: str) -> str | None:
+        """The position last stored under ``key`` with a message (see :meth:`append_with_seq`), or None."""
+        value = self._scalar("SELECT value FROM positions WHERE key = ?", (key,))
+        return None if value is None else str(value)
+
+    def disk_bytes(self) -> int:
+        """Bytes the outbox takes on disk: the database, its WAL and shared-memory index, and the ledger."""
+        total = 0
+        for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"), self.ledger_path):
+            try:
+                total += p.stat().st_blocks * 512
+            except OSError:
+                pass
+        return total
 
     def last_seq(self, stream: str) -> int:
         """The last seq allocated to ``stream`` (0 when none was)."""

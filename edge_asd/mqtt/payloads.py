@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -45,6 +45,25 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+BAND_KEYS = ("lo_hz", "hi_hz", "z")
+
+
+def evidence_keys(ratio: float | None, bands: Sequence[Mapping[str, float]] | None) -> dict[str, Any]:
+    """The keys a bundle with band statistics adds to score and alert messages; none from an older bundle.
+
+    ``ratio``: the score on one scale for every bundle (0 at the section's median
+    held-out normal, 1 at the threshold). ``bands``: at most 3 ``{"lo_hz",
+    "hi_hz", "z"}``, strongest first, ``z`` > 0 where the clip is louder than its
+    nearest normal clips; an empty list when no band deviates.
+    """
+    out: dict[str, Any] = {}
+    if ratio is not None:
+        out["ratio"] = _finite("ratio", ratio)
+    if bands is not None:
+        out["bands"] = [{k: _finite(k, b[k]) for k in BAND_KEYS} for b in bands]
+    return out
+
+
 def score_payload(
     ts: float | datetime,
     seq: int,
@@ -54,8 +73,10 @@ def score_payload(
     p_target: float,
     dbfs: float,
     model: str,
+    ratio: float | None = None,
+    bands: Sequence[Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """The per-clip score message; ``ts`` is the end of the clip (CONTRACT.md)."""
+    """The per-clip score message; ``ts`` is the end of the clip (CONTRACT.md); ``ratio``, ``bands``: :func:`evidence_keys`."""
     return {
         "v": PAYLOAD_VERSION,
         "ts": format_ts(ts),
@@ -66,6 +87,7 @@ def score_payload(
         "p_target": _finite("p_target", p_target),
         "dbfs": _finite("dbfs", dbfs),
         "model": str(model),
+        **evidence_keys(ratio, bands),
     }
 
 
@@ -80,11 +102,13 @@ def alert_payload(
     threshold: float,
     seq: int,
     model: str,
+    ratio: float | None = None,
+    bands: Sequence[Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """A state change of one machine: ``state`` is "anomalous" when it turns, "normal" when it clears.
 
-    ``seq``, ``score`` and ``ts`` are those of the clip that caused the change, so a
-    subscriber can find the score message that triggered it.
+    ``seq``, ``score``, ``ts``, ``ratio`` and ``bands`` are those of the clip that caused
+    the change, so a subscriber can find the score message that triggered it.
     """
     if state not in ALERT_STATES:
         raise ValueError(f"alert state must be one of {ALERT_STATES}, got {state!r}")
@@ -97,6 +121,7 @@ def alert_payload(
         "threshold": _finite("threshold", threshold),
         "seq": int(seq),
         "model": str(model),
+        **evidence_keys(ratio, bands),
     }
 
 

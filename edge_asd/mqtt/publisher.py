@@ -25,13 +25,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edge_asd.errors import ConfigError
-from edge_asd.mqtt.discovery import discovery_messages
+from edge_asd.mqtt.discovery import ENTITIES_PER_MACHINE, HaDevice, discovery_messages
 from edge_asd.mqtt.outbox import Outbox, OutboxError
 from edge_asd.mqtt.payloads import STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED, encode
 from edge_asd.mqtt.settings import MqttSettings
@@ -64,6 +65,15 @@ def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+@dataclass
+class _InFlight:
+    """An outbox message handed to paho and not yet acknowledged."""
+
+    outbox_id: int
+    sent: float         # time.monotonic() of the publish
+    generation: int     # the connection it was handed over on
+
+
 class Publisher:
     """Drains an :class:`Outbox` to an MQTT broker and keeps the device's status retained.
 
@@ -76,12 +86,22 @@ class Publisher:
     Order: messages are handed to paho in outbox order. After a reconnect paho
     re-sends the unacknowledged ones itself, in order, and the drain thread hands
     over nothing new until those are acknowledged, so nothing overtakes them.
+
+    Progress is judged by acknowledgements, not by the connection state: a message in
+    flight without its PUBACK for ``ack_timeout_s`` (counted from its send, or from the
+    reconnect paho re-sent it at) is taken as lost, say an acknowledgement whose callback
+    failed, and sent again from the outbox (``resent``); after a reconnect that is every message
+    paho re-sent and did not get acknowledged. So no entry of the in-flight map can hold the drain back for longer than that bound.
+    :meth:`stalled_for` says how long the publisher has been connected with messages
+    waiting and none acknowledged; the daemon ends on it (``delivery_stall_s``).
     """
 
-    def __init__(self, settings: MqttSettings, device_id: str, outbox: Outbox, machines: Iterable[str] = ()) -> None:
+    def __init__(self, settings: MqttSettings, device_id: str, outbox: Outbox, machines: Iterable[str] = (),
+                 ha_device: HaDevice | None = None) -> None:
         self.settings = settings
         self.device_id = check_level(device_id)
         self.machines = [check_level(m) for m in machines]
+        self.ha_device = ha_device  # what Home Assistant discovery says beyond the ids (the page, freshness)
         self.outbox = outbox
         self.status_topic = self.topic("status")
         self._window = int(settings.max_inflight)
@@ -99,9 +119,14 @@ class Publisher:
         # Outbox ids the broker acknowledged whose DELETE has not committed yet (a full disk):
         # kept, and deleted again, so they are neither lost from view nor sent twice.
         self._acked_ids: list[int] = []
+        # Monotonic time of the last sign that delivery moves: an acknowledged outbox message, a
+        # connect, or nothing waiting. Read by stalled_for().
+        self._progress_mono = time.monotonic()
+        self._connected_mono = time.monotonic()
         self._counters: dict[str, Any] = {
             "published": 0,
             "acked": 0,
+            "resent": 0,
             "connects": 0,
             "reconnects": 0,
             "connect_failures": 0,
@@ -128,7 +153,7 @@ class Publisher:
         client.on_log = lambda _client, _userdata, _level, text: paho_log.debug("%s", text)
         # Room for the status and discovery messages beside the outbox window, so
         # those never wait behind a full window.
-        client.max_inflight_messages_set(self._window + 8 + 3 * len(self.machines))
+        client.max_inflight_messages_set(self._window + 8 + ENTITIES_PER_MACHINE * len(self.machines))
         client.will_set(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -238,10 +263,15 @@ class Publisher:
 
     # --- producing --------------------------------------------------------------
 
-    def enqueue_score(self, machine_id: str, make_payload: Callable[[int], dict]) -> int:
-        """Journal one score message (seq allocated from the machine's stream) and return its seq."""
+    def enqueue_score(self, machine_id: str, make_payload: Callable[[int], dict],
+                      position: tuple[str, str] | None = None) -> int:
+        """Journal one score message (seq allocated from the machine's stream) and return its seq.
+
+        ``position``: the replay position the clip reaches, journaled in the same transaction.
+        """
         topic = self.topic(machine_id, "score")
-        seq = self.outbox.append_with_seq(machine_id, topic, lambda seq: encode(make_payload(seq)), qos=1)
+        seq = self.outbox.append_with_seq(machine_id, topic, lambda seq: encode(make_payload(seq)), qos=1,
+                                          position=position)
         self._notify()
         return seq
 
@@ -276,13 +306,27 @@ class Publisher:
 
     @property
     def counters(self) -> dict[str, Any]:
-        """connected, published, acked, connects, reconnects, connect_failures, dropped, last_error.
+        """connected, published, acked, resent, connects, reconnects, connect_failures, dropped, last_error, stalled_s.
 
         ``last_error`` is the latest failure seen (it stays after a successful
-        reconnect; ``connected`` says whether the link is up now).
+        reconnect; ``connected`` says whether the link is up now). ``stalled_s``: see :meth:`stalled_for`.
         """
+        stalled = round(self.stalled_for(), 1)
         with self._cond:
-            return {"connected": self._connected, **self._counters}
+            return {"connected": self._connected, **self._counters, "stalled_s": stalled}
+
+    def stalled_for(self, now: float | None = None) -> float:
+        """Seconds connected with outbox messages waiting and none acknowledged (0 while delivery moves).
+
+        Computed from timestamps, not by the drain thread, so a drain thread that hangs counts as stalled too.
+        """
+        now = time.monotonic() if now is None else now
+        waiting = self.outbox.depth()
+        with self._cond:
+            if not self._connected or self._stopping or waiting - len(self._acked_ids) <= 0:
+                self._progress_mono = now
+                return 0.0
+            return max(0.0, now - self._progress_mono)
 
     def _notify(self) -> None:
         with self._cond:
@@ -307,6 +351,7 @@ class Publisher:
             return
         with self._cond:
             self._connected = True
+            self._connected_mono = self._progress_mono = time.monotonic()
             self._generation += 1
             self._counters["connects"] += 1
             if self._counters["connects"] > 1:
@@ -325,7 +370,7 @@ class Publisher:
 
     def _publish_discovery(self, client: mqtt.Client) -> None:
         for topic, config in discovery_messages(
-            self.device_id, self.machines, self.settings.prefix, self.settings.ha_prefix
+            self.device_id, self.machines, self.settings.prefix, self.settings.ha_prefix, self.ha_device
         ):
             client.publish(topic, encode(config), qos=1, retain=True)
 
@@ -364,31 +409,34 @@ class Publisher:
     # --- the drain thread ---------------------------------------------------------
 
     def _drain_loop(self) -> None:
-        inflight: OrderedDict[int, int] = OrderedDict()   # paho mid -> outbox id, in send order
-        inflight_generation = 0
-        cursor = 0                                        # highest outbox id handed to paho
+        inflight: OrderedDict[int, _InFlight] = OrderedDict()   # paho mid -> message, in send order
+        cursor = 0                                              # highest outbox id handed to paho
         while True:
             with self._cond:
                 if not self._wake and not self._stopping:
-                    # The timeout only bounds how long a transient error waits for a retry.
+                    # The timeout bounds how long a transient error waits for a retry, and how late
+                    # a missing acknowledgement is noticed.
                     self._cond.wait(timeout=1.0)
                 self._wake = False
                 stopping = self._stopping
                 connected = self._connected
                 generation = self._generation
+                connected_mono = self._connected_mono
             self._collect_acks(inflight)
             if not self._remove_acked() and stopping:
                 self._warn_acked_left()
             if stopping:
                 return
             try:
-                if not inflight:
-                    inflight_generation = generation
-                # After a reconnect paho re-sends what is in flight; sending more now
-                # could overtake those, so wait until they are acknowledged. Rows acknowledged
-                # but not yet deleted do not hold delivery back: they are behind the cursor,
-                # and subscribers dedupe by seq should a restart send them again.
-                if connected and inflight_generation == generation and len(inflight) < self._window:
+                overdue = self._overdue(inflight, connected_mono) if connected else []
+                if overdue:
+                    cursor = self._resend(inflight, overdue)
+                # After a reconnect paho re-sends what is in flight; sending more now could overtake
+                # those, so wait until they are acknowledged (or overdue, above). Rows acknowledged but
+                # not yet deleted do not hold delivery back: they are behind the cursor, and skipped
+                # when the cursor is rewound.
+                current = all(e.generation == generation for e in inflight.values())
+                if connected and current and len(inflight) < self._window:
                     cursor = self._send_more(inflight, cursor, generation)
             except OutboxError as exc:
                 self._report_error(str(exc))
@@ -398,16 +446,36 @@ class Publisher:
                 self._report_error(f"internal error: {exc!r}")
                 self._pause()
 
-    def _collect_acks(self, inflight: OrderedDict[int, int]) -> None:
+    def _overdue(self, inflight: OrderedDict[int, _InFlight], connected_mono: float) -> list[int]:
+        """The mids in flight that have waited longer than ``ack_timeout_s`` for their PUBACK on this connection.
+
+        The clock of a message handed over on an earlier connection restarts at the reconnect, where paho
+        re-sends it: so after a reconnect all of those paho did not get acknowledged come due together.
+        """
+        deadline = time.monotonic() - float(self.settings.ack_timeout_s)
+        return [mid for mid, e in inflight.items() if max(e.sent, connected_mono) < deadline]
+
+    def _resend(self, inflight: OrderedDict[int, _InFlight], overdue: list[int]) -> int:
+        """Forget the overdue messages and return the cursor that sends them again from the outbox, in order."""
+        ids = sorted(inflight.pop(mid).outbox_id for mid in overdue)
+        log.warning("mqtt %s:%s: no acknowledgement for %d outbox message(s) (the first: %d) within %g s; sending "
+                    "them again (subscribers drop repeats by seq)", self.settings.host, self.settings.port,
+                    len(ids), ids[0], self.settings.ack_timeout_s)
+        with self._cond:
+            self._counters["resent"] += len(ids)
+        return ids[0] - 1
+
+    def _collect_acks(self, inflight: OrderedDict[int, _InFlight]) -> None:
         while True:
             try:
                 mid = self._acks.get_nowait()
             except queue.Empty:
                 return
-            outbox_id = inflight.pop(mid, None)
-            if outbox_id is not None:       # else: a status, discovery or stats message
+            entry = inflight.pop(mid, None)
+            if entry is not None:       # else: a status, discovery or stats message, or one sent again since
                 with self._cond:
-                    self._acked_ids.append(outbox_id)
+                    self._acked_ids.append(entry.outbox_id)
+                    self._progress_mono = time.monotonic()
 
     def _remove_acked(self) -> bool:
         """Delete the acknowledged rows; False when the delete failed (they stay listed and are retried)."""
@@ -437,8 +505,18 @@ class Publisher:
             log.warning("%d delivered message(s) could not be removed from the outbox %s; "
                         "they will be sent again at the next start", n, self.outbox.path)
 
-    def _send_more(self, inflight: OrderedDict[int, int], cursor: int, generation: int) -> int:
-        for msg in self.outbox.pending(limit=self._window - len(inflight), after_id=cursor):
+    def _send_more(self, inflight: OrderedDict[int, _InFlight], cursor: int, generation: int) -> int:
+        # Behind a cursor rewound by _resend: rows delivered whose delete is pending (a full disk), and
+        # rows still in flight within their bound. Neither is sent again.
+        with self._cond:
+            skip = set(self._acked_ids)
+        skip.update(e.outbox_id for e in inflight.values())
+        for msg in self.outbox.pending(limit=self._window + len(skip), after_id=cursor):
+            if msg.id in skip:
+                cursor = msg.id
+                continue
+            if len(inflight) >= self._window:
+                break
             with self._cond:
                 # The connection may have dropped (and come back) since the batch
                 # began; the next wake-up sends the rest once re-sends are acknowledged.
@@ -453,6 +531,7 @@ class Publisher:
                 self.outbox.mark_delivered([msg.id])
                 with self._cond:
                     self._counters["dropped"] += 1
+                    self._progress_mono = time.monotonic()
                 cursor = msg.id
                 continue
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
@@ -460,7 +539,7 @@ class Publisher:
                 self._report_error(f"publish refused by the client: {mqtt.error_string(info.rc)}")
                 break
             # NO_CONN: paho keeps QoS 1 messages and sends them on reconnect, in order.
-            inflight[info.mid] = msg.id
+            inflight[info.mid] = _InFlight(msg.id, time.monotonic(), generation)
             cursor = msg.id
             with self._cond:
                 self._counters["published"] += 1

@@ -43,6 +43,12 @@ class MqttSettings:
     keepalive: int = 30
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    # An outbox message in flight this long without its PUBACK counts as lost and is sent again
+    # (a duplicate at worst, which subscribers drop by seq); the clock restarts at each reconnect.
+    ack_timeout_s: float = 30.0
+    # Connected, messages waiting and none acknowledged for this long: delivery is stuck, and the
+    # daemon exits 1 so that systemd restarts it.
+    delivery_stall_s: float = 300.0
     ha_discovery: bool = False
     ha_prefix: str = "homeassistant"
     # Not a TOML key (CONTRACT.md's keys stay as they are): outbox messages sent and not yet acknowledged.
@@ -80,6 +86,11 @@ class MqttSettings:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise MqttSettingsError("reconnect_max_s", f"must be at least reconnect_min_s ({self.reconnect_min_s:g})")
         _in_range("max_inflight", self.max_inflight, 1, None)
+        if not float(self.ack_timeout_s) > 0:
+            raise MqttSettingsError("ack_timeout_s", f"must be greater than 0, not {float(self.ack_timeout_s):g}")
+        if not float(self.delivery_stall_s) > float(self.ack_timeout_s):
+            raise MqttSettingsError("delivery_stall_s", f"must be greater than ack_timeout_s ({self.ack_timeout_s:g}), "
+                                                        f"not {float(self.delivery_stall_s):g}")
 
     @property
     def uses_tls(self) -> bool:

@@ -29,11 +29,12 @@ from edge_asd.errors import AudioError, UserError
 from edge_asd.daemon.evidence import EvidenceStore
 from edge_asd.progress import Progress
 from edge_asd.runtime.scorer import ClipScorer
+from edge_asd.scoring.bands import Band
 from edge_asd.daemon.sources import FileSource
 
 WINDOWS_CSV = "windows.csv"
 CSV_COLUMNS = ("file", "window", "start_s", "end_s", "start_time", "end_time", "score", "threshold", "anomalous",
-               "p_target", "dbfs", "alert", "event")
+               "p_target", "dbfs", "alert", "event", "ratio", "bands")
 
 # 2026-11-01T10, 2026-11-01_10-30-00, 20261101T103000, ... (a date, then at least the hour)
 _NAME_TIME = re.compile(
@@ -128,11 +129,14 @@ class Window:
     dbfs: float
     alert: bool  # the debounced state after this window
     event: str  # "raised", "cleared" or ""
+    ratio: float | None = None  # 0 at the section's median held-out normal, 1 at the threshold; None: an older bundle
+    bands: tuple[Band, ...] | None = None  # the deviating bands, strongest first; None: no band statistics
 
     def record(self) -> dict:
         out = asdict(self)
         out["start_time"] = format_wall(self.start_time)
         out["end_time"] = format_wall(self.end_time)
+        out["bands"] = None if self.bands is None else [b.to_dict() for b in self.bands]
         return out
 
 
@@ -216,6 +220,7 @@ def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions
                             None if wall is None else wall + timedelta(seconds=end_s),
                             float(r.score), thr, anomalous, float(r.p_target), dbfs(samples), debouncer.anomalous,
                             {"anomalous": "raised", "normal": "cleared"}.get(change or "", ""),
+                            r.ratio if threshold is None else scorer.ratio(float(r.score), opts.section, threshold), r.bands,
                         )
                         rows.append(row)
                         _write(writer, row, opts.json_lines)
@@ -258,10 +263,14 @@ def _write(writer, row: Window, json_lines: bool) -> None:
 
 
 def _cell(v) -> str | int:
+    if v is None:
+        return ""
     if isinstance(v, bool):
         return int(v)
     if isinstance(v, float):
         return repr(v)  # every digit: a CSV row gives back the number the scorer gave
+    if isinstance(v, list):  # bands: "lo-hi:z" each, strongest first, e.g. "2834-3108:+15.28;330-369:-5.10"
+        return ";".join(f"{b['lo_hz']:.0f}-{b['hi_hz']:.0f}:{b['z']:+.2f}" for b in v)
     return v
 
 

@@ -24,7 +24,7 @@ def require_matplotlib() -> None:
 
 
 def plot_timeline(rows: list["Window"], path: Path, title: str) -> Path:
-    """Score and threshold over time, shaded where the alert was raised, and the level below."""
+    """Score and threshold over time, shaded where the alert was raised; the deviating bands and the level below."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     wall = rows[0].start_time is not None
@@ -37,12 +37,13 @@ def plot_timeline(rows: list["Window"], path: Path, title: str) -> Path:
         mid = [(r.start_s + r.end_s) / 2 / scale for r in rows]
         edges = [(r.start_s / scale, r.end_s / scale) for r in rows]
         xlabel = f"time into the recording ({unit})"
-    fig = Figure(figsize=(11, 5.5), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    top, strip, bottom = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.4, 1]})
     spans = _alert_spans(rows)
     for k, (a, b) in enumerate(spans):
         top.axvspan(edges[a][0], edges[b][1], color="tab:red", alpha=0.15, lw=0, label="alert" if k == 0 else None)
         bottom.axvspan(edges[a][0], edges[b][1], color="tab:red", alpha=0.15, lw=0)
+    _band_strip(strip, rows, edges)
     top.plot(mid, [r.score for r in rows], color="tab:blue", lw=1.2, marker=".", ms=4, label="score")
     top.step(mid, [r.threshold for r in rows], where="mid", color="black", ls="--", lw=1, label="threshold")
     hot = [i for i, r in enumerate(rows) if r.anomalous]
@@ -65,6 +66,24 @@ def plot_timeline(rows: list["Window"], path: Path, title: str) -> Path:
     bottom.grid(alpha=0.3)
     fig.savefig(path, dpi=100)
     return path
+
+
+def _band_strip(ax, rows: list["Window"], edges: list) -> None:
+    """Each window's deviating bands as boxes over frequency: red louder, blue quieter than its normal neighbours."""
+    ax.set_yscale("log")
+    ax.set_ylabel("deviating bands (Hz)\nred louder, blue quieter", fontsize=8)
+    ax.grid(alpha=0.3, which="both", axis="y")
+    if all(r.bands is None for r in rows):
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no band evidence for this bundle", transform=ax.transAxes, ha="center", va="center",
+                color="tab:gray", fontsize=9)
+        return
+    for (x0, x1), r in zip(edges, rows):
+        for b in r.bands or ():
+            # opacity by strength: a z of 5 (just named) is faint, 20 and more solid
+            alpha = min(1.0, 0.25 + abs(b.z) / 25.0)
+            ax.fill_between([x0, x1], b.lo_hz, b.hi_hz, color="tab:red" if b.z > 0 else "tab:blue", alpha=alpha, lw=0)
+    ax.set_ylim(40.0, 8000.0)  # the plain features' 50-7800 Hz, the same in every plot
 
 
 def _alert_spans(rows: list["Window"]) -> list[tuple[int, int]]:

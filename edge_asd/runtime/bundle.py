@@ -83,7 +83,7 @@ class Bundle:
             raise BundleError(f"{self.path}: manifest names no member {name!r}")
         try:
             with zipfile.ZipFile(self.path) as zf:
-                data = zf.read(name)
+                data = _read_member(zf, name, self.path)
         except KeyError:
             raise BundleError(f"{self.path}: member {name} is missing") from None
         except zipfile.BadZipFile:
@@ -91,7 +91,7 @@ class Bundle:
         except OSError as exc:
             raise BundleError(f"{self.path}: cannot read bundle ({exc.strerror or exc})") from None
         if sha256(data) != digest:
-            raise BundleError(f"{self.path}: checksum mismatch for member {name} (the bundle is corrupt or was modified)")
+            raise _mismatch(self.path, name)
         return data
 
     def arrays(self, name: str) -> dict[str, np.ndarray]:
@@ -164,7 +164,7 @@ def open_bundle(path: str | Path) -> Bundle:
             if MANIFEST not in names:
                 raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
             try:
-                manifest = json.loads(zf.read(MANIFEST))
+                manifest = json.loads(_read_member(zf, MANIFEST, path))
             except (ValueError, UnicodeDecodeError) as exc:
                 raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
             if not isinstance(manifest, dict):
@@ -188,8 +188,8 @@ def open_bundle(path: str | Path) -> Bundle:
                     raise BundleError(f"{path}: unsafe member name {name!r}")
                 if name not in names:
                     raise BundleError(f"{path}: member {name} is missing")
-                if _member_sha256(zf, name) != digest:
-                    raise BundleError(f"{path}: checksum mismatch for member {name} (the bundle is corrupt or was modified)")
+                if _member_sha256(zf, name, path) != digest:
+                    raise _mismatch(path, name)
     except zipfile.BadZipFile:
         raise BundleError(f"{path}: not a bundle (not a zip archive, or truncated)") from None
     except OSError as exc:
@@ -199,13 +199,31 @@ def open_bundle(path: str | Path) -> Bundle:
     return bundle
 
 
-def _member_sha256(zf: zipfile.ZipFile, name: str) -> str:
+def _mismatch(path: Path, name: str) -> BundleError:
+    return BundleError(f"{path}: checksum mismatch for member {name} (the bundle is corrupt or was modified)")
+
+
+def _member_sha256(zf: zipfile.ZipFile, name: str, path: Path) -> str:
     """A member's digest, hashed in blocks: verifying a bundle must not need its size in memory."""
     h = hashlib.sha256()
-    with zf.open(name) as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with zf.open(name) as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except zipfile.BadZipFile:
+        # The archive's directory was read, so the zip is whole; what zipfile refuses now is this
+        # member's bytes or its local header (its CRC-32, a name that no longer matches): a damaged
+        # member, which the user knows as a checksum mismatch, not "not a zip archive".
+        raise _mismatch(path, name) from None
     return h.hexdigest()
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """A member's bytes; a damaged member is a checksum mismatch (see :func:`_member_sha256`)."""
+    try:
+        return zf.read(name)
+    except zipfile.BadZipFile:
+        raise _mismatch(path, name) from None
 
 
 def _check_references(bundle: Bundle) -> None:

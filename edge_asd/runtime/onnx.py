@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_asd.runtime.backend import ClipView, SegmentBatches
+from edge_asd.runtime.frontend import FrontEnd
 
 log = logging.getLogger("edge_asd.inference")  # the name journals show, kept from before the subpackages
 
@@ -71,6 +72,43 @@ class OnnxBackend(SegmentBatches):
         return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32)
 
 
+class OnnxFrontEnd:
+    """The bundle's ``frontend.onnx`` on the CPU: standardized waveform ``[N]`` -> normalized log-mel ``[n_mels, F]``.
+
+    What a bundle without the rFFT front end's numbers runs on a CPU
+    (:mod:`edge_asd.runtime.frontend`), and the reference the rFFT is held to.
+    ``n_fft`` is the samples of one analysis window (0: unknown, the clip goes
+    through in one piece). A frame depends only on the samples under its
+    window, so a clip's frames can be made ``chunk_frames`` at a time with the
+    same numbers; 160 frames at a time hold a quarter of a 10 s clip's
+    intermediate spectra (~25 MB less at the peak).
+    """
+
+    name = "onnx-graph"
+    chunk_frames = 160
+
+    def __init__(self, model: bytes, n_fft: int, hop: int, threads: int = 0, chunk_frames: int | None = None):
+        self.n_fft, self.hop = int(n_fft), int(hop)
+        self.chunk_frames = int(chunk_frames or OnnxFrontEnd.chunk_frames)
+        if self.chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be at least 1, got {self.chunk_frames}")
+        # onnxruntime keeps its own copy of the model: the bytes are not held here
+        self._session = OnnxBackend._session(model, ["CPUExecutionProvider"], threads)
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        usable = wave.size // self.hop * self.hop  # the graph takes whole hop blocks; the rest is in no frame
+        x = np.ascontiguousarray(wave[:usable], dtype=np.float32)
+        span = -(-self.n_fft // self.hop) if self.n_fft else 0  # hop blocks under one window
+        total = usable // self.hop - span + 1
+        if not span or total <= self.chunk_frames:
+            return self._session.run(["logmel"], {"waveform": x[None]})[0][0]
+        parts = []
+        for f0 in range(0, total, self.chunk_frames):
+            f1 = min(total, f0 + self.chunk_frames)
+            parts.append(self._session.run(["logmel"], {"waveform": x[None, f0 * self.hop : (f1 - 1 + span) * self.hop]})[0][0])
+        return np.concatenate(parts, axis=1)
+
+
 @dataclass
 class SplitOnnx:
     """Front end once per clip, encoder per segment (see export.onnx_export.FrontendGraph).
@@ -78,9 +116,11 @@ class SplitOnnx:
     Gives the same embeddings as the whole-segment graph with about half the
     front-end work, since a clip's segments overlap; segment starts must be
     multiples of the hop, which :class:`edge_asd.io.audio.SegmentSpec` guarantees.
+    The front end is the rFFT (:class:`edge_asd.runtime.frontend.FFTFrontEnd`)
+    where the bundle carries its numbers, else the bundle's graph (:class:`OnnxFrontEnd`).
     """
 
-    frontend: bytes
+    frontend: FrontEnd
     encoder: bytes
     frames: int
     hop: int
@@ -91,64 +131,36 @@ class SplitOnnx:
     # that and run no slower on a 2-core CPU (the working set stays in cache;
     # benchmarks/bench_runtime.py).
     encoder_batch: int = 2
-    # Samples of one analysis window (the front end's n_fft; 0: unknown, the clip
-    # goes through in one piece) and frames per front-end run. A frame depends
-    # only on the samples under its window, so a clip's frames can be made a
-    # stretch at a time with the same numbers; 160 frames at a time hold a
-    # quarter of a 10 s clip's intermediate spectra (~25 MB less at the peak).
-    window: int = 0
-    frontend_chunk_frames: int = 160
     name: str = "onnx-cpu"
     clip_level = True
     takes_segments = True
 
     def __post_init__(self) -> None:
-        if self.encoder_batch < 1 or self.frontend_chunk_frames < 1:
-            raise ValueError(f"encoder_batch and frontend_chunk_frames must be at least 1, got "
-                             f"{self.encoder_batch} and {self.frontend_chunk_frames}")
-        self._fe = OnnxBackend._session(self.frontend, self.providers, self.threads)
+        if self.encoder_batch < 1:
+            raise ValueError(f"encoder_batch must be at least 1, got {self.encoder_batch}")
         self._enc = OnnxBackend._session(self.encoder, self.providers, self.threads)
-        # onnxruntime holds its own copy of the weights; the bundle's bytes can go
-        self.frontend = self.encoder = b""
+        self.encoder = b""  # onnxruntime holds its own copy of the weights
 
     def run(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The :class:`Backend` interface: whole segments, front end per segment."""
         x = np.ascontiguousarray(segments, dtype=np.float32)
-        embs, logits = [], []
-        for lo in range(0, len(x), self.encoder_batch):
-            (frames,) = self._fe.run(["logmel"], {"waveform": x[lo : lo + self.encoder_batch]})
-            emb, logit = self._enc.run(["embedding", "domain_logit"], {"logmel": frames[:, :, : self.frames]})
-            embs.append(emb)
-            logits.append(logit.reshape(-1))
-        return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32)
-
-    def _clip_frames(self, clip: np.ndarray) -> np.ndarray:
-        """Log-mel frames ``[1, n_mels, F]`` of a whole standardized clip."""
-        usable = clip.size // self.hop * self.hop  # the graph takes whole hop blocks; the rest is in no frame
-        x = np.ascontiguousarray(clip[:usable], dtype=np.float32)
-        span = -(-self.window // self.hop) if self.window else 0  # hop blocks under one window
-        total = usable // self.hop - span + 1
-        if not span or total <= self.frontend_chunk_frames:
-            return self._fe.run(["logmel"], {"waveform": x[None]})[0]
-        parts = []
-        for f0 in range(0, total, self.frontend_chunk_frames):
-            f1 = min(total, f0 + self.frontend_chunk_frames)
-            parts.append(self._fe.run(["logmel"], {"waveform": x[None, f0 * self.hop : (f1 - 1 + span) * self.hop]})[0])
-        return np.concatenate(parts, axis=2)
+        return self._encode(np.stack([self.frontend(s)[:, : self.frames] for s in x]))
 
     def run_clip(self, clip: ClipView) -> tuple[np.ndarray, np.ndarray, float]:
         """``(embedding [S, D], domain_logit [S], seconds spent in the front end)``: the log-mel once per clip."""
         t0 = time.perf_counter()
-        frames = self._clip_frames(clip.normalized)
+        frames = self.frontend(clip.normalized)
         t_fe = time.perf_counter() - t0
         first = np.asarray(clip.starts) // self.hop
-        windows = np.stack([frames[0, :, f : f + self.frames] for f in first])
+        return (*self._encode(np.stack([frames[:, f : f + self.frames] for f in first])), t_fe)
+
+    def _encode(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         embs, logits = [], []
         for lo in range(0, len(windows), self.encoder_batch):
             emb, logit = self._enc.run(["embedding", "domain_logit"], {"logmel": windows[lo : lo + self.encoder_batch]})
             embs.append(emb)
             logits.append(logit.reshape(-1))
-        return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32), t_fe
+        return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32)
 
 
 _ARENA_REGISTERED: list[bool] = []

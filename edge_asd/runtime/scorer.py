@@ -21,7 +21,9 @@ from edge_asd.errors import BundleError, UserError
 from edge_asd.io.features import LogMelStats, LogMelStatsConfig
 from edge_asd.runtime.backend import Backend, ClipView, FeatureBackend
 from edge_asd.runtime.backends import make_backend
-from edge_asd.runtime.onnx import SplitOnnx, available_ort_providers
+from edge_asd.runtime.frontend import FFTFrontEnd, FrontEnd, LogMelConfig
+from edge_asd.runtime.onnx import OnnxFrontEnd, SplitOnnx, available_ort_providers
+from edge_asd.scoring.bands import Band, BandEvidence, BandReference, ratio
 from edge_asd.scoring.combine import combine_parts, p_target
 from edge_asd.scoring.section import SectionModel, section_from_state, section_parts
 
@@ -34,12 +36,15 @@ class ClipResult:
     p_target: float
     section: str
     timings_ms: dict = field(default_factory=dict)
+    # None where the bundle predates them (no reference medians, no band statistics)
+    ratio: float | None = None
+    bands: tuple[Band, ...] | None = None
 
 
 @dataclass
 class _Member:
     name: str
-    backend: Backend  # a SplitOnnx (front end once per clip) on the CPU when the bundle has the split graphs
+    backend: Backend  # a SplitOnnx (front end once per clip, by rFFT) on the CPU when the bundle has the split graphs
     sections: dict[str, SectionModel]
     has_domain_head: bool = True  # whether its domain logits mean anything (Eq. 7)
 
@@ -80,6 +85,8 @@ class ClipScorer:
         self.thresholds = {s: float(m["thresholds"][s]) for s in self.sections}
         # normal-score quantiles per section, the daemon's drift reference (absent in some bundles)
         self.reference_quantiles: dict[str, list[float]] = dict(m.get("reference_quantiles", {}))
+        self.reference_medians: dict[str, float] = {s: float(v) for s, v in m.get("reference_medians", {}).items()}
+        self.band_evidence = band_evidence_of(bundle)
         self.members: list[_Member] = []
         for i, mm in enumerate(m["members"]):
             arrays = bundle.arrays(mm["state"])
@@ -105,12 +112,7 @@ class ClipScorer:
             engine = bundle.read(mm["engine"]["file"]) if mm.get("engine") else None
             try:
                 if self._use_split(mm, backend, engine):
-                    sp = mm["split"]
-                    be = SplitOnnx(
-                        bundle.read(sp["frontend"]), bundle.read(sp["encoder"]), int(sp["frames_per_segment"]),
-                        int(sp["hop_length"]), threads=threads or (os.cpu_count() or 1),
-                        window=int(m["frontend"].get("n_fft", 0)),
-                    )
+                    be = split_backend(bundle, mm, threads or (os.cpu_count() or 1))
                 else:
                     be = make_backend(
                         bundle.read(mm["model"]),
@@ -127,6 +129,17 @@ class ClipScorer:
             self._check_model_shape(be, i, int(mm.get("embedding_dim", self.embedding_dim)))
             self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, bool(mm.get("domain_head", True))))
         self.backend_name = "+".join(dict.fromkeys(m.backend.name for m in self.members))
+        self._band_features = self._band_feature_source()
+
+    def _band_feature_source(self) -> LogMelStats | int | None:
+        """The index of the plain member whose features band evidence reads, else the features to compute."""
+        if self.band_evidence is None:
+            return None
+        for i, member in enumerate(self.members):
+            features = getattr(member.backend, "features", None)
+            if isinstance(features, LogMelStats) and features.cfg == self.band_evidence.cfg:
+                return i
+        return LogMelStats(self.band_evidence.cfg)
 
     @staticmethod
     def _use_split(member: dict, backend: str, engine: bytes | None) -> bool:
@@ -237,16 +250,70 @@ class ClipScorer:
 
     def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:
         section = self.resolve_section(section)
-        scores, p, timings = self._score_clip(clip, section)
+        scores, p, timings, outs = self._score_clip(clip, section)
         thr = self.thresholds[section]
         score = float(scores[0])
-        return ClipResult(score, thr, score > thr, float(p[0]), section, timings)
+        t0 = time.perf_counter()
+        bands = self._bands(clip, outs, section)
+        if bands is not None:
+            timings["bands"] = (time.perf_counter() - t0) * 1e3
+        return ClipResult(score, thr, score > thr, float(p[0]), section, timings, self.ratio(score, section), bands)
 
-    def _score_clip(self, clip: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    def ratio(self, score: float, section: str, threshold: float | None = None) -> float | None:
+        """``score`` on the one scale of every bundle: 0 at the section's median held-out normal, 1 at the threshold.
+
+        ``threshold``: a daemon's override of the bundle's, so that 1 is where its alerts start.
+        """
+        thr = self.thresholds[section] if threshold is None else float(threshold)
+        return ratio(score, self.reference_medians.get(section), thr)
+
+    def _bands(self, clip: np.ndarray, outs: list[tuple[np.ndarray, np.ndarray]], section: str) -> tuple[Band, ...] | None:
+        source = self._band_features
+        if source is None or self.band_evidence is None:
+            return None
+        features = outs[source][0][0] if isinstance(source, int) else source(clip)
+        found = self.band_evidence.bands(features, section)
+        return None if found is None else tuple(found)
+
+    def _score_clip(self, clip: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict, list]:
         outs, timings = self.embed_clip(clip)
         t0 = time.perf_counter()
         scores, p = self.combine([(e[None], l[None]) for e, l in outs], section)
-        return scores, p, {**timings, "detector": (time.perf_counter() - t0) * 1e3}
+        return scores, p, {**timings, "detector": (time.perf_counter() - t0) * 1e3}, outs
+
+
+def band_evidence_of(bundle: Bundle) -> BandEvidence | None:
+    """The bundle's band statistics; None in a bundle written before them (it scores, without bands)."""
+    block = bundle.manifest.get("band_evidence")
+    if not block:
+        return None
+    try:
+        cfg = LogMelStatsConfig.from_dict(block["features"])
+        arrays = bundle.arrays(block["file"])
+        sections = {s: BandReference.from_arrays(arrays, f"{s}/", int(block["k"])) for s in block["sections"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{bundle.path}: band statistics unusable ({exc})") from None
+    for ref in sections.values():
+        if ref.spread.shape[0] != cfg.n_mels:
+            raise BundleError(f"{bundle.path}: band statistics have {ref.spread.shape[0]} bands, the features {cfg.n_mels}")
+    return BandEvidence(cfg, sections)
+
+
+def split_backend(bundle: Bundle, member: dict, threads: int) -> SplitOnnx:
+    """The CPU's extractor: the front end once per clip (by rFFT where the bundle says how), then the encoder."""
+    sp = member["split"]
+    hop = int(sp["hop_length"])
+    frontend: FrontEnd
+    if sp.get("logmel") and sp.get("input_norm"):
+        norm = bundle.arrays(sp["input_norm"])
+        try:
+            frontend = FFTFrontEnd(LogMelConfig.from_dict(sp["logmel"]), norm["scale"], norm["shift"], threads=threads)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: front end of member {member.get('name', '?')} is unusable ({exc})") from None
+    else:  # bundles written before the rFFT front end: the graph
+        frontend = OnnxFrontEnd(bundle.read(sp["frontend"]), int(bundle.manifest["frontend"].get("n_fft", 0)), hop,
+                                threads=threads)
+    return SplitOnnx(frontend, bundle.read(sp["encoder"]), int(sp["frames_per_segment"]), hop, threads=threads)
 
 
 def quiet_faiss_threads() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge_asd.io.audio import SegmentSpec, read_audio
+from edge_asd.io.audio import SegmentSpec, centre, read_audio
 from edge_asd.errors import AudioError
 
 
@@ -78,9 +78,9 @@ class ClipStatsCache:
 
 def measure_clip(path: Path) -> ClipStats:
     """Mean and standard deviation of a whole clip, as :func:`edge_asd.io.audio.standardize` computes them."""
-    x = read_audio(path).astype(np.float64)
-    mean = float(x.mean())
-    return ClipStats(x.size, mean, float((x - mean).std()))
+    x = read_audio(path)
+    _, std = centre(x)
+    return ClipStats(x.size, float(x.mean(dtype=np.float64)), std)
 
 
 def clip_statistics(
@@ -118,11 +118,19 @@ def pooled_stats(stats: Sequence[ClipStats]) -> ClipStats:
 
 
 def run_spec(run_dir: Path, base: SegmentSpec = SegmentSpec()) -> SegmentSpec:
-    """The segment spec of a run's extractor: its amplitude normalization from split.json."""
+    """The segment spec of a run's extractor: the segment length it trained on and S (config.json), its
+    amplitude normalization (split.json). Stage 2, the check and the export all cut clips with it, so a run
+    trained on 3 s segments is never embedded or deployed on 2 s ones."""
     import dataclasses
     import json
 
-    amp = json.loads((Path(run_dir) / "split.json").read_text()).get("amplitude") or {"mode": "clip"}
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+        base = dataclasses.replace(base, segment_seconds=float(cfg.get("segment_seconds", base.segment_seconds)),
+                                   n_segments=int(cfg.get("val_segments", base.n_segments)))
+    amp = json.loads((run_dir / "split.json").read_text()).get("amplitude") or {"mode": "clip"}
     if amp.get("mode") == "machine":
         return dataclasses.replace(base, level=(float(amp["mean"]), float(amp["std"])))
     return base
@@ -140,4 +148,7 @@ def read_crop(path: Path, stats: ClipStats, offset: int, length: int) -> np.ndar
 def standardize_with(x: np.ndarray, stats: ClipStats) -> np.ndarray:
     if stats.std < 1e-8:  # a silent clip, as standardize() treats it
         return np.zeros(x.size, dtype=np.float32)
-    return ((x.astype(np.float64) - stats.mean) / stats.std).astype(np.float32)
+    # The same float32 operations as standardize(), so a crop is bit for bit a slice of the whole clip.
+    centered = np.asarray(x, dtype=np.float32) - np.float32(stats.mean)
+    centered *= np.float32(1.0 / stats.std)
+    return centered

@@ -9,7 +9,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from edge_asd.daemon.sources.clip import Clip, ClipQueue
@@ -140,9 +139,6 @@ class ClipSource(abc.ABC):
         finally:
             self._state = "ended"
             self.queue.close()
-
-    def file_finished(self, path: Path) -> None:
-        """Every clip of ``path`` was scored; only a source that replays files (and may resume) keeps it."""
 
     @abc.abstractmethod
     def _run(self) -> None:

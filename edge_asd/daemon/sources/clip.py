@@ -8,7 +8,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 
@@ -22,9 +21,9 @@ class Clip:
     dbfs: float  # level of the raw clip (before the scorer standardizes it)
     ready_monotonic: float  # time.monotonic() when the clip was complete: latency is measured from here
     origin: str  # where it came from: "<device>" or "<file>@<offset>s"
-    # The file this clip is the last of (file sources): once it is scored, a
-    # restarted source may continue after that file.
-    completes: Path | None = None
+    # File sources: (key, value) of the replay position this clip reaches, journaled with its
+    # message so that a restarted source continues after it (edge_asd.daemon.fileprogress).
+    position: tuple[str, str] | None = None
 
 
 class ClipQueue:

@@ -196,6 +196,8 @@ class PortAudioHost:
         self._lock = threading.Lock()
         self._streams: dict[tuple[int, int], _SharedStream] = {}  # live streams new subscribers join
         self._open: set[_SharedStream] = set()  # every stream not closed yet (live or failed)
+        self._closing: set[_SharedStream] = set()  # being closed by detach(), outside the lock
+        self._closing_reported = False
 
     @property
     def open_streams(self) -> int:
@@ -226,15 +228,29 @@ class PortAudioHost:
             return sub
 
     def detach(self, sub: MicSubscription) -> None:
-        """End a subscription; the stream closes with its last subscriber."""
+        """End a subscription; the stream closes with its last subscriber.
+
+        The stream is closed without the lock: closing one whose device is gone can
+        hang in the driver (PortAudio issue 1037), and that must stall only the
+        caller (whose source the daemon then reports hung), never the other
+        microphones' opens and rescans.
+        """
         with self._lock:
             shared = sub.shared
             shared.subs = tuple(s for s in shared.subs if s is not sub)
-            if not shared.subs:
-                key = (int(shared.info["index"]), shared.rate)
-                if self._streams.get(key) is shared:
-                    del self._streams[key]
-                self._close_stream(shared)
+            if shared.subs or shared not in self._open:
+                return
+            key = (int(shared.info["index"]), shared.rate)
+            if self._streams.get(key) is shared:
+                del self._streams[key]
+            self._open.discard(shared)
+            self._closing.add(shared)
+        try:
+            _abort_and_close(shared.stream)
+        finally:
+            with self._lock:
+                self._closing.discard(shared)
+                self._closing_reported = self._closing_reported and bool(self._closing)
 
     def rescan(self, force: bool = False) -> bool:
         """Re-read PortAudio's device list; True when it did.
@@ -246,6 +262,14 @@ class PortAudioHost:
         """
         sd = _sounddevice()
         with self._lock:
+            if self._closing:
+                # Re-initializing would close the stream whose close hangs in the driver, and hang
+                # with the lock held: the device list waits for the restart the hang leads to.
+                (log.debug if self._closing_reported else log.warning)(
+                    "audio device list not refreshed: closing the stream of %s has not returned",
+                    ", ".join(repr(s.info["name"]) for s in self._closing))
+                self._closing_reported = True
+                return False
             if not self._open:
                 sd._terminate()  # what the sounddevice maintainer recommends to refresh the list (issue #125)
                 sd._initialize()
@@ -254,6 +278,8 @@ class PortAudioHost:
         if not force and not self._list_is_stale():
             return False
         with self._lock:
+            if self._closing:
+                return False  # a close began hanging meanwhile (see above)
             self._refresh_open_streams(sd)
         return True
 
@@ -344,12 +370,15 @@ class PortAudioHost:
         if shared not in self._open:
             return
         self._open.discard(shared)
-        stream = shared.stream
-        try:
-            stream.abort()
-        except Exception:  # a stream whose device vanished may refuse to stop; closing still frees it
-            pass
-        try:
-            stream.close()
-        except Exception as exc:
-            log.debug("closing a failed stream: %s", exc)
+        _abort_and_close(shared.stream)
+
+
+def _abort_and_close(stream) -> None:
+    try:
+        stream.abort()
+    except Exception:  # a stream whose device vanished may refuse to stop; closing still frees it
+        pass
+    try:
+        stream.close()
+    except Exception as exc:
+        log.debug("closing a failed stream: %s", exc)

@@ -14,8 +14,10 @@ import soundfile as sf
 from edge_asd.daemon.sources.base import ClipSource
 from edge_asd.daemon.sources.clip import Clip, ClipCutter, fit_length
 from edge_asd.errors import AudioError
-from edge_asd.io.audio import SAMPLE_RATE, dbfs, open_audio, resample, short_error
+from edge_asd.io.audio import SAMPLE_RATE, channel_blocks, dbfs, open_audio, resample
 from edge_asd.io.files import list_source_files
+
+from edge_asd.daemon.fileprogress import ReplayPosition, position_key
 
 if TYPE_CHECKING:
     from edge_asd.daemon.fileprogress import FileProgress
@@ -43,16 +45,20 @@ class FileSource(ClipSource):
       infinite samples (or unreadable data) ends its file there: the clips before
       it were scored, the rest of the file is skipped and the file is named.
     * A clip's timestamp is the start of its file on a replay timeline plus the
-      offset of the clip's end in the file. A file starts at the later of "now"
-      and the end of the previous file on that timeline, so timestamps always
-      increase: in real time they are the wall-clock times the clips became
-      available, as for a microphone; as fast as possible they continue the
-      timeline as if the files had been played back to back in real time (and
-      so may run ahead of the clock). File modification times are not used:
+      offset of the clip's end in the file (its place in the recording). A file
+      starts at the later of "now" and the end of the previous file on that
+      timeline, so timestamps always increase: in real time they are the
+      wall-clock times the clips became available, as for a microphone; as fast
+      as possible they continue the timeline as if the files had been played
+      back to back in real time (and so may run ahead of the clock, by the audio
+      replayed faster than real time). File modification times are not used:
       copying recordings changes them.
-    * With a :class:`~edge_asd.daemon.fileprogress.FileProgress`, a restarted source skips
-      the files up to the last one whose final clip (``Clip.completes``) the
-      scorer reported done with :meth:`file_finished`.
+    * Every clip carries its replay position (``Clip.position``), which the
+      scorer journals with the clip's message. With a
+      :class:`~edge_asd.daemon.fileprogress.FileProgress`, a restarted source
+      continues with the first clip after the last one journaled, and its
+      timeline continues from that clip's timestamp: no clip is scored twice and
+      no timestamp jumps back across a restart.
     * ``realtime=True`` paces clips at the file's duration and drops the oldest
       queued clip when scoring falls behind (exactly like a microphone);
       ``realtime=False`` waits for the scorer, so every clip is scored.
@@ -132,8 +138,10 @@ class FileSource(ClipSource):
                        self.name, path, f.samplerate, SAMPLE_RATE)
 
     def _run(self) -> None:
-        # A restarted source continues after the last file it finished (the first pass only).
-        resume_after = self.progress.last(self.name, self.target) if self.progress is not None else None
+        # A restarted source continues after the last clip journaled (the first pass only).
+        resume = self.progress.resume(self.name, self.target) if self.progress is not None else None
+        if resume is not None and resume.end_time is not None:
+            self._timeline_end = resume.end_time
         while not self._stop.is_set():
             played = 0
             paths = list_source_files(self.target)
@@ -141,13 +149,16 @@ class FileSource(ClipSource):
             for path in paths:
                 if self._stop.is_set():
                     return
-                if resume_after is not None and path <= Path(resume_after):
+                skip_until = 0.0
+                if resume is not None and (path < resume.file or (path == resume.file and resume.offset_s is None)):
                     played += 1  # done before the restart: not an empty folder
                     continue
+                if resume is not None and path == resume.file:
+                    skip_until = float(resume.offset_s or 0.0)
                 clips_before = self.clips
                 try:
                     with self.open_file(path) as f:
-                        if not self._replay(path, f):
+                        if not self._replay(path, f, skip_until):
                             return
                 except AudioError as exc:
                     self.bad_files += 1
@@ -162,7 +173,7 @@ class FileSource(ClipSource):
                     continue
                 played += 1
                 self.files_played += 1
-            resume_after = None
+            resume = None
             if not self.loop:
                 return
             if played == 0:
@@ -172,19 +183,10 @@ class FileSource(ClipSource):
 
     def _blocks(self, path: Path, f: sf.SoundFile):
         """``(mono block, frames read so far)`` of the selected channel; :class:`AudioError` at the first bad block."""
-        ch = self.channel if f.channels > 1 else 0
         done = 0
-        while True:
-            try:
-                block = f.read(self.block_frames, dtype="float32", always_2d=True)
-            except Exception as exc:  # a decoder error in the middle of a damaged file
-                raise AudioError(f"{path}: unreadable audio data at {done / f.samplerate:.2f} s ({short_error(exc)})") from None
-            if block.shape[0] == 0 or self._stop.is_set():
+        for x in channel_blocks(path, f, self.channel if f.channels > 1 else 0, self.block_frames):
+            if self._stop.is_set():
                 return
-            x = block[:, ch]
-            if not np.all(np.isfinite(x)):
-                at = done + int(np.argmin(np.isfinite(x)))
-                raise AudioError(f"{path}: contains NaN or infinite samples (first at {at / f.samplerate:.2f} s)")
             done += x.size
             yield x, done
 
@@ -202,31 +204,33 @@ class FileSource(ClipSource):
             for native, end in cutter.feed(x, end_index):
                 yield fit_length(resample(native, rate, SAMPLE_RATE), out_n), end / rate, end + hop_n > f.frames
 
-    def file_finished(self, path: Path) -> None:
-        """Every clip of ``path`` was scored (the daemon's scorer says so): a restart continues after it."""
-        if self.progress is not None:
-            self.progress.record(self.name, self.target, path)
-
-    def _replay(self, path: Path, f: sf.SoundFile) -> bool:
-        """Queue one file's clips, streaming it; False when stopped midway."""
+    def _replay(self, path: Path, f: sf.SoundFile, skip_until: float = 0.0) -> bool:
+        """Queue one file's clips ending after ``skip_until`` s (those before were journaled), streaming it;
+        False when stopped midway."""
         if self._state != "ok":
             self._state = "ok"
         duration = f.frames / f.samplerate
         start_wall = datetime.now(timezone.utc)
         if self._timeline_end is not None and self._timeline_end > start_wall:
             start_wall = self._timeline_end
+        # A file resumed midway is placed so that its journaled part ends where the timeline stands.
+        start_wall -= timedelta(seconds=skip_until)
         self._timeline_end = start_wall + timedelta(seconds=duration)
-        start_mono = time.monotonic()
+        start_mono = time.monotonic() - skip_until
+        key = position_key(self.name, self.target)
         for samples, offset, last in self.cut_clips(path, f):
+            if offset <= skip_until + 1e-6:
+                continue
             if self.realtime and self._stop.wait(max(0.0, start_mono + offset - time.monotonic())):
                 return False
+            end_time = start_wall + timedelta(seconds=offset)
             clip = Clip(
                 samples=samples,
-                end_time=start_wall + timedelta(seconds=offset),
+                end_time=end_time,
                 dbfs=dbfs(samples),
                 ready_monotonic=time.monotonic(),
                 origin=f"{path}@{offset - self.clip_seconds:.3f}s",
-                completes=path if last else None,
+                position=(key, ReplayPosition(path, None if last else offset, end_time).encode()),
             )
             if not self._emit(clip, wait=not self.realtime):
                 return False

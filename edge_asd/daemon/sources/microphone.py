@@ -139,6 +139,8 @@ class MicSource(ClipSource):
                 if self._state == "failing":
                     log.info("source %s: audio is flowing again", self.name)
                 self._state = "ok"
+                # The failure is over: its text must not be reported for a later one (failure_detail).
+                self._last_error = None
             mark_written, mark_wall, mark_mono = ring.mark
             for native, clip_end in cutter.feed(x, end_index):
                 behind = max(0, mark_written - clip_end) / rate

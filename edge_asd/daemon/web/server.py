@@ -26,6 +26,7 @@ import base64
 import hmac
 import json
 import logging
+import math
 import queue
 import re
 import socket
@@ -366,17 +367,27 @@ class WebServer:
         return False, False
 
 
+class BadQuery(ValueError):
+    """A query parameter the API cannot take; its text is the one line the client gets back."""
+
+
 def _since(query: dict) -> float:
     """``since``: seconds since the epoch, or an ISO 8601 time; absent: the whole history."""
     raw = (query.get("since") or [""])[0]
     if not raw:
         return 0.0
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        pass
-    t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+        try:
+            t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadQuery(f"since: {raw!r} is neither Unix seconds nor an ISO 8601 time") from None
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    # float() takes "nan", "inf" and "1e309" (infinite): no time, and NaN or Infinity would make the answer non-JSON.
+    if not math.isfinite(value):
+        raise BadQuery(f"since: {raw!r} is not a finite number of Unix seconds")
+    return value
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -414,8 +425,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _json(self, obj, head: bool) -> None:
-        self._send(HTTPStatus.OK, json.dumps(obj, separators=(",", ":")).encode(), "application/json", head=head)
+    def _json(self, obj, head: bool, status: int = HTTPStatus.OK) -> None:
+        # allow_nan=False: a NaN that slipped through is an error here, never a body no JSON parser reads.
+        body = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+        self._send(status, body, "application/json", head=head)
 
     def _error(self, status: int, head: bool, extra: dict | None = None) -> None:
         self._send(status, f"{status} {HTTPStatus(status).phrase}\n".encode(), "text/plain; charset=utf-8", extra,
@@ -433,6 +446,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in url.path.split("/")[1:]]
         try:
             self._dispatch(ui, parts, query, head, set_cookie)
+        except BadQuery as exc:
+            self._json({"error": str(exc)}, head, HTTPStatus.BAD_REQUEST)
         except (ValueError, KeyError):
             self._error(HTTPStatus.BAD_REQUEST, head)
         except FileNotFoundError:  # a clip the size cap deleted a moment ago

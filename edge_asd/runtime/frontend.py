@@ -1,0 +1,90 @@
+"""The learned extractor's front end in numpy: what the bundle's ``frontend.onnx`` computes, by rFFT.
+
+``frontend.onnx`` maps a standardized clip to the encoder's input: the
+log-mel of an uncentred STFT (periodic Hann), then the per-band affine map
+the extractor's input normalization folds into at inference. The graph does
+the DFT as matrix products so that ONNX and TensorRT run it anywhere; on a CPU
+that was two thirds of a clip's time for the small Transformer (issue 28).
+This computes the same numbers with numpy's real FFT (see
+:mod:`edge_asd.io.stft`); the bundle carries the numbers it needs next to the
+split graphs (``split.logmel`` and ``split.input_norm`` in a member's
+manifest), and a bundle without them keeps the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edge_asd.io.features import mel_filterbank
+from edge_asd.io.stft import LogMelSTFT, frame_count, hann
+
+
+class FrontEnd(Protocol):
+    """Standardized waveform ``[N]`` -> encoder input frames ``[n_mels, F]`` (float32)."""
+
+    name: str
+    n_fft: int
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LogMelConfig:
+    """The numbers of a learned front end, as ``train.frontend.LogMel.config()`` writes them."""
+
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    f_min: float
+    f_max: float
+    mel_scale: str
+    log_eps: float
+    window: str = "hann_periodic"  # the only window the learned front end has
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LogMelConfig":
+        if d.get("center", False):
+            raise ValueError("a centred STFT is not what the exported front end computes")
+        if float(d.get("power", 2.0)) != 2.0:
+            raise ValueError(f"power {d['power']} is not the exported front end's 2")
+        return cls(int(d["sample_rate"]), int(d["n_fft"]), int(d["hop_length"]), int(d["n_mels"]), float(d["f_min"]),
+                   float(d["f_max"]), str(d["mel_scale"]), float(d["log_eps"]), str(d.get("window", "hann_periodic")))
+
+
+class FFTFrontEnd:
+    """``frontend.onnx`` by rFFT: ``scale * ln(mel + eps) + shift`` per band."""
+
+    name = "numpy-rfft"
+
+    def __init__(self, cfg: LogMelConfig, scale: np.ndarray, shift: np.ndarray, threads: int = 1):
+        scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+        shift = np.asarray(shift, dtype=np.float32).reshape(-1)
+        if scale.shape != (cfg.n_mels,) or shift.shape != (cfg.n_mels,):
+            raise ValueError(f"input normalization has {scale.size} scales and {shift.size} shifts for {cfg.n_mels} bands")
+        if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
+            raise ValueError("input normalization holds NaN or infinite values")
+        self.cfg = cfg
+        self.n_fft = cfg.n_fft
+        fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale)
+        self._stft = LogMelSTFT(cfg.n_fft, cfg.hop_length, hann(cfg.n_fft, cfg.window), fb, log="ln",
+                                eps=cfg.log_eps, threads=threads)
+        self._scale, self._shift = scale[:, None], shift[:, None]
+
+    def n_frames(self, n_samples: int) -> int:
+        return frame_count(n_samples, self.cfg.n_fft, self.cfg.hop_length)
+
+    def logmel(self, wave: np.ndarray) -> np.ndarray:
+        """``[n_mels, F]`` log-mel before the input normalization: what training's ``LogMel`` gives."""
+        return self._stft(wave).T
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        frames = self.logmel(wave) * self._scale  # one pass makes the [n_mels, F] layout the encoder reads
+        frames += self._shift
+        return frames
+
+    def close(self) -> None:
+        self._stft.close()

@@ -22,10 +22,9 @@ from edge_asd.daemon.evidence import EvidenceStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import Broker  # noqa: E402
-from daemon_proc import Daemon, bundle_manifest, noise_wavs, scores, write_config  # noqa: E402
+from daemon_proc import Daemon, bundle_manifest, fill_file_system, noise_wavs, scores, write_config  # noqa: E402
 from test_reliability import (  # noqa: E402,F401 - small_fs is a fixture
     UsbBus,
-    _fill,
     _latest_source_state,
     _seqs_of,
     mic_config,
@@ -41,7 +40,7 @@ def test_evidence_on_a_full_disk_is_one_log_line_and_no_traceback(tiny_bundle, e
     # traceback per block to stderr, and each save then failed with an AssertionError.
     evidence = small_fs / "evidence"
     evidence.mkdir()
-    _fill(small_fs)
+    fill_file_system(small_fs)
     clip_s = float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0))
     noise_wavs(tmp_path / "rec", 4, clip_s)
     with Broker(tmp_path) as broker:
@@ -67,7 +66,7 @@ def test_evidence_on_a_full_disk_is_one_log_line_and_no_traceback(tiny_bundle, e
 
 def test_evidence_saves_again_once_space_returns(small_fs, caplog):
     store = EvidenceStore(small_fs / "evidence", 10 * 1024 * 1024)
-    filler = _fill(small_fs)
+    filler = fill_file_system(small_fs)
     clip = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
     t = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
     with caplog.at_level(logging.INFO, logger="edge_asd.evidence"):

@@ -93,7 +93,12 @@ def test_whole_clip_frames_sliced_equal_segment_frames_exactly():
         assert whole.shape == (1, 224, fe.n_frames(clip.size))
         sliced = fe.slice_segments(whole, starts, spec.segment_samples)[0]
         assert sliced.shape == per_segment.shape == (10, 224, 118)
-        assert torch.equal(sliced, per_segment)
+        # The same frames, to the last bit of the framing: what remains is the matrix product's
+        # rounding, whose kernel (and so its last bit) the BLAS picks by the batch's shape.
+        scale = per_segment.abs().max().item()
+        assert torch.max(torch.abs(sliced - per_segment)).item() <= 4 * torch.finfo(torch.float32).eps * scale
+        one_off = fe.slice_segments(whole, [s + fe.hop_length for s in starts[:-1]], spec.segment_samples)[0]
+        assert torch.max(torch.abs(one_off - per_segment[:-1])).item() > 0.1, "a slice one frame off must show"
 
 
 def test_mel_filterbank_shape_and_placement():

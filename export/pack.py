@@ -40,8 +40,8 @@ FRONTEND_TOLERANCE = 1e-5  # the rFFT front end against frontend.onnx: max |diff
 REFERENCE_DIR = "references/"
 DEFAULT_REFERENCE_CLIPS = 3
 MAX_REFERENCE_CLIPS = 20
-# Long enough to hear a machine's cycle and its tones, short enough that 3 clips of every
-# section add ~0.1 MB of FLAC per section to a bundle.
+# Long enough to hear a machine's cycle and its tones, short enough that a clip is ~0.1 MB
+# of FLAC (BENCHMARKS.md): 3 per section add well under 1 MB to a bundle of three sections.
 REFERENCE_SECONDS = 5.0
 
 

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 from edge_asd.cli.parser import CliParser, run_cli
+from edge_asd.errors import UserError
 
-from .pack import FORMATS, SELECT_BY, build_bundle
+from .pack import (DEFAULT_REFERENCE_CLIPS, FORMATS, MAX_REFERENCE_CLIPS, REFERENCE_SECONDS, SELECT_BY, build_bundle,
+                   check_reference_clips)
 from .precision import PRECISIONS
 
 
@@ -25,8 +27,17 @@ def _export(args: argparse.Namespace) -> int:
         select_by=args.select_by,
         validation=[Path(v) for v in args.validation] if args.validation else None,
         with_plain=args.with_plain,
+        reference_clips=args.reference_clips,
     )
     return 0
+
+
+def _reference_count(text: str) -> int:
+    """argparse's type for --reference-clips: its error is the parser's one line and exit status 2."""
+    try:
+        return check_reference_clips(int(text))
+    except (ValueError, UserError):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from 0 (none) to {MAX_REFERENCE_CLIPS}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plain", dest="with_plain", action="store_false",
                    help="leave out the plain log-mel-statistics member that edge-asd-train fits beside the run "
                    "(by default it joins the bundle as an ensemble member: better in every measured case, BENCHMARKS.md)")
+    p.add_argument("--reference-clips", type=_reference_count, default=DEFAULT_REFERENCE_CLIPS, metavar="N",
+                   help=f"pack N typical normal training clips of each section ({REFERENCE_SECONDS:g} s of FLAC each) so the device's "
+                   f"page can play normal beside an alert's clip; 0 for none, at most {MAX_REFERENCE_CLIPS} "
+                   f"(default {DEFAULT_REFERENCE_CLIPS})")
     p.set_defaults(func=_export)
     return p
 

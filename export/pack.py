@@ -7,6 +7,7 @@ standardization statistics, thresholds), so the device never needs the run.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.io.audio import SegmentSpec, amplitude_manifest, clip_segments
+from edge_asd.io.audio import SAMPLE_RATE, SegmentSpec, amplitude_manifest, clip_segments
 from edge_asd.runtime.bundle import npz_bytes, write_bundle
 from edge_asd.errors import UserError
 from edge_asd.runtime.onnx import OnnxBackend
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 FORMATS = ("onnx", "tensorrt")
 PARITY_TOLERANCE = 1e-4
 FRONTEND_TOLERANCE = 1e-5  # the rFFT front end against frontend.onnx: max |difference| / max |log-mel|
+REFERENCE_DIR = "references/"
+DEFAULT_REFERENCE_CLIPS = 3
+MAX_REFERENCE_CLIPS = 20
+# Long enough to hear a machine's cycle and its tones, short enough that a clip is ~0.1 MB
+# of FLAC (BENCHMARKS.md): 3 per section add well under 1 MB to a bundle of three sections.
+REFERENCE_SECONDS = 5.0
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -374,6 +381,7 @@ def build_bundle(
     select_by: str | None = None,
     validation: list[Path] | None = None,
     with_plain: bool = False,
+    reference_clips: int = DEFAULT_REFERENCE_CLIPS,
 ) -> Path:
     """One bundle from one run, or an ensemble bundle (report 2.5) from several runs of a machine type.
 
@@ -386,6 +394,7 @@ def build_bundle(
     """
     from train.stage2 import default_approach
 
+    check_reference_clips(reference_clips)
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
@@ -410,7 +419,7 @@ def build_bundle(
             log.info("%s: the training-time no-regret check found the learned member no help (AUC plain %.3f, ensemble "
                      "%.3f): the bundle is the plain system alone (give --no-plain for the learned member alone)",
                      runs[0], gate["auc_plain"], gate["auc_ensemble"])
-            manifest, files = _assemble(plain, "generalization", data_root)
+            manifest, files = _assemble(plain, "generalization", data_root, reference_clips=reference_clips)
             manifest["gate"] = gate
             path = write_bundle(out, manifest, files)
             if progress:
@@ -438,7 +447,7 @@ def build_bundle(
         members, selection = _select(members, select, select_by, validation or [], approach, precision)
     if with_plain:
         members += _plain_member_of(runs, len(members), data_root)
-    manifest, files = _assemble(members, approach, data_root)
+    manifest, files = _assemble(members, approach, data_root, reference_clips=reference_clips)
     if selection is not None:
         manifest["selection"] = selection
     if gate is not None:
@@ -474,8 +483,9 @@ def _print_validation(bundle: Path, validation: list[Path] | None) -> None:
 
 
 def _assemble(members: list[_Member], approach: str, data_root: Path | None = None,
-              with_bands: bool = True) -> tuple[dict, dict[str, bytes]]:
-    """The manifest and files of a bundle of these members (band evidence: not for a candidate's trial bundle)."""
+              with_bands: bool = True, reference_clips: int = 0) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and files of a bundle of these members (band evidence and reference clips: not for a
+    candidate's trial bundle)."""
     from train.config import TrainConfig
 
     first = members[0]
@@ -516,9 +526,14 @@ def _assemble(members: list[_Member], approach: str, data_root: Path | None = No
         "members": [m.manifest for m in members],
     }
     files = {k: v for m in members for k, v in m.files.items()}
-    bands = _band_evidence(members, data_root) if with_bands else None
-    if bands is not None:
-        manifest["band_evidence"], files[BANDS_FILE] = bands
+    if with_bands or reference_clips:
+        cfg, normals = _normals_by_section(members, data_root)
+        bands = _band_evidence(cfg, normals) if with_bands else None
+        if bands is not None:
+            manifest["band_evidence"], files[BANDS_FILE] = bands
+        if reference_clips:
+            manifest["reference_clips"], clips = _reference_clips(normals, reference_clips)
+            files.update(clips)
     return manifest, files
 
 
@@ -528,12 +543,20 @@ BANDS_FILE = "bands.npz"
 MAX_BAND_CLIPS = 1000
 
 
-def _band_evidence(members: list[_Member], data_root: Path | None) -> tuple[dict, bytes] | None:
-    """Per section, the normal training clips' plain features the device compares each clip's bands with.
+@dataclass(frozen=True)
+class _SectionNormals:
+    """A section's normal training clips and their plain features, read once for band evidence and references."""
+
+    paths: list[Path]
+    domains: list[str]
+    features: np.ndarray  # [n, cfg.dim]
+
+
+def _normals_by_section(members: list[_Member], data_root: Path | None):
+    """The plain feature settings and, per section, its normal training clips (thinned) with their features.
 
     The plain member's feature settings where the bundle has one (its features
-    are then computed once per clip on the device), the plain defaults
-    otherwise. None where no section has the 3 normal clips it needs.
+    are then computed once per clip on the device), the plain defaults otherwise.
     """
     from edge_asd.io.features import LogMelStats, LogMelStatsConfig
     from train.plain import clip_features
@@ -543,24 +566,92 @@ def _band_evidence(members: list[_Member], data_root: Path | None) -> tuple[dict
     cfg = LogMelStatsConfig.from_dict(plain[0].manifest["features"]) if plain else LogMelStatsConfig()
     run = Path(members[0].manifest["run"])
     root = Path(data_root or members[0].config["data"])
-    by_section: dict[str, list[Path]] = {}
+    by_section: dict[str, list[dict]] = {}
     for c in split_clips(run):
-        by_section.setdefault(c["section"], []).append(root / c["path"])
+        by_section.setdefault(c["section"], []).append(c)
+    out: dict[str, _SectionNormals] = {}
+    for section in sorted(members[0].manifest["sections"]):
+        clips = by_section.get(section, [])
+        if len(clips) > MAX_BAND_CLIPS:
+            clips = [clips[i] for i in np.linspace(0, len(clips) - 1, MAX_BAND_CLIPS).astype(int)]
+        paths = [root / c["path"] for c in clips]
+        features = clip_features(paths, LogMelStats(cfg))[:, 0] if paths else np.zeros((0, cfg.dim), np.float32)
+        out[section] = _SectionNormals(paths, [c.get("domain") or "source" for c in clips], features)
+    return cfg, out
+
+
+def _band_evidence(cfg, normals: dict[str, _SectionNormals]) -> tuple[dict, bytes] | None:
+    """Per section, the normal training clips' plain features the device compares each clip's bands with.
+
+    None where no section has the 3 normal clips it needs.
+    """
     arrays: dict[str, np.ndarray] = {}
     sections = []
-    for section in sorted(members[0].manifest["sections"]):
-        paths = by_section.get(section, [])
-        if len(paths) > MAX_BAND_CLIPS:
-            paths = [paths[i] for i in np.linspace(0, len(paths) - 1, MAX_BAND_CLIPS).astype(int)]
-        if len(paths) < 3:
-            log.info("section %s: %d normal clip(s), too few for band evidence (3 needed)", section, len(paths))
+    for section, n in normals.items():
+        if len(n.paths) < 3:
+            log.info("section %s: %d normal clip(s), too few for band evidence (3 needed)", section, len(n.paths))
             continue
-        ref: BandReference = fit_reference(clip_features(paths, LogMelStats(cfg))[:, 0], cfg, K_NEIGHBOURS)
+        ref: BandReference = fit_reference(n.features, cfg, K_NEIGHBOURS)
         arrays.update(ref.arrays(f"{section}/"))
         sections.append(section)
     if not sections:
         return None
     return {"file": BANDS_FILE, "features": cfg.to_dict(), "k": K_NEIGHBOURS, "sections": sections}, npz_bytes(arrays)
+
+
+def typical_normals(features: np.ndarray, domains: list[str], n: int) -> list[int]:
+    """The indices of ``n`` clips that sound most like the section's normal, domains taken in turn.
+
+    "Typical" is the distance to the component-wise median of the clip's domain,
+    in plain features z-scored over the section: the median is not pulled by an
+    odd clip (a door slam, a mislabelled recording), and the clips nearest it are
+    the ones a technician should compare a fault with. Domains alternate (source
+    first) so that a target-domain machine has a reference of its own condition.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    if not len(f) or n <= 0:
+        return []
+    z = (f - f.mean(axis=0)) / np.maximum(f.std(axis=0), 1e-6)
+    order: dict[str, list[int]] = {}
+    for dom in sorted(set(domains), key=lambda d: (d != "source", d)):
+        idx = np.array([i for i, d in enumerate(domains) if d == dom])
+        dist = np.linalg.norm(z[idx] - np.median(z[idx], axis=0), axis=1)
+        order[dom] = idx[np.argsort(dist, kind="stable")].tolist()
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(f)):
+        for ranked in order.values():
+            if ranked and len(chosen) < n:
+                chosen.append(ranked.pop(0))
+    return chosen
+
+
+def _reference_clips(normals: dict[str, _SectionNormals], n: int) -> tuple[dict, dict[str, bytes]]:
+    """Up to ``n`` typical normal clips per section as FLAC (the first :data:`REFERENCE_SECONDS`), and their list."""
+    import soundfile as sf
+
+    from edge_asd.io.audio import read_audio
+
+    listing: dict[str, list[dict]] = {}
+    files: dict[str, bytes] = {}
+    for section, normals_of in normals.items():
+        for rank, i in enumerate(typical_normals(normals_of.features, normals_of.domains, n)):
+            x = read_audio(normals_of.paths[i])
+            x = x[: int(REFERENCE_SECONDS * SAMPLE_RATE)]
+            name = f"{REFERENCE_DIR}section_{section}_{rank:02d}.flac"
+            buf = io.BytesIO()
+            sf.write(buf, x, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+            files[name] = buf.getvalue()
+            listing.setdefault(section, []).append({"file": name, "domain": normals_of.domains[i],
+                                                    "seconds": round(x.size / SAMPLE_RATE, 3),
+                                                    "source": normals_of.paths[i].name})
+    return listing, files
+
+
+def check_reference_clips(n: int) -> int:
+    """``--reference-clips``: a whole number from 0 (none) to :data:`MAX_REFERENCE_CLIPS`."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_REFERENCE_CLIPS:
+        raise UserError(f"--reference-clips {n!r}: give a whole number from 0 (none) to {MAX_REFERENCE_CLIPS}")
+    return n
 
 
 def _gate_of(runs: list[Path]) -> dict | None:

@@ -207,3 +207,34 @@ def test_score_cli_names_a_flipped_byte_as_a_checksum_mismatch(tiny_bundle, tmp_
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"checksum mismatch for member {name}" in lines[0] and str(p) in lines[0], lines
+
+
+def test_a_bundle_without_reference_clips_still_loads_and_scores(tiny_bundle, tmp_path):
+    # As bundles were written before --reference-clips: no manifest key, no references/ members.
+    from edge_asd.runtime.references import ReferenceClips
+
+    members = read_members(tiny_bundle)
+    manifest = json.loads(members.pop("manifest.json"))
+    listing = manifest.pop("reference_clips")
+    assert listing, "the tiny bundle has reference clips to take out"
+    for entries in listing.values():
+        for e in entries:
+            members.pop(e["file"])
+    old = write_bundle(tmp_path / "old.asd", {k: v for k, v in manifest.items() if k != "files"}, members)
+    bundle = open_bundle(old)
+    assert len(ReferenceClips.from_bundle(bundle)) == 0
+    x = (0.1 * np.random.default_rng(0).standard_normal(16000 * 4)).astype(np.float32)
+    new_r = load_scorer(tiny_bundle, backend="onnx-cpu").score(x, "00")
+    old_r = load_scorer(old, backend="onnx-cpu").score(x, "00")
+    assert old_r.score == pytest.approx(new_r.score, rel=1e-6) and old_r.bands == new_r.bands
+
+
+def test_a_reference_clip_the_bundle_lacks_is_refused(tiny_bundle, tmp_path):
+    from edge_asd.runtime.references import ReferenceClips
+
+    members = read_members(tiny_bundle)
+    manifest = json.loads(members.pop("manifest.json"))
+    manifest["reference_clips"]["00"][0]["file"] = "references/../../etc/passwd"
+    bad = write_bundle(tmp_path / "bad.asd", {k: v for k, v in manifest.items() if k != "files"}, members)
+    with pytest.raises(BundleError, match="reference clip"):
+        ReferenceClips.from_bundle(open_bundle(bad))

@@ -236,3 +236,71 @@ def test_back_ends_fall_back_fastest_first(monkeypatch, backend, engine, expecte
         inference.make_backend(b"not an onnx model", backend=backend, engine=engine)
     tried = re.findall(r"(?:model: |; )(tensorrt|onnx-tensorrt|onnx-cuda|onnx-cpu): ", str(err.value))
     assert tried == expected
+
+
+# --- reference clips (issue 26: listen, normal against now) --------------------------------------
+
+
+def test_the_bundle_packs_typical_normal_reference_clips_of_each_section(tiny_bundle, tiny_data):
+    from edge_asd.runtime.references import ReferenceClips
+
+    bundle = open_bundle(tiny_bundle)
+    listing = bundle.manifest["reference_clips"]
+    assert sorted(listing) == bundle.manifest["sections"] == ["00", "01"]
+    train = {c.name + ".wav" if not c.name.endswith(".wav") else c.name: c for c in list_clips(tiny_data, "fan", "train")}
+    for section, entries in listing.items():
+        assert len(entries) == 3, "the default is 3 per section"
+        # both domains of the section are heard (the tiny set has source and target normals)
+        assert {e["domain"] for e in entries} == {"source", "target"}, entries
+        for e in entries:
+            assert e["file"].startswith("references/") and e["file"].endswith(".flac") and e["file"] in bundle.manifest["files"]
+            assert 0 < e["seconds"] <= 5.0
+            x, rate = sf.read(__import__("io").BytesIO(bundle.read(e["file"])), dtype="float32")
+            assert rate == 16000 and x.size == round(e["seconds"] * rate)
+            src = train[e["source"]]
+            assert src.section == section and (src.domain or "source") == e["domain"]
+            original, _ = sf.read(src.path, dtype="float32")
+            np.testing.assert_allclose(x, original[: x.size], atol=2 / 32768)  # the clip itself, as 16-bit FLAC
+    refs = ReferenceClips.from_bundle(bundle)
+    assert len(refs) == 6
+    from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+
+    feats = LogMelStats(LogMelStatsConfig())
+    for ref in refs.clips.values():
+        own, _ = refs.samples(ref.name)
+        assert refs.nearest(own, ref.section, feats) == ref, "a reference's own sound is nearest itself"
+    assert refs.nearest(own, "99", feats) is None
+
+
+def test_typical_normals_skip_the_odd_clip_and_take_domains_in_turn():
+    from export.pack import typical_normals
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(9, 4))
+    f[0] = 40.0  # a door slam: far from every other source clip
+    f[1] = np.median(f[:6], axis=0)  # the most typical source clip
+    domains = ["source"] * 6 + ["target"] * 3
+    chosen = typical_normals(f, domains, 4)
+    assert chosen[0] == 1 and 0 not in chosen
+    assert [domains[i] for i in chosen] == ["source", "target", "source", "target"]
+    assert typical_normals(f, domains, 0) == [] and len(typical_normals(f, domains, 20)) == 9
+
+
+@pytest.mark.parametrize("value", ["21", "-1", "abc", "1.5", ""])
+def test_a_bad_reference_clips_value_is_one_line_and_exit_2(tiny_run, tmp_path, value):
+    import sys
+
+    exe = str(Path(sys.executable).with_name("edge-asd-export"))
+    r = subprocess.run([exe, str(tiny_run), "--out", str(tmp_path / "b.asd"), f"--reference-clips={value}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--reference-clips" in r.stderr and "0 (none) to 20" in r.stderr, r.stderr
+    assert not (tmp_path / "b.asd").exists()
+
+
+def test_reference_clips_0_packs_none(tiny_run, tmp_path):
+    from export.pack import build_bundle
+
+    m = open_bundle(build_bundle(tiny_run, tmp_path / "none.asd", progress=False, reference_clips=0)).manifest
+    assert "reference_clips" not in m and not [f for f in m["files"] if f.startswith("references/")]
+    assert m.get("band_evidence"), "band evidence does not depend on the reference clips"

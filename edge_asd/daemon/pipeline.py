@@ -222,15 +222,16 @@ class Pipeline:
             score, threshold, level, clip.position, clip.origin))
         with self._latency_lock:
             self._latencies.append((time.monotonic() - clip.ready_monotonic) * 1e3)
-        web = self.daemon.web
-        if web is not None:
-            web.score(self.id, seq, clip.end_time, score, threshold, anomalous, float(result.p_target), clip.dbfs)
         self.scored += 1
         self.drift.add(score, p_target)
         if anomalous:
             self.anomalous_clips += 1
 
         change = self.debouncer.update(anomalous)
+        web = self.daemon.web
+        if web is not None:
+            web.score(self.id, seq, clip.end_time, score, threshold, anomalous, float(result.p_target), clip.dbfs,
+                      ratio=ratio, bands=bands, pending=self.debouncer.clips_until_change())
         if change is not None:
             (log.warning if change == "anomalous" else log.info)(
                 "machine %s: state %s (score %.3f, threshold %.3f, clip ending %s)",

@@ -29,6 +29,16 @@ class Debouncer:
             return "anomalous" if clip_anomalous else "normal"
         return None
 
+    def clips_until_change(self) -> int | None:
+        """How many more clips like the last one turn the state; None while the last clip agreed with it.
+
+        The page's "above threshold, alert after N more clips": a score over the
+        threshold beside a "normal" badge is the debouncer counting, not a fault.
+        """
+        if self._run == 0:
+            return None
+        return (self.clear_after if self.anomalous else self.raise_after) - self._run
+
     def reconfigure(self, raise_after: int, clear_after: int) -> None:
         self.raise_after = raise_after
         self.clear_after = clear_after

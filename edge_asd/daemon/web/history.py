@@ -10,6 +10,7 @@ read-only connections, which WAL mode lets run beside the writer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -31,7 +32,9 @@ CREATE TABLE IF NOT EXISTS scores (
     threshold REAL NOT NULL,
     anomalous INTEGER NOT NULL,
     p_target REAL NOT NULL,
-    dbfs REAL NOT NULL
+    dbfs REAL NOT NULL,
+    ratio REAL,
+    bands TEXT
 );
 CREATE INDEX IF NOT EXISTS scores_machine_t ON scores (machine, t);
 CREATE TABLE IF NOT EXISTS alerts (
@@ -48,6 +51,8 @@ BATCH_ROWS = 500
 PRUNE_EVERY_S = 60.0
 # One answer never carries more than this; a client pages on with ``since``.
 MAX_ROWS = 20000
+# Columns added after the first release: a history file written before gets them on open (NULL in old rows).
+_ADDED_COLUMNS = {"ratio": "REAL", "bands": "TEXT"}
 
 
 class History:
@@ -67,6 +72,10 @@ class History:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
+                have = {row[1] for row in conn.execute("PRAGMA table_info(scores)")}
+                for name, kind in _ADDED_COLUMNS.items():
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE scores ADD COLUMN {name} {kind}")
                 conn.commit()
             finally:
                 conn.close()
@@ -76,8 +85,10 @@ class History:
 
     # -- writing (any thread, never blocks) ---------------------------------------
     def add_score(self, machine: str, t: float, seq: int, score: float, threshold: float, anomalous: bool,
-                  p_target: float, dbfs: float) -> None:
-        self._put(("s", (machine, t, seq, score, threshold, int(anomalous), p_target, dbfs)))
+                  p_target: float, dbfs: float, ratio: float | None = None, bands: list[dict] | None = None) -> None:
+        # bands as JSON text: at most 3 small objects, read back whole, never queried by field
+        self._put(("s", (machine, t, seq, score, threshold, int(anomalous), p_target, dbfs, ratio,
+                         None if bands is None else json.dumps(bands, separators=(",", ":")))))
 
     def add_alert(self, machine: str, t: float, state: str) -> None:
         self._put(("a", (machine, t, state)))
@@ -144,7 +155,8 @@ class History:
         if not batch:
             return
         with conn:
-            conn.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [r for k, r in batch if k == "s"])
+            conn.executemany("INSERT INTO scores (machine, t, seq, score, threshold, anomalous, p_target, dbfs, ratio, bands) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [r for k, r in batch if k == "s"])
             conn.executemany("INSERT INTO alerts VALUES (?, ?, ?)", [r for k, r in batch if k == "a"])
 
     def prune(self, conn: sqlite3.Connection) -> None:
@@ -159,17 +171,26 @@ class History:
     def _reader(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=2.0)
 
-    def scores(self, machine: str, since: float, limit: int = MAX_ROWS) -> list[dict]:
+    def scores(self, machine: str, since: float, limit: int = MAX_ROWS, until: float = float("inf")) -> list[dict]:
+        """Scores with ``since`` < t <= ``until``, oldest first."""
+        return self._score_rows("machine = ? AND t > ? AND t <= ? ORDER BY t, seq LIMIT ?",
+                                (machine, since, min(until, 1e300), limit))
+
+    def score_of(self, machine: str, seq: int) -> dict | None:
+        """The latest stored score with this seq (an evidence clip's), or None."""
+        rows = self._score_rows("machine = ? AND seq = ? ORDER BY t DESC LIMIT 1", (machine, seq))
+        return rows[0] if rows else None
+
+    def _score_rows(self, where: str, args: tuple) -> list[dict]:
         conn = self._reader()
         try:
-            rows = conn.execute(
-                "SELECT t, seq, score, threshold, anomalous, p_target, dbfs FROM scores "
-                "WHERE machine = ? AND t > ? ORDER BY t, seq LIMIT ?", (machine, since, limit)
-            ).fetchall()
+            rows = conn.execute("SELECT t, seq, score, threshold, anomalous, p_target, dbfs, ratio, bands FROM scores "
+                                f"WHERE {where}", args).fetchall()
         finally:
             conn.close()
         return [{"t": r[0], "seq": r[1], "score": r[2], "threshold": r[3], "anomalous": bool(r[4]),
-                 "p_target": r[5], "dbfs": r[6]} for r in rows]
+                 "p_target": r[5], "dbfs": r[6], "ratio": r[7], "bands": None if r[8] is None else json.loads(r[8])}
+                for r in rows]
 
     def alerts(self, machine: str, since: float) -> list[dict]:
         """Alert state changes after ``since``, led by the last change before it (the state the window opens in)."""

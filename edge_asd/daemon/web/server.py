@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import io
 import json
 import logging
 import math
@@ -42,8 +43,11 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from edge_asd.daemon.config import WebConfig
 from edge_asd.errors import ConfigError
+from edge_asd.daemon.web.alerts import alert_events
 from edge_asd.daemon.web.history import MAX_ROWS, History
-from edge_asd.daemon.web.spectrogram import spectrogram_png
+from edge_asd.daemon.web.spectrogram import favicon_ico, mel_axis_hz, spectrogram_png
+from edge_asd.errors import BundleError
+from edge_asd.io.audio import SAMPLE_RATE
 
 log = logging.getLogger("edge_asd.web.server")  # the name journals show, kept from before the subpackages
 
@@ -51,6 +55,10 @@ STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javasc
                 "style.css": "text/css; charset=utf-8"}
 # <UTC time>_seq<seq>, as edge_asd/evidence.py names clips.
 CLIP_NAME = re.compile(r"(\d{8}T\d{6}\.\d{3}Z_seq\d+)\.(wav|png)")
+CLIP_STEM = re.compile(r"\d{8}T\d{6}\.\d{3}Z_seq\d+")
+# A bundle's reference clip as a URL names it; only names the bundle's manifest lists are ever served.
+REFERENCE_NAME = re.compile(r"([A-Za-z0-9_-]{1,64})\.(flac|png)")
+NEAREST_CACHE = 64
 COOKIE = "edge_asd_token"
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 EVENT_QUEUE = 256
@@ -166,6 +174,10 @@ class WebServer:
         self._stats_mono = 0.0
         self._png_lock = threading.Lock()
         self._png_cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self._refs: dict[tuple, object] = {}  # (bundle path, bundle id) -> ReferenceClips
+        self._nearest: OrderedDict[tuple, str | None] = OrderedDict()
+        self._features = None  # the LogMelStats nearest() compares spectra with, made on first use
+        self.favicon = favicon_ico()
         self.stopping = threading.Event()
         self.static = {name: resources.files(__package__).joinpath("static", name).read_bytes()
                        for name in STATIC_FILES}
@@ -200,13 +212,17 @@ class WebServer:
                                            "last": None, "drift": None, "clips": 0})
 
     def score(self, mid: str, seq: int | None, end_time: datetime, score: float, threshold: float, anomalous: bool,
-              p_target: float, dbfs: float) -> None:
+              p_target: float, dbfs: float, ratio: float | None = None, bands: list[dict] | None = None,
+              pending: int | None = None) -> None:
+        """One scored clip; ``pending``: the clips like it still needed before the alert state turns."""
         try:
             row = {"t": end_time.timestamp(), "seq": seq or 0, "score": score, "threshold": threshold,
-                   "anomalous": anomalous, "p_target": p_target, "dbfs": dbfs}
+                   "anomalous": anomalous, "p_target": p_target, "dbfs": dbfs, "ratio": ratio, "bands": bands,
+                   "pending": pending}
             with self._lock:
                 self._machine(mid)["last"] = row
-            self.history.add_score(mid, row["t"], row["seq"], score, threshold, anomalous, p_target, dbfs)
+            self.history.add_score(mid, row["t"], row["seq"], score, threshold, anomalous, p_target, dbfs, ratio,
+                                   bands)
             self.hub.publish("score", {"machine": mid, **row})
         except Exception:  # noqa: BLE001 - the page must never cost a score
             log.exception("web: score hook failed")
@@ -256,10 +272,15 @@ class WebServer:
         # What a technician needs first: a dead microphone outranks a score.
         state = src if src in ("failing", "silent") else m["alert_state"]
         last = m["last"] or {}
+        scorer = self._scorer(mid)
         return {"id": mid, "state": state, "alert_state": m["alert_state"], "source_state": src,
                 "detail": m["detail"], "dbfs": last.get("dbfs"), "p_target": last.get("p_target"),
                 "score": last.get("score"), "threshold": last.get("threshold"), "seq": last.get("seq"),
-                "t": last.get("t"), "drift": m["drift"]}
+                "t": last.get("t"), "drift": m["drift"], "ratio": last.get("ratio"), "bands": last.get("bands"),
+                "anomalous": last.get("anomalous"), "pending": last.get("pending"),
+                # None where the daemon has no scorer for it (yet): the page then says nothing either way
+                "band_evidence": None if scorer is None else scorer.band_evidence is not None,
+                "ratio_scale": None if scorer is None else bool(scorer.reference_medians)}
 
     def machines(self) -> dict:
         out = []
@@ -267,8 +288,9 @@ class WebServer:
             s = self.machine_summary(mc.id)
             s["source"] = str(mc.source)
             out.append(s)
+        # Evidence clips are cut at the runtime's rate: one mel axis for every spectrogram on the page.
         return {"device_id": self.device_id, "history_hours": self.cfg.history_hours, "now": time.time(),
-                "machines": out}
+                "machines": out, "spectrogram": {"mel_hz": mel_axis_hz(SAMPLE_RATE)}}
 
     def health(self) -> dict:
         with self._lock:
@@ -292,6 +314,103 @@ class WebServer:
         rows = self.history.scores(mid, since)
         return {"machine": mid, "since": since, "scores": rows, "alerts": self.history.alerts(mid, since),
                 "truncated": len(rows) >= MAX_ROWS}
+
+    def alerts(self, mid: str, since: float) -> dict:
+        now = time.time()
+        since = max(since, now - self.cfg.history_hours * 3600.0)
+        clips = self.clips(mid)["clips"]
+        return {"machine": mid, "since": since, "alerts": alert_events(self.history, mid, since, now, clips)}
+
+    # -- the machine's bundle: reference clips, the nearest one to an evidence clip --------
+    def _scorer(self, mid: str):
+        """The machine's current ClipScorer, or None (no such pipeline, or a daemon stand-in without them)."""
+        pipeline = getattr(self.daemon, "pipelines", {}).get(mid)
+        scoring = getattr(pipeline, "scoring", None)
+        return None if scoring is None else scoring.shared.scorer
+
+    def references(self, mid: str):
+        """The machine's bundle's reference clips (read lazily from the bundle file); None without a scorer."""
+        from edge_asd.runtime.bundle import Bundle
+        from edge_asd.runtime.references import ReferenceClips
+
+        scorer = self._scorer(mid)
+        if scorer is None:
+            return None
+        key = (str(scorer.bundle_path), scorer.bundle_id)
+        with self._lock:
+            refs = self._refs.get(key)
+        if refs is None:
+            try:
+                refs = ReferenceClips.from_bundle(Bundle(scorer.bundle_path, scorer.manifest))
+            except BundleError as exc:
+                log.warning("web: %s", exc)
+                return None
+            with self._lock:
+                self._refs = {key: refs, **{k: v for k, v in self._refs.items() if k[0] != key[0]}}
+        return refs
+
+    def _section(self, mid: str) -> str | None:
+        pipeline = getattr(self.daemon, "pipelines", {}).get(mid)
+        scoring = getattr(pipeline, "scoring", None)
+        return None if scoring is None else scoring.section
+
+    def nearest_reference(self, mid: str, wav: Path) -> dict | None:
+        """The machine's section's reference clip nearest in spectrum to an evidence clip, as the page links it."""
+        import soundfile as sf
+
+        from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+
+        refs, section = self.references(mid), self._section(mid)
+        if refs is None or section is None or not refs.of_section(section):
+            return None
+        st = wav.stat()
+        key = (mid, str(wav), st.st_mtime_ns, refs.bundle.manifest["bundle_id"])
+        with self._lock:
+            hit = key in self._nearest
+            name = self._nearest.get(key)
+            if self._features is None:
+                self._features = LogMelStats(LogMelStatsConfig())
+        if not hit:
+            x, _ = sf.read(wav, dtype="float32", always_2d=True)
+            ref = refs.nearest(x[:, 0], section, self._features)
+            name = None if ref is None else ref.name
+            with self._lock:
+                self._nearest[key] = name
+                while len(self._nearest) > NEAREST_CACHE:
+                    self._nearest.popitem(last=False)
+        ref = None if name is None else refs.get(name)
+        if ref is None:
+            return None
+        stem = name.rsplit(".", 1)[0]
+        base = f"/api/machines/{mid}/references/"
+        return {**ref.to_dict(), "audio": base + name, "png": f"{base}{stem}.png"}
+
+    def reference_media(self, mid: str, name: str) -> tuple[bytes, str] | None:
+        """A reference clip's FLAC or its spectrogram PNG, by a name the bundle lists; None for any other."""
+        m = REFERENCE_NAME.fullmatch(name)
+        refs = self.references(mid) if m is not None and mid in self.machine_ids() else None
+        ref = None if refs is None else refs.get(f"{m.group(1)}.flac")
+        if ref is None:
+            return None
+        if m.group(2) == "flac":
+            return refs.read(ref.name), "audio/flac"
+        key = ("reference", refs.bundle.manifest["bundle_id"], ref.name)
+        return self._cached_png(key, lambda: spectrogram_png(io.BytesIO(refs.read(ref.name)))), "image/png"
+
+    def clip_detail(self, mid: str, stem: str) -> dict | None:
+        """An evidence clip's entry with its score's ratio and bands and the nearest normal reference."""
+        path = self.clip_path(mid, f"{stem}.wav") if CLIP_STEM.fullmatch(stem) else None
+        if path is None:
+            return None
+        import soundfile as sf
+
+        entry = self._clip_entry(mid, path)
+        row = None if entry["seq"] is None else self.history.score_of(mid, entry["seq"])
+        entry.update({"seconds": round(float(sf.info(str(path)).duration), 3),
+                      "ratio": None if row is None else row["ratio"], "score": None if row is None else row["score"],
+                      "bands": None if row is None else row["bands"],
+                      "reference": self.nearest_reference(mid, path)})
+        return entry
 
     def _evidence_root(self) -> Path | None:
         ev = self.daemon.evidence
@@ -329,12 +448,14 @@ class WebServer:
 
     def png(self, path: Path) -> bytes:
         st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
+        return self._cached_png((str(path), st.st_mtime_ns, st.st_size), lambda: spectrogram_png(path))
+
+    def _cached_png(self, key: tuple, make) -> bytes:
         with self._png_lock:
             if key in self._png_cache:
                 self._png_cache.move_to_end(key)
                 return self._png_cache[key]
-        data = spectrogram_png(path)
+        data = make()
         with self._png_lock:
             self._png_cache[key] = data
             while len(self._png_cache) > PNG_CACHE:
@@ -472,21 +593,31 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(ui.scores(parts[2], _since(query)), head)
         elif len(parts) == 4 and parts[:2] == ["api", "machines"] and parts[2] in ids and parts[3] == "clips":
             self._json(ui.clips(parts[2]), head)
+        elif len(parts) == 4 and parts[:2] == ["api", "machines"] and parts[2] in ids and parts[3] == "alerts":
+            self._json(ui.alerts(parts[2], _since(query)), head)
+        elif len(parts) == 5 and parts[:2] == ["api", "machines"] and parts[2] in ids and parts[3] == "clips" \
+                and (detail := ui.clip_detail(parts[2], parts[4])) is not None:
+            self._json(detail, head)
+        elif len(parts) == 5 and parts[:2] == ["api", "machines"] and parts[3] == "references" \
+                and (media := ui.reference_media(parts[2], parts[4])) is not None:
+            self._media(media[0], media[1], head)
+        elif parts == ["favicon.ico"]:
+            self._send(HTTPStatus.OK, ui.favicon, "image/x-icon", head=head)
         elif parts == ["api", "events"]:
             self._events(ui, head)
         elif len(parts) == 3 and parts[0] == "clips" and (path := ui.clip_path(parts[1], parts[2])) is not None:
             if parts[2].endswith(".png"):
                 self._send(HTTPStatus.OK, ui.png(path), "image/png", head=head)
             else:
-                self._wav(path.read_bytes(), head)
+                self._media(path.read_bytes(), "audio/wav", head)
         else:
             self._error(HTTPStatus.NOT_FOUND, head)
 
-    def _wav(self, data: bytes, head: bool) -> None:
+    def _media(self, data: bytes, ctype: str, head: bool) -> None:
         """A clip, whole or one byte range: Safari on a phone plays media only from servers that take ranges."""
         m = RANGE.fullmatch(self.headers.get("Range", "").strip())
         if m is None or not (m.group(1) or m.group(2)):
-            self._send(HTTPStatus.OK, data, "audio/wav", {"Accept-Ranges": "bytes"}, head)
+            self._send(HTTPStatus.OK, data, ctype, {"Accept-Ranges": "bytes"}, head)
             return
         if m.group(1):
             start = int(m.group(1))
@@ -496,7 +627,7 @@ class _Handler(BaseHTTPRequestHandler):
         if start > end or start >= len(data):
             self._error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, head, {"Content-Range": f"bytes */{len(data)}"})
             return
-        self._send(HTTPStatus.PARTIAL_CONTENT, data[start:end + 1], "audio/wav",
+        self._send(HTTPStatus.PARTIAL_CONTENT, data[start:end + 1], ctype,
                    {"Accept-Ranges": "bytes", "Content-Range": f"bytes {start}-{end}/{len(data)}"}, head)
 
     def _events(self, ui: WebServer, head: bool) -> None:

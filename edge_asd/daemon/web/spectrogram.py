@@ -9,11 +9,13 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 
 from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+from edge_asd.scoring.bands import band_edges
 
 # The dynamic range shown: quieter than this below the clip's loudest cell is black.
 RANGE_DB = 80.0
@@ -49,12 +51,26 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
-def spectrogram_png(wav: Path, features: LogMelStats | None = None) -> bytes:
-    """The log-mel spectrogram of a WAV file: time left to right, low frequencies at the bottom."""
-    x, rate = sf.read(wav, dtype="float32", always_2d=True)
+def _page_features(rate: int) -> LogMelStatsConfig:
     # The page shows the level as recorded, in dB over the whole band (not the plain system's standardized clip).
-    features = features or LogMelStats(LogMelStatsConfig(
-        sample_rate=rate, f_min=0.0, f_max=rate / 2, mel_scale="slaney", amplitude="recorded", log="db", log_eps=1e-10))
+    return LogMelStatsConfig(sample_rate=rate, f_min=0.0, f_max=rate / 2, mel_scale="slaney", amplitude="recorded",
+                             log="db", log_eps=1e-10)
+
+
+def mel_axis_hz(rate: int) -> list[float]:
+    """The frequency at each band edge of the page's spectrograms, bottom (0) to top (n_mels): the page's Hz axis.
+
+    The rows are mel bands, so the axis is not linear in Hz; the page
+    interpolates in this table to place its tick labels and the marked bands.
+    """
+    lo, hi = band_edges(_page_features(rate))
+    return [round(float(v), 1) for v in np.r_[lo, hi[-1]]]
+
+
+def spectrogram_png(wav: Path | BinaryIO, features: LogMelStats | None = None) -> bytes:
+    """The log-mel spectrogram of an audio file (WAV, FLAC): time left to right, low frequencies at the bottom."""
+    x, rate = sf.read(wav, dtype="float32", always_2d=True)
+    features = features or LogMelStats(_page_features(rate))
     x = x[:, 0]
     if x.size < features.cfg.n_fft:
         x = np.pad(x, (0, features.cfg.n_fft - x.size))
@@ -68,3 +84,21 @@ def spectrogram_png(wav: Path, features: LogMelStats | None = None) -> bytes:
     img = colormap((lm - (top - RANGE_DB)) / RANGE_DB)  # [frames, mels, 3]
     img = np.repeat(img.transpose(1, 0, 2)[::-1], ROW_SCALE, axis=0)
     return encode_png(img)
+
+
+def favicon_ico(size: int = 32) -> bytes:
+    """The page's icon: a ring with a spectrum's bars, as an ICO holding one PNG (what every browser reads).
+
+    Drawn here rather than shipped as a binary file: a few lines, and no file to keep in step with the colours.
+    """
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    r = np.hypot(xx - size / 2, yy - size / 2)
+    img = np.zeros((size, size, 3), dtype=np.uint8)
+    img[:] = (17, 20, 24)
+    img[(r > size * 0.38) & (r < size * 0.48)] = (88, 166, 255)
+    for i, h in enumerate((0.2, 0.42, 0.3, 0.16)):
+        x0 = int(size * (0.3 + 0.11 * i))
+        img[int(size * (0.66 - h)):int(size * 0.66), x0:x0 + max(2, size // 14)] = (63, 185, 80)
+    png = encode_png(img)
+    # ICONDIR (reserved, type 1 = icon, 1 image), then one ICONDIRENTRY pointing at the PNG after them
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", size % 256, size % 256, 0, 0, 1, 32, len(png), 22) + png

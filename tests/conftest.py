@@ -124,3 +124,9 @@ def tmpfs(tmp_path):
     yield make
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmpfs):
+    """A real 2 MiB tmpfs (needs root; skipped elsewhere), unmounted afterwards."""
+    return tmpfs("2m")

@@ -10,7 +10,7 @@ import pytest
 from edge_asd.io.audio import read_audio
 from edge_asd.runtime.bundle import open_bundle
 from edge_asd.io.dcase import list_clips
-from edge_asd.runtime.enroll import enroll, rollback
+from edge_asd.runtime.enroll import enroll
 from edge_asd.errors import UserError
 from edge_asd.runtime.scorer import load_scorer
 

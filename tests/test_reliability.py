@@ -28,6 +28,7 @@ from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import Broker, free_port  # noqa: E402
 from vmic import VirtualMic, unavailable_reason  # noqa: E402
+from fake_usb import UsbBus, latest_source_state, mic_config, seqs_of  # noqa: E402
 from daemon_proc import (  # noqa: E402
     Daemon,
     fill_file_system,
@@ -100,12 +101,6 @@ def test_signal_storms_never_freeze_the_main_loop(tiny_bundle, edge_asd_exe, tmp
 # --- 2. acknowledged rows on a full disk -------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmpfs):
-    """A real 2 MiB tmpfs (needs root; skipped elsewhere), unmounted afterwards."""
-    return tmpfs("2m")
-
-
 def _score(seq: int) -> dict:
     return score_payload(1795000000 + 10 * seq, seq, 0.5, 1.0, False, 0.2, -30.0, "bundle-1")
 
@@ -160,77 +155,6 @@ def test_acknowledged_rows_a_full_disk_could_not_delete_are_deleted_later(small_
 
 # --- 3 and 4. microphones plugged, pulled and hung (a fake sounddevice) ----------------------------
 
-FAKE_SD = Path(__file__).parent / "fake_sounddevice"
-
-
-class UsbBus:
-    """The fake sounddevice's state file: which microphones are plugged in, and which hang on abort."""
-
-    def __init__(self, path: Path, *names: str):
-        self.path = path
-        self.devices = {n: {"name": n, "channels": 1, "rate": 16000, "gen": 1} for n in names}
-        self.hang: list[str] = []
-        self.mute: list[str] = []
-        self._write()
-
-    def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"devices": list(self.devices.values()), "hang_abort": self.hang, "mute": self.mute}))
-        os.replace(tmp, self.path)  # the fake reads it from other threads: never half-written
-
-    def pull(self, name: str) -> None:
-        self.gen = self.devices.pop(name)["gen"]
-        self._write()
-
-    def plug(self, name: str) -> None:
-        # A device plugged in again enumerates anew (ALSA may give it another card number).
-        self.devices[name] = {"name": name, "channels": 1, "rate": 16000, "gen": self.gen + 1}
-        self._write()
-
-    def hang_abort(self, name: str) -> None:
-        self.hang.append(name)
-        self._write()
-
-    def mute_device(self, name: str) -> None:
-        self.mute.append(name)
-        self._write()
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"FAKE_SD_STATE": str(self.path),
-                "PYTHONPATH": os.pathsep.join([str(FAKE_SD), os.environ.get("PYTHONPATH", "")])}
-
-
-def mic_config(path: Path, port: int, bundle: Path, mics: dict[str, str], alerts: str = "") -> Path:
-    machines = "".join(f'[[machines]]\nid = "{mid}"\nbundle = "{bundle}"\nsource = "mic:{dev}"\nclip_seconds = 2.0\n'
-                       for mid, dev in mics.items())
-    path.write_text(f"""device_id = "box1"
-stats_interval_s = 0.5
-shutdown_timeout_s = 10
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-[storage]
-outbox = "{path.parent / 'state' / 'outbox.sqlite'}"
-[alerts]
-{alerts}
-[logging]
-level = "DEBUG"
-{machines}""")
-    return path
-
-
-def _seqs_of(sub, machine: str) -> set[int]:
-    return {m["seq"] for m in scores(sub, f"edge_asd/box1/{machine}/score")}
-
-
-def _latest_source_state(sub, machine: str) -> str | None:
-    msgs = sub.on(f"edge_asd/box1/{machine}/source")
-    return msgs[-1].json()["state"] if msgs else None
-
-
 def test_a_microphone_plugged_in_again_is_found_while_another_streams(tiny_bundle, edge_asd_exe, tmp_path, daemons):
     bus = UsbBus(tmp_path / "usb.json", "usb-a", "usb-b")
     with Broker(tmp_path) as broker:
@@ -238,15 +162,15 @@ def test_a_microphone_plugged_in_again_is_found_while_another_streams(tiny_bundl
         cfg = mic_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, {"fan1": "usb-a", "fan2": "usb-b"})
         d = Daemon(edge_asd_exe, cfg, env=bus.env)
         daemons.append(d)
-        sub.wait_for(lambda _: _seqs_of(sub, "fan1") and _seqs_of(sub, "fan2"), timeout=90, what="scores from both")
+        sub.wait_for(lambda _: seqs_of(sub, "fan1") and seqs_of(sub, "fan2"), timeout=90, what="scores from both")
         bus.pull("usb-b")
-        sub.wait_for(lambda _: _latest_source_state(sub, "fan2") == "failing", timeout=60, what="fan2 failing")
-        before_a, before_b = max(_seqs_of(sub, "fan1")), max(_seqs_of(sub, "fan2"))
+        sub.wait_for(lambda _: latest_source_state(sub, "fan2") == "failing", timeout=60, what="fan2 failing")
+        before_a, before_b = max(seqs_of(sub, "fan1")), max(seqs_of(sub, "fan2"))
         bus.plug("usb-b")
-        sub.wait_for(lambda _: max(_seqs_of(sub, "fan2")) > before_b + 1, timeout=120,
+        sub.wait_for(lambda _: max(seqs_of(sub, "fan2")) > before_b + 1, timeout=120,
                      what="fan2 scoring again after the re-plug, while fan1 streams")
-        assert _latest_source_state(sub, "fan2") == "ok"
-        assert max(_seqs_of(sub, "fan1")) > before_a, "the other microphone kept streaming"
+        assert latest_source_state(sub, "fan2") == "ok"
+        assert max(seqs_of(sub, "fan1")) > before_a, "the other microphone kept streaming"
         assert d.proc.poll() is None
         d.send(signal.SIGTERM)
         assert d.wait(60) == 0, d.log()
@@ -266,14 +190,14 @@ def test_a_hung_driver_call_is_reported_and_restarts_the_daemon(tiny_bundle, edg
                          {"fan1": "usb-a", "fan2": "usb-b", "fan3": "usb-mute"}, alerts="source_hang_s = 20\n")
         d = Daemon(edge_asd_exe, cfg, env=bus.env)
         daemons.append(d)
-        sub.wait_for(lambda _: _seqs_of(sub, "fan1") and _seqs_of(sub, "fan2"), timeout=90, what="scores from both")
+        sub.wait_for(lambda _: seqs_of(sub, "fan1") and seqs_of(sub, "fan2"), timeout=90, what="scores from both")
         bus.pull("usb-b")
-        sub.wait_for(lambda _: _latest_source_state(sub, "fan2") == "failing", timeout=60,
+        sub.wait_for(lambda _: latest_source_state(sub, "fan2") == "failing", timeout=60,
                      what="fan2 failing although closing its stream hangs")
-        sub.wait_for(lambda _: _latest_source_state(sub, "fan3") == "failing", timeout=60,
+        sub.wait_for(lambda _: latest_source_state(sub, "fan3") == "failing", timeout=60,
                      what="fan3, which never delivered, failing")
-        going = max(_seqs_of(sub, "fan1"))
-        sub.wait_for(lambda _: max(_seqs_of(sub, "fan1")) > going, timeout=60,
+        going = max(seqs_of(sub, "fan1"))
+        sub.wait_for(lambda _: max(seqs_of(sub, "fan1")) > going, timeout=60,
                      what="fan1 scoring on while the others hang")
         assert d.wait(180) == 1, d.log()
         assert "has made no progress" in d.log()
@@ -489,15 +413,15 @@ def test_a_pulseaudio_microphone_plugged_in_again_is_found_while_another_streams
             cfg = mic_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, {"fan1": "pulse", "fan2": "usbmic"})
             d = Daemon(edge_asd_exe, cfg, env={**mic.env, "HOME": str(home)})
             daemons.append(d)
-            sub.wait_for(lambda _: _seqs_of(sub, "fan1") and _seqs_of(sub, "fan2"), timeout=90,
+            sub.wait_for(lambda _: seqs_of(sub, "fan1") and seqs_of(sub, "fan2"), timeout=90,
                          what="scores from both")
             usb.pull()
-            sub.wait_for(lambda _: _latest_source_state(sub, "fan2") == "failing", timeout=60, what="fan2 failing")
-            before_a, before_b = max(_seqs_of(sub, "fan1")), max(_seqs_of(sub, "fan2"))
+            sub.wait_for(lambda _: latest_source_state(sub, "fan2") == "failing", timeout=60, what="fan2 failing")
+            before_a, before_b = max(seqs_of(sub, "fan1")), max(seqs_of(sub, "fan2"))
             usb.plug(3)  # back, under another card number
-            sub.wait_for(lambda _: max(_seqs_of(sub, "fan2")) > before_b + 1, timeout=120,
+            sub.wait_for(lambda _: max(seqs_of(sub, "fan2")) > before_b + 1, timeout=120,
                          what="fan2 scoring again after the re-plug, while fan1 streams")
-            assert max(_seqs_of(sub, "fan1")) > before_a, "the other microphone kept streaming"
+            assert max(seqs_of(sub, "fan1")) > before_a, "the other microphone kept streaming"
             d.send(signal.SIGTERM)
             assert d.wait(60) == 0, d.log()
             assert "device list refreshed" in d.log() and "usbmic_c3" in d.log()

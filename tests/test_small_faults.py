@@ -23,13 +23,7 @@ from edge_asd.daemon.evidence import EvidenceStore
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import Broker  # noqa: E402
 from daemon_proc import Daemon, bundle_manifest, fill_file_system, noise_wavs, scores, write_config  # noqa: E402
-from test_reliability import (  # noqa: E402,F401 - small_fs is a fixture
-    UsbBus,
-    _latest_source_state,
-    _seqs_of,
-    mic_config,
-    small_fs,
-)
+from fake_usb import UsbBus, latest_source_state, mic_config, seqs_of  # noqa: E402
 
 SR = 16000
 
@@ -96,9 +90,9 @@ def test_a_hung_abort_does_not_stop_other_microphones_opening(tiny_bundle, edge_
                          {"fan1": "usb-a", "fan2": "usb-b", "fan3": "usb-c"}, alerts="source_hang_s = 300\n")
         d = Daemon(edge_asd_exe, cfg, env=bus.env)
         daemons.append(d)
-        sub.wait_for(lambda _: _seqs_of(sub, "fan1") and _seqs_of(sub, "fan2"), timeout=90, what="scores from both")
+        sub.wait_for(lambda _: seqs_of(sub, "fan1") and seqs_of(sub, "fan2"), timeout=90, what="scores from both")
         bus.pull("usb-b")
-        sub.wait_for(lambda _: _latest_source_state(sub, "fan2") == "failing", timeout=60, what="fan2 failing")
+        sub.wait_for(lambda _: latest_source_state(sub, "fan2") == "failing", timeout=60, what="fan2 failing")
         # fan2's capture thread is now inside the abort that never returns. fan3 gives up its silent
         # stream after that (a close and an open, each needing the lock) ...
         hung_at = len(d.lines)
@@ -108,11 +102,11 @@ def test_a_hung_abort_does_not_stop_other_microphones_opening(tiny_bundle, edge_
         # ... and once its microphone is heard again, it scores.
         bus.mute.remove("usb-c")
         bus._write()
-        sub.wait_for(lambda _: _seqs_of(sub, "fan3"), timeout=90, what="fan3 scoring while fan2's abort hangs")
+        sub.wait_for(lambda _: seqs_of(sub, "fan3"), timeout=90, what="fan3 scoring while fan2's abort hangs")
         assert "device list not refreshed: closing the stream of 'usb-b (hw:1,0)' has not returned" in d.log()
         assert d.proc.poll() is None, d.log()
-        going = max(_seqs_of(sub, "fan1"))
-        sub.wait_for(lambda _: max(_seqs_of(sub, "fan1")) > going, timeout=60, what="fan1 scoring on")
+        going = max(seqs_of(sub, "fan1"))
+        sub.wait_for(lambda _: max(seqs_of(sub, "fan1")) > going, timeout=60, what="fan1 scoring on")
         d.send(signal.SIGTERM)
         d.wait(60)
         sub.close()

@@ -91,3 +91,13 @@ def test_a_wrong_key_is_named_in_one_line(edit, named):
     with pytest.raises(ManifestError, match=named.replace("[", r"\[").replace("]", r"\]")) as info:
         Manifest.from_dict(d)
     assert isinstance(info.value, BundleError) and "\n" not in str(info.value)
+
+
+def test_the_manifest_export_writes_is_what_it_reads_back(tiny_bundle):
+    import zipfile
+
+    with zipfile.ZipFile(tiny_bundle) as zf:
+        written = json.loads(zf.read("manifest.json"))
+    assert Manifest.from_dict(written).to_dict() == written
+    assert set(written) == set(json.loads((DATA / WRITTEN[0]).read_text())) - {"reference_clips"} | (
+        {"reference_clips"} if "reference_clips" in written else set())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.io.audio import SegmentSpec, normalize, segment
+from edge_asd.io.audio import normalize, segment
 from edge_asd.runtime.bundle import Bundle, open_bundle
 from edge_asd.runtime.manifest import Member as MemberSpec
 from edge_asd.errors import BundleError, UserError

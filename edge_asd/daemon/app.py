@@ -537,7 +537,7 @@ class Daemon:
             p = self.pipelines.get(m.id)
             if p is not None and self._can_keep_source(old_machines[m.id], m, p.scoring, scoring):
                 p.machine = m
-                p.scoring = scoring
+                p.use(scoring)
                 p.drift.quantiles = p._reference_quantiles(scoring)  # an enrolled bundle brings a new reference
                 p.debouncer.reconfigure(new.alerts.raise_after, new.alerts.clear_after)
                 kept.append(m.id)

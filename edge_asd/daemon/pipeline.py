@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from edge_asd.daemon.sources import Clip, ClipSource
 from edge_asd.errors import UserError
 from edge_asd.mqtt.discovery import ALERT_STATE
 from edge_asd.scoring.alerts import Debouncer
+from edge_asd.scoring.decision import ClipDecider
 from edge_asd.scoring.drift import DriftMonitor
 
 if TYPE_CHECKING:
@@ -53,6 +53,10 @@ class _WaitingScore:
     origin: str = ""
 
 
+def _decider(scoring: Scoring, debouncer: Debouncer) -> ClipDecider:
+    return ClipDecider(debouncer, scoring.threshold, scoring.shared.scorer.ratio, scoring.save_evidence)
+
+
 # What a pipeline restarted by a reload keeps: the heartbeat counts since the daemon started. Not its
 # published source state: the restarted source (new settings) announces itself again.
 _CARRIED_COUNTERS = ("scored", "anomalous_clips", "score_errors", "outbox_errors", "evidence_saved", "bad_clips",
@@ -71,10 +75,10 @@ class Pipeline:
         debouncer: Debouncer,
     ):
         self.machine = machine
-        self.scoring = scoring
         self.source = source
         self.daemon = daemon
-        self.debouncer = debouncer
+        self.scoring = scoring
+        self.decider = _decider(scoring, debouncer)
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._guarded_loop, name=f"scorer-{machine.id}", daemon=True)
         self._latency_lock = threading.Lock()
@@ -97,6 +101,15 @@ class Pipeline:
         self.started_mono: float | None = None
         self.last_done_mono: float | None = None  # when the last clip was scored and journaled
         self.drift = DriftMonitor(self._reference_quantiles(scoring))
+
+    def use(self, scoring: Scoring) -> None:
+        """Score with ``scoring`` from the next clip on (a reload), keeping the alert state."""
+        decider = _decider(scoring, self.debouncer)
+        self.scoring, self.decider = scoring, decider
+
+    @property
+    def debouncer(self) -> Debouncer:
+        return self.decider.debouncer
 
     @staticmethod
     def _reference_quantiles(scoring) -> list[float] | None:
@@ -192,66 +205,62 @@ class Pipeline:
     def _process(self, clip: Clip) -> None:
         from edge_asd.mqtt.payloads import alert_payload, score_payload
 
-        sc = self.scoring  # one snapshot per clip: a reload may replace it meanwhile
+        # One snapshot per clip: a reload may replace both meanwhile, and the threshold must be the scorer's.
+        sc, decider = self.scoring, self.decider
         self.busy_since = time.monotonic()
         try:
             with sc.shared.lock:
                 result = sc.shared.scorer.score(clip.samples, sc.section)
         finally:
             self.busy_since = None
-        threshold = sc.threshold if sc.threshold is not None else float(result.threshold)
-        score = float(result.score)
-        p_target = float(result.p_target)
+        d = decider.decide(result, clip.dbfs)
         self.last_dbfs = clip.dbfs
-        if not all(math.isfinite(v) for v in (score, threshold, p_target, clip.dbfs)):
+        if not d.finite:
             # JSON cannot carry it and no decision can rest on it: this clip's problem, not the scorer's.
             self.bad_clips += 1
             self.daemon.throttled(logging.WARNING, f"nonfinite-{self.id}",
                                   "machine %s: non-finite result for the clip from %s (score %s, threshold %s, "
                                   "p_target %s, dbfs %s); counted in bad_clips, not published",
-                                  self.id, clip.origin, score, threshold, p_target, clip.dbfs)
+                                  self.id, clip.origin, d.score, d.threshold, d.p_target, clip.dbfs)
             return
-        anomalous = score > threshold
         model = sc.bundle_id
         self._track_silence(clip.dbfs)
-        end_time, level = clip.end_time, clip.dbfs  # not the clip: a waiting score must not hold its samples
-        ratio = result.ratio if sc.threshold is None else sc.shared.scorer.ratio(score, result.section, threshold)
-        bands = None if result.bands is None else [b.to_dict() for b in result.bands]
+        bands = d.band_dicts()
+        end_time = clip.end_time  # not the clip: a waiting score must not hold its samples
         seq = self._journal_score(_WaitingScore(
-            lambda n: score_payload(end_time, n, score, threshold, anomalous, p_target, level, model, ratio, bands),
-            score, threshold, level, clip.position, clip.origin))
+            lambda n: score_payload(end_time, n, d.score, d.threshold, d.anomalous, d.p_target, d.dbfs, model,
+                                    d.ratio, bands),
+            d.score, d.threshold, d.dbfs, clip.position, clip.origin))
         with self._latency_lock:
             self._latencies.append((time.monotonic() - clip.ready_monotonic) * 1e3)
         self.scored += 1
-        self.drift.add(score, p_target)
-        if anomalous:
+        self.drift.add(d.score, d.p_target)
+        if d.anomalous:
             self.anomalous_clips += 1
 
-        change = self.debouncer.update(anomalous)
         web = self.daemon.web
         if web is not None:
-            web.score(self.id, seq, clip.end_time, score, threshold, anomalous, float(result.p_target), clip.dbfs,
-                      ratio=ratio, bands=bands, pending=self.debouncer.clips_until_change())
-        if change is not None:
-            (log.warning if change == "anomalous" else log.info)(
+            web.score(self.id, seq, clip.end_time, d.score, d.threshold, d.anomalous, d.p_target, clip.dbfs,
+                      ratio=d.ratio, bands=bands, pending=d.pending)
+        if d.change is not None:
+            (log.warning if d.change == "anomalous" else log.info)(
                 "machine %s: state %s (score %.3f, threshold %.3f, clip ending %s)",
-                self.id, change, score, threshold, clip.end_time.isoformat(timespec="seconds"),
+                self.id, d.change, d.score, d.threshold, clip.end_time.isoformat(timespec="seconds"),
             )
-            self._unstored_alerts.append(("alert", alert_payload(clip.end_time, change, self.id, score, threshold,
-                                                                 seq or 0, model, ratio, bands)))
+            self._unstored_alerts.append(("alert", alert_payload(clip.end_time, d.change, self.id, d.score,
+                                                                 d.threshold, seq or 0, model, d.ratio, bands)))
             if web is not None:
-                web.alert(self.id, clip.end_time, change)
-        state = "anomalous" if self.debouncer.anomalous else "normal"
-        if state != self._alert_state_sent:
+                web.alert(self.id, clip.end_time, d.change)
+        if d.state != self._alert_state_sent:
             # Retained, so a dashboard (Home Assistant's "Anomalous") knows the debounced state at
             # once; the alert topic is not, as an alert replayed on subscribe would read as new.
-            self._unstored_alerts.append((ALERT_STATE, alert_payload(clip.end_time, state, self.id, score, threshold,
-                                                                     seq or 0, model, ratio, bands)))
-            self._alert_state_sent = state
+            self._unstored_alerts.append((ALERT_STATE, alert_payload(clip.end_time, d.state, self.id, d.score,
+                                                                     d.threshold, seq or 0, model, d.ratio, bands)))
+            self._alert_state_sent = d.state
         self._journal_alerts()
 
         store = self.daemon.evidence
-        if anomalous and sc.save_evidence and store is not None:
+        if d.save_evidence and store is not None:
             saved = store.save(self.id, clip.samples, clip.end_time, seq or 0)
             if saved is not None:
                 self.evidence_saved += 1

@@ -25,6 +25,7 @@ import soundfile as sf
 from edge_asd.io.audio import dbfs
 from edge_asd.daemon.config import ID_RE, AlertConfig
 from edge_asd.scoring.alerts import Debouncer
+from edge_asd.scoring.decision import ClipDecider
 from edge_asd.errors import AudioError, UserError
 from edge_asd.daemon.evidence import EvidenceStore
 from edge_asd.progress import Progress
@@ -184,7 +185,6 @@ def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions
         from edge_asd.offline.timeline import require_matplotlib
 
         require_matplotlib()  # before hours of scoring, not after
-    threshold = opts.threshold
     reader = FileSource(opts.machine, "", opts.clip_seconds, opts.hop_seconds, realtime=False, channel=opts.channel)
     store = None
     if opts.evidence is not None:
@@ -204,27 +204,24 @@ def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions
             named = time_from_name(path.name)
             wall = named if named is not None else next_start
             rows: list[Window] = []
-            debouncer = Debouncer(opts.raise_after, opts.clear_after)  # each recording is its own timeline
+            # Each recording is its own timeline: a fresh alert state.
+            decider = ClipDecider(Debouncer(opts.raise_after, opts.clear_after), opts.threshold, scorer.ratio,
+                                  save_evidence=store is not None)
             try:
                 with reader.open_file(path) as f:
                     duration = f.frames / f.samplerate
                     for i, (samples, end_s, _) in enumerate(reader.cut_clips(path, f)):
-                        r = scorer.score(samples, opts.section)
-                        thr = threshold if threshold is not None else float(r.threshold)
-                        anomalous = r.score > thr
-                        change = debouncer.update(anomalous)
+                        d = decider.decide(scorer.score(samples, opts.section), dbfs(samples))
                         start_s = end_s - opts.clip_seconds
                         row = Window(
                             path.name, i, round(start_s, 6), round(end_s, 6),
                             None if wall is None else wall + timedelta(seconds=start_s),
                             None if wall is None else wall + timedelta(seconds=end_s),
-                            float(r.score), thr, anomalous, float(r.p_target), dbfs(samples), debouncer.anomalous,
-                            {"anomalous": "raised", "normal": "cleared"}.get(change or "", ""),
-                            r.ratio if threshold is None else scorer.ratio(float(r.score), opts.section, threshold), r.bands,
+                            d.score, d.threshold, d.anomalous, d.p_target, d.dbfs, d.alert, d.event, d.ratio, d.bands,
                         )
                         rows.append(row)
                         _write(writer, row, opts.json_lines)
-                        if anomalous and store is not None and _save_evidence(store, opts, path, row, samples):
+                        if d.save_evidence and _save_evidence(store, opts, path, row, samples):
                             result.evidence += 1
                         bar.update()
             except AudioError as exc:

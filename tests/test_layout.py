@@ -27,7 +27,7 @@ LAYERS: dict[str, set[str]] = {
     "mqtt": {""},
     "runtime": {"", "io", "scoring"},
     "daemon": {"", "io", "scoring", "runtime", "mqtt"},
-    "offline": {"", "io", "scoring", "runtime", "daemon"},
+    "offline": {"", "io", "scoring", "runtime"},
     "cli": {"", "io", "scoring", "runtime", "daemon", "offline", "mqtt", "synth"},
 }
 
@@ -117,6 +117,13 @@ def test_no_import_circles():
         if m not in state:
             walk(m, [m])
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_offline_never_imports_the_daemon():
+    """``edge-asd score`` judges clips with the decision the daemon uses (scoring/decision.py), not the daemon's."""
+    bad = [f"{m} -> {d}" for m, deps in import_graph().items() if subpackage(m) == "offline"
+           for d in deps if subpackage(d) == "daemon"]
+    assert not bad, ", ".join(sorted(bad))
 
 
 def test_runtime_package_never_imports_the_desktop_side():

@@ -48,7 +48,7 @@ from pathlib import Path
 from edge_asd import __version__
 from edge_asd.daemon.clock import ClockWatch
 from edge_asd.daemon.config import DaemonConfig, MachineConfig
-from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.io.evidence import EvidenceStore
 from edge_asd.daemon.fileprogress import FileProgress, progress_path
 from edge_asd.daemon.loading import load_config
 from edge_asd.daemon.logs import setup_logging

@@ -1,12 +1,12 @@
 """``edge-asd score`` on a user's own recordings: any name, any length, one row per window.
 
 A recording is replayed exactly as the daemon's ``file:`` source would replay
-it: the same :class:`~edge_asd.daemon.sources.FileSource` opens, checks, streams,
+it: the same :class:`~edge_asd.io.recording.RecordingClips` opens, checks, streams,
 cuts and resamples it (block by block, so an hour-long file takes the memory of
 a few blocks), the same :meth:`ClipScorer.score` scores each window, the same
-:class:`~edge_asd.scoring.alerts.Debouncer` turns window decisions into the alert state
-that ``[alerts]`` would have raised and cleared, and the same
-:class:`~edge_asd.daemon.evidence.EvidenceStore` keeps the audio of anomalous windows.
+:class:`~edge_asd.scoring.decision.ClipDecider` judges each window and turns the
+decisions into the alert state that ``[alerts]`` would have raised and cleared, and
+the same :class:`~edge_asd.io.evidence.EvidenceStore` keeps the audio of anomalous windows.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from pathlib import Path
 import soundfile as sf
 
 from edge_asd.io.audio import dbfs
-from edge_asd.daemon.config import ID_RE, AlertConfig
-from edge_asd.scoring.alerts import Debouncer
+from edge_asd.ids import ID_RE
+from edge_asd.scoring.alerts import CLEAR_AFTER, RAISE_AFTER, Debouncer
 from edge_asd.scoring.decision import ClipDecider
 from edge_asd.errors import AudioError, UserError
-from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.io.evidence import EvidenceStore
+from edge_asd.io.recording import RecordingClips
 from edge_asd.progress import Progress
 from edge_asd.runtime.scorer import ClipScorer
 from edge_asd.scoring.bands import Band
-from edge_asd.daemon.sources import FileSource
 
 WINDOWS_CSV = "windows.csv"
 CSV_COLUMNS = ("file", "window", "start_s", "end_s", "start_time", "end_time", "score", "threshold", "anomalous",
@@ -52,8 +52,8 @@ class ReplayOptions:
     clip_seconds: float
     hop_seconds: float
     threshold: float | None = None  # the daemon's per-machine override; None: the bundle's
-    raise_after: int = AlertConfig.raise_after
-    clear_after: int = AlertConfig.clear_after
+    raise_after: int = RAISE_AFTER
+    clear_after: int = CLEAR_AFTER
     start: datetime | None = None  # wall time of the first recording whose name carries none
     channel: int = 0
     evidence: Path | None = None
@@ -71,8 +71,8 @@ class ReplaySettings:
     clip_seconds: float | None = None
     hop_seconds: float | None = None
     threshold: float | None = None
-    raise_after: int = AlertConfig.raise_after
-    clear_after: int = AlertConfig.clear_after
+    raise_after: int = RAISE_AFTER
+    clear_after: int = CLEAR_AFTER
     start: str | None = None
     channel: int = 0
     evidence: Path | None = None
@@ -185,7 +185,7 @@ def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions
         from edge_asd.offline.timeline import require_matplotlib
 
         require_matplotlib()  # before hours of scoring, not after
-    reader = FileSource(opts.machine, "", opts.clip_seconds, opts.hop_seconds, realtime=False, channel=opts.channel)
+    reader = RecordingClips(opts.machine, float(opts.clip_seconds), float(opts.hop_seconds), opts.channel)
     store = None
     if opts.evidence is not None:
         try:
@@ -284,7 +284,7 @@ def _expected_windows(path: Path, opts: ReplayOptions) -> int:
     """From the header, for the progress bar only (a bad file is found and named when it is replayed)."""
     try:
         info = sf.info(str(path))
-    except Exception:  # noqa: BLE001 - reported properly by FileSource.open_file
+    except Exception:  # noqa: BLE001 - reported properly by RecordingClips.open_file
         return 0
     n = int(info.frames) - int(round(opts.clip_seconds * info.samplerate))
     return 0 if n < 0 else n // max(1, int(round(opts.hop_seconds * info.samplerate))) + 1

@@ -9,9 +9,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from edge_asd.daemon.config import MachineConfig
+from edge_asd.daemon.config import AlertConfig, MachineConfig
 from edge_asd.daemon.scorers import Scoring
 from edge_asd.daemon.sources import Clip, ClipSource
 from edge_asd.errors import UserError
@@ -21,7 +21,9 @@ from edge_asd.scoring.decision import ClipDecider
 from edge_asd.scoring.drift import DriftMonitor
 
 if TYPE_CHECKING:
-    from edge_asd.daemon.app import Daemon
+    from edge_asd.daemon.web.server import WebServer
+    from edge_asd.io.evidence import EvidenceStore
+    from edge_asd.mqtt.publisher import Publisher
 
 log = logging.getLogger("edge_asd.daemon")  # the name journals show, kept from before the split
 
@@ -42,6 +44,19 @@ def stall_limit(scoring: Scoring, stall_clips: int) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
+class PipelineLinks:
+    """What a pipeline hands its clips to and asks of the rest of the daemon, passed in rather than
+    reached for through the daemon; the daemon hands every pipeline new links when a reload replaces one."""
+
+    alerts: AlertConfig  # silence and stall limits
+    publisher: "Publisher"  # journals scores and alerts in the outbox
+    evidence: "EvidenceStore | None"  # None: no [storage] evidence folder
+    web: "WebServer | None"  # None: no [web] page
+    throttled: Callable[..., None]  # (level, key, msg, *args): logged at most once a minute per key
+    wake: Callable[[], None]  # the main loop looks again: this pipeline ended or crashed
+
+
+@dataclass(frozen=True)
 class _WaitingScore:
     """A score on its way into the outbox: the payload is built with the seq allocated when it is stored."""
 
@@ -54,7 +69,9 @@ class _WaitingScore:
 
 
 def _decider(scoring: Scoring, debouncer: Debouncer) -> ClipDecider:
-    return ClipDecider(debouncer, scoring.threshold, scoring.shared.scorer.ratio, scoring.save_evidence)
+    shared = scoring.shared
+    # The scorer looked up at each clip, as scoring does: the shared one may be replaced in place.
+    return ClipDecider(debouncer, scoring.threshold, lambda *a: shared.scorer.ratio(*a), scoring.save_evidence)
 
 
 # What a pipeline restarted by a reload keeps: the heartbeat counts since the daemon started. Not its
@@ -71,12 +88,12 @@ class Pipeline:
         machine: MachineConfig,
         scoring: Scoring,
         source: ClipSource,
-        daemon: "Daemon",
+        links: PipelineLinks,
         debouncer: Debouncer,
     ):
         self.machine = machine
         self.source = source
-        self.daemon = daemon
+        self.links = links
         self.scoring = scoring
         self.decider = _decider(scoring, debouncer)
         self._halt = threading.Event()
@@ -166,7 +183,7 @@ class Pipeline:
         return out
 
     def silent(self) -> bool:
-        return self.silent_run >= self.daemon.cfg.alerts.silence_clips
+        return self.silent_run >= self.links.alerts.silence_clips
 
     def _guarded_loop(self) -> None:
         try:
@@ -174,7 +191,7 @@ class Pipeline:
         except BaseException as exc:  # noqa: BLE001 - the main loop turns this into exit status 1
             log.exception("machine %s: internal error in the scorer thread", self.id)
             self.crashed = exc
-            self.daemon.wake()
+            self.links.wake()
 
     def _loop(self) -> None:
         queue = self.source.queue
@@ -184,7 +201,7 @@ class Pipeline:
             if clip is None:
                 if queue.exhausted:
                     log.info("machine %s: source ended; %d clips scored", self.id, self.scored)
-                    self.daemon.wake()
+                    self.links.wake()
                     return
                 continue
             try:
@@ -205,8 +222,8 @@ class Pipeline:
     def _process(self, clip: Clip) -> None:
         from edge_asd.mqtt.payloads import alert_payload, score_payload
 
-        # One snapshot per clip: a reload may replace both meanwhile, and the threshold must be the scorer's.
-        sc, decider = self.scoring, self.decider
+        # One snapshot per clip: a reload may replace them meanwhile, and the threshold must be the scorer's.
+        sc, decider, links = self.scoring, self.decider, self.links
         self.busy_since = time.monotonic()
         try:
             with sc.shared.lock:
@@ -218,7 +235,7 @@ class Pipeline:
         if not d.finite:
             # JSON cannot carry it and no decision can rest on it: this clip's problem, not the scorer's.
             self.bad_clips += 1
-            self.daemon.throttled(logging.WARNING, f"nonfinite-{self.id}",
+            self.links.throttled(logging.WARNING, f"nonfinite-{self.id}",
                                   "machine %s: non-finite result for the clip from %s (score %s, threshold %s, "
                                   "p_target %s, dbfs %s); counted in bad_clips, not published",
                                   self.id, clip.origin, d.score, d.threshold, d.p_target, clip.dbfs)
@@ -238,7 +255,7 @@ class Pipeline:
         if d.anomalous:
             self.anomalous_clips += 1
 
-        web = self.daemon.web
+        web = links.web
         if web is not None:
             web.score(self.id, seq, clip.end_time, d.score, d.threshold, d.anomalous, d.p_target, clip.dbfs,
                       ratio=d.ratio, bands=bands, pending=d.pending)
@@ -259,7 +276,7 @@ class Pipeline:
             self._alert_state_sent = d.state
         self._journal_alerts()
 
-        store = self.daemon.evidence
+        store = links.evidence
         if d.save_evidence and store is not None:
             saved = store.save(self.id, clip.samples, clip.end_time, seq or 0)
             if saved is not None:
@@ -276,7 +293,7 @@ class Pipeline:
         """
         if len(self._unstored_scores) == self._unstored_scores.maxlen:
             self.scores_dropped += 1
-            self.daemon.throttled(logging.ERROR, f"dropped-{self.id}",
+            self.links.throttled(logging.ERROR, f"dropped-{self.id}",
                                   "machine %s: the oldest of %d scores waiting for room in the outbox is dropped "
                                   "(%d dropped so far)", self.id, len(self._unstored_scores), self.scores_dropped)
         self._unstored_scores.append(waiting)
@@ -289,10 +306,10 @@ class Pipeline:
         while self._unstored_scores:
             w = self._unstored_scores[0]
             try:
-                seq = self.daemon.publisher.enqueue_score(self.id, w.make_payload, w.position)
+                seq = self.links.publisher.enqueue_score(self.id, w.make_payload, w.position)
             except OutboxError as exc:
                 self.outbox_errors += 1
-                self.daemon.throttled(logging.ERROR, f"outbox-{self.id}",
+                self.links.throttled(logging.ERROR, f"outbox-{self.id}",
                                       "machine %s: score not stored: %s (%d waiting, retried with the next clip)",
                                       self.id, exc, len(self._unstored_scores))
                 return None
@@ -309,24 +326,24 @@ class Pipeline:
         while self._unstored_alerts:
             kind, payload = self._unstored_alerts[0]
             try:
-                self.daemon.publisher.enqueue(self.id, kind, payload, retain=kind == ALERT_STATE)
+                self.links.publisher.enqueue(self.id, kind, payload, retain=kind == ALERT_STATE)
             except OutboxError as exc:
                 self.outbox_errors += 1
-                self.daemon.throttled(logging.ERROR, f"alert-{self.id}",
+                self.links.throttled(logging.ERROR, f"alert-{self.id}",
                                       "machine %s: alert not stored: %s (retried with the next clip)", self.id, exc)
                 return
             self._unstored_alerts.popleft()
 
     def _track_silence(self, level: float) -> None:
         was = self.silent()
-        if level < self.daemon.cfg.alerts.silence_dbfs:
+        if level < self.links.alerts.silence_dbfs:
             self.silent_run += 1
         else:
             self.silent_run = 0
         now = self.silent()
         if now and not was:
             log.warning("machine %s: source is silent (%d clips below %g dBFS); check the microphone",
-                        self.id, self.silent_run, self.daemon.cfg.alerts.silence_dbfs)
+                        self.id, self.silent_run, self.links.alerts.silence_dbfs)
         elif was and not now:
             log.info("machine %s: sound is back (%.1f dBFS)", self.id, level)
 
@@ -342,7 +359,7 @@ class Pipeline:
             return None  # the scorer has work: a slow scorer is not a dead source
         now = time.monotonic() if now is None else now
         last = max(t for t in (self.started_mono, self.source.last_clip_mono, self.last_done_mono) if t is not None)
-        every, limit = stall_limit(self.scoring, self.daemon.cfg.alerts.stall_clips)
+        every, limit = stall_limit(self.scoring, self.links.alerts.stall_clips)
         if now - last <= limit:
             return None
         return f"no audio clip for {now - last:.0f} s (one is due every {every:g} s)"

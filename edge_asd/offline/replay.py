@@ -16,7 +16,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -29,9 +29,9 @@ from edge_asd.scoring.decision import ClipDecider
 from edge_asd.errors import AudioError, UserError
 from edge_asd.io.evidence import EvidenceStore
 from edge_asd.io.recording import RecordingClips
+from edge_asd.offline.window import Window
 from edge_asd.progress import Progress
 from edge_asd.runtime.scorer import ClipScorer
-from edge_asd.scoring.bands import Band
 
 WINDOWS_CSV = "windows.csv"
 CSV_COLUMNS = ("file", "window", "start_s", "end_s", "start_time", "end_time", "score", "threshold", "anomalous",
@@ -113,34 +113,6 @@ def replay_options(scorer: ClipScorer, s: ReplaySettings) -> ReplayOptions | Non
     )
 
 
-@dataclass(frozen=True)
-class Window:
-    """One scored window of a recording, with the alert state after it."""
-
-    file: str
-    window: int
-    start_s: float
-    end_s: float
-    start_time: datetime | None
-    end_time: datetime | None
-    score: float
-    threshold: float
-    anomalous: bool
-    p_target: float
-    dbfs: float
-    alert: bool  # the debounced state after this window
-    event: str  # "raised", "cleared" or ""
-    ratio: float | None = None  # 0 at the section's median held-out normal, 1 at the threshold; None: an older bundle
-    bands: tuple[Band, ...] | None = None  # the deviating bands, strongest first; None: no band statistics
-
-    def record(self) -> dict:
-        out = asdict(self)
-        out["start_time"] = format_wall(self.start_time)
-        out["end_time"] = format_wall(self.end_time)
-        out["bands"] = None if self.bands is None else [b.to_dict() for b in self.bands]
-        return out
-
-
 @dataclass
 class ReplayResult:
     recordings: int = 0  # with at least one window scored
@@ -169,13 +141,6 @@ def parse_start(text: str) -> datetime:
         return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
         raise UserError(f"--start {text!r}: not an ISO-8601 time such as 2026-11-01T10:00:00") from None
-
-
-def format_wall(t: datetime | None) -> str:
-    if t is None:
-        return ""
-    s = t.isoformat(timespec="milliseconds")
-    return s[:-6] + "Z" if s.endswith("+00:00") else s
 
 
 def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions, out: Path,

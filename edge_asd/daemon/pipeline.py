@@ -1,6 +1,8 @@
-"""One machine's pipeline: the scorer thread that takes clips from its source, scores them, decides
-(threshold, debounce), journals scores and alerts in the outbox (holding them while it is full),
-saves evidence and tells the page; and the machine's source state as the daemon reports it."""
+"""One machine's pipeline: the scorer thread that takes clips from its source, scores them, has them
+decided (:class:`~edge_asd.scoring.decision.ClipDecider`: threshold, debounce, evidence, as
+``edge-asd score`` decides), journals scores and alerts in the outbox (holding them while it is
+full), saves evidence and tells the page, all through the :class:`PipelineLinks` it is given; and
+the machine's source state as the daemon reports it."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ LAYERS: dict[str, set[str]] = {
     "mqtt": {""},
     "runtime": {"", "io", "scoring"},
     "daemon": {"", "io", "scoring", "runtime", "mqtt"},
-    "offline": {"", "io", "scoring", "runtime", "daemon"},
+    "offline": {"", "io", "scoring", "runtime"},
     "cli": {"", "io", "scoring", "runtime", "daemon", "offline", "mqtt", "synth"},
 }
 
@@ -46,13 +46,14 @@ def subpackage(module: str) -> str:
     return parts[1] if (PKG / parts[1]).is_dir() else ""
 
 
-def _runtime_imports(tree: ast.AST, here: str, is_package: bool) -> set[str]:
-    """Modules of edge_asd this module imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
+def _runtime_imports(tree: ast.AST, here: str, is_package: bool, typing_too: bool = False) -> set[str]:
+    """Modules of edge_asd this module imports when it runs (``if TYPE_CHECKING:`` blocks left out,
+    unless ``typing_too``)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            if not typing_too and isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
                 for sub in child.orelse:
                     visit(sub)
                 continue
@@ -76,11 +77,11 @@ def _runtime_imports(tree: ast.AST, here: str, is_package: bool) -> set[str]:
 
 
 @functools.cache
-def import_graph() -> dict[str, set[str]]:
+def import_graph(typing_too: bool = False) -> dict[str, set[str]]:
     graph = {}
     for path in sorted(PKG.rglob("*.py")):
         name = module_name(path)
-        graph[name] = _runtime_imports(ast.parse(path.read_text()), name, path.stem == "__init__")
+        graph[name] = _runtime_imports(ast.parse(path.read_text()), name, path.stem == "__init__", typing_too)
     return graph
 
 
@@ -97,8 +98,8 @@ def test_every_import_respects_the_layers():
     assert not wrong, "imports against the layers (LAYERS in this file): " + ", ".join(sorted(wrong))
 
 
-def test_no_import_circles():
-    graph = {m: {d for d in deps if d in import_graph()} - {m} for m, deps in import_graph().items()}
+def _circles(full: dict[str, set[str]]) -> list[list[str]]:
+    graph = {m: {d for d in deps if d in full} - {m} for m, deps in full.items()}
     # edge_asd/__init__.py is every module's parent package, not a dependency anyone chose
     graph = {m: d - {"edge_asd"} for m, d in graph.items()}
     state: dict[str, int] = {}
@@ -116,7 +117,25 @@ def test_no_import_circles():
     for m in sorted(graph):
         if m not in state:
             walk(m, [m])
+    return circles
+
+
+def test_no_import_circles():
+    circles = _circles(import_graph())
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_no_import_circles_even_for_type_checkers():
+    """A circle hidden under ``TYPE_CHECKING`` still means neither module can be read, or changed, alone."""
+    circles = _circles(import_graph(typing_too=True))
+    assert not circles, "import circles (TYPE_CHECKING imports counted): " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_offline_never_imports_the_daemon():
+    """``edge-asd score`` judges clips with the decision the daemon uses (scoring/decision.py), not the daemon's."""
+    bad = [f"{m} -> {d}" for m, deps in import_graph().items() if subpackage(m) == "offline"
+           for d in deps if subpackage(d) == "daemon"]
+    assert not bad, ", ".join(sorted(bad))
 
 
 def test_runtime_package_never_imports_the_desktop_side():

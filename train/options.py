@@ -7,14 +7,47 @@ file's flags against them before any run starts), so neither imports the other.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from edge_asd.cli.parser import CliParser
+from edge_asd.scoring.aggregate import AGGREGATORS
 from edge_asd.scoring.stage2 import BANKS, Stage2Config
 
+from .names import BACKBONES, OBJECTIVES
 from .plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
 from .presets import PRESETS
 
 S2_DEFAULTS = Stage2Config()  # the command line's defaults are the dataclass's
+
+
+@dataclass(frozen=True)
+class DetectorFlags:
+    """How the stage-2 flags reach one detector of edge_asd/scoring/detectors.py's DETECTORS."""
+
+    size: str  # the detector's parameter that --k sets
+    default_size: int  # --k when the command line leaves it out
+    metric: bool = False  # whether --metric applies
+    knn_score: bool = False  # whether --knn-score applies (its "method")
+
+
+# One line per detector, in the order --detector lists them (the first is the default).
+DETECTOR_FLAGS: dict[str, DetectorFlags] = {
+    "knn": DetectorFlags("k", 1, metric=True, knn_score=True),
+    "gmm": DetectorFlags("n_components", 4),
+    "lof": DetectorFlags("k", 16, metric=True),
+}
+KNN_SCORE = {"kth": "largest", "mean": "mean"}  # --knn-score -> the knn detector's method
+
+
+def detector_params(detector: str, k: int | None, metric: str | None, knn_score: str) -> dict:
+    """The detector's hyper-parameters that the stage-2 flags ask for."""
+    flags = DETECTOR_FLAGS[detector]
+    params: dict = {flags.size: flags.default_size if k is None else k}
+    if flags.metric:
+        params["metric"] = metric
+    if flags.knn_score:
+        params["method"] = KNN_SCORE[knn_score]
+    return params
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="DCASE-layout data root; only DATA/<machine>/train is read")
     p.add_argument("--machine", required=True)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer", "tf_efficientnet_b0", "efficientnet_lite0"],
+    p.add_argument("--backbone", choices=list(BACKBONES),
                    help="default: the preset's (or the --config file's)")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="named configuration under --config and the flags: cpu (small Transformer, ~10 min for 1,000 clips "
@@ -47,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "generalization; otherwise auto: "
                    "specialization where every section has 2 or more target-domain clips, else generalization; "
                    "both: one extractor each, in RUN/generalization and RUN/specialization")
-    p.add_argument("--detector", default="knn", choices=["knn", "gmm", "lof"])
+    p.add_argument("--detector", default=next(iter(DETECTOR_FLAGS)), choices=list(DETECTOR_FLAGS))
     p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
-    p.add_argument("--aggregator", default="mean", choices=["mean", "max", "median", "mean_above_median"])
+    p.add_argument("--aggregator", default="mean", choices=list(AGGREGATORS))
     p.add_argument("--threshold", default="gamma:0.9", help="decision threshold rule: gamma:Q, quantile:Q or zscore:Z")
     p.add_argument("--bank", default=S2_DEFAULTS.bank, choices=list(BANKS),
                    help="normal clips the inlier models are fitted on: all of them (default) or only those held out "
@@ -91,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r-train", dest="r_train", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--num-workers", dest="num_workers", type=int)
-    p.add_argument("--objective", choices=["oe", "subcluster_adacos"],
+    p.add_argument("--objective", choices=list(OBJECTIVES),
                    help="stage-1 objective: the report's outlier exposure (default) or sub-cluster AdaCos")
     p.add_argument("--n-subclusters", dest="n_subclusters", type=int, help="sub-cluster AdaCos centres per class (default 16)")
     p.add_argument("--fft-branch", dest="fft_branch", action="store_true", default=None,

@@ -141,3 +141,22 @@ def test_default_k_per_detector():
     assert detector_params("gmm", None, "l2", "kth") == {"n_components": 4}
     assert detector_params("lof", None, "cosine", "mean") == {"k": 16, "metric": "cosine"}
     assert detector_params("lof", 3, None, "kth") == {"k": 3, "metric": None}
+
+
+def test_the_quality_benchmark_reads_the_presets():
+    """benchmarks/bench_quality.py measures what the product trains: its systems come from the presets' table."""
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    from train.config import TrainConfig
+    from train.presets import PRESETS
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.SYSTEMS["cpu"] == PRESETS["cpu"]
+    assert all(PRESETS["cpu"][k] == v for k, v in bench.SYSTEMS["transformer"].items())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not [k for system in bench.SYSTEMS.values() for k in system if k not in known]

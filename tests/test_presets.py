@@ -82,7 +82,7 @@ def test_flags_over_config_over_preset_over_defaults(monkeypatch, data_root, tmp
     assert cfg.lr == 0.005  # flag over config file
     assert (cfg.epochs, cfg.d_model, cfg.n_heads) == (3, 32, 2)  # config file over preset
     assert (cfg.backbone, cfg.n_layers, cfg.batch_size) == ("transformer", 2, 32)  # preset over defaults
-    assert cfg.kappa == TrainConfig.kappa  # defaults where nobody says otherwise
+    assert cfg.lambda_section == TrainConfig.lambda_section  # defaults where nobody says otherwise
     assert cfg.steps is None  # the file's epochs, not the preset's step budget
 
 
@@ -160,3 +160,14 @@ def test_the_quality_benchmark_reads_the_presets():
     assert all(PRESETS["cpu"][k] == v for k, v in bench.SYSTEMS["transformer"].items())
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     assert not [k for system in bench.SYSTEMS.values() for k in system if k not in known]
+
+
+def test_a_config_json_with_a_retired_key_still_loads():
+    """kappa set nothing (Eq. 7's temperature is stage 2's): gone from TrainConfig, yet an old run's config.json loads."""
+    from edge_asd.errors import ConfigError
+
+    old = {"data": "d", "machine": "fan", "out": "o", "kappa": 0.3}
+    cfg = TrainConfig.from_dict(old)
+    assert not hasattr(cfg, "kappa") and "kappa" not in cfg.to_dict()
+    with pytest.raises(ConfigError, match="unknown training config key.*bogus"):
+        TrainConfig.from_dict({**old, "bogus": 1})

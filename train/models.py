@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -489,6 +490,27 @@ class TransformerEncoder(nn.Module):
         return self.proj(pooled)
 
 
+# --- the encoder of each backbone ------------------------------------------------------
+
+
+def _efficientnet(cfg: ModelConfig, pretrained_weights: str | Path | None, frames: int) -> nn.Module:
+    encoder = EfficientNetEncoder(cfg, pretrained_weights)
+    encoder.fix_same_padding((cfg.n_mels, frames))  # its "same" padding is fixed for the segment's log-mel size
+    return encoder
+
+
+def _sequence(encoder: type[nn.Module]) -> Callable[[ModelConfig, str | Path | None, int], nn.Module]:
+    return lambda cfg, _weights, _frames: encoder(cfg)  # no pretrained weights (config validation refuses them)
+
+
+# Each name of train/names.py's BACKBONES -> (config, pretrained weights, log-mel frames per segment) -> encoder.
+ENCODERS: dict[str, Callable[[ModelConfig, str | Path | None, int], nn.Module]] = {
+    **{name: _efficientnet for name in CNN_BACKBONES},
+    "conformer": _sequence(ConformerEncoder),
+    "transformer": _sequence(TransformerEncoder),
+}
+
+
 # --- the extractor ----------------------------------------------------------------------
 
 
@@ -511,13 +533,7 @@ class Extractor(nn.Module):
         # Learned per-mel-band standardization of the log-mel input (running
         # statistics at inference, so it folds into a constant affine map on export).
         self.input_norm = nn.BatchNorm1d(cfg.n_mels)
-        if cfg.backbone in CNN_BACKBONES:
-            self.encoder: nn.Module = EfficientNetEncoder(cfg, pretrained_weights)
-            self.encoder.fix_same_padding((cfg.n_mels, self.segment_frames))
-        elif cfg.backbone == "conformer":
-            self.encoder = ConformerEncoder(cfg)
-        else:
-            self.encoder = TransformerEncoder(cfg)
+        self.encoder: nn.Module = ENCODERS[cfg.backbone](cfg, pretrained_weights, self.segment_frames)
         self.fft_branch = FFTBranch(cfg.segment_samples, cfg.fft_channels, cfg.fft_dim) if cfg.fft_branch else None
         self.heads = OEHeads(cfg.embedding_size, cfg.n_sections, cfg.domain_head)
         self.adacos = (

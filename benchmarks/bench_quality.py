@@ -37,38 +37,32 @@ from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  #
 from edge_asd.scoring.combine import combine_parts, p_target  # noqa: E402
 from edge_asd.scoring.section import section_parts  # noqa: E402
 from edge_asd.scoring.stage2 import Stage2Config, fit_section  # noqa: E402
+from train.names import SUBCLUSTER_ADACOS  # noqa: E402
+from train.presets import PRESETS  # noqa: E402
 
 # Stage-1 systems (TrainConfig overrides). "epochs" is set by --epochs unless given here.
+# The small Transformer is the cpu preset's (its size, batch and workers), read from
+# train/presets.py so that the benchmark measures what the product trains.
+_SMALL = {k: PRESETS["cpu"][k] for k in ("backbone", "embedding_dim", "d_model", "n_layers", "n_heads", "batch_size", "num_workers")}
+_ADACOS = {"domain_head": False, "objective": SUBCLUSTER_ADACOS}
+_LITE0 = {"backbone": "efficientnet_lite0", "pretrained_weights": "imagenet", "embedding_dim": 64, "batch_size": 32, "num_workers": 0}
 SYSTEMS = {
-    "transformer": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
-                    "batch_size": 32, "num_workers": 0},
-    "transformer-dg": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
-                       "batch_size": 32, "num_workers": 0, "domain_head": False},
-    "transformer-machine": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
-                            "batch_size": 32, "num_workers": 0, "amplitude": "machine"},
-    "transformer-adacos": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
-                           "batch_size": 32, "num_workers": 0, "domain_head": False, "objective": "subcluster_adacos"},
-    "transformer-adacos-fft": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
-                               "batch_size": 32, "num_workers": 0, "domain_head": False, "objective": "subcluster_adacos",
-                               "fft_branch": True},
-    "transformer-adacos-machine": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2,
-                                   "n_heads": 4, "batch_size": 32, "num_workers": 0, "domain_head": False,
-                                   "objective": "subcluster_adacos", "amplitude": "machine"},
-    "transformer-adacos-fft-machine": {"backbone": "transformer", "embedding_dim": 64, "d_model": 64, "n_layers": 2,
-                                       "n_heads": 4, "batch_size": 32, "num_workers": 0, "domain_head": False,
-                                       "objective": "subcluster_adacos", "amplitude": "machine", "fft_branch": True},
+    # the product's cpu preset as `edge-asd-train --preset cpu` trains it: its step budget, whatever --epochs says
+    "cpu": dict(PRESETS["cpu"]),
+    "transformer": {**_SMALL},
+    "transformer-dg": {**_SMALL, "domain_head": False},
+    "transformer-machine": {**_SMALL, "amplitude": "machine"},
+    "transformer-adacos": {**_SMALL, **_ADACOS},
+    "transformer-adacos-fft": {**_SMALL, **_ADACOS, "fft_branch": True},
+    "transformer-adacos-machine": {**_SMALL, **_ADACOS, "amplitude": "machine"},
+    "transformer-adacos-fft-machine": {**_SMALL, **_ADACOS, "amplitude": "machine", "fft_branch": True},
     "effnet_b0": {"backbone": "efficientnet_b0", "batch_size": 32, "num_workers": 0},
     # EfficientNet-Lite0 from the packaged ImageNet weights (the `pretrained` extra), the cpu preset's objective
-    "lite0-imagenet-adacos-machine": {"backbone": "efficientnet_lite0", "pretrained_weights": "imagenet", "embedding_dim": 64,
-                                      "batch_size": 32, "num_workers": 0, "domain_head": False,
-                                      "objective": "subcluster_adacos", "amplitude": "machine"},
+    "lite0-imagenet-adacos-machine": {**_LITE0, **_ADACOS, "amplitude": "machine"},
     # the same at 30 epochs whatever --epochs says (the 40 + 4 rows' epochs, where --epochs 10 gives its wall time)
-    "lite0-imagenet-adacos-machine-e30": {"backbone": "efficientnet_lite0", "pretrained_weights": "imagenet", "embedding_dim": 64,
-                                          "batch_size": 32, "num_workers": 0, "domain_head": False,
-                                          "objective": "subcluster_adacos", "amplitude": "machine", "epochs": 30},
+    "lite0-imagenet-adacos-machine-e30": {**_LITE0, **_ADACOS, "amplitude": "machine", "epochs": 30},
     # the same with the report's objective (OE losses, domain head) and the machine's scale
-    "lite0-imagenet-machine": {"backbone": "efficientnet_lite0", "pretrained_weights": "imagenet", "embedding_dim": 64,
-                               "batch_size": 32, "num_workers": 0, "amplitude": "machine"},
+    "lite0-imagenet-machine": {**_LITE0, "amplitude": "machine"},
 }
 
 _KNN = {"k": 1, "metric": "l2", "method": "largest"}

@@ -135,14 +135,14 @@ def without_rfft(bundle: Path, out: Path) -> Path:
     from edge_asd.runtime.bundle import open_bundle, write_bundle
 
     b = open_bundle(bundle)
-    manifest = json.loads(json.dumps(b.manifest))
+    manifest = b.manifest.to_dict()
     drop = set()
     for m in manifest["members"]:
         split = m.get("split") or {}
         if "input_norm" in split:
             drop.add(split.pop("input_norm"))
             split.pop("logmel", None)
-    files = {n: b.read(n) for n in b.manifest["files"] if n not in drop}
+    files = {n: b.read(n) for n in b.manifest.to_dict()["files"] if n not in drop}
     return write_bundle(out, manifest, files)
 
 

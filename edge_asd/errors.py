@@ -26,3 +26,7 @@ class BundleError(UserError):
 
 class ConfigError(UserError):
     """A daemon configuration that fails validation."""
+
+
+class ManifestError(BundleError):
+    """A bundle manifest with a key missing or of the wrong kind; the message names the key's path."""

@@ -11,13 +11,16 @@ import io
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from edge_asd.io.audio import SAMPLE_RATE, SegmentSpec, amplitude_manifest, clip_segments
+from edge_asd.io.features import LogMelStatsConfig
 from edge_asd.runtime.bundle import npz_bytes, write_bundle
+from edge_asd.runtime.manifest import (Amplitude, Audio, BandEvidenceSpec, Candidate, Detector, Engine, LogMelFrontEnd,
+                                       Manifest, Member, ReferenceClipEntry, SectionNumbers, Selection, Split)
 from edge_asd.errors import UserError
 from edge_asd.runtime.onnx import OnnxBackend
 from edge_asd.scoring.metrics import roc_auc
@@ -95,7 +98,7 @@ def _proxy_auc(approach: str, held: dict, oof: dict, pseudo: dict, sections: dic
 class _Member:
     """One exported extractor with its fitted stage 2, ready to pack."""
 
-    manifest: dict
+    member: Member  # its manifest entry
     files: dict[str, bytes]
     s2cfg: Stage2Config
     held: dict[str, np.ndarray]  # held-out normals as the deployed model embeds them
@@ -106,7 +109,7 @@ class _Member:
     spec: SegmentSpec | None = None  # None: the plain system, which takes the clip as recorded
 
 
-def _stage2_files(prefix: str, sections: dict, held: dict) -> tuple[dict[str, bytes], dict[str, dict]]:
+def _stage2_files(prefix: str, sections: dict, held: dict) -> tuple[dict[str, bytes], dict[str, SectionNumbers]]:
     """A member's detector state and the normals it was fitted on, and the manifest's numbers per section.
 
     The normals travel with the bundle so that on-device enrollment can refit a
@@ -114,11 +117,11 @@ def _stage2_files(prefix: str, sections: dict, held: dict) -> tuple[dict[str, by
     did; a few hundred KB at most.
     """
     arrays: dict[str, np.ndarray] = {}
-    member_sections: dict[str, dict] = {}
+    member_sections: dict[str, SectionNumbers] = {}
     for section, model in sections.items():
         a, numbers = section_state(model)
         arrays.update(a)
-        member_sections[section] = numbers
+        member_sections[section] = SectionNumbers.from_dict(numbers)
     normals = {k: held[k] for k in ("names", "sections", "domains", "embeddings", "domain_logits")}
     return {prefix + "detectors.npz": npz_bytes(arrays), prefix + "heldout.npz": npz_bytes(normals)}, member_sections
 
@@ -141,21 +144,21 @@ def _build_plain_member(run_dir: Path, index: int, data_root: Path | None) -> _M
         pe, pl = plain_embeddings(run_dir, pseudo_paths)
         report["proxy_auc_fp32"] = _proxy_auc("generalization", held, oof, {"embeddings": pe, "domain_logits": pl}, sections, s2cfg)
     files, member_sections = _stage2_files(prefix, sections, held)
-    member = {
-        "name": f"m{index}",
-        "run": str(run_dir),
-        "system": "plain",
-        "machine_type": config["machine"],
-        "features": config["features"],
-        "amplitude": "raw",
-        "domain_head": False,
-        "embedding_dim": int(held["embeddings"].shape[-1]),
-        "state": prefix + "detectors.npz",
-        "heldout": prefix + "heldout.npz",
-        "detector": {"kind": s2cfg.detector, "params": s2cfg.detector_params},
-        "stage2": asdict(s2cfg),
-        "sections": member_sections,
-    }
+    member = Member(
+        name=f"m{index}",
+        run=str(run_dir),
+        system="plain",
+        machine_type=config["machine"],
+        features=LogMelStatsConfig.from_dict(config["features"]),
+        amplitude=Amplitude("raw"),  # it hears the clip as recorded
+        domain_head=False,
+        embedding_dim=int(held["embeddings"].shape[-1]),
+        state=prefix + "detectors.npz",
+        heldout=prefix + "heldout.npz",
+        detector=Detector(s2cfg.detector, dict(s2cfg.detector_params)),
+        stage2=s2cfg,
+        sections=member_sections,
+    )
     paths = [data_root / c["path"] for c in bank_clips(run_dir, s2cfg.bank)]
     return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(paths), {"fp32_parity_relative_error": 0.0, **report})
 
@@ -254,32 +257,14 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
 
     files, member_sections = _stage2_files(prefix, sections, held)
     files[prefix + "extractor.onnx"] = model_bytes
-    member = {
-        "name": f"m{index}",
-        "run": str(run_dir),
-        "machine_type": machine,
-        "backbone": config.get("backbone"),
-        "seed": config.get("seed"),
-        "embedding_dim": int(ref_emb.shape[1]),
-        "model": prefix + "extractor.onnx",
-        "precision": precision,
-        "state": prefix + "detectors.npz",
-        "heldout": prefix + "heldout.npz",
-        "detector": {"kind": s2cfg.detector, "params": s2cfg.detector_params},
-        "stage2": asdict(s2cfg),
-        "amplitude": amplitude_manifest(spec),
-        "domain_head": bool(config.get("domain_head", True)),
-        "sections": member_sections,
-    }
+    split = None
     if precision == "fp32" and extractor.frame_sliceable:
         fe, enc, frames = export_split(extractor, spec.segment_samples)
         files[prefix + "frontend.onnx"] = fe
         files[prefix + "encoder.onnx"] = enc
-        member["split"] = {
-            "frontend": prefix + "frontend.onnx", "encoder": prefix + "encoder.onnx",
-            "frames_per_segment": frames, "hop_length": spec.align,
-        }
-        member["split"].update(_rfft_frontend(extractor, fe, held_paths[:1], spec, prefix, files, precision_report))
+        logmel, input_norm = _rfft_frontend(extractor, fe, held_paths[:1], spec, prefix, files, precision_report)
+        split = Split(prefix + "frontend.onnx", prefix + "encoder.onnx", frames, spec.align, logmel, input_norm)
+    engine = engine_source = calibration_cache = None
     if fmt == "tensorrt":
         from edge_asd.runtime.trt import build_engine
 
@@ -291,21 +276,42 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
                 # the cache lets `edge-asd build-engine` redo it on the device without the data.
                 source = onnx_fp32
                 files[prefix + "extractor.fp32.onnx"] = onnx_fp32
-                member["engine_source"] = prefix + "extractor.fp32.onnx"
+                engine_source = prefix + "extractor.fp32.onnx"
                 cache_path = Path(tmp) / "calibration.cache"
-            engine, meta = build_engine(source, precision=precision, max_batch=spec.n_segments,
-                                        segment_samples=spec.segment_samples, calibration_segments=calibration,
-                                        calibration_cache=cache_path)
+            engine_bytes, meta = build_engine(source, precision=precision, max_batch=spec.n_segments,
+                                              segment_samples=spec.segment_samples, calibration_segments=calibration,
+                                              calibration_cache=cache_path)
             if cache_path is not None and cache_path.exists():
                 files[prefix + "calibration.cache"] = cache_path.read_bytes()
-                member["calibration_cache"] = prefix + "calibration.cache"
-        files[prefix + "extractor.engine"] = engine
-        member["engine"] = {"file": prefix + "extractor.engine", **meta}
+                calibration_cache = prefix + "calibration.cache"
+        files[prefix + "extractor.engine"] = engine_bytes
+        engine = Engine(prefix + "extractor.engine", meta)
+    member = Member(
+        name=f"m{index}",
+        run=str(run_dir),
+        machine_type=machine,
+        backbone=config.get("backbone"),
+        seed=config.get("seed"),
+        embedding_dim=int(ref_emb.shape[1]),
+        model=prefix + "extractor.onnx",
+        precision=precision,
+        state=prefix + "detectors.npz",
+        heldout=prefix + "heldout.npz",
+        detector=Detector(s2cfg.detector, dict(s2cfg.detector_params)),
+        stage2=s2cfg,
+        amplitude=Amplitude.parse(amplitude_manifest(spec)),
+        domain_head=bool(config.get("domain_head", True)),
+        sections=member_sections,
+        split=split,
+        engine=engine,
+        engine_source=engine_source,
+        calibration_cache=calibration_cache,
+    )
     return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report, spec)
 
 
 def _rfft_frontend(extractor, frontend_onnx: bytes, paths: list[Path], spec: SegmentSpec, prefix: str,
-                   files: dict[str, bytes], report: dict) -> dict:
+                   files: dict[str, bytes], report: dict) -> tuple[LogMelFrontEnd | None, str | None]:
     """The numbers of the CPU's rFFT front end, once it agrees with ``frontend.onnx`` on a real clip.
 
     Adds its file to ``files`` and its parity to ``report``; where it disagrees
@@ -330,9 +336,9 @@ def _rfft_frontend(extractor, frontend_onnx: bytes, paths: list[Path], spec: Seg
     if parity > FRONTEND_TOLERANCE:
         log.warning("rFFT front end disagrees with frontend.onnx (relative error %.1e > %.0e): the bundle keeps the "
                     "graph on the CPU", parity, FRONTEND_TOLERANCE)
-        return {}
+        return None, None
     files[prefix + "input_norm.npz"] = npz_bytes({"scale": scale, "shift": shift})
-    return {"logmel": logmel, "input_norm": prefix + "input_norm.npz"}
+    return LogMelFrontEnd.from_dict(logmel), prefix + "input_norm.npz"
 
 
 def _part_keys(member: _Member) -> list[str]:
@@ -350,7 +356,7 @@ def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.nda
     """
     cfg = members[0].s2cfg
     out = {}
-    for section in sorted(members[0].manifest["sections"]):
+    for section in sorted(members[0].member.sections):
         common = sorted(set.intersection(*[set(m.oof[f"{section}/names"].tolist()) for m in members]))
         if len(common) < 4:
             continue
@@ -359,7 +365,7 @@ def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.nda
             names = m.oof[f"{section}/names"].tolist()
             idx = [names.index(n) for n in common]
             parts.append({k: m.oof[f"{section}/{k}"][idx] for k in _part_keys(m)})
-            if m.manifest.get("domain_head", True):
+            if m.member.has_domain_head:
                 hnames = m.held["names"].tolist()
                 ps.append(p_target(m.held["domain_logits"][[hnames.index(n) for n in common]], cfg.kappa))
         out[section] = combine_parts(parts, np.mean(ps, axis=0) if ps else np.zeros(len(common)), approach)
@@ -420,8 +426,7 @@ def build_bundle(
                      "%.3f): the bundle is the plain system alone (give --no-plain for the learned member alone)",
                      runs[0], gate["auc_plain"], gate["auc_ensemble"])
             manifest, files = _assemble(plain, "generalization", data_root, reference_clips=reference_clips)
-            manifest["gate"] = gate
-            path = write_bundle(out, manifest, files)
+            path = write_bundle(out, replace(manifest, gate=gate), files)
             if progress:
                 print(f"wrote {path} (the plain system alone, by the no-regret check of {runs[0] / 'gate.json'})")
                 _print_validation(path, validation)
@@ -430,10 +435,10 @@ def build_bundle(
     first = members[0]
     for m in members[1:]:
         shared = [
-            ("machine type", m.manifest["machine_type"], first.manifest["machine_type"]),
-            ("sections", sorted(m.manifest["sections"]), sorted(first.manifest["sections"])),
+            ("machine type", m.member.machine_type, first.member.machine_type),
+            ("sections", sorted(m.member.sections), sorted(first.member.sections)),
         ]
-        if not (m.manifest.get("features") or first.manifest.get("features")):
+        if not (m.member.is_plain or first.member.is_plain):
             # the plain system has one vector per clip and no domain classifier: nothing to share
             shared += [("aggregator", m.s2cfg.aggregator, first.s2cfg.aggregator), ("kappa", m.s2cfg.kappa, first.s2cfg.kappa),
                        ("amplitude normalization", m.spec.level, first.spec.level),
@@ -441,18 +446,14 @@ def build_bundle(
                        ("segments per clip", m.spec.n_segments, first.spec.n_segments)]
         for what, a, b in shared:
             if a != b:
-                raise UserError(f"{m.manifest['run']}: {what} {a} differs from {first.manifest['run']}'s {b}; ensemble members must share it")
+                raise UserError(f"{m.member.run}: {what} {a} differs from {first.member.run}'s {b}; ensemble members must share it")
     selection = None
     if select is not None:
         members, selection = _select(members, select, select_by, validation or [], approach, precision)
     if with_plain:
         members += _plain_member_of(runs, len(members), data_root)
     manifest, files = _assemble(members, approach, data_root, reference_clips=reference_clips)
-    if selection is not None:
-        manifest["selection"] = selection
-    if gate is not None:
-        manifest["gate"] = gate
-    path = write_bundle(out, manifest, files)
+    path = write_bundle(out, replace(manifest, selection=selection, gate=gate), files)
     if progress:
         parity = max(m.precision_report["fp32_parity_relative_error"] for m in members)
         chosen = f", chosen by {select_by} from {len(runs)}" if selection else ""
@@ -483,7 +484,7 @@ def _print_validation(bundle: Path, validation: list[Path] | None) -> None:
 
 
 def _assemble(members: list[_Member], approach: str, data_root: Path | None = None,
-              with_bands: bool = True, reference_clips: int = 0) -> tuple[dict, dict[str, bytes]]:
+              with_bands: bool = True, reference_clips: int = 0) -> tuple[Manifest, dict[str, bytes]]:
     """The manifest and files of a bundle of these members (band evidence and reference clips: not for a
     candidate's trial bundle)."""
     from train.config import TrainConfig
@@ -493,46 +494,45 @@ def _assemble(members: list[_Member], approach: str, data_root: Path | None = No
     thresholds = {
         s: float(fit_threshold(reference[s], first.s2cfg.threshold_rule))
         if s in reference
-        else float(np.mean([m.manifest["sections"][s]["threshold"] for m in members]))
-        for s in first.manifest["sections"]
+        else float(np.mean([m.member.sections[s].threshold for m in members]))
+        for s in first.member.sections
     }
-    learned = [m for m in members if not m.manifest.get("features")]
+    learned = [m for m in members if not m.member.is_plain]
     # the extractors' segments (members share them, checked above); a plain-only bundle states the default
     spec = learned[0].spec if learned else SegmentSpec()
-    manifest = {
-        "machine_type": first.manifest["machine_type"],
-        "sections": sorted(first.manifest["sections"]),
-        "audio": {
-            "sample_rate": spec.sample_rate,
-            "clip_seconds": first.clip_seconds,
-            "segment_seconds": spec.segment_seconds,
-            "n_segments": spec.n_segments,
-            "segment_align": spec.align,
-            # the extractors' (a plain member states "raw" itself: it hears the clip as recorded)
-            "amplitude": amplitude_manifest(learned[0].spec) if learned else "raw",
-        },
-        "frontend": TrainConfig.from_dict(learned[0].config, ignore_unknown=True).frontend_dict() if learned else first.manifest["features"],
-        "embedding_dim": (learned[0] if learned else first).manifest["embedding_dim"],
-        "approach": approach,
-        "aggregator": (learned[0] if learned else first).s2cfg.aggregator,
-        "kappa": first.s2cfg.kappa,
-        "threshold_rule": first.s2cfg.threshold_rule,
-        "thresholds": thresholds,
-        "reference_quantiles": {s: reference_quantiles(v) for s, v in reference.items()},
+    manifest = Manifest(
+        bundle_id="",  # write_bundle names the content, dates it and lists its files
+        created="",
+        files={},
+        machine_type=first.member.machine_type,
+        sections=tuple(sorted(first.member.sections)),
+        # the extractors' amplitude (a plain member states "raw" itself: it hears the clip as recorded)
+        audio=Audio.of_spec(spec, first.clip_seconds, learned[0].member.amplitude if learned else Amplitude("raw")),
+        frontend=LogMelFrontEnd.from_dict(TrainConfig.from_dict(learned[0].config, ignore_unknown=True).frontend_dict())
+        if learned else first.member.features,
+        embedding_dim=(learned[0] if learned else first).member.embedding_dim,
+        approach=approach,
+        aggregator=(learned[0] if learned else first).s2cfg.aggregator,
+        kappa=first.s2cfg.kappa,
+        threshold_rule=first.s2cfg.threshold_rule,
+        thresholds=thresholds,
+        reference_quantiles={s: reference_quantiles(v) for s, v in reference.items()},
         # 0 of the runtime's ratio (1 is the threshold): the median of the same held-out normals
-        "reference_medians": {s: float(np.median(v)) for s, v in reference.items()},
-        "stage2": asdict(first.s2cfg),
-        "precision": first.precision_report if len(members) == 1 else {m.manifest["name"]: m.precision_report for m in members},
-        "members": [m.manifest for m in members],
-    }
+        reference_medians={s: float(np.median(v)) for s, v in reference.items()},
+        stage2=first.s2cfg,
+        precision=first.precision_report if len(members) == 1 else {m.member.name: m.precision_report for m in members},
+        members=tuple(m.member for m in members),
+    )
     files = {k: v for m in members for k, v in m.files.items()}
     if with_bands or reference_clips:
         cfg, normals = _normals_by_section(members, data_root)
         bands = _band_evidence(cfg, normals) if with_bands else None
         if bands is not None:
-            manifest["band_evidence"], files[BANDS_FILE] = bands
+            evidence, files[BANDS_FILE] = bands
+            manifest = replace(manifest, band_evidence=evidence)
         if reference_clips:
-            manifest["reference_clips"], clips = _reference_clips(normals, reference_clips)
+            listing, clips = _reference_clips(normals, reference_clips)
+            manifest = replace(manifest, reference_clips=listing)
             files.update(clips)
     return manifest, files
 
@@ -562,15 +562,15 @@ def _normals_by_section(members: list[_Member], data_root: Path | None):
     from train.plain import clip_features
     from train.stage2 import split_clips
 
-    plain = [m for m in members if m.manifest.get("features")]
-    cfg = LogMelStatsConfig.from_dict(plain[0].manifest["features"]) if plain else LogMelStatsConfig()
-    run = Path(members[0].manifest["run"])
+    plain = [m for m in members if m.member.is_plain]
+    cfg = plain[0].member.features if plain else LogMelStatsConfig()
+    run = Path(members[0].member.run)
     root = Path(data_root or members[0].config["data"])
     by_section: dict[str, list[dict]] = {}
     for c in split_clips(run):
         by_section.setdefault(c["section"], []).append(c)
     out: dict[str, _SectionNormals] = {}
-    for section in sorted(members[0].manifest["sections"]):
+    for section in sorted(members[0].member.sections):
         clips = by_section.get(section, [])
         if len(clips) > MAX_BAND_CLIPS:
             clips = [clips[i] for i in np.linspace(0, len(clips) - 1, MAX_BAND_CLIPS).astype(int)]
@@ -580,7 +580,7 @@ def _normals_by_section(members: list[_Member], data_root: Path | None):
     return cfg, out
 
 
-def _band_evidence(cfg, normals: dict[str, _SectionNormals]) -> tuple[dict, bytes] | None:
+def _band_evidence(cfg, normals: dict[str, _SectionNormals]) -> tuple[BandEvidenceSpec, bytes] | None:
     """Per section, the normal training clips' plain features the device compares each clip's bands with.
 
     None where no section has the 3 normal clips it needs.
@@ -596,7 +596,7 @@ def _band_evidence(cfg, normals: dict[str, _SectionNormals]) -> tuple[dict, byte
         sections.append(section)
     if not sections:
         return None
-    return {"file": BANDS_FILE, "features": cfg.to_dict(), "k": K_NEIGHBOURS, "sections": sections}, npz_bytes(arrays)
+    return BandEvidenceSpec(BANDS_FILE, cfg, K_NEIGHBOURS, tuple(sections)), npz_bytes(arrays)
 
 
 def typical_normals(features: np.ndarray, domains: list[str], n: int) -> list[int]:
@@ -625,13 +625,14 @@ def typical_normals(features: np.ndarray, domains: list[str], n: int) -> list[in
     return chosen
 
 
-def _reference_clips(normals: dict[str, _SectionNormals], n: int) -> tuple[dict, dict[str, bytes]]:
+def _reference_clips(normals: dict[str, _SectionNormals], n: int
+                     ) -> tuple[dict[str, tuple[ReferenceClipEntry, ...]], dict[str, bytes]]:
     """Up to ``n`` typical normal clips per section as FLAC (the first :data:`REFERENCE_SECONDS`), and their list."""
     import soundfile as sf
 
     from edge_asd.io.audio import read_audio
 
-    listing: dict[str, list[dict]] = {}
+    listing: dict[str, tuple[ReferenceClipEntry, ...]] = {}
     files: dict[str, bytes] = {}
     for section, normals_of in normals.items():
         for rank, i in enumerate(typical_normals(normals_of.features, normals_of.domains, n)):
@@ -641,9 +642,8 @@ def _reference_clips(normals: dict[str, _SectionNormals], n: int) -> tuple[dict,
             buf = io.BytesIO()
             sf.write(buf, x, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
             files[name] = buf.getvalue()
-            listing.setdefault(section, []).append({"file": name, "domain": normals_of.domains[i],
-                                                    "seconds": round(x.size / SAMPLE_RATE, 3),
-                                                    "source": normals_of.paths[i].name})
+            entry = ReferenceClipEntry(name, round(x.size / SAMPLE_RATE, 3), normals_of.domains[i], normals_of.paths[i].name)
+            listing[section] = (*listing.get(section, ()), entry)
     return listing, files
 
 
@@ -680,7 +680,7 @@ def _plain_member_of(runs: list[Path], index: int, data_root: Path | None) -> li
 
 def _select(
     members: list[_Member], k: int, by: str, validation: list[Path], approach: str, precision: str
-) -> tuple[list[_Member], dict]:
+) -> tuple[list[_Member], Selection]:
     """The ``k`` best members by the chosen criterion, in their original order, and the record of the choice."""
     if by == "proxy":
         key = f"proxy_auc_{precision}"
@@ -696,15 +696,9 @@ def _select(
         criterion = "official score (harmonic mean of AUC(source), AUC(target), pAUC) on " + ", ".join(map(str, validation))
     order = sorted(range(len(members)), key=lambda i: -figures[i])
     keep = sorted(order[:k])
-    record = {
-        "criterion": criterion,
-        "k": k,
-        "candidates": [
-            {"run": m.manifest["run"], "name": m.manifest["name"], "figure": float(f), "chosen": i in keep}
-            for i, (m, f) in enumerate(zip(members, figures))
-        ],
-    }
-    log.info("ensemble selection by %s: %s", by, record["candidates"])
+    record = Selection(criterion, k, tuple(Candidate(m.member.run, m.member.name, float(f), i in keep)
+                                           for i, (m, f) in enumerate(zip(members, figures))))
+    log.info("ensemble selection by %s: %s", by, record.candidates)
     return [members[i] for i in keep], record
 
 

@@ -300,7 +300,7 @@ def test_cli_flags_train_and_bundle_without_split_graphs(tiny_data, tmp_path):
     stored = json.loads((run / "config.json").read_text())
     assert stored["objective"] == "subcluster_adacos" and stored["fft_branch"] is True and stored["n_subclusters"] == 2
     path = build_bundle(run, tmp_path / "fan.asd", progress=False)
-    member = open_bundle(path).manifest["members"][0]
+    member = open_bundle(path).manifest.to_dict()["members"][0]
     assert member["embedding_dim"] == 32 + 32 and "split" not in member
     scorer = load_scorer(path, backend="onnx-cpu")
     clips = list_clips(tiny_data, "fan", "test")[:2]

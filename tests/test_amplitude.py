@@ -54,7 +54,7 @@ def test_machine_level_travels_from_training_to_the_device(tmp_path):
     assert amp["mode"] == "machine" and amp["std"] > 0
     bundle = build_bundle(run, tmp_path / "b.asd", progress=False)
     scorer = load_scorer(bundle, backend="onnx-cpu")
-    assert scorer.manifest["audio"]["amplitude"] == {"mode": "machine", "mean": amp["mean"], "std": amp["std"]}
+    assert scorer.manifest.to_dict()["audio"]["amplitude"] == {"mode": "machine", "mean": amp["mean"], "std": amp["std"]}
     clip = np.random.default_rng(2).normal(0, 0.05, 48000).astype(np.float32)
     np.testing.assert_allclose(scorer.prepare(clip)[0], ((clip - amp["mean"]) / amp["std"])[:32000], rtol=1e-4, atol=1e-5)
     # the louder machine now scores differently; per-clip standardization could not tell

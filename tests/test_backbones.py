@@ -170,3 +170,11 @@ def test_edge_backbones_train_and_export_with_parity(backbone, weights, data_roo
     session = ort.InferenceSession(encoder, providers=["CPUExecutionProvider"])
     emb_split = session.run(["embedding"], {"logmel": logmel})[0]
     assert relative_error(ref, emb_split) < 1e-4
+
+
+def test_every_backbone_name_builds_an_encoder():
+    """A backbone is one name in train/names.py and one encoder in train/models.py's ENCODERS, nothing else."""
+    from train.models import ENCODERS
+    from train.names import BACKBONES
+
+    assert set(ENCODERS) == set(BACKBONES)

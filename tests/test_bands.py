@@ -64,7 +64,7 @@ def band_stop(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def test_the_bundle_carries_band_statistics_and_reference_medians(tiny_bundle):
-    m = open_bundle(tiny_bundle).manifest
+    m = open_bundle(tiny_bundle).manifest.to_dict()
     assert m["band_evidence"]["sections"] == m["sections"] == ["00", "01"]
     assert m["band_evidence"]["file"] in m["files"]
     for s in m["sections"]:

@@ -23,7 +23,7 @@ def _copy(tiny_bundle, tmp_path):
 
 def test_bundle_opens_and_is_self_describing(tiny_bundle):
     b = open_bundle(tiny_bundle)
-    m = b.manifest
+    m = b.manifest.to_dict()
     assert m["schema_version"] == SCHEMA_VERSION
     for key in ("bundle_id", "created", "machine_type", "sections", "audio", "frontend", "embedding_dim", "approach",
                 "aggregator", "kappa", "thresholds", "members", "files"):
@@ -39,7 +39,7 @@ def test_bundle_opens_and_is_self_describing(tiny_bundle):
 
 def test_npz_members_have_no_pickles(tiny_bundle):
     b = open_bundle(tiny_bundle)
-    arrays = b.arrays(b.manifest["members"][0]["state"])
+    arrays = b.arrays(b.manifest.to_dict()["members"][0]["state"])
     assert arrays and all(a.dtype != object for a in arrays.values())
 
 
@@ -91,7 +91,7 @@ def test_not_a_bundle(tmp_path):
 
 def _rebuilt(tiny_bundle, tmp_path, edit):
     b = open_bundle(tiny_bundle)
-    manifest = json.loads(json.dumps(b.manifest))
+    manifest = b.manifest.to_dict()
     files = b.members()
     edit(manifest, files)
     manifest.pop("bundle_id")

@@ -336,7 +336,7 @@ def test_sighup_with_a_tampered_bundle_keeps_the_old_one(tiny_bundle, edge_asd_e
 
         # A good bundle again (a new id, so the switch shows in the scores): the next SIGHUP takes it.
         good = open_bundle(tiny_bundle)
-        write_bundle(bundle, {**good.manifest, "bundle_id": "fan-reloaded"}, good.members())
+        write_bundle(bundle, {**good.manifest.to_dict(), "bundle_id": "fan-reloaded"}, good.members())
         d.send(signal.SIGHUP)
         d.wait_log(r"reloaded: sources kept running for \['fan1'\]")
         sub.wait_for(lambda _: any(m["model"] == "fan-reloaded" for m in scores(sub)), what="a score of the new bundle")

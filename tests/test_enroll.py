@@ -33,11 +33,11 @@ def test_enroll_adds_target_clips_and_keeps_the_old_bundle(tiny_bundle, tiny_dat
     normal = [(n, x) for n, x, s, t, c in clips if s <= t][:3]
     assert len(normal) == 3
     before = open_bundle(tiny_bundle)
-    held_before = before.arrays(before.manifest["members"][0]["heldout"])
+    held_before = before.arrays(before.manifest.to_dict()["members"][0]["heldout"])
     rep = enroll(tiny_bundle, normal, tmp_path / "new.asd", section="00", domain="target")
     assert rep.n_clips == 3 and rep.previous is None and not rep.flagged
     new = open_bundle(tmp_path / "new.asd")
-    m = new.manifest
+    m = new.manifest.to_dict()
     assert m["parent_bundle_id"] == before.bundle_id and m["bundle_id"] != before.bundle_id
     assert m["enrollments"][-1]["clips"] == [n for n, _ in normal]
     held = new.arrays(m["members"][0]["heldout"])
@@ -46,7 +46,7 @@ def test_enroll_adds_target_clips_and_keeps_the_old_bundle(tiny_bundle, tiny_dat
     assert grew.sum() == was.sum() + 3
     assert m["thresholds"]["00"] == pytest.approx(rep.threshold_after)
     # the other section is untouched
-    assert m["thresholds"]["01"] == before.manifest["thresholds"]["01"]
+    assert m["thresholds"]["01"] == before.manifest.to_dict()["thresholds"]["01"]
     # a KNN bank only grows, so the enrolled clips' raw target distances can only shrink
     new_scorer = load_scorer(tmp_path / "new.asd", backend="onnx-cpu")
     segs = np.stack([scorer.prepare(x) for _, x in normal])
@@ -71,7 +71,7 @@ def test_guard_refuses_clips_the_model_finds_anomalous(tiny_bundle, tiny_data, t
     assert not (tmp_path / "x.asd").exists()
     rep = enroll(tiny_bundle, one, tmp_path / "x.asd", section="00", accept_anomalous=True)
     assert [f[0] for f in rep.flagged] == [one[0][0]]
-    assert open_bundle(tmp_path / "x.asd").manifest["enrollments"][-1]["accepted_anomalous"] == [one[0][0]]
+    assert open_bundle(tmp_path / "x.asd").manifest.to_dict()["enrollments"][-1]["accepted_anomalous"] == [one[0][0]]
 
 
 def test_enroll_in_place_then_rollback(tiny_bundle, tiny_data, tmp_path, edge_asd_exe):

@@ -20,7 +20,7 @@ def test_onnx_graph_contract(tiny_bundle):
     import onnx
 
     b = open_bundle(tiny_bundle)
-    model = onnx.load_from_string(b.read(b.manifest["members"][0]["model"]))
+    model = onnx.load_from_string(b.read(b.manifest.to_dict()["members"][0]["model"]))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version >= 17
     (inp,) = model.graph.input
@@ -42,7 +42,7 @@ def test_onnx_matches_torch_on_real_audio(tiny_run, tiny_bundle, tiny_data):
     from edge_asd.runtime.onnx import OnnxBackend
 
     b = open_bundle(tiny_bundle)
-    whole = OnnxBackend(b.read(b.manifest["members"][0]["model"]))  # the [batch, 32000] contract graph
+    whole = OnnxBackend(b.read(b.manifest.to_dict()["members"][0]["model"]))  # the [batch, 32000] contract graph
     split = load_scorer(tiny_bundle, backend="onnx-cpu").members[0].backend  # what the CPU runs
     for backend in (whole, split):
         got, got_logit = backend.run(segs)
@@ -98,8 +98,8 @@ def test_reduced_precision_bundles(tiny_run, tmp_path, precision):
 
     path = build_bundle(tiny_run, tmp_path / f"{precision}.asd", precision=precision, progress=False)
     b = open_bundle(path)
-    report = b.manifest["precision"]
-    assert b.manifest["members"][0]["precision"] == precision
+    report = b.manifest.to_dict()["precision"]
+    assert b.manifest.to_dict()["members"][0]["precision"] == precision
     assert "proxy_auc_change" in report and np.isfinite(report["proxy_auc_change"])
     assert report["embedding_relative_error"] < (0.05 if precision == "fp16" else 0.5)
     if precision == "int8":
@@ -131,7 +131,7 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     std = standardize(x)
     emb_split, logit_split, _ = member.backend.run_clip(ClipView(x, SegmentSpec()))  # standardized inside
     b = open_bundle(tiny_bundle)
-    full = OnnxBackend(b.read(b.manifest["members"][0]["model"]))
+    full = OnnxBackend(b.read(b.manifest.to_dict()["members"][0]["model"]))
     emb_full, logit_full = full.run(segment(std, SegmentSpec()))
     assert relative_error(emb_full, emb_split) < 1e-4
     assert np.allclose(logit_full, logit_split, atol=1e-4 * max(1.0, np.abs(logit_full).max()))
@@ -140,7 +140,7 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     via_segments = scorer.score_segments(segment(std, SegmentSpec())[None], "00")[0][0]
     assert via_split == pytest.approx(via_segments, rel=1e-4, abs=1e-4)
     # the graph's frames made a stretch at a time are the same frames
-    graph = b.read(b.manifest["members"][0]["split"]["frontend"])
+    graph = b.read(b.manifest.to_dict()["members"][0]["split"]["frontend"])
     whole = OnnxFrontEnd(graph, 2048, 256, chunk_frames=10_000)
     assert std.size // 256 - 8 + 1 > OnnxFrontEnd.chunk_frames
     for chunk in (OnnxFrontEnd.chunk_frames, 7):
@@ -173,28 +173,28 @@ def test_ensemble_members_are_selected_without_test_labels(tiny_run, second_run,
 
     runs = [tiny_run, second_run]
     both = open_bundle(build_bundle(runs, tmp_path / "both.asd", progress=False))
-    assert len(both.manifest["members"]) == 2 and "selection" not in both.manifest
-    proxies = [both.manifest["precision"][m]["proxy_auc_fp32"] for m in ("m0", "m1")]
+    assert len(both.manifest.to_dict()["members"]) == 2 and both.manifest.selection is None
+    proxies = [both.manifest.to_dict()["precision"][m]["proxy_auc_fp32"] for m in ("m0", "m1")]
 
     # label-free: the member with the higher proxy AUC, and the figures recorded
     best = open_bundle(build_bundle(runs, tmp_path / "proxy.asd", select=1, progress=False))
-    sel = best.manifest["selection"]
+    sel = best.manifest.to_dict()["selection"]
     assert [c["figure"] for c in sel["candidates"]] == pytest.approx(proxies)
     winner = int(np.argmax(proxies))
     assert [c["chosen"] for c in sel["candidates"]] == [i == winner for i in range(2)]
-    assert [m["run"] for m in best.manifest["members"]] == [str(runs[winner])]
+    assert [m["run"] for m in best.manifest.to_dict()["members"]] == [str(runs[winner])]
 
     # labelled validation clips: each candidate's figure is its own bundle's official score on them
     val = [c.path for c in list_clips(tiny_data, "fan", "test")]
     chosen = open_bundle(build_bundle(runs, tmp_path / "val.asd", select=1, validation=val, progress=False))
-    sel = chosen.manifest["selection"]
+    sel = chosen.manifest.to_dict()["selection"]
     assert sel["criterion"].startswith("official score")
     for run, cand in zip(runs, sel["candidates"]):
         alone = build_bundle(run, tmp_path / f"{run.name}.asd", progress=False)
         score_paths(alone, val, tmp_path / f"sub_{run.name}", progress=False)
         assert cand["figure"] == pytest.approx(evaluate_dir(tmp_path / f"sub_{run.name}")["official_score"], abs=1e-9)
     figures = [c["figure"] for c in sel["candidates"]]
-    assert [m["run"] for m in chosen.manifest["members"]] == [str(runs[int(np.argmax(figures))])]
+    assert [m["run"] for m in chosen.manifest.to_dict()["members"]] == [str(runs[int(np.argmax(figures))])]
 
 
 def test_selection_mistakes_are_user_errors(tiny_run, second_run, tmp_path):
@@ -245,15 +245,15 @@ def test_the_bundle_packs_typical_normal_reference_clips_of_each_section(tiny_bu
     from edge_asd.runtime.references import ReferenceClips
 
     bundle = open_bundle(tiny_bundle)
-    listing = bundle.manifest["reference_clips"]
-    assert sorted(listing) == bundle.manifest["sections"] == ["00", "01"]
+    listing = bundle.manifest.to_dict()["reference_clips"]
+    assert sorted(listing) == bundle.manifest.to_dict()["sections"] == ["00", "01"]
     train = {c.name + ".wav" if not c.name.endswith(".wav") else c.name: c for c in list_clips(tiny_data, "fan", "train")}
     for section, entries in listing.items():
         assert len(entries) == 3, "the default is 3 per section"
         # both domains of the section are heard (the tiny set has source and target normals)
         assert {e["domain"] for e in entries} == {"source", "target"}, entries
         for e in entries:
-            assert e["file"].startswith("references/") and e["file"].endswith(".flac") and e["file"] in bundle.manifest["files"]
+            assert e["file"].startswith("references/") and e["file"].endswith(".flac") and e["file"] in bundle.manifest.to_dict()["files"]
             assert 0 < e["seconds"] <= 5.0
             x, rate = sf.read(__import__("io").BytesIO(bundle.read(e["file"])), dtype="float32")
             assert rate == 16000 and x.size == round(e["seconds"] * rate)
@@ -301,6 +301,6 @@ def test_a_bad_reference_clips_value_is_one_line_and_exit_2(tiny_run, tmp_path, 
 def test_reference_clips_0_packs_none(tiny_run, tmp_path):
     from export.pack import build_bundle
 
-    m = open_bundle(build_bundle(tiny_run, tmp_path / "none.asd", progress=False, reference_clips=0)).manifest
+    m = open_bundle(build_bundle(tiny_run, tmp_path / "none.asd", progress=False, reference_clips=0)).manifest.to_dict()
     assert "reference_clips" not in m and not [f for f in m["files"] if f.startswith("references/")]
     assert m.get("band_evidence"), "band evidence does not depend on the reference clips"

@@ -68,7 +68,7 @@ def _reference_logmel(x: np.ndarray, cfg: LogMelConfig) -> np.ndarray:
 def fronts(tiny_bundle):
     """(the bundle's graph, the rFFT front end the CPU scorer built from the same bundle)."""
     b = open_bundle(tiny_bundle)
-    split = b.manifest["members"][0]["split"]
+    split = b.manifest.to_dict()["members"][0]["split"]
     fft = load_scorer(tiny_bundle, backend="onnx-cpu").members[0].backend.frontend
     assert isinstance(fft, FFTFrontEnd), "a new bundle's CPU scorer takes the rFFT front end"
     graph = OnnxFrontEnd(b.read(split["frontend"]), int(split["logmel"]["n_fft"]), int(split["hop_length"]), threads=1)

@@ -2,7 +2,9 @@
 
 Imports are read from the source (module level and inside functions; ``TYPE_CHECKING``
 blocks are for type checkers only and are left out), so a lazy import that runs
-against the layering fails here before it fails a reader.
+against the layering fails here before it fails a reader. Layers are the device
+runtime's (``edge_asd``); import circles are looked for in the whole tree, the
+desktop's ``train`` and ``export`` included.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import edge_asd
 
 ROOT = Path(edge_asd.__file__).resolve().parent.parent
 PKG = ROOT / "edge_asd"
+# The packages of the tree: the device runtime and the desktop side that writes what it loads.
+TREE = ("edge_asd", "train", "export")
 
 # Who may import whom, by subpackage of edge_asd ("" is the top-level modules: errors, progress).
 # The data path reads downwards: cli -> daemon / offline -> runtime -> scoring -> io.
@@ -27,7 +31,7 @@ LAYERS: dict[str, set[str]] = {
     "mqtt": {""},
     "runtime": {"", "io", "scoring"},
     "daemon": {"", "io", "scoring", "runtime", "mqtt"},
-    "offline": {"", "io", "scoring", "runtime", "daemon"},
+    "offline": {"", "io", "scoring", "runtime"},
     "cli": {"", "io", "scoring", "runtime", "daemon", "offline", "mqtt", "synth"},
 }
 
@@ -46,13 +50,15 @@ def subpackage(module: str) -> str:
     return parts[1] if (PKG / parts[1]).is_dir() else ""
 
 
-def _runtime_imports(tree: ast.AST, here: str, is_package: bool) -> set[str]:
-    """Modules of edge_asd this module imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
+def _runtime_imports(tree: ast.AST, here: str, is_package: bool, typing_too: bool = False,
+                     roots: tuple[str, ...] = ("edge_asd",)) -> set[str]:
+    """Modules of the packages ``roots`` this module imports when it runs (``if TYPE_CHECKING:``
+    blocks left out, unless ``typing_too``)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            if not typing_too and isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
                 for sub in child.orelse:
                     visit(sub)
                 continue
@@ -62,13 +68,13 @@ def _runtime_imports(tree: ast.AST, here: str, is_package: bool) -> set[str]:
                     target = ".".join(base + ([child.module] if child.module else []))
                 else:
                     target = child.module or ""
-                if target.startswith("edge_asd"):
+                if target.split(".")[0] in roots:
                     found.add(target)
                     for alias in child.names:  # "from edge_asd.io import audio" imports a module
-                        if (PKG.parent / (target + "." + alias.name).replace(".", "/")).with_suffix(".py").exists():
+                        if (ROOT / (target + "." + alias.name).replace(".", "/")).with_suffix(".py").exists():
                             found.add(target + "." + alias.name)
             elif isinstance(child, ast.Import):
-                found.update(a.name for a in child.names if a.name.startswith("edge_asd"))
+                found.update(a.name for a in child.names if a.name.split(".")[0] in roots)
             visit(child)
 
     visit(tree)
@@ -76,11 +82,12 @@ def _runtime_imports(tree: ast.AST, here: str, is_package: bool) -> set[str]:
 
 
 @functools.cache
-def import_graph() -> dict[str, set[str]]:
+def import_graph(typing_too: bool = False, roots: tuple[str, ...] = ("edge_asd",)) -> dict[str, set[str]]:
     graph = {}
-    for path in sorted(PKG.rglob("*.py")):
-        name = module_name(path)
-        graph[name] = _runtime_imports(ast.parse(path.read_text()), name, path.stem == "__init__")
+    for root in roots:
+        for path in sorted((ROOT / root).rglob("*.py")):
+            name = module_name(path)
+            graph[name] = _runtime_imports(ast.parse(path.read_text()), name, path.stem == "__init__", typing_too, roots)
     return graph
 
 
@@ -97,10 +104,10 @@ def test_every_import_respects_the_layers():
     assert not wrong, "imports against the layers (LAYERS in this file): " + ", ".join(sorted(wrong))
 
 
-def test_no_import_circles():
-    graph = {m: {d for d in deps if d in import_graph()} - {m} for m, deps in import_graph().items()}
-    # edge_asd/__init__.py is every module's parent package, not a dependency anyone chose
-    graph = {m: d - {"edge_asd"} for m, d in graph.items()}
+def _circles(full: dict[str, set[str]]) -> list[list[str]]:
+    graph = {m: {d for d in deps if d in full} - {m} for m, deps in full.items()}
+    # a top-level package's __init__.py is its every module's parent, not a dependency anyone chose
+    graph = {m: d - set(TREE) for m, d in graph.items()}
     state: dict[str, int] = {}
     circles: list[list[str]] = []
 
@@ -116,7 +123,31 @@ def test_no_import_circles():
     for m in sorted(graph):
         if m not in state:
             walk(m, [m])
+    return circles
+
+
+def test_the_walk_reads_the_whole_tree():
+    graph = import_graph(roots=TREE)
+    assert {"train.cli", "train.grid", "export.pack", "edge_asd.runtime.scorer"} <= set(graph)
+    assert "train.grid" in graph["train.cli"], "lazy imports inside functions are read too"
+
+
+def test_no_import_circles():
+    circles = _circles(import_graph(roots=TREE))
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_no_import_circles_even_for_type_checkers():
+    """A circle hidden under ``TYPE_CHECKING`` still means neither module can be read, or changed, alone."""
+    circles = _circles(import_graph(typing_too=True, roots=TREE))
+    assert not circles, "import circles (TYPE_CHECKING imports counted): " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_offline_never_imports_the_daemon():
+    """``edge-asd score`` judges clips with the decision the daemon uses (scoring/decision.py), not the daemon's."""
+    bad = [f"{m} -> {d}" for m, deps in import_graph().items() if subpackage(m) == "offline"
+           for d in deps if subpackage(d) == "daemon"]
+    assert not bad, ", ".join(sorted(bad))
 
 
 def test_runtime_package_never_imports_the_desktop_side():

@@ -95,7 +95,7 @@ def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tm
         (run / "gate.json").write_text(json.dumps({**gate, "decision": decision}))
         bundle = tmp_path / f"{decision}.asd"
         assert export_main([str(run), "--out", str(bundle)]) == 0
-        manifest = open_bundle(bundle).manifest
+        manifest = open_bundle(bundle).manifest.to_dict()
         assert manifest["gate"]["decision"] == decision
         assert len(manifest["members"]) == n_members
         if decision == "ensemble":  # the run trained on 1.024 s segments: stage 2 and the device cut 1 s ones
@@ -107,7 +107,7 @@ def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tm
                          "--quiet"]) == 0
     # --no-plain is the learned member alone, whatever the check said
     assert export_main([str(run), "--out", str(tmp_path / "learned.asd"), "--no-plain"]) == 0
-    manifest = open_bundle(tmp_path / "learned.asd").manifest
+    manifest = open_bundle(tmp_path / "learned.asd").manifest.to_dict()
     assert len(manifest["members"]) == 1 and manifest["members"][0].get("system") != "plain"
 
 

@@ -82,7 +82,7 @@ def test_flags_over_config_over_preset_over_defaults(monkeypatch, data_root, tmp
     assert cfg.lr == 0.005  # flag over config file
     assert (cfg.epochs, cfg.d_model, cfg.n_heads) == (3, 32, 2)  # config file over preset
     assert (cfg.backbone, cfg.n_layers, cfg.batch_size) == ("transformer", 2, 32)  # preset over defaults
-    assert cfg.kappa == TrainConfig.kappa  # defaults where nobody says otherwise
+    assert cfg.lambda_section == TrainConfig.lambda_section  # defaults where nobody says otherwise
     assert cfg.steps is None  # the file's epochs, not the preset's step budget
 
 
@@ -113,3 +113,61 @@ def test_a_config_file_alone_means_what_it_says(monkeypatch, data_root, tmp_path
     expected = TrainConfig(data=data_root, machine="fan", out=tmp_path / "run", **json.loads(demo.read_text()))
     assert cfg.to_dict() == {**expected.to_dict(), "device": "auto"}
     assert [r.getMessage() for r in caplog.records if r.name == "train.cli"][0].startswith("no preset")
+
+
+def test_the_command_line_offers_what_the_tables_list():
+    """A detector, backbone or objective is registered once; the flags read the tables, never a copy."""
+    import inspect
+
+    from edge_asd.scoring.detectors import DETECTORS
+    from train.names import BACKBONES, CNN_BACKBONES, OBJECTIVES
+    from train.options import DETECTOR_FLAGS, build_parser
+
+    assert list(DETECTOR_FLAGS) == list(DETECTORS), "every detector has its flags, in the table's order"
+    for name, flags in DETECTOR_FLAGS.items():
+        accepted = inspect.signature(DETECTORS[name]).parameters
+        assert flags.size in accepted and flags.metric == ("metric" in accepted)
+        assert not flags.knn_score or "method" in accepted
+    choices = {a.dest: a.choices for a in build_parser()._actions}
+    assert choices["detector"] == list(DETECTORS)
+    assert choices["backbone"] == list(BACKBONES) and set(CNN_BACKBONES) <= set(BACKBONES)
+    assert choices["objective"] == list(OBJECTIVES)
+
+
+def test_default_k_per_detector():
+    from train.options import detector_params
+
+    assert detector_params("knn", None, "l2", "kth") == {"k": 1, "metric": "l2", "method": "largest"}
+    assert detector_params("gmm", None, "l2", "kth") == {"n_components": 4}
+    assert detector_params("lof", None, "cosine", "mean") == {"k": 16, "metric": "cosine"}
+    assert detector_params("lof", 3, None, "kth") == {"k": 3, "metric": None}
+
+
+def test_the_quality_benchmark_reads_the_presets():
+    """benchmarks/bench_quality.py measures what the product trains: its systems come from the presets' table."""
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    from train.config import TrainConfig
+    from train.presets import PRESETS
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.SYSTEMS["cpu"] == PRESETS["cpu"]
+    assert all(PRESETS["cpu"][k] == v for k, v in bench.SYSTEMS["transformer"].items())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not [k for system in bench.SYSTEMS.values() for k in system if k not in known]
+
+
+def test_a_config_json_with_a_retired_key_still_loads():
+    """kappa set nothing (Eq. 7's temperature is stage 2's): gone from TrainConfig, yet an old run's config.json loads."""
+    from edge_asd.errors import ConfigError
+
+    old = {"data": "d", "machine": "fan", "out": "o", "kappa": 0.3}
+    cfg = TrainConfig.from_dict(old)
+    assert not hasattr(cfg, "kappa") and "kappa" not in cfg.to_dict()
+    with pytest.raises(ConfigError, match="unknown training config key.*bogus"):
+        TrainConfig.from_dict({**old, "bogus": 1})

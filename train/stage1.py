@@ -47,6 +47,7 @@ from .data import BatchPlan, CropDataset, OEBatchSampler, PreparedData, iter_cli
 from .frontend import strict_fp32
 from .losses import LossTerms, LossWeights, domain_loss, oe_loss
 from .models import Extractor, build_extractor
+from .names import OE, SUBCLUSTER_ADACOS
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Trainer:
             # A domain head outside the loss (lambda_domain 0) gets no gradient, which
             # DDP must be told about or it waits forever for that bucket.
             # So do the section and machine heads under sub-cluster AdaCos, which replaces their losses.
-            unused = bool(cfg.domain_head and cfg.lambda_domain == 0) or cfg.objective != "oe"
+            unused = bool(cfg.domain_head and cfg.lambda_domain == 0) or cfg.objective != OE
             self.module: nn.Module = DistributedDataParallel(
                 self.forward, device_ids=[device] if cuda else None, find_unused_parameters=unused,
                 broadcast_buffers=False,  # Runtime.average_buffers after each epoch instead
@@ -159,7 +160,7 @@ class Trainer:
         section = batch["section"].to(self.device, non_blocking=nb)
         d = batch["d"].to(self.device, non_blocking=nb) if self.cfg.domain_head else None
         out = self.module(wave)
-        if self.cfg.objective == "subcluster_adacos":
+        if self.cfg.objective == SUBCLUSTER_ADACOS:
             terms = adacos_terms(self.model, out, batch["label"].to(self.device, non_blocking=nb), t, d, self.weights)
         else:
             terms: LossTerms = oe_loss(out, t, section, d, self.weights)
@@ -326,7 +327,7 @@ def _build_model(cfg: TrainConfig, data: PreparedData, runtime: Runtime):
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(data.sections)
     classes = None
-    if cfg.objective == "subcluster_adacos":
+    if cfg.objective == SUBCLUSTER_ADACOS:
         classes = adacos_classes(data, cfg.machine, cfg.adacos_pseudo_classes)
         model_cfg.adacos_classes, model_cfg.adacos_class_sections = classes.names, classes.sections
         model_cfg.validate()

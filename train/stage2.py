@@ -83,10 +83,6 @@ def embed_normals(
     }
 
 
-def embed_heldout(run_dir: Path, data_root: Path, device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
-    return embed_normals(run_dir, data_root, "heldout", device=device, progress=progress)
-
-
 def fit_stage2(run_dir: Path, held: dict[str, np.ndarray], cfg: Stage2Config) -> Path:
     # ``held``: the normals of the bank (embed_normals), whatever cfg.bank chose
     """Fit every section's models for one approach and save them under the run."""

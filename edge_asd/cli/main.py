@@ -136,7 +136,7 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
 def _cmd_enroll(args: argparse.Namespace) -> int:
     from edge_asd.runtime.bundle import open_bundle
     from edge_asd.runtime.enroll import enroll, read_clips, record_clips
-    from edge_asd.runtime.scorer import load_scorer, segment_spec
+    from edge_asd.runtime.scorer import load_scorer
 
     bundle = Path(args.bundle)
     if bool(args.mic) == bool(args.paths):
@@ -145,7 +145,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         scorer = load_scorer(bundle, backend="onnx-cpu")
         clips = record_clips(args.mic, args.clips, scorer.clip_seconds, scorer.sample_rate)
     else:
-        spec = segment_spec(open_bundle(bundle).manifest)  # the bundle's own rate and segment length
+        spec = open_bundle(bundle).manifest.audio.spec()  # the bundle's own rate and segment length
         clips = read_clips([Path(p) for p in args.paths], spec.sample_rate, spec.segment_seconds)
         if args.clips and len(clips) < args.clips:
             raise UserError(f"--clips {args.clips} asked for, but only {len(clips)} clip files were given")

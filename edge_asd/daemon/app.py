@@ -48,11 +48,11 @@ from pathlib import Path
 from edge_asd import __version__
 from edge_asd.daemon.clock import ClockWatch
 from edge_asd.daemon.config import DaemonConfig, MachineConfig
-from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.io.evidence import EvidenceStore
 from edge_asd.daemon.fileprogress import FileProgress, progress_path
 from edge_asd.daemon.loading import load_config
 from edge_asd.daemon.logs import setup_logging
-from edge_asd.daemon.pipeline import Pipeline, stall_limit
+from edge_asd.daemon.pipeline import Pipeline, PipelineLinks, stall_limit
 from edge_asd.daemon.scorers import Scoring, load_scorers
 from edge_asd.daemon.sdnotify import Notifier
 from edge_asd.daemon.sources import PortAudioHost, make_source
@@ -182,7 +182,10 @@ class Daemon:
         progress = FileProgress(self.outbox, progress_path(self.cfg.storage.outbox))
         source = make_source(m, scoring.clip_seconds, scoring.hop_seconds, host=self.host, progress=progress)
         deb = debouncer or Debouncer(self.cfg.alerts.raise_after, self.cfg.alerts.clear_after)
-        return Pipeline(m, scoring, source, self, deb)
+        return Pipeline(m, scoring, source, self._pipeline_links(), deb)
+
+    def _pipeline_links(self) -> PipelineLinks:
+        return PipelineLinks(self.cfg.alerts, self.publisher, self.evidence, self.web, self.throttled, self.wake)
 
     def start(self) -> None:
         from edge_asd.mqtt.outbox import Outbox
@@ -531,13 +534,15 @@ class Daemon:
             self.publisher = publisher
             self.publisher.start()
         kept, restarted, added = [], [], []
+        links = self._pipeline_links()  # the new settings, evidence store and publisher
         old_machines = {m.id: m for m in old.machines}
         for m in new.machines:
             scoring = scorings[m.id]
             p = self.pipelines.get(m.id)
             if p is not None and self._can_keep_source(old_machines[m.id], m, p.scoring, scoring):
                 p.machine = m
-                p.scoring = scoring
+                p.links = links
+                p.use(scoring)
                 p.drift.quantiles = p._reference_quantiles(scoring)  # an enrolled bundle brings a new reference
                 p.debouncer.reconfigure(new.alerts.raise_after, new.alerts.clear_after)
                 kept.append(m.id)

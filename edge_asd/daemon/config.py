@@ -29,6 +29,8 @@ from typing import Any
 
 from edge_asd.io.files import list_source_files
 from edge_asd.errors import ConfigError
+from edge_asd.ids import ID_RE
+from edge_asd.scoring.alerts import CLEAR_AFTER, RAISE_AFTER
 from edge_asd.mqtt.settings import MqttSettings, MqttSettingsError  # a leaf: no paho, no publisher
 from edge_asd.mqtt.outbox import MIN_MAX_BYTES as MIN_OUTBOX_BYTES  # sqlite3 only
 from edge_asd.runtime.backends import BACKENDS  # names only: onnxruntime is imported when a back end is made
@@ -41,8 +43,6 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6's Ubuntu 22.04): the same 
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-# Ids become MQTT topic levels and file names: no '/', '+', '#', spaces or dots.
-ID_RE = re.compile(r"[A-Za-z0-9_-]+")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MISSING = object()
 
@@ -58,8 +58,8 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class AlertConfig:
-    raise_after: int = 3
-    clear_after: int = 3
+    raise_after: int = RAISE_AFTER
+    clear_after: int = CLEAR_AFTER
     silence_dbfs: float = -80.0
     silence_clips: int = 3
     # A running source that delivers no clip for this many clip hops (at least 10 s) is "failing".

@@ -1,27 +1,31 @@
-"""One machine's pipeline: the scorer thread that takes clips from its source, scores them, decides
-(threshold, debounce), journals scores and alerts in the outbox (holding them while it is full),
-saves evidence and tells the page; and the machine's source state as the daemon reports it."""
+"""One machine's pipeline: the scorer thread that takes clips from its source, scores them, has them
+decided (:class:`~edge_asd.scoring.decision.ClipDecider`: threshold, debounce, evidence, as
+``edge-asd score`` decides), journals scores and alerts in the outbox (holding them while it is
+full), saves evidence and tells the page, all through the :class:`PipelineLinks` it is given; and
+the machine's source state as the daemon reports it."""
 
 from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from edge_asd.daemon.config import MachineConfig
+from edge_asd.daemon.config import AlertConfig, MachineConfig
 from edge_asd.daemon.scorers import Scoring
 from edge_asd.daemon.sources import Clip, ClipSource
 from edge_asd.errors import UserError
 from edge_asd.mqtt.discovery import ALERT_STATE
 from edge_asd.scoring.alerts import Debouncer
+from edge_asd.scoring.decision import ClipDecider
 from edge_asd.scoring.drift import DriftMonitor
 
 if TYPE_CHECKING:
-    from edge_asd.daemon.app import Daemon
+    from edge_asd.daemon.web.server import WebServer
+    from edge_asd.io.evidence import EvidenceStore
+    from edge_asd.mqtt.publisher import Publisher
 
 log = logging.getLogger("edge_asd.daemon")  # the name journals show, kept from before the split
 
@@ -42,6 +46,19 @@ def stall_limit(scoring: Scoring, stall_clips: int) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
+class PipelineLinks:
+    """What a pipeline hands its clips to and asks of the rest of the daemon, passed in rather than
+    reached for through the daemon; the daemon hands every pipeline new links when a reload replaces one."""
+
+    alerts: AlertConfig  # silence and stall limits
+    publisher: "Publisher"  # journals scores and alerts in the outbox
+    evidence: "EvidenceStore | None"  # None: no [storage] evidence folder
+    web: "WebServer | None"  # None: no [web] page
+    throttled: Callable[..., None]  # (level, key, msg, *args): logged at most once a minute per key
+    wake: Callable[[], None]  # the main loop looks again: this pipeline ended or crashed
+
+
+@dataclass(frozen=True)
 class _WaitingScore:
     """A score on its way into the outbox: the payload is built with the seq allocated when it is stored."""
 
@@ -51,6 +68,12 @@ class _WaitingScore:
     dbfs: float
     position: tuple[str, str] | None = None  # the replay position journaled with it (file sources)
     origin: str = ""
+
+
+def _decider(scoring: Scoring, debouncer: Debouncer) -> ClipDecider:
+    shared = scoring.shared
+    # The scorer looked up at each clip, as scoring does: the shared one may be replaced in place.
+    return ClipDecider(debouncer, scoring.threshold, lambda *a: shared.scorer.ratio(*a), scoring.save_evidence)
 
 
 # What a pipeline restarted by a reload keeps: the heartbeat counts since the daemon started. Not its
@@ -67,14 +90,14 @@ class Pipeline:
         machine: MachineConfig,
         scoring: Scoring,
         source: ClipSource,
-        daemon: "Daemon",
+        links: PipelineLinks,
         debouncer: Debouncer,
     ):
         self.machine = machine
-        self.scoring = scoring
         self.source = source
-        self.daemon = daemon
-        self.debouncer = debouncer
+        self.links = links
+        self.scoring = scoring
+        self.decider = _decider(scoring, debouncer)
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._guarded_loop, name=f"scorer-{machine.id}", daemon=True)
         self._latency_lock = threading.Lock()
@@ -97,6 +120,15 @@ class Pipeline:
         self.started_mono: float | None = None
         self.last_done_mono: float | None = None  # when the last clip was scored and journaled
         self.drift = DriftMonitor(self._reference_quantiles(scoring))
+
+    def use(self, scoring: Scoring) -> None:
+        """Score with ``scoring`` from the next clip on (a reload), keeping the alert state."""
+        decider = _decider(scoring, self.debouncer)
+        self.scoring, self.decider = scoring, decider
+
+    @property
+    def debouncer(self) -> Debouncer:
+        return self.decider.debouncer
 
     @staticmethod
     def _reference_quantiles(scoring) -> list[float] | None:
@@ -153,7 +185,7 @@ class Pipeline:
         return out
 
     def silent(self) -> bool:
-        return self.silent_run >= self.daemon.cfg.alerts.silence_clips
+        return self.silent_run >= self.links.alerts.silence_clips
 
     def _guarded_loop(self) -> None:
         try:
@@ -161,7 +193,7 @@ class Pipeline:
         except BaseException as exc:  # noqa: BLE001 - the main loop turns this into exit status 1
             log.exception("machine %s: internal error in the scorer thread", self.id)
             self.crashed = exc
-            self.daemon.wake()
+            self.links.wake()
 
     def _loop(self) -> None:
         queue = self.source.queue
@@ -171,7 +203,7 @@ class Pipeline:
             if clip is None:
                 if queue.exhausted:
                     log.info("machine %s: source ended; %d clips scored", self.id, self.scored)
-                    self.daemon.wake()
+                    self.links.wake()
                     return
                 continue
             try:
@@ -192,66 +224,62 @@ class Pipeline:
     def _process(self, clip: Clip) -> None:
         from edge_asd.mqtt.payloads import alert_payload, score_payload
 
-        sc = self.scoring  # one snapshot per clip: a reload may replace it meanwhile
+        # One snapshot per clip: a reload may replace them meanwhile, and the threshold must be the scorer's.
+        sc, decider, links = self.scoring, self.decider, self.links
         self.busy_since = time.monotonic()
         try:
             with sc.shared.lock:
                 result = sc.shared.scorer.score(clip.samples, sc.section)
         finally:
             self.busy_since = None
-        threshold = sc.threshold if sc.threshold is not None else float(result.threshold)
-        score = float(result.score)
-        p_target = float(result.p_target)
+        d = decider.decide(result, clip.dbfs)
         self.last_dbfs = clip.dbfs
-        if not all(math.isfinite(v) for v in (score, threshold, p_target, clip.dbfs)):
+        if not d.finite:
             # JSON cannot carry it and no decision can rest on it: this clip's problem, not the scorer's.
             self.bad_clips += 1
-            self.daemon.throttled(logging.WARNING, f"nonfinite-{self.id}",
+            self.links.throttled(logging.WARNING, f"nonfinite-{self.id}",
                                   "machine %s: non-finite result for the clip from %s (score %s, threshold %s, "
                                   "p_target %s, dbfs %s); counted in bad_clips, not published",
-                                  self.id, clip.origin, score, threshold, p_target, clip.dbfs)
+                                  self.id, clip.origin, d.score, d.threshold, d.p_target, clip.dbfs)
             return
-        anomalous = score > threshold
         model = sc.bundle_id
         self._track_silence(clip.dbfs)
-        end_time, level = clip.end_time, clip.dbfs  # not the clip: a waiting score must not hold its samples
-        ratio = result.ratio if sc.threshold is None else sc.shared.scorer.ratio(score, result.section, threshold)
-        bands = None if result.bands is None else [b.to_dict() for b in result.bands]
+        bands = d.band_dicts()
+        end_time = clip.end_time  # not the clip: a waiting score must not hold its samples
         seq = self._journal_score(_WaitingScore(
-            lambda n: score_payload(end_time, n, score, threshold, anomalous, p_target, level, model, ratio, bands),
-            score, threshold, level, clip.position, clip.origin))
+            lambda n: score_payload(end_time, n, d.score, d.threshold, d.anomalous, d.p_target, d.dbfs, model,
+                                    d.ratio, bands),
+            d.score, d.threshold, d.dbfs, clip.position, clip.origin))
         with self._latency_lock:
             self._latencies.append((time.monotonic() - clip.ready_monotonic) * 1e3)
         self.scored += 1
-        self.drift.add(score, p_target)
-        if anomalous:
+        self.drift.add(d.score, d.p_target)
+        if d.anomalous:
             self.anomalous_clips += 1
 
-        change = self.debouncer.update(anomalous)
-        web = self.daemon.web
+        web = links.web
         if web is not None:
-            web.score(self.id, seq, clip.end_time, score, threshold, anomalous, float(result.p_target), clip.dbfs,
-                      ratio=ratio, bands=bands, pending=self.debouncer.clips_until_change())
-        if change is not None:
-            (log.warning if change == "anomalous" else log.info)(
+            web.score(self.id, seq, clip.end_time, d.score, d.threshold, d.anomalous, d.p_target, clip.dbfs,
+                      ratio=d.ratio, bands=bands, pending=d.pending)
+        if d.change is not None:
+            (log.warning if d.change == "anomalous" else log.info)(
                 "machine %s: state %s (score %.3f, threshold %.3f, clip ending %s)",
-                self.id, change, score, threshold, clip.end_time.isoformat(timespec="seconds"),
+                self.id, d.change, d.score, d.threshold, clip.end_time.isoformat(timespec="seconds"),
             )
-            self._unstored_alerts.append(("alert", alert_payload(clip.end_time, change, self.id, score, threshold,
-                                                                 seq or 0, model, ratio, bands)))
+            self._unstored_alerts.append(("alert", alert_payload(clip.end_time, d.change, self.id, d.score,
+                                                                 d.threshold, seq or 0, model, d.ratio, bands)))
             if web is not None:
-                web.alert(self.id, clip.end_time, change)
-        state = "anomalous" if self.debouncer.anomalous else "normal"
-        if state != self._alert_state_sent:
+                web.alert(self.id, clip.end_time, d.change)
+        if d.state != self._alert_state_sent:
             # Retained, so a dashboard (Home Assistant's "Anomalous") knows the debounced state at
             # once; the alert topic is not, as an alert replayed on subscribe would read as new.
-            self._unstored_alerts.append((ALERT_STATE, alert_payload(clip.end_time, state, self.id, score, threshold,
-                                                                     seq or 0, model, ratio, bands)))
-            self._alert_state_sent = state
+            self._unstored_alerts.append((ALERT_STATE, alert_payload(clip.end_time, d.state, self.id, d.score,
+                                                                     d.threshold, seq or 0, model, d.ratio, bands)))
+            self._alert_state_sent = d.state
         self._journal_alerts()
 
-        store = self.daemon.evidence
-        if anomalous and sc.save_evidence and store is not None:
+        store = links.evidence
+        if d.save_evidence and store is not None:
             saved = store.save(self.id, clip.samples, clip.end_time, seq or 0)
             if saved is not None:
                 self.evidence_saved += 1
@@ -267,7 +295,7 @@ class Pipeline:
         """
         if len(self._unstored_scores) == self._unstored_scores.maxlen:
             self.scores_dropped += 1
-            self.daemon.throttled(logging.ERROR, f"dropped-{self.id}",
+            self.links.throttled(logging.ERROR, f"dropped-{self.id}",
                                   "machine %s: the oldest of %d scores waiting for room in the outbox is dropped "
                                   "(%d dropped so far)", self.id, len(self._unstored_scores), self.scores_dropped)
         self._unstored_scores.append(waiting)
@@ -280,10 +308,10 @@ class Pipeline:
         while self._unstored_scores:
             w = self._unstored_scores[0]
             try:
-                seq = self.daemon.publisher.enqueue_score(self.id, w.make_payload, w.position)
+                seq = self.links.publisher.enqueue_score(self.id, w.make_payload, w.position)
             except OutboxError as exc:
                 self.outbox_errors += 1
-                self.daemon.throttled(logging.ERROR, f"outbox-{self.id}",
+                self.links.throttled(logging.ERROR, f"outbox-{self.id}",
                                       "machine %s: score not stored: %s (%d waiting, retried with the next clip)",
                                       self.id, exc, len(self._unstored_scores))
                 return None
@@ -300,24 +328,24 @@ class Pipeline:
         while self._unstored_alerts:
             kind, payload = self._unstored_alerts[0]
             try:
-                self.daemon.publisher.enqueue(self.id, kind, payload, retain=kind == ALERT_STATE)
+                self.links.publisher.enqueue(self.id, kind, payload, retain=kind == ALERT_STATE)
             except OutboxError as exc:
                 self.outbox_errors += 1
-                self.daemon.throttled(logging.ERROR, f"alert-{self.id}",
+                self.links.throttled(logging.ERROR, f"alert-{self.id}",
                                       "machine %s: alert not stored: %s (retried with the next clip)", self.id, exc)
                 return
             self._unstored_alerts.popleft()
 
     def _track_silence(self, level: float) -> None:
         was = self.silent()
-        if level < self.daemon.cfg.alerts.silence_dbfs:
+        if level < self.links.alerts.silence_dbfs:
             self.silent_run += 1
         else:
             self.silent_run = 0
         now = self.silent()
         if now and not was:
             log.warning("machine %s: source is silent (%d clips below %g dBFS); check the microphone",
-                        self.id, self.silent_run, self.daemon.cfg.alerts.silence_dbfs)
+                        self.id, self.silent_run, self.links.alerts.silence_dbfs)
         elif was and not now:
             log.info("machine %s: sound is back (%.1f dBFS)", self.id, level)
 
@@ -333,7 +361,7 @@ class Pipeline:
             return None  # the scorer has work: a slow scorer is not a dead source
         now = time.monotonic() if now is None else now
         last = max(t for t in (self.started_mono, self.source.last_clip_mono, self.last_done_mono) if t is not None)
-        every, limit = stall_limit(self.scoring, self.daemon.cfg.alerts.stall_clips)
+        every, limit = stall_limit(self.scoring, self.links.alerts.stall_clips)
         if now - last <= limit:
             return None
         return f"no audio clip for {now - last:.0f} s (one is due every {every:g} s)"

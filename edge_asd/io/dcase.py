@@ -134,6 +134,3 @@ def list_clips(data_root: str | Path, machine: str, split: str) -> list[ClipInfo
         raise DataError(f"{folder}: no .wav or .flac clips")
     return clips
 
-
-def sections_of(clips: list[ClipInfo]) -> list[str]:
-    return sorted({c.section for c in clips})

@@ -1,12 +1,12 @@
 """``edge-asd score`` on a user's own recordings: any name, any length, one row per window.
 
 A recording is replayed exactly as the daemon's ``file:`` source would replay
-it: the same :class:`~edge_asd.daemon.sources.FileSource` opens, checks, streams,
+it: the same :class:`~edge_asd.io.recording.RecordingClips` opens, checks, streams,
 cuts and resamples it (block by block, so an hour-long file takes the memory of
 a few blocks), the same :meth:`ClipScorer.score` scores each window, the same
-:class:`~edge_asd.scoring.alerts.Debouncer` turns window decisions into the alert state
-that ``[alerts]`` would have raised and cleared, and the same
-:class:`~edge_asd.daemon.evidence.EvidenceStore` keeps the audio of anomalous windows.
+:class:`~edge_asd.scoring.decision.ClipDecider` judges each window and turns the
+decisions into the alert state that ``[alerts]`` would have raised and cleared, and
+the same :class:`~edge_asd.io.evidence.EvidenceStore` keeps the audio of anomalous windows.
 """
 
 from __future__ import annotations
@@ -16,21 +16,22 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import soundfile as sf
 
 from edge_asd.io.audio import dbfs
-from edge_asd.daemon.config import ID_RE, AlertConfig
-from edge_asd.scoring.alerts import Debouncer
+from edge_asd.ids import ID_RE
+from edge_asd.scoring.alerts import CLEAR_AFTER, RAISE_AFTER, Debouncer
+from edge_asd.scoring.decision import ClipDecider
 from edge_asd.errors import AudioError, UserError
-from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.io.evidence import EvidenceStore
+from edge_asd.io.recording import RecordingClips
+from edge_asd.offline.window import Window
 from edge_asd.progress import Progress
 from edge_asd.runtime.scorer import ClipScorer
-from edge_asd.scoring.bands import Band
-from edge_asd.daemon.sources import FileSource
 
 WINDOWS_CSV = "windows.csv"
 CSV_COLUMNS = ("file", "window", "start_s", "end_s", "start_time", "end_time", "score", "threshold", "anomalous",
@@ -51,8 +52,8 @@ class ReplayOptions:
     clip_seconds: float
     hop_seconds: float
     threshold: float | None = None  # the daemon's per-machine override; None: the bundle's
-    raise_after: int = AlertConfig.raise_after
-    clear_after: int = AlertConfig.clear_after
+    raise_after: int = RAISE_AFTER
+    clear_after: int = CLEAR_AFTER
     start: datetime | None = None  # wall time of the first recording whose name carries none
     channel: int = 0
     evidence: Path | None = None
@@ -70,8 +71,8 @@ class ReplaySettings:
     clip_seconds: float | None = None
     hop_seconds: float | None = None
     threshold: float | None = None
-    raise_after: int = AlertConfig.raise_after
-    clear_after: int = AlertConfig.clear_after
+    raise_after: int = RAISE_AFTER
+    clear_after: int = CLEAR_AFTER
     start: str | None = None
     channel: int = 0
     evidence: Path | None = None
@@ -112,34 +113,6 @@ def replay_options(scorer: ClipScorer, s: ReplaySettings) -> ReplayOptions | Non
     )
 
 
-@dataclass(frozen=True)
-class Window:
-    """One scored window of a recording, with the alert state after it."""
-
-    file: str
-    window: int
-    start_s: float
-    end_s: float
-    start_time: datetime | None
-    end_time: datetime | None
-    score: float
-    threshold: float
-    anomalous: bool
-    p_target: float
-    dbfs: float
-    alert: bool  # the debounced state after this window
-    event: str  # "raised", "cleared" or ""
-    ratio: float | None = None  # 0 at the section's median held-out normal, 1 at the threshold; None: an older bundle
-    bands: tuple[Band, ...] | None = None  # the deviating bands, strongest first; None: no band statistics
-
-    def record(self) -> dict:
-        out = asdict(self)
-        out["start_time"] = format_wall(self.start_time)
-        out["end_time"] = format_wall(self.end_time)
-        out["bands"] = None if self.bands is None else [b.to_dict() for b in self.bands]
-        return out
-
-
 @dataclass
 class ReplayResult:
     recordings: int = 0  # with at least one window scored
@@ -170,13 +143,6 @@ def parse_start(text: str) -> datetime:
         raise UserError(f"--start {text!r}: not an ISO-8601 time such as 2026-11-01T10:00:00") from None
 
 
-def format_wall(t: datetime | None) -> str:
-    if t is None:
-        return ""
-    s = t.isoformat(timespec="milliseconds")
-    return s[:-6] + "Z" if s.endswith("+00:00") else s
-
-
 def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions, out: Path,
                       progress: bool = True) -> ReplayResult:
     """Score every recording window by window into ``out/windows.csv``; bad files are named and skipped."""
@@ -184,8 +150,7 @@ def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions
         from edge_asd.offline.timeline import require_matplotlib
 
         require_matplotlib()  # before hours of scoring, not after
-    threshold = opts.threshold
-    reader = FileSource(opts.machine, "", opts.clip_seconds, opts.hop_seconds, realtime=False, channel=opts.channel)
+    reader = RecordingClips(opts.machine, float(opts.clip_seconds), float(opts.hop_seconds), opts.channel)
     store = None
     if opts.evidence is not None:
         try:
@@ -204,27 +169,24 @@ def replay_recordings(scorer: ClipScorer, files: list[Path], opts: ReplayOptions
             named = time_from_name(path.name)
             wall = named if named is not None else next_start
             rows: list[Window] = []
-            debouncer = Debouncer(opts.raise_after, opts.clear_after)  # each recording is its own timeline
+            # Each recording is its own timeline: a fresh alert state.
+            decider = ClipDecider(Debouncer(opts.raise_after, opts.clear_after), opts.threshold, scorer.ratio,
+                                  save_evidence=store is not None)
             try:
                 with reader.open_file(path) as f:
                     duration = f.frames / f.samplerate
                     for i, (samples, end_s, _) in enumerate(reader.cut_clips(path, f)):
-                        r = scorer.score(samples, opts.section)
-                        thr = threshold if threshold is not None else float(r.threshold)
-                        anomalous = r.score > thr
-                        change = debouncer.update(anomalous)
+                        d = decider.decide(scorer.score(samples, opts.section), dbfs(samples))
                         start_s = end_s - opts.clip_seconds
                         row = Window(
                             path.name, i, round(start_s, 6), round(end_s, 6),
                             None if wall is None else wall + timedelta(seconds=start_s),
                             None if wall is None else wall + timedelta(seconds=end_s),
-                            float(r.score), thr, anomalous, float(r.p_target), dbfs(samples), debouncer.anomalous,
-                            {"anomalous": "raised", "normal": "cleared"}.get(change or "", ""),
-                            r.ratio if threshold is None else scorer.ratio(float(r.score), opts.section, threshold), r.bands,
+                            d.score, d.threshold, d.anomalous, d.p_target, d.dbfs, d.alert, d.event, d.ratio, d.bands,
                         )
                         rows.append(row)
                         _write(writer, row, opts.json_lines)
-                        if anomalous and store is not None and _save_evidence(store, opts, path, row, samples):
+                        if d.save_evidence and _save_evidence(store, opts, path, row, samples):
                             result.evidence += 1
                         bar.update()
             except AudioError as exc:
@@ -287,7 +249,7 @@ def _expected_windows(path: Path, opts: ReplayOptions) -> int:
     """From the header, for the progress bar only (a bad file is found and named when it is replayed)."""
     try:
         info = sf.info(str(path))
-    except Exception:  # noqa: BLE001 - reported properly by FileSource.open_file
+    except Exception:  # noqa: BLE001 - reported properly by RecordingClips.open_file
         return 0
     n = int(info.frames) - int(round(opts.clip_seconds * info.samplerate))
     return 0 if n < 0 else n // max(1, int(round(opts.hop_seconds * info.samplerate))) + 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from edge_asd.errors import UserError
 
 if TYPE_CHECKING:
-    from edge_asd.offline.replay import Window
+    from edge_asd.offline.window import Window
 
 
 def require_matplotlib() -> None:

@@ -22,31 +22,15 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Mapping
+import dataclasses
+from typing import Any, Mapping
 
 import numpy as np
 
-from edge_asd.errors import BundleError
+from edge_asd.errors import BundleError, ManifestError
+from edge_asd.runtime.manifest import SCHEMA_VERSION, Manifest
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-_REQUIRED_KEYS = (
-    "schema_version",
-    "bundle_id",
-    "created",
-    "machine_type",
-    "sections",
-    "audio",
-    "frontend",
-    "embedding_dim",
-    "approach",
-    "aggregator",
-    "kappa",
-    "threshold_rule",
-    "thresholds",
-    "members",
-    "files",
-)
 
 
 def sha256(data: bytes) -> str:
@@ -71,14 +55,14 @@ class Bundle:
     """
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def bundle_id(self) -> str:
-        return self.manifest["bundle_id"]
+        return self.manifest.bundle_id
 
     def read(self, name: str) -> bytes:
-        digest = self.manifest["files"].get(name)
+        digest = self.manifest.files.get(name)
         if digest is None:
             raise BundleError(f"{self.path}: manifest names no member {name!r}")
         try:
@@ -104,7 +88,7 @@ class Bundle:
             raise BundleError(f"{self.path}: member {name} is not a valid array file ({exc})") from None
 
     def members(self) -> dict[str, bytes]:
-        return {name: self.read(name) for name in self.manifest["files"]}
+        return {name: self.read(name) for name in self.manifest.files}
 
 
 def new_bundle_id(machine_type: str, files: Mapping[str, bytes]) -> str:
@@ -117,31 +101,35 @@ def new_bundle_id(machine_type: str, files: Mapping[str, bytes]) -> str:
     return f"{slug}-{h.hexdigest()[:12]}"
 
 
-def write_bundle(out: str | Path, manifest: dict, files: Mapping[str, bytes]) -> Path:
+def write_bundle(out: str | Path, manifest: Manifest | Mapping[str, Any], files: Mapping[str, bytes]) -> Path:
     """Write ``manifest`` + ``files`` atomically to ``out``.
 
     Fills in ``files`` (checksums), ``schema_version``, ``created`` and, when
-    absent, ``bundle_id``. The file is written next to ``out`` and renamed, so a
+    empty, ``bundle_id``. The file is written next to ``out`` and renamed, so a
     daemon reading ``out`` sees the old or the new bundle, never half of one.
+    A mapping (a test's edited manifest) is checked as :meth:`Manifest.from_dict` reads one.
     """
     out = Path(out)
     for name in files:
         if not _safe_member(name) or name == MANIFEST:
             raise ValueError(f"bad bundle member name {name!r}")
-    manifest = dict(manifest)
-    manifest["schema_version"] = SCHEMA_VERSION
-    manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    manifest["files"] = {name: sha256(data) for name, data in sorted(files.items())}
-    if not manifest.get("bundle_id"):
-        manifest["bundle_id"] = new_bundle_id(manifest.get("machine_type", "bundle"), files)
-    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ValueError(f"manifest lacks {missing}")
+    filled = {
+        "schema_version": SCHEMA_VERSION,
+        "created": (manifest.created if isinstance(manifest, Manifest) else manifest.get("created"))
+        or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": {name: sha256(data) for name, data in sorted(files.items())},
+    }
+    if isinstance(manifest, Manifest):
+        manifest = dataclasses.replace(manifest, **filled)
+    else:
+        manifest = Manifest.from_dict({"bundle_id": "", **manifest, **filled})
+    if not manifest.bundle_id:
+        manifest = dataclasses.replace(manifest, bundle_id=new_bundle_id(manifest.machine_type, files))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+            zf.writestr(MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
             for name, data in sorted(files.items()):
                 zf.writestr(name, data)
         os.chmod(tmp, 0o644)
@@ -167,19 +155,11 @@ def open_bundle(path: str | Path) -> Bundle:
                 manifest = json.loads(_read_member(zf, MANIFEST, path))
             except (ValueError, UnicodeDecodeError) as exc:
                 raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
-            if not isinstance(manifest, dict):
-                raise BundleError(f"{path}: {MANIFEST} is not a JSON object")
-            version = manifest.get("schema_version")
-            if version != SCHEMA_VERSION:
-                raise BundleError(
-                    f"{path}: bundle schema version {version!r} is not supported (this runtime reads version {SCHEMA_VERSION})"
-                )
-            missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-            if missing:
-                raise BundleError(f"{path}: manifest lacks {', '.join(missing)}")
-            listed = manifest["files"]
-            if not isinstance(listed, dict):
-                raise BundleError(f"{path}: manifest 'files' must map member names to sha256")
+            try:
+                manifest = Manifest.from_dict(manifest)
+            except ManifestError as exc:
+                raise BundleError(f"{path}: {exc}") from None
+            listed = manifest.files
             extra = sorted(set(names) - set(listed) - {MANIFEST})
             if extra:
                 raise BundleError(f"{path}: member {extra[0]} is not listed in the manifest")
@@ -228,16 +208,15 @@ def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
 
 def _check_references(bundle: Bundle) -> None:
     m = bundle.manifest
-    if not isinstance(m["members"], list) or not m["members"]:
+    if not m.members:
         raise BundleError(f"{bundle.path}: manifest lists no extractor members")
-    for i, member in enumerate(m["members"]):
+    for i, member in enumerate(m.members):
         # a numpy-feature member (the plain system) has detector state but no model file
-        for key in ("state",) if member.get("features") else ("model", "state"):
-            name = member.get(key)
-            if name not in m["files"]:
+        for key, name in (("state", member.state),) if member.is_plain else (("model", member.model), ("state", member.state)):
+            if name not in m.files:
                 raise BundleError(f"{bundle.path}: member {i} refers to {key} {name!r}, which the bundle does not hold")
-    for section in m["sections"]:
-        if section not in m["thresholds"]:
+    for section in m.sections:
+        if section not in m.thresholds:
             raise BundleError(f"{bundle.path}: no threshold for section {section}")
 
 

@@ -15,11 +15,10 @@ the user confirms it: enrolling a fault as "normal" would blind the monitor.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,12 @@ import numpy as np
 from edge_asd.io.audio import read_audio
 from edge_asd.runtime.bundle import npz_bytes, open_bundle, write_bundle
 from edge_asd.errors import UserError
+from edge_asd.runtime.manifest import Enrollment, SectionNumbers
 from edge_asd.runtime.scorer import ClipScorer
 from edge_asd.scoring.combine import combine_parts, p_target
 from edge_asd.scoring.drift import reference_quantiles
 from edge_asd.scoring.section import section_state
-from edge_asd.scoring.stage2 import Stage2Config, fit_section
+from edge_asd.scoring.stage2 import fit_section
 from edge_asd.scoring.thresholds import fit_threshold
 
 log = logging.getLogger("edge_asd.enroll")  # the name journals show, kept from before the subpackages
@@ -115,18 +115,21 @@ def enroll(
             "Check the machine; if they are normal, enroll them with --accept-anomalous"
         )
 
-    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest = bundle.manifest
     files = bundle.members()
     n = len(clips)
     new_final = []
     logits_all = []
-    for member_manifest, member, (emb, logit) in zip(manifest["members"], scorer.members, embedded):
-        if not member_manifest.get("heldout"):
+    new_members = []
+    for spec, member, (emb, logit) in zip(manifest.members, scorer.members, embedded):
+        if not spec.heldout:
             raise UserError(f"{bundle_path}: bundle holds no held-out embeddings (exported by an older edge-asd); re-export it to enroll")
-        held = bundle.arrays(member_manifest["heldout"])
+        held = bundle.arrays(spec.heldout)
         s = emb.shape[1]
         # members of one ensemble may differ in stage 2 (the plain system's own); older bundles have one
-        cfg = Stage2Config(**member_manifest.get("stage2", manifest["stage2"]))
+        cfg = manifest.member_stage2(spec)
+        if cfg is None:
+            raise UserError(f"{bundle_path}: bundle states no stage-2 settings; re-export it to enroll")
         sel = held["sections"] == section
         emb_all = np.concatenate([held["embeddings"][sel], emb.reshape(n, s, -1)])
         dom_all = np.concatenate([held["domains"][sel], np.array([domain] * n)])
@@ -136,12 +139,12 @@ def enroll(
         if member.has_domain_head:
             logits_all.append(logit_all)
         # the new section's detector state replaces the old one
-        arrays = bundle.arrays(member_manifest["state"])
+        arrays = bundle.arrays(spec.state)
         arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{section}/")}
         a, numbers = section_state(res.model)
         arrays.update(a)
-        files[member_manifest["state"]] = npz_bytes(arrays)
-        member_manifest["sections"][section] = numbers
+        files[spec.state] = npz_bytes(arrays)
+        new_members.append(replace(spec, sections={**spec.sections, section: SectionNumbers.from_dict(numbers)}))
         held_new = {
             "names": np.concatenate([held["names"], np.array([f"enrolled:{c[0]}" for c in clips])]),
             "sections": np.concatenate([held["sections"], np.array([section] * n)]),
@@ -149,24 +152,28 @@ def enroll(
             "embeddings": np.concatenate([held["embeddings"], emb.reshape(n, s, -1)]),
             "domain_logits": np.concatenate([held["domain_logits"], logit.reshape(n, s)]),
         }
-        files[member_manifest["heldout"]] = npz_bytes(held_new)
+        files[spec.heldout] = npz_bytes(held_new)
     # Members share the bundle's held-out clips, so the ensemble's out-of-fold
     # score is their combination clip by clip, as at export.
     p = np.mean([p_target(lg, scorer.kappa) for lg in logits_all], axis=0) if logits_all else np.zeros(len(new_final[0].oof_domains))
     reference = combine_parts([r.oof_parts for r in new_final], p, scorer.approach)
-    threshold_after = float(fit_threshold(reference, manifest["threshold_rule"]))
-    manifest["thresholds"][section] = threshold_after
-    manifest.setdefault("reference_quantiles", {})[section] = reference_quantiles(reference)
-    manifest["parent_bundle_id"] = manifest.pop("bundle_id")
-    manifest.pop("created", None)
-    manifest.setdefault("enrollments", []).append(
-        {
-            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "section": section,
-            "domain": domain,
-            "clips": [c[0] for c in clips],
-            "accepted_anomalous": [f[0] for f in flagged],
-        }
+    threshold_after = float(fit_threshold(reference, manifest.threshold_rule))
+    enrollment = Enrollment(
+        time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        section=section,
+        domain=domain,
+        clips=tuple(c[0] for c in clips),
+        accepted_anomalous=tuple(f[0] for f in flagged),
+    )
+    manifest = replace(
+        manifest,
+        members=tuple(new_members),
+        thresholds={**manifest.thresholds, section: threshold_after},
+        reference_quantiles={**(manifest.reference_quantiles or {}), section: reference_quantiles(reference)},
+        parent_bundle_id=manifest.bundle_id,
+        bundle_id="",  # write_bundle names the new content
+        created="",
+        enrollments=(*(manifest.enrollments or ()), enrollment),
     )
     out = Path(out)
     previous = None

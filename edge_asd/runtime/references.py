@@ -47,18 +47,12 @@ class ReferenceClips:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "ReferenceClips":
-        listing = bundle.manifest.get("reference_clips") or {}
         clips = []
-        try:
-            for section, entries in listing.items():
-                for e in entries:
-                    member = str(e["file"])
-                    if member not in bundle.manifest["files"]:
-                        raise BundleError(f"{bundle.path}: reference clip {member!r} is not in the bundle")
-                    clips.append(ReferenceClip(PurePosixPath(member).name, member, str(section),
-                                               str(e.get("domain", "source")), float(e["seconds"])))
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{bundle.path}: reference_clips unusable ({exc})") from None
+        for section, entries in (bundle.manifest.reference_clips or {}).items():
+            for e in entries:
+                if e.file not in bundle.manifest.files:
+                    raise BundleError(f"{bundle.path}: reference clip {e.file!r} is not in the bundle")
+                clips.append(ReferenceClip(PurePosixPath(e.file).name, e.file, section, e.domain or "source", e.seconds))
         return cls(bundle, clips)
 
     def __len__(self) -> int:

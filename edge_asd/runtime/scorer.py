@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.io.audio import SegmentSpec, level_from_manifest, normalize, segment
+from edge_asd.io.audio import normalize, segment
 from edge_asd.runtime.bundle import Bundle, open_bundle
+from edge_asd.runtime.manifest import Member as MemberSpec
 from edge_asd.errors import BundleError, UserError
-from edge_asd.io.features import LogMelStats, LogMelStatsConfig
+from edge_asd.io.features import LogMelStats
 from edge_asd.runtime.backend import Backend, ClipView, FeatureBackend
 from edge_asd.runtime.backends import make_backend
-from edge_asd.runtime.frontend import FFTFrontEnd, FrontEnd, LogMelConfig
+from edge_asd.runtime.frontend import FFTFrontEnd, FrontEnd
 from edge_asd.runtime.onnx import OnnxFrontEnd, SplitOnnx, available_ort_providers
 from edge_asd.scoring.bands import Band, BandEvidence, BandReference, ratio
 from edge_asd.scoring.combine import combine_parts, p_target
@@ -49,87 +50,79 @@ class _Member:
     has_domain_head: bool = True  # whether its domain logits mean anything (Eq. 7)
 
 
-def segment_spec(manifest: dict) -> SegmentSpec:
-    a = manifest["audio"]
-    return SegmentSpec(
-        sample_rate=int(a["sample_rate"]),
-        segment_seconds=float(a["segment_seconds"]),
-        n_segments=int(a["n_segments"]),
-        align=int(a.get("segment_align", 1)),
-        level=level_from_manifest(a.get("amplitude")),
-    )
-
-
 class ClipScorer:
     """A loaded bundle, ready to score clips of its machine type."""
 
     def __init__(self, bundle: Bundle, backend: str = "auto", threads: int = 0, cache_dir: str | None = None):
         # the bundle itself (its bytes) is not kept: the sessions hold the weights
         self.bundle_path = bundle.path
-        m = bundle.manifest
-        self.manifest = m
-        self.bundle_id: str = m["bundle_id"]
-        self.machine_type: str = m["machine_type"]
-        self.sections: list[str] = list(m["sections"])
+        manifest = bundle.manifest
+        self.manifest = manifest
+        self.bundle_id: str = manifest.bundle_id
+        self.machine_type: str = manifest.machine_type
+        self.sections: list[str] = list(manifest.sections)
         try:
-            self.spec = segment_spec(m)
-        except (KeyError, TypeError, ValueError) as exc:
+            self.spec = manifest.audio.spec()
+        except (TypeError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: audio settings unusable ({exc})") from None
         self.sample_rate = self.spec.sample_rate
         self.segment_seconds = self.spec.segment_seconds
-        self.clip_seconds = float(m["audio"].get("clip_seconds", 10.0))
-        self.approach: str = m["approach"]
-        self.aggregator: str = m["aggregator"]
-        self.kappa = float(m["kappa"])
-        self.embedding_dim = int(m["embedding_dim"])
-        self.thresholds = {s: float(m["thresholds"][s]) for s in self.sections}
+        self.clip_seconds = float(manifest.audio.clip_seconds or 10.0)
+        self.approach: str = manifest.approach
+        self.aggregator: str = manifest.aggregator
+        self.kappa = float(manifest.kappa)
+        self.embedding_dim = int(manifest.embedding_dim)
+        self.thresholds = {s: float(manifest.thresholds[s]) for s in self.sections}
         # normal-score quantiles per section, the daemon's drift reference (absent in some bundles)
-        self.reference_quantiles: dict[str, list[float]] = dict(m.get("reference_quantiles", {}))
-        self.reference_medians: dict[str, float] = {s: float(v) for s, v in m.get("reference_medians", {}).items()}
+        self.reference_quantiles: dict[str, list[float]] = dict(manifest.reference_quantiles or {})
+        self.reference_medians: dict[str, float] = {s: float(v) for s, v in (manifest.reference_medians or {}).items()}
         self.band_evidence = band_evidence_of(bundle)
-        self.members: list[_Member] = []
-        for i, mm in enumerate(m["members"]):
-            arrays = bundle.arrays(mm["state"])
-            try:
-                sections = {s: section_from_state(s, arrays, mm["sections"][s]) for s in self.sections}
-            except (KeyError, ValueError, TypeError) as exc:
-                raise BundleError(f"{bundle.path}: detector state of member {i} is unusable ({exc})") from None
-            for s, sm in sections.items():
-                for dom, dm in sm.domains.items():
-                    dim = getattr(dm.detector, "n_features_in_", None)
-                    if dim is not None and int(dim) != int(mm.get("embedding_dim", self.embedding_dim)):
-                        raise BundleError(
-                            f"{bundle.path}: detector {s}/{dom} of member {i} expects {dim}-d embeddings, "
-                            f"the manifest says {mm.get('embedding_dim', self.embedding_dim)}"
-                        )
-            if mm.get("features"):
-                try:
-                    be = FeatureBackend(LogMelStats(LogMelStatsConfig.from_dict(mm["features"])))
-                except (TypeError, ValueError) as exc:
-                    raise BundleError(f"{bundle.path}: member {i}: features unusable ({exc})") from None
-                self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, has_domain_head=False))
-                continue
-            engine = bundle.read(mm["engine"]["file"]) if mm.get("engine") else None
-            try:
-                if self._use_split(mm, backend, engine):
-                    be = split_backend(bundle, mm, threads or (os.cpu_count() or 1))
-                else:
-                    be = make_backend(
-                        bundle.read(mm["model"]),
-                        backend=backend,
-                        threads=threads,
-                        engine=engine,
-                        engine_meta=mm.get("engine"),
-                        cache_dir=cache_dir,
-                    )
-            except BundleError:
-                raise
-            except Exception as exc:
-                raise BundleError(f"{bundle.path}: member {i}: {str(exc).splitlines()[0]}") from None
-            self._check_model_shape(be, i, int(mm.get("embedding_dim", self.embedding_dim)))
-            self.members.append(_Member(mm.get("name", f"m{i}"), be, sections, bool(mm.get("domain_head", True))))
+        self.members: list[_Member] = [self._member(bundle, i, spec, backend, threads, cache_dir)
+                                       for i, spec in enumerate(manifest.members)]
         self.backend_name = "+".join(dict.fromkeys(m.backend.name for m in self.members))
         self._band_features = self._band_feature_source()
+
+    def _member(self, bundle: Bundle, i: int, spec: MemberSpec, backend: str, threads: int,
+                cache_dir: str | None) -> _Member:
+        """One member's sections and back end, each checked against the manifest."""
+        arrays = bundle.arrays(spec.state)
+        dim = int(spec.embedding_dim or self.embedding_dim)
+        try:
+            sections = {s: section_from_state(s, arrays, spec.sections[s].to_dict()) for s in self.sections}
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BundleError(f"{bundle.path}: detector state of member {i} is unusable ({exc})") from None
+        for s, sm in sections.items():
+            for dom, dm in sm.domains.items():
+                got = getattr(dm.detector, "n_features_in_", None)
+                if got is not None and int(got) != dim:
+                    raise BundleError(
+                        f"{bundle.path}: detector {s}/{dom} of member {i} expects {got}-d embeddings, the manifest says {dim}"
+                    )
+        if spec.is_plain:
+            try:
+                be = FeatureBackend(LogMelStats(spec.features))
+            except (TypeError, ValueError) as exc:
+                raise BundleError(f"{bundle.path}: member {i}: features unusable ({exc})") from None
+            return _Member(spec.label(i), be, sections, has_domain_head=False)
+        engine = bundle.read(spec.engine.file) if spec.engine else None
+        try:
+            if self._use_split(spec, backend, engine):
+                be = split_backend(bundle, spec, threads or (os.cpu_count() or 1))
+            else:
+                be = make_backend(
+                    bundle.read(spec.model),
+                    backend=backend,
+                    threads=threads,
+                    engine=engine,
+                    engine_meta=spec.engine.to_dict() if spec.engine else None,
+                    cache_dir=cache_dir,
+                )
+        except BundleError:
+            raise
+        except Exception as exc:
+            raise BundleError(f"{bundle.path}: member {i}: {str(exc).splitlines()[0]}") from None
+        self._check_model_shape(be, i, dim)
+        return _Member(spec.label(i), be, sections, spec.has_domain_head)
 
     def _band_feature_source(self) -> LogMelStats | int | None:
         """The index of the plain member whose features band evidence reads, else the features to compute."""
@@ -142,9 +135,9 @@ class ClipScorer:
         return LogMelStats(self.band_evidence.cfg)
 
     @staticmethod
-    def _use_split(member: dict, backend: str, engine: bytes | None) -> bool:
+    def _use_split(member: MemberSpec, backend: str, engine: bytes | None) -> bool:
         """The CPU runs the split graphs; GPUs and TensorRT run the whole-segment graph."""
-        if not member.get("split") or backend not in ("auto", "onnx-cpu"):
+        if member.split is None or backend not in ("auto", "onnx-cpu"):
             return False
         return backend == "onnx-cpu" or (engine is None and "CUDAExecutionProvider" not in available_ort_providers())
 
@@ -284,36 +277,34 @@ class ClipScorer:
 
 def band_evidence_of(bundle: Bundle) -> BandEvidence | None:
     """The bundle's band statistics; None in a bundle written before them (it scores, without bands)."""
-    block = bundle.manifest.get("band_evidence")
-    if not block:
+    spec = bundle.manifest.band_evidence
+    if spec is None:
         return None
     try:
-        cfg = LogMelStatsConfig.from_dict(block["features"])
-        arrays = bundle.arrays(block["file"])
-        sections = {s: BandReference.from_arrays(arrays, f"{s}/", int(block["k"])) for s in block["sections"]}
+        arrays = bundle.arrays(spec.file)
+        sections = {s: BandReference.from_arrays(arrays, f"{s}/", spec.k) for s in spec.sections}
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{bundle.path}: band statistics unusable ({exc})") from None
     for ref in sections.values():
-        if ref.spread.shape[0] != cfg.n_mels:
-            raise BundleError(f"{bundle.path}: band statistics have {ref.spread.shape[0]} bands, the features {cfg.n_mels}")
-    return BandEvidence(cfg, sections)
+        if ref.spread.shape[0] != spec.features.n_mels:
+            raise BundleError(f"{bundle.path}: band statistics have {ref.spread.shape[0]} bands, the features {spec.features.n_mels}")
+    return BandEvidence(spec.features, sections)
 
 
-def split_backend(bundle: Bundle, member: dict, threads: int) -> SplitOnnx:
+def split_backend(bundle: Bundle, member: MemberSpec, threads: int) -> SplitOnnx:
     """The CPU's extractor: the front end once per clip (by rFFT where the bundle says how), then the encoder."""
-    sp = member["split"]
-    hop = int(sp["hop_length"])
+    sp = member.split
     frontend: FrontEnd
-    if sp.get("logmel") and sp.get("input_norm"):
-        norm = bundle.arrays(sp["input_norm"])
+    if sp.logmel is not None and sp.input_norm:
+        norm = bundle.arrays(sp.input_norm)
         try:
-            frontend = FFTFrontEnd(LogMelConfig.from_dict(sp["logmel"]), norm["scale"], norm["shift"], threads=threads)
+            frontend = FFTFrontEnd(sp.logmel.logmel_config(), norm["scale"], norm["shift"], threads=threads)
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{bundle.path}: front end of member {member.get('name', '?')} is unusable ({exc})") from None
+            raise BundleError(f"{bundle.path}: front end of member {member.name or '?'} is unusable ({exc})") from None
     else:  # bundles written before the rFFT front end: the graph
-        frontend = OnnxFrontEnd(bundle.read(sp["frontend"]), int(bundle.manifest["frontend"].get("n_fft", 0)), hop,
-                                threads=threads)
-    return SplitOnnx(frontend, bundle.read(sp["encoder"]), int(sp["frames_per_segment"]), hop, threads=threads)
+        n_fft = getattr(bundle.manifest.frontend, "n_fft", 0)
+        frontend = OnnxFrontEnd(bundle.read(sp.frontend), int(n_fft), sp.hop_length, threads=threads)
+    return SplitOnnx(frontend, bundle.read(sp.encoder), sp.frames_per_segment, sp.hop_length, threads=threads)
 
 
 def quiet_faiss_threads() -> None:

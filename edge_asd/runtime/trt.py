@@ -12,7 +12,7 @@ dependency of the plain runtime, and everything here imports them lazily.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_asd.errors import UserError
 from edge_asd.runtime.backend import SegmentBatches
+from edge_asd.runtime.manifest import Engine, Member
 
 log = logging.getLogger("edge_asd.engine")  # the name journals show, kept from before the subpackages
 
@@ -143,14 +144,14 @@ def build_engine(
     return bytes(serialized), meta
 
 
-def engine_source(member: dict) -> str:
+def engine_source(member: Member) -> str:
     """The bundle member a TensorRT engine is built from.
 
     onnxruntime's int8 model (asymmetric uint8 activations, for the CPU) is not
     one TensorRT can run; an int8 bundle for TensorRT therefore also carries the
     fp32 model, which TensorRT quantizes itself with the stored calibration cache.
     """
-    return member.get("engine_source", member["model"])
+    return member.engine_source or member.model
 
 
 class TensorRTBackend(SegmentBatches):
@@ -217,12 +218,12 @@ def build_engine_in_bundle(bundle_path: Path, precision: str = "fp16", out: Path
     from edge_asd.runtime.bundle import open_bundle, write_bundle
 
     bundle = open_bundle(bundle_path)
-    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest = bundle.manifest
     files = bundle.members()
-    n_seg = int(manifest["audio"]["n_segments"])
-    seg_samples = int(round(manifest["audio"]["segment_seconds"] * manifest["audio"]["sample_rate"]))
-    for i, member in enumerate(manifest["members"]):
-        cache = member.get("calibration_cache")
+    spec = manifest.audio.spec()
+    members = []
+    for i, member in enumerate(manifest.members):
+        cache = member.calibration_cache
         if precision == "int8" and cache is None:
             raise UserError(
                 f"{bundle_path}: member {i} carries no int8 calibration cache; export the bundle with "
@@ -235,11 +236,10 @@ def build_engine_in_bundle(bundle_path: Path, precision: str = "fp16", out: Path
             if precision == "int8":
                 cache_path = Path(tmp) / "calibration.cache"
                 cache_path.write_bytes(files[cache])
-            engine, meta = build_engine(files[engine_source(member)], precision=precision, max_batch=n_seg,
-                                        segment_samples=seg_samples, calibration_cache=cache_path)
-        name = member["model"].rsplit(".", 1)[0] + ".engine"
+            engine, meta = build_engine(files[engine_source(member)], precision=precision, max_batch=spec.n_segments,
+                                        segment_samples=spec.segment_samples, calibration_cache=cache_path)
+        name = member.model.rsplit(".", 1)[0] + ".engine"
         files[name] = engine
-        member["engine"] = {"file": name, **meta}
-    manifest.pop("bundle_id", None)
-    manifest.pop("created", None)
+        members.append(dataclasses.replace(member, engine=Engine(name, meta)))
+    manifest = dataclasses.replace(manifest, members=tuple(members), bundle_id="", created="")
     return write_bundle(out or bundle_path, manifest, files)

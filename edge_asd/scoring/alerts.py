@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# The daemon's [alerts] defaults, which ``edge-asd score`` replays with too.
+RAISE_AFTER = 3
+CLEAR_AFTER = 3
+
 
 class Debouncer:
     """Turns per-clip decisions into an alert state that does not flap.

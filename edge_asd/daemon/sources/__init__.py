@@ -1,6 +1,7 @@
 """Audio sources for the daemon: clips of float32 mono 16 kHz audio on a bounded queue.
 
-Two sources share one clip path (:class:`ClipCutter` -> :class:`ClipQueue`, in ``clip.py``):
+Two sources share one clip path (:class:`ClipCutter`, in ``edge_asd/io/recording.py``, -> :class:`ClipQueue`,
+in ``clip.py``):
 
 * :class:`MicSource` (``microphone.py``) reads a PortAudio input device
   (``devices.py``: a sounddevice callback stream shared by the sources on the
@@ -24,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from edge_asd.daemon.sources.base import ClipSource, SourceHealth
-from edge_asd.daemon.sources.clip import Clip, ClipCutter, ClipQueue
+from edge_asd.daemon.sources.clip import Clip, ClipQueue
 from edge_asd.daemon.sources.devices import (
     DeviceError,
     MicSubscription,
@@ -34,6 +35,7 @@ from edge_asd.daemon.sources.devices import (
 )
 from edge_asd.daemon.sources.files import FileSource
 from edge_asd.daemon.sources.microphone import MicSource
+from edge_asd.io.recording import ClipCutter
 
 if TYPE_CHECKING:
     from edge_asd.daemon.config import MachineConfig

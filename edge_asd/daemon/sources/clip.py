@@ -1,5 +1,6 @@
-"""The clip path every source shares: a :class:`Clip`, the cutter that makes clips from a
-sample stream (:class:`ClipCutter`) and the bounded queue to the scorer (:class:`ClipQueue`)."""
+"""The clip path every source shares: a :class:`Clip` and the bounded queue to the scorer
+(:class:`ClipQueue`); the cutter that makes clips from a sample stream is
+:class:`edge_asd.io.recording.ClipCutter`, shared with ``edge-asd score``."""
 
 from __future__ import annotations
 
@@ -105,62 +106,3 @@ class ClipQueue:
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
-
-
-class ClipCutter:
-    """Cuts a continuous sample stream into clips of ``clip_n`` samples every ``hop_n`` samples.
-
-    ``hop_n < clip_n`` overlaps clips; ``hop_n > clip_n`` skips audio between
-    clips (scoring a 10 s clip once a minute saves a small device's CPU).
-    """
-
-    def __init__(self, clip_n: int, hop_n: int):
-        if clip_n < 1 or hop_n < 1:
-            raise ValueError("clip and hop must be at least one sample")
-        self.clip_n = clip_n
-        self.hop_n = hop_n
-        self._buf = np.zeros(clip_n, dtype=np.float32)
-        self._fill = 0
-        self._skip = 0
-
-    def reset(self) -> None:
-        """Forget the partial clip (after a gap in the stream a clip must not straddle it)."""
-        self._fill = 0
-        self._skip = 0
-
-    def feed(self, x: np.ndarray, end_index: int) -> list[tuple[np.ndarray, int]]:
-        """Add samples whose last one has absolute index ``end_index - 1``.
-
-        Returns the completed clips with the absolute index just past their last sample.
-        """
-        x = np.asarray(x, dtype=np.float32).reshape(-1)
-        base = end_index - x.size
-        out: list[tuple[np.ndarray, int]] = []
-        pos = 0
-        while pos < x.size:
-            if self._skip:
-                s = min(self._skip, x.size - pos)
-                pos += s
-                self._skip -= s
-                continue
-            take = min(self.clip_n - self._fill, x.size - pos)
-            self._buf[self._fill : self._fill + take] = x[pos : pos + take]
-            self._fill += take
-            pos += take
-            if self._fill == self.clip_n:
-                out.append((self._buf.copy(), base + pos))
-                if self.hop_n >= self.clip_n:
-                    self._fill = 0
-                    self._skip = self.hop_n - self.clip_n
-                else:
-                    keep = self.clip_n - self.hop_n
-                    self._buf[:keep] = self._buf[self.hop_n :].copy()
-                    self._fill = keep
-        return out
-
-
-def fit_length(x: np.ndarray, n: int) -> np.ndarray:
-    """Exactly ``n`` samples (the resampler rounds its output length up)."""
-    if x.size >= n:
-        return np.ascontiguousarray(x[:n], dtype=np.float32)
-    return np.concatenate([x, np.zeros(n - x.size, dtype=np.float32)])

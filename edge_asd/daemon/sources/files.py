@@ -6,16 +6,16 @@ import logging
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
 import soundfile as sf
 
 from edge_asd.daemon.sources.base import ClipSource
-from edge_asd.daemon.sources.clip import Clip, ClipCutter, fit_length
+from edge_asd.daemon.sources.clip import Clip
 from edge_asd.errors import AudioError
-from edge_asd.io.audio import SAMPLE_RATE, channel_blocks, dbfs, open_audio, resample
+from edge_asd.io.audio import dbfs
 from edge_asd.io.files import list_source_files
+from edge_asd.io.recording import BLOCK_FRAMES, RecordingClips
 
 from edge_asd.daemon.fileprogress import ReplayPosition, position_key
 
@@ -64,8 +64,7 @@ class FileSource(ClipSource):
       ``realtime=False`` waits for the scorer, so every clip is scored.
     """
 
-    # 64 Ki frames: 4 s at 16 kHz, 1.4 s at 48 kHz; a few MB even for many channels.
-    block_frames = 65536
+    block_frames = BLOCK_FRAMES
 
     def __init__(
         self,
@@ -88,54 +87,10 @@ class FileSource(ClipSource):
         self.channel = channel
         self.empty_retry_s = empty_retry_s
         self.files_played = 0
-        self._noted: set[tuple[str, str]] = set()
+        # The checks and the cutting ``edge-asd score`` shares; stopping the source stops it at the next block.
+        self.recordings = RecordingClips(name, self.clip_seconds, self.hop_seconds, channel, self.block_frames,
+                                         self._stop)
         self._timeline_end: datetime | None = None  # end of the last file on the replay timeline
-
-    def _note(self, path: Path, kind: str, level: int, msg: str, *args: Any) -> None:
-        """Log a per-file message once, not on every loop pass."""
-        if (str(path), kind) in self._noted:
-            return
-        self._noted.add((str(path), kind))
-        log.log(level, msg, *args)
-
-    def _forget_gone(self, paths: list[Path]) -> None:
-        """Drop the once-only notes of files no longer listed: a folder that files pass through must not grow them."""
-        listed = {str(p) for p in paths}
-        self._noted = {k for k in self._noted if k[0] in listed}
-
-    def open_file(self, path: Path) -> sf.SoundFile:
-        """An open file that can give at least one clip, per the class rules; :class:`AudioError` when it cannot."""
-        try:
-            f = open_audio(path)
-        except AudioError:
-            if not path.exists():
-                raise AudioError(f"{path}: no such file (it disappeared)") from None
-            raise
-        try:
-            self._check(path, f)
-        except AudioError:
-            f.close()
-            raise
-        return f
-
-    def _check(self, path: Path, f: sf.SoundFile) -> None:
-        if f.frames == 0:
-            raise AudioError(f"{path}: contains no samples")
-        if f.channels > 1:
-            if self.channel >= f.channels:
-                raise AudioError(f"{path}: has {f.channels} channels; channel {self.channel} does not exist")
-            self._note(path, "channel", logging.INFO, "source %s: %s has %d channels; using channel %d",
-                       self.name, path, f.channels, self.channel)
-        elif self.channel > 0:
-            self._note(path, "channel", logging.INFO, "source %s: %s is mono; using its only channel",
-                       self.name, path)
-        if f.frames < int(round(self.clip_seconds * f.samplerate)):
-            raise AudioError(
-                f"{path}: {f.frames / f.samplerate:.2f} s long, shorter than one {self.clip_seconds:g} s clip"
-            )
-        if f.samplerate != SAMPLE_RATE:
-            self._note(path, "rate", logging.INFO, "source %s: %s is %d Hz; resampling to %d Hz",
-                       self.name, path, f.samplerate, SAMPLE_RATE)
 
     def _run(self) -> None:
         # A restarted source continues after the last clip journaled (the first pass only).
@@ -145,7 +100,7 @@ class FileSource(ClipSource):
         while not self._stop.is_set():
             played = 0
             paths = list_source_files(self.target)
-            self._forget_gone(paths)
+            self.recordings.forget_gone(paths)
             for path in paths:
                 if self._stop.is_set():
                     return
@@ -157,7 +112,7 @@ class FileSource(ClipSource):
                     skip_until = float(resume.offset_s or 0.0)
                 clips_before = self.clips
                 try:
-                    with self.open_file(path) as f:
+                    with self.recordings.open_file(path) as f:
                         if not self._replay(path, f, skip_until):
                             return
                 except AudioError as exc:
@@ -165,11 +120,11 @@ class FileSource(ClipSource):
                     self._last_error = str(exc)
                     scored = self.clips - clips_before
                     if scored:
-                        self._note(path, "bad", logging.ERROR,
-                                   "source %s: skipping the rest of the file after %d clip(s): %s", self.name, scored, exc)
+                        self.recordings.note(path, "bad", logging.ERROR,
+                                             "source %s: skipping the rest of the file after %d clip(s): %s", self.name, scored, exc)
                         played += 1
                     else:
-                        self._note(path, "bad", logging.ERROR, "source %s: skipping %s", self.name, exc)
+                        self.recordings.note(path, "bad", logging.ERROR, "source %s: skipping %s", self.name, exc)
                     continue
                 played += 1
                 self.files_played += 1
@@ -180,29 +135,6 @@ class FileSource(ClipSource):
                 self._fail("empty", f"{self.target}: no playable audio files; looking again in {self.empty_retry_s:g} s")
                 if self._stop.wait(self.empty_retry_s):
                     return
-
-    def _blocks(self, path: Path, f: sf.SoundFile):
-        """``(mono block, frames read so far)`` of the selected channel; :class:`AudioError` at the first bad block."""
-        done = 0
-        for x in channel_blocks(path, f, self.channel if f.channels > 1 else 0, self.block_frames):
-            if self._stop.is_set():
-                return
-            done += x.size
-            yield x, done
-
-    def cut_clips(self, path: Path, f: sf.SoundFile) -> Iterator[tuple[np.ndarray, float, bool]]:
-        """``(clip at 16 kHz, offset of its end in s, whether no further clip fits the file)`` of an open file.
-
-        Streamed block by block (the class rules); :class:`AudioError` at the first bad block.
-        ``edge-asd score`` replays recordings through this too, so both cut alike.
-        """
-        rate = f.samplerate
-        hop_n = max(1, int(round(self.hop_seconds * rate)))
-        cutter = ClipCutter(int(round(self.clip_seconds * rate)), hop_n)
-        out_n = int(round(self.clip_seconds * SAMPLE_RATE))
-        for x, end_index in self._blocks(path, f):
-            for native, end in cutter.feed(x, end_index):
-                yield fit_length(resample(native, rate, SAMPLE_RATE), out_n), end / rate, end + hop_n > f.frames
 
     def _replay(self, path: Path, f: sf.SoundFile, skip_until: float = 0.0) -> bool:
         """Queue one file's clips ending after ``skip_until`` s (those before were journaled), streaming it;
@@ -218,7 +150,7 @@ class FileSource(ClipSource):
         self._timeline_end = start_wall + timedelta(seconds=duration)
         start_mono = time.monotonic() - skip_until
         key = position_key(self.name, self.target)
-        for samples, offset, last in self.cut_clips(path, f):
+        for samples, offset, last in self.recordings.cut_clips(path, f):
             if offset <= skip_until + 1e-6:
                 continue
             if self.realtime and self._stop.wait(max(0.0, start_mono + offset - time.monotonic())):

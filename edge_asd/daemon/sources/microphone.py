@@ -7,9 +7,10 @@ import time
 from datetime import datetime, timezone
 
 from edge_asd.daemon.sources.base import ClipSource
-from edge_asd.daemon.sources.clip import Clip, ClipCutter, fit_length
+from edge_asd.daemon.sources.clip import Clip
 from edge_asd.daemon.sources.devices import MicSubscription, PortAudioHost
 from edge_asd.io.audio import SAMPLE_RATE, dbfs, resample
+from edge_asd.io.recording import ClipCutter, fit_length
 
 log = logging.getLogger("edge_asd.sources")  # the name journals show, kept from before the subpackages
 

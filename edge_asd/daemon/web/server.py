@@ -364,7 +364,7 @@ class WebServer:
         if refs is None or section is None or not refs.of_section(section):
             return None
         st = wav.stat()
-        key = (mid, str(wav), st.st_mtime_ns, refs.bundle.manifest["bundle_id"])
+        key = (mid, str(wav), st.st_mtime_ns, refs.bundle.bundle_id)
         with self._lock:
             hit = key in self._nearest
             name = self._nearest.get(key)
@@ -394,7 +394,7 @@ class WebServer:
             return None
         if m.group(2) == "flac":
             return refs.read(ref.name), "audio/flac"
-        key = ("reference", refs.bundle.manifest["bundle_id"], ref.name)
+        key = ("reference", refs.bundle.bundle_id, ref.name)
         return self._cached_png(key, lambda: spectrogram_png(io.BytesIO(refs.read(ref.name)))), "image/png"
 
     def clip_detail(self, mid: str, stem: str) -> dict | None:

@@ -304,3 +304,52 @@ def test_reference_clips_0_packs_none(tiny_run, tmp_path):
     m = open_bundle(build_bundle(tiny_run, tmp_path / "none.asd", progress=False, reference_clips=0)).manifest.to_dict()
     assert "reference_clips" not in m and not [f for f in m["files"] if f.startswith("references/")]
     assert m.get("band_evidence"), "band evidence does not depend on the reference clips"
+
+
+# --- a segment length other than the default (issue 24 item 7) ------------------------------------
+
+
+def test_a_3s_segment_run_is_exported_and_scored_with_3s_segments(tiny_data, edge_asd_exe, tmp_path):
+    """Train 1 epoch on 3 s segments, export with the CLI: the manifest, the graphs and `edge-asd score` all use
+    3 s segments, and the device's score of a clip is the training side's stage-2 score of it."""
+    import sys
+
+    from conftest import TINY_MODEL
+    from train.cli import main as train_main
+    from train.evaluate import embed_test, score_embedded
+    from train.stage2 import default_approach
+
+    cfg = tmp_path / "seg3.json"
+    cfg.write_text(json.dumps({**TINY_MODEL, "epochs": 1, "r_train": 0.8, "segment_seconds": 3, "hop_length": 512}))
+    run = tmp_path / "fan" / "seg3"
+    assert train_main(["--data", str(tiny_data), "--machine", "fan", "--out", str(run), "--config", str(cfg),
+                       "--device", "cpu", "--baseline-epochs", "0", "--quiet", "--detector", "knn", "--k", "2"]) == 0
+    bundle = tmp_path / "seg3.asd"
+    r = subprocess.run([str(Path(sys.executable).with_name("edge-asd-export")), str(run), "--out", str(bundle), "--no-plain"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+    b = open_bundle(bundle)
+    audio, (member,) = b.manifest.audio, b.manifest.members
+    assert audio.segment_seconds == 3.0 and audio.spec().segment_samples == 48000
+    hop = json.loads((run / "config.json").read_text())["hop_length"]
+    assert member.split is not None and member.split.hop_length == hop
+    assert member.split.frames_per_segment == 1 + (48000 - 2048) // hop  # the frames one 3 s segment makes
+    import onnx
+
+    (inp,) = onnx.load_from_string(b.read(member.model)).graph.input
+    assert inp.type.tensor_type.shape.dim[1].dim_value == 48000
+
+    out = tmp_path / "sub"
+    r = subprocess.run([edge_asd_exe, "score", str(bundle), str(tiny_data / "fan" / "test"), "--out", str(out), "--quiet",
+                        "--backend", "onnx-cpu"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    device = {}
+    for csv in out.glob("anomaly_score_*.csv"):
+        for line in csv.read_text().splitlines():
+            name, score = line.split(",")
+            device[name] = float(score)
+    training = score_embedded(run, embed_test(run, tiny_data, "fan", progress=False), default_approach(run))
+    assert sorted(device) == sorted(training["names"])
+    for name, score in zip(training["names"], training["scores"]):
+        assert device[name] == pytest.approx(score, rel=1e-3, abs=1e-3), name

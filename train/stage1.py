@@ -433,7 +433,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
         total=total_steps, initial=step, disable=not (progress and runtime.is_main), desc=f"stage 1 {cfg.machine}", unit="step"
     )
     amp = data.split["amplitude"]
-    spec = SegmentSpec(segment_seconds=cfg.segment_seconds, n_segments=cfg.val_segments,
+    spec = SegmentSpec(segment_seconds=cfg.segment_seconds, n_segments=cfg.val_segments, align=cfg.hop_length,
                        level=(amp["mean"], amp["std"]) if amp["mode"] == "machine" else None)
 
     def validate(epoch: int) -> None:

@@ -129,7 +129,9 @@ def run_spec(run_dir: Path, base: SegmentSpec = SegmentSpec()) -> SegmentSpec:
     if config.is_file():
         cfg = json.loads(config.read_text())
         base = dataclasses.replace(base, segment_seconds=float(cfg.get("segment_seconds", base.segment_seconds)),
-                                   n_segments=int(cfg.get("val_segments", base.n_segments)))
+                                   n_segments=int(cfg.get("val_segments", base.n_segments)),
+                                   # segment starts on the run's own hop, so the split graphs slice whole-clip frames
+                                   align=int(cfg.get("hop_length", base.align)))
     amp = json.loads((run_dir / "split.json").read_text()).get("amplitude") or {"mode": "clip"}
     if amp.get("mode") == "machine":
         return dataclasses.replace(base, level=(float(amp["mean"]), float(amp["std"])))

@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 
 from edge_asd.scoring.alerts import Debouncer
-from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.io.evidence import EvidenceStore
 from edge_asd.daemon.sdnotify import Notifier
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.io.evidence import EvidenceStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_broker import Broker  # noqa: E402

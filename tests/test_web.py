@@ -26,7 +26,7 @@ import soundfile as sf
 
 from edge_asd.daemon.config import ConfigError
 from edge_asd.daemon.loading import load_config
-from edge_asd.daemon.evidence import EvidenceStore
+from edge_asd.io.evidence import EvidenceStore
 from edge_asd.daemon.web.history import History
 from edge_asd.daemon.web.server import WebServer
 from edge_asd.daemon.web.spectrogram import colormap, encode_png, spectrogram_png

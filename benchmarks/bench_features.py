@@ -121,17 +121,26 @@ def official(scores: dict, combo: dict[str, float]) -> tuple[float, dict[str, fl
     return 100 * harmonic_mean(present(every)), per
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def print_table(description: str, columns: tuple[str, ...], figures_of) -> None:
+    """Command line ``DATA_DIR... [--cache DIR]``: one markdown row per folder, ``figures_of(data, cache)`` per column."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("data", nargs="+")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "edge-asd-bench-features"))
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    print("| data | " + " | ".join(COMBOS) + " |\n|---|" + "---|" * len(COMBOS))
+    print("| data | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
     for data in map(Path, args.data):
+        figures = figures_of(data, cache)
+        print(f"| {data.name} | " + " | ".join(f"{figures[c]:.2f}" for c in columns) + " |", flush=True)
+
+
+def main() -> None:
+    def figures_of(data: Path, cache: Path) -> dict[str, float]:
         scores = folder_scores(data, cache)
-        print(f"| {data.name} | " + " | ".join(f"{official(scores, c)[0]:.2f}" for c in COMBOS.values()) + " |", flush=True)
+        return {name: official(scores, combo)[0] for name, combo in COMBOS.items()}
+
+    print_table(__doc__.split("\n\n")[0], tuple(COMBOS), figures_of)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,44 @@ def test_knn_add_equals_fit_on_union(bank, queries):
     np.testing.assert_array_equal(grown.get_state()["bank"], full.get_state()["bank"])
 
 
+def test_knn_local_scale_is_the_ratio_to_each_normals_own_neighbour_distance(bank, queries):
+    """Brute force: score = min over bank rows of distance / that row's distance to its nearest other row."""
+    det = KNNDetector(k=2, local_scale=True, method="mean").fit(bank)
+    d = brute_force_distances(bank, bank, "l2")
+    np.fill_diagonal(d, np.inf)
+    own = d.min(axis=1)
+    positive = own[own > 0]
+    own = np.maximum(own, 1e-6 * np.median(positive))  # bank[20:23] are duplicates: floored, not zero
+    ratio = np.sort(brute_force_distances(queries, bank, "l2") / own[None, :], axis=1)[:, :2]
+    np.testing.assert_allclose(det.score_samples(queries), ratio.mean(axis=1), rtol=1e-5)
+    # growing the bank rescales every row: the same as fitting on the union
+    grown = KNNDetector(k=1, local_scale=True).fit(bank[:150]).add(bank[150:])
+    np.testing.assert_allclose(grown.score_samples(queries), KNNDetector(k=1, local_scale=True).fit(bank).score_samples(queries),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="local_scale needs at least 2"):
+        KNNDetector(local_scale=True).fit(bank[:1])
+
+
+def test_knn_local_scale_does_not_call_a_sparse_conditions_normals_anomalous():
+    """A dense source domain and a 4-clip target domain: a new target normal against a near miss of the source."""
+    rng = np.random.default_rng(3)
+    source = rng.normal(0.0, 0.1, size=(40, 8))
+    target = 10.0 + rng.normal(0.0, 1.0, size=(4, 8))
+    bank = np.vstack([source, target]).astype(np.float32)
+    target_normal = (10.0 + rng.normal(0.0, 1.0, size=(1, 8))).astype(np.float32)
+    source_fault = np.full((1, 8), 0.35, np.float32)  # just outside the tight source cloud
+    plain, local = KNNDetector().fit(bank), KNNDetector(local_scale=True).fit(bank)
+    assert plain.score_samples(target_normal)[0] > plain.score_samples(source_fault)[0]
+    assert local.score_samples(target_normal)[0] < local.score_samples(source_fault)[0]
+    # the state keeps the scales; a state written before the option loads unscaled
+    state = local.get_state()
+    np.testing.assert_array_equal(detector_from_state(state).score_samples(source_fault), local.score_samples(source_fault))
+    with pytest.raises(ValueError, match="row_scale"):
+        detector_from_state({**state, "row_scale": np.zeros(len(bank))})
+    old = {k: v for k, v in plain.get_state().items() if k != "local_scale"}
+    assert detector_from_state(old).local_scale is False
+
+
 def test_knn_use_gpu_without_gpu_falls_back_silently(bank, queries):
     cpu = KNNDetector(k=2).fit(bank)
     maybe_gpu = KNNDetector(k=2, use_gpu=True).fit(bank)
@@ -279,6 +317,7 @@ def fitted_detectors(bank: np.ndarray):
     return [
         knn,
         KNNDetector(k=1).fit(bank),
+        KNNDetector(k=1, standardize=True, local_scale=True).fit(bank),
         LOFDetector(k=16).fit(bank),
         GMMDetector(n_components=4, covariance_type="full").fit(blobs),
         GMMDetector(n_components=2, covariance_type="diag", reg_covar=1e-4).fit(blobs),

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tonal_data import tiny_config
 
 from edge_asd.io.audio import read_audio
 from edge_asd.io.dcase import list_clips
 from edge_asd.runtime.bundle import open_bundle
-from tonal_data import tiny_config
 
 SR = 16000
 
@@ -59,6 +59,23 @@ def test_alterations_are_seeded_and_change_the_clip():
         alter(x, "rattle", np.random.default_rng(0))
 
 
+def test_disturbances_are_seeded_and_keep_the_machine():
+    """A normal clip recorded another way: changed, seeded, and still mostly the same sound."""
+    from train.gate import NUISANCES, disturb
+
+    t = np.arange(SR * 2) / SR
+    x = (0.1 * np.sin(2 * np.pi * 440 * t) + 0.02 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+    for kind in NUISANCES:
+        a = disturb(x, kind, np.random.default_rng(1))
+        np.testing.assert_array_equal(a, disturb(x, kind, np.random.default_rng(1)))
+        assert a.shape == x.shape and a.dtype == np.float32 and np.all(np.isfinite(a))
+        assert np.abs(a - x).mean() > 1e-3 * np.abs(x).mean(), kind
+        peak = int(np.argmax(np.abs(np.fft.rfft(x))))
+        assert int(np.argmax(np.abs(np.fft.rfft(a)))) == peak, kind  # the machine's line is still its loudest
+    with pytest.raises(ValueError, match="unknown disturbance"):
+        disturb(x, "rattle", np.random.default_rng(0))
+
+
 def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tmp_path):
     """edge-asd-train on a folder with one machine type trains, checks, and edge-asd-export follows the check."""
     from edge_asd.cli.main import main as asd_main
@@ -75,13 +92,15 @@ def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tm
     assert gate["decision"] in ("ensemble", "plain")
     for key in ("auc_plain", "auc_learned", "auc_ensemble"):
         assert 0.0 <= gate[key] <= 1.0
-    from train.gate import ALTERATIONS, check_learned_member
+    from train.gate import ALTERATIONS, NUISANCES, check_learned_member
 
     split = json.loads((run / "split.json").read_text())
     n_heldout = sum(c["split"] == "heldout" for c in split["clips"])
     # only clips stage 1 never trained on are checked, each with every alteration
     assert 0 < gate["n_normals"] <= n_heldout < len(split["clips"])
     assert gate["n_pseudo"] == gate["n_normals"] * len(ALTERATIONS)
+    # and every one of them recorded another way, checked as a normal
+    assert gate["n_disturbed"] == gate["n_normals"] * len(NUISANCES) and gate["nuisances"] == list(NUISANCES)
     # a run whose extractor trained on every normal cannot be checked: the plain system is deployed
     seen = {**split, "clips": [{**c, "split": "train"} for c in split["clips"]]}
     (run / "split.json").write_text(json.dumps(seen))

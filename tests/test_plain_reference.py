@@ -88,7 +88,7 @@ def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
     (data / "fan").symlink_to(REAL / "fan", target_is_directory=True)
     run, bundle = tmp_path / "plain", tmp_path / "fan.asd"
     assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain",
-                       "--plain-features", "reference", "--quiet"]) == 0
+                       "--plain-features", "reference", "--plain-neighbours", "nearest", "--quiet"]) == 0
     assert export_main([str(run), "--out", str(bundle)]) == 0
     assert asd_main(["score", str(bundle), str(data / "fan" / "test"), "--out", str(tmp_path / "product")]) == 0
     ref.main(str(data), str(tmp_path / "reference"))
@@ -133,3 +133,29 @@ def test_modulation_spectrum_finds_the_rate_of_an_envelope_and_ignores_gain():
     assert LogMelStatsConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="modulation bins"):
         LogMelStatsConfig(modulation_bands=8, modulation_bins=200)
+
+
+def test_plain_local_neighbours_scale_each_normals_distance_and_the_bundle_keeps_it(tmp_path):
+    """--plain-neighbours local divides by each normal's own neighbour distance, and the bundle carries the scales."""
+    from edge_asd.runtime.bundle import open_bundle
+    from export.cli import main as export_main
+    from train.cli import main as train_main
+    from train.stage2 import load_stage2
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fan").symlink_to(REAL / "fan", target_is_directory=True)
+    run = tmp_path / "plain"
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain",
+                       "--plain-neighbours", "local", "--quiet"]) == 0
+    cfg, models = load_stage2(run, "generalization")
+    assert cfg.detector_params["local_scale"] is True
+    detector = next(iter(models.values())).domains["all"].detector
+    assert detector.local_scale and detector.get_state()["row_scale"].shape == (detector.n_bank,)
+    assert export_main([str(run), "--out", str(tmp_path / "fan.asd")]) == 0
+    member = open_bundle(tmp_path / "fan.asd").manifest.to_dict()["members"][0]
+    assert member["system"] == "plain"
+    # the default is the reference's distance
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "nearest"), "--system", "plain",
+                       "--quiet"]) == 0
+    assert load_stage2(tmp_path / "nearest", "generalization")[0].detector_params["local_scale"] is False

@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
                      "fitting the plain system alone", args.machine, n_normals, MIN_LEARNED_CLIPS)
             args.system = "plain"
     if args.system == "plain":
-        s2 = plain_stage2(seed=args.seed or 0, threshold_rule=args.threshold)
+        s2 = plain_stage2(seed=args.seed or 0, threshold_rule=args.threshold, neighbours=args.plain_neighbours)
         fit_plain(data, args.machine, out, s2, PLAIN_FEATURES[args.plain_features])
         if not args.quiet:
             print(f"plain system ready: {out} (export with: edge-asd-export {out} --out {args.machine}.asd)")
@@ -179,7 +179,7 @@ def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
 
     if not args.no_plain:
         # also an ensemble member: edge-asd-export RUN RUN/baseline/plain
-        fit_plain(data, args.machine, run_dir / "baseline" / "plain", plain_stage2(seed, args.threshold),
+        fit_plain(data, args.machine, run_dir / "baseline" / "plain", plain_stage2(seed, args.threshold, args.plain_neighbours),
                   PLAIN_FEATURES[args.plain_features])
     if args.baseline_epochs > 0:
         from edge_asd.io.dcase import list_clips

@@ -22,6 +22,14 @@ made, both are compared on what can be measured without labels:
   the other machine types the extractor was trained to push away, which would
   flatter it.
 
+* **disturbed normals**: every one of those clips once more as another
+  recording of the same healthy machine would sound (another microphone, a
+  reverberant hall, one impact, more background noise: ``NUISANCES``), scored
+  as normals. Without them the check saw only the domain the clips came from;
+  a learned member that scores a new microphone or hall as a fault (on the
+  independent generator it put the target domain's normals up to 8 standard
+  deviations above the source's) looked as good as the plain system there.
+
 The AUC of each system (the plain one, the learned one, their standardized
 ensemble as exported) is the mean over sections. The learned member joins when
 the ensemble's AUC is at least the plain system's minus ``MARGIN``; otherwise
@@ -52,6 +60,7 @@ log = logging.getLogger(__name__)
 
 GATE_FILE = "gate.json"
 ALTERATIONS = ("tone", "clicks", "band", "speed", "modulation")
+NUISANCES = ("microphone", "hall", "transient", "noise")
 MARGIN = 0.02  # "materially worse": an ensemble this far below the plain system on the check is refused
 MAX_PER_SECTION = 40  # normals checked per section (all of a section's normals stay in its models' banks otherwise)
 MIN_CHECKED = 3  # held-out normals a section needs to be checked: fewer give an AUC of a handful of pairs
@@ -69,11 +78,13 @@ class GateResult:
     n_normals: int
     n_pseudo: int
     alterations: tuple[str, ...] = ALTERATIONS
+    n_disturbed: int = 0  # normals' copies recorded another way (NUISANCES), checked as normals
+    nuisances: tuple[str, ...] = NUISANCES
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "alterations": list(self.alterations),
-                "rule": "ensemble when its AUC >= plain's - margin: normals held out from stage 1 (out of fold) against "
-                        "altered copies"}
+        return {**asdict(self), "alterations": list(self.alterations), "nuisances": list(self.nuisances),
+                "rule": "ensemble when its AUC >= plain's - margin: normals held out from stage 1 (out of fold) and "
+                        "their disturbed copies against altered copies"}
 
 
 def alter(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -109,6 +120,43 @@ def alter(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def disturb(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """One copy of a normal clip as another recording of the same healthy machine would sound.
+
+    The changes a deployment meets between operating conditions and halls (issue "Detection quality III"): another
+    microphone or position (a smooth response change), another room (reverberation), a door or a dropped tool (one
+    impact), more background noise. A member that scores these as anomalies would raise false alerts there.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    rms = float(x.std()) + 1e-12
+    if kind == "microphone":  # a smooth response curve over log frequency, a few dB either way
+        f = np.fft.rfftfreq(n, 1 / SR)
+        u = np.log2(np.clip(f, 50.0, SR / 2) / 50.0) / np.log2(SR / 2 / 50.0)
+        db = sum(rng.uniform(-1, 1) * np.cos(np.pi * c * u + rng.uniform(0, 2 * np.pi)) for c in (1, 2, 3))
+        y = np.fft.irfft(np.fft.rfft(x) * 10 ** (db * rng.uniform(2.0, 6.0) / np.abs(db).max() / 20), n)
+    elif kind == "hall":  # a room's reverberation: exponentially decaying noise behind the direct sound
+        rt60 = rng.uniform(0.2, 0.8)
+        t = np.arange(int(rt60 * SR)) / SR
+        tail = rng.standard_normal(t.size) * np.exp(-6.9 * t / rt60)
+        tail *= 10 ** (-rng.uniform(0.0, 10.0) / 20) / np.sqrt((tail**2).sum())  # direct-to-reverberant ratio 0-10 dB
+        tail[0] += 1.0
+        y = np.fft.irfft(np.fft.rfft(x, n + t.size) * np.fft.rfft(tail, n + t.size), n + t.size)[:n]
+    elif kind == "transient":  # one impact somewhere in the clip: a door, a dropped tool, a forklift
+        length = int(rng.uniform(0.05, 0.2) * SR)
+        burst = rng.standard_normal(length) * np.exp(-np.arange(length) / (0.3 * length))
+        start = int(rng.integers(0, max(1, n - length)))
+        y = x.copy()
+        y[start:start + length] += burst * rms * 10 ** (rng.uniform(0.0, 10.0) / 20) / (burst.std() + 1e-12)
+    elif kind == "noise":  # more background: pink noise 10-20 dB below the machine
+        spec = np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.maximum(np.fft.rfftfreq(n, 1 / SR), 20.0))
+        pink = np.fft.irfft(spec, n)
+        y = x + pink * rms * 10 ** (-rng.uniform(10.0, 20.0) / 20) / (pink.std() + 1e-12)
+    else:
+        raise ValueError(f"unknown disturbance {kind!r}")
+    return y.astype(np.float32)
+
+
 def _section_scores(parts_fn, section: str, emb: np.ndarray, domains: np.ndarray, logits: np.ndarray, cfg: Stage2Config,
                     checked: np.ndarray, folds: np.ndarray, emb_alt: np.ndarray, logits_alt: np.ndarray, alt_folds: np.ndarray):
     """Per fold: fit on the section's normals but the fold's, return the fold's normal and altered parts."""
@@ -127,7 +175,7 @@ def _section_scores(parts_fn, section: str, emb: np.ndarray, domains: np.ndarray
 
 
 def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approach: str, device: str = "cpu",
-                         seed: int = 0) -> GateResult:
+                         seed: int = 0, nuisances: tuple[str, ...] = NUISANCES) -> GateResult:
     """Compare the plain system, the learned one and their ensemble on held-out normals against altered copies."""
     from .embed import embed_segments, load_extractor
     from .stage2 import embed_normals, load_stage2
@@ -145,9 +193,8 @@ def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approa
     extractor = load_extractor(run_dir, device=device)
     rng = np.random.default_rng([seed, 0x6A7E])
 
-    y, s_plain, s_learned, s_ens = [], [], [], []
     aucs = {"plain": [], "learned": [], "ensemble": []}
-    n_normals = n_pseudo = 0
+    n_normals = n_pseudo = n_disturbed = 0
     for section in sorted(set(held["sections"].tolist())):
         idx = np.flatnonzero(held["sections"] == section)
         names = held["names"][idx].tolist()
@@ -172,14 +219,16 @@ def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approa
         alt_emb, alt_logit, alt_plain = [], [], []
         for i in checked:
             x = read_audio(data_root / split[names[i]])
-            for kind in ALTERATIONS:
-                xa = alter(x, kind, rng)
+            for kind in ALTERATIONS + nuisances:
+                xa = alter(x, kind, rng) if kind in ALTERATIONS else disturb(x, kind, rng)
                 e, lg = embed_segments(extractor, segment(normalize(xa, spec), spec), device=device)
                 alt_emb.append(e)
                 alt_logit.append(lg)
                 alt_plain.append(features(xa)[None, :])
         alt_emb, alt_logit, alt_plain = np.stack(alt_emb), np.stack(alt_logit), np.stack(alt_plain)
-        alt_folds = np.repeat(folds, len(ALTERATIONS))
+        alt_folds = np.repeat(folds, len(ALTERATIONS) + len(nuisances))
+        # disturbed copies are normals: a healthy machine recorded another way
+        alt_labels = np.tile(np.r_[np.ones(len(ALTERATIONS)), np.zeros(len(nuisances))], len(checked))
         learned_parts = lambda m, e: section_parts(m, e, s2cfg.aggregator)  # noqa: E731
         plain_parts = lambda m, e: section_parts(m, e, p2cfg.aggregator)  # noqa: E731
         try:
@@ -191,21 +240,24 @@ def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approa
         except ValueError as exc:  # a fold left too few clips of a domain to fit: the section is not checked
             log.info("%s: section %s not checked (%s)", run_dir, section, exc)
             continue
-        labels = np.r_[np.zeros(len(checked)), np.ones(len(alt_folds))]
+        # _section_scores returns the altered copies fold by fold
+        labels = np.r_[np.zeros(len(checked)), np.concatenate([alt_labels[alt_folds == f] for f in np.unique(folds)])]
         plain = np.r_[combine_parts([qn], pn, "generalization"), combine_parts([qa], pa, "generalization")]
         learned = np.r_[combine_parts([ln], pn, approach), combine_parts([la], pa, approach)]
         ens = np.r_[combine_parts([ln, qn], pn, approach), combine_parts([la, qa], pa, approach)]
         for key, s in (("plain", plain), ("learned", learned), ("ensemble", ens)):
             aucs[key].append(roc_auc(labels, s))
         n_normals += len(checked)
-        n_pseudo += len(alt_folds)
+        n_pseudo += int(alt_labels.sum())
+        n_disturbed += int((alt_labels == 0).sum())
     if not aucs["plain"]:
         # Nothing could be checked (too few held-out normals in every section): an unchecked learned member
         # is a risk the plain system does not carry.
-        return GateResult("plain", None, None, None, MARGIN, 0, 0)
+        return GateResult("plain", None, None, None, MARGIN, 0, 0, nuisances=tuple(nuisances))
     mean = {k: float(np.mean(v)) for k, v in aucs.items()}
     decision = "ensemble" if mean["ensemble"] >= mean["plain"] - MARGIN else "plain"
-    return GateResult(decision, mean["plain"], mean["learned"], mean["ensemble"], MARGIN, n_normals, n_pseudo)
+    return GateResult(decision, mean["plain"], mean["learned"], mean["ensemble"], MARGIN, n_normals, n_pseudo,
+                      n_disturbed=n_disturbed, nuisances=tuple(nuisances))
 
 
 def write_gate(run_dir: Path, result: GateResult) -> None:

@@ -14,7 +14,12 @@ from edge_asd.scoring.aggregate import AGGREGATORS
 from edge_asd.scoring.stage2 import BANKS, Stage2Config
 
 from .names import BACKBONES, OBJECTIVES
-from .plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
+from .plain import (
+    DEFAULT_PLAIN_FEATURES,
+    DEFAULT_PLAIN_NEIGHBOURS,
+    PLAIN_FEATURES,
+    PLAIN_NEIGHBOURS,
+)
 from .presets import PRESETS
 
 S2_DEFAULTS = Stage2Config()  # the command line's defaults are the dataclass's
@@ -107,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain-features", default=DEFAULT_PLAIN_FEATURES, choices=sorted(PLAIN_FEATURES),
                    help="the plain system's features: reference (shared/reference/plain_baseline.py exactly) or "
                    "modulation (the reference plus the envelope modulation spectrum; default)")
+    p.add_argument("--plain-neighbours", default=DEFAULT_PLAIN_NEIGHBOURS, choices=sorted(PLAIN_NEIGHBOURS),
+                   help="the plain system's nearest-neighbour rule: nearest (the reference's distance; default) or local "
+                   "(each normal's distance divided by its own nearest-neighbour distance)")
     p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",
                    help="do not fit the plain reference system into RUN/baseline/plain")
     p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet): "

@@ -35,6 +35,7 @@ from train.data import run_spec
 
 from .onnx_export import export_onnx, export_split, relative_error, torch_embed
 from .precision import PRECISIONS, convert
+from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "tensorrt")
@@ -49,13 +50,13 @@ REFERENCE_SECONDS = 5.0
 
 
 def _run_config(run_dir: Path) -> dict:
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir}: not a training run (no config.json)")
-    for needed in ("split.json", "stage2"):
-        if not (run_dir / needed).exists():
-            raise UserError(f"{run_dir}: run is incomplete ({needed} missing; did edge-asd-train finish?)")
-    return json.loads(cfg_path.read_text())
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise UserError(f"{run_dir}: not a training run (no {run.config.name})")
+    for needed in (run.split, run.stage2_root):
+        if not needed.exists():
+            raise UserError(f"{run_dir}: run is incomplete ({needed.name} missing; did edge-asd-train finish?)")
+    return run.read_config()
 
 
 def _sample_segments(paths: list[Path], spec: SegmentSpec, limit_clips: int) -> np.ndarray:
@@ -136,7 +137,7 @@ def _build_plain_member(run_dir: Path, index: int, data_root: Path | None) -> _M
     prefix = f"members/m{index}/"
     s2cfg, sections = load_stage2(run_dir, "generalization")
     held = embed_normals(run_dir, data_root, s2cfg.bank, progress=False)
-    with np.load(run_dir / "stage2" / "generalization" / "oof.npz", allow_pickle=False) as z:
+    with np.load(RunDir(run_dir).oof("generalization"), allow_pickle=False) as z:
         oof = {k: z[k] for k in z.files}
     report: dict = {}
     pseudo_paths = _pseudo_anomalous_paths(data_root, config["machine"], 24)
@@ -180,7 +181,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
     spec = run_spec(run_dir)
     prefix = f"members/m{index}/"
 
-    if not (run_dir / "stage2" / approach / "stage2.json").is_file():
+    if not RunDir(run_dir).stage2_json(approach).is_file():
         raise UserError(f"{run_dir}: stage 2 was not fitted for {approach} (see the training log for why)")
     s2cfg, sections = load_stage2(run_dir, approach)
     extractor = load_extractor(run_dir, device="cpu")
@@ -196,13 +197,13 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
     log.info("%s: ONNX parity with torch: max relative error %.2e", run_dir, parity)
 
     held = embed_normals(run_dir, data_root, s2cfg.bank, progress=False)  # cached by edge-asd-train
-    with np.load(run_dir / "stage2" / approach / "oof.npz", allow_pickle=False) as z:
+    with np.load(RunDir(run_dir).oof(approach), allow_pickle=False) as z:
         oof = {k: z[k] for k in z.files}
     model_bytes = onnx_fp32
     precision_report: dict = {"fp32_parity_relative_error": parity}
     calibration = None
     if precision == "int8":
-        calib_paths = [data_root / c["path"] for c in json.loads((run_dir / "split.json").read_text())["clips"] if c["split"] == "train"]
+        calib_paths = [data_root / c["path"] for c in RunDir(run_dir).read_split()["clips"] if c["split"] == "train"]
         rng = np.random.default_rng(0)
         calib_paths = [calib_paths[i] for i in rng.permutation(len(calib_paths))[:16]]
         calibration = _sample_segments(calib_paths, spec, 16)
@@ -228,7 +229,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
             tmp_run = Path(tmp)
             fit_stage2(tmp_run, held_l, s2cfg)
             _, sections_l = load_stage2(tmp_run, approach)
-            with np.load(tmp_run / "stage2" / approach / "oof.npz", allow_pickle=False) as z:
+            with np.load(RunDir(tmp_run).oof(approach), allow_pickle=False) as z:
                 oof = {k: z[k] for k in z.files}
         auc_report = {}
         if pseudo_paths:
@@ -428,7 +429,7 @@ def build_bundle(
             manifest, files = _assemble(plain, "generalization", data_root, reference_clips=reference_clips)
             path = write_bundle(out, replace(manifest, gate=gate), files)
             if progress:
-                print(f"wrote {path} (the plain system alone, by the no-regret check of {runs[0] / 'gate.json'})")
+                print(f"wrote {path} (the plain system alone, by the no-regret check of {RunDir(runs[0]).gate})")
                 _print_validation(path, validation)
             return path
     members = [_build_member(r, i, fmt, precision, approach, data_root) for i, r in enumerate(runs)]
@@ -671,7 +672,7 @@ def _plain_member_of(runs: list[Path], index: int, data_root: Path | None) -> li
 
     if any(is_plain_run(r) for r in runs):
         return []
-    plain = runs[0] / "baseline" / "plain"
+    plain = RunDir(runs[0]).plain
     if not is_plain_run(plain):
         log.info("%s: no plain system beside the run (trained with --no-plain-baseline); exporting without it", runs[0])
         return []

@@ -180,3 +180,25 @@ def test_every_import_names_something_that_exists():
                         except ImportError:
                             stale.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}")
     assert not stale, "imports of names that do not exist: " + ", ".join(stale)
+
+
+def test_the_run_folders_file_names_live_in_rundir_only():
+    """train.rundir.RunDir owns the run folder's layout: a file name spelled elsewhere would drift from it."""
+    from train.rundir import RunDir
+
+    run = RunDir(Path("RUN"))
+    paths = [run.config, run.split, run.gate, run.losses, run.validation, run.extractor, run.normal_embeddings,
+             run.default_approach_file, run.stage2_json("x"), run.detectors("x"), run.oof("x"), run.ae,
+             run.test_embeddings]
+    names = {p.name for p in paths} | {"stage2", "baseline", "checkpoints"}
+    spelled = []
+    for path in sorted((ROOT / "train").rglob("*.py")) + sorted((ROOT / "export").rglob("*.py")):
+        if path.name == "rundir.py":
+            continue
+        tree = ast.parse(path.read_text())
+        # ``prefix + "detectors.npz"`` names a member's file inside a bundle, the manifest's business
+        bundle_names = {id(n.right) for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in names and id(node) not in bundle_names:
+                spelled.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not spelled, "run-folder file names outside train/rundir.py: " + ", ".join(spelled)

@@ -13,6 +13,7 @@ from edge_asd.errors import ConfigError, UserError
 
 from .config import TrainConfig
 from .models import Extractor
+from .rundir import RunDir
 
 
 EXTRACTOR_FORMAT = "edge-asd-extractor"
@@ -30,7 +31,7 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
-    path = run_dir / "config.json"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise UserError(f"{path}: missing; cannot tell how the run in {run_dir} was configured")
     try:
@@ -41,7 +42,7 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     differ = [k for k in a if k not in TrainConfig.RESUMABLE_CHANGES and a[k] != b[k]]
     if differ:
         raise ConfigError(
-            f"{run_dir / 'config.json'}: cannot resume with a different {', '.join(differ)} "
+            f"{path}: cannot resume with a different {', '.join(differ)} "
             f"(stored: {', '.join(f'{k}={a[k]!r}' for k in differ)})"
         )
 

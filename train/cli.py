@@ -21,6 +21,7 @@ from edge_asd.scoring.stage2 import APPROACHES, Stage2Config
 from . import options
 from .plain import PLAIN_FEATURES
 from .presets import PRESETS
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ def _plan(args: argparse.Namespace, data: Path, out: Path, approach: str):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     base: dict = {}
-    if args.resume and (out / "config.json").is_file():
-        base = _read_config(out / "config.json")
+    if args.resume and RunDir(out).config.is_file():
+        base = _read_config(RunDir(out).config)
         overrides["resume"] = True
     elif args.resume:
         raise UserError(f"{out}: nothing to resume (no config.json)")
@@ -179,7 +180,7 @@ def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
 
     if not args.no_plain:
         # also an ensemble member: edge-asd-export RUN RUN/baseline/plain
-        fit_plain(data, args.machine, run_dir / "baseline" / "plain", plain_stage2(seed, args.threshold, args.plain_neighbours),
+        fit_plain(data, args.machine, RunDir(run_dir).plain, plain_stage2(seed, args.threshold, args.plain_neighbours),
                   PLAIN_FEATURES[args.plain_features])
     if args.baseline_epochs > 0:
         from edge_asd.io.dcase import list_clips
@@ -188,8 +189,8 @@ def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
 
         paths = [c.path for c in list_clips(data, args.machine, "train")]
         ae = train_ae_baseline(paths, AEBaselineConfig(epochs=args.baseline_epochs, seed=seed, device=device), progress=not args.quiet)
-        (run_dir / "baseline").mkdir(exist_ok=True)
-        ae.save(run_dir / "baseline" / "ae.pt")
+        RunDir(run_dir).baseline.mkdir(exist_ok=True)
+        ae.save(RunDir(run_dir).ae)
 
 
 def _warn_unjudgeable(cfg, data: Path) -> None:
@@ -208,7 +209,7 @@ def _gate(run_dir: Path, data: Path, approach: str, device: str, seed: int) -> N
     """No regret (train/gate.py): whether the learned member joins the plain one in the exported bundle."""
     from .gate import MIN_CHECKED, check_learned_member, write_gate
 
-    result = check_learned_member(run_dir, run_dir / "baseline" / "plain", data, approach, device=device, seed=seed)
+    result = check_learned_member(run_dir, RunDir(run_dir).plain, data, approach, device=device, seed=seed)
     write_gate(run_dir, result)
     if result.auc_plain is None:
         log.info("no-regret check: fewer than %d normal clips held out from stage 1 in every section, so the learned "

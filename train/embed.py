@@ -15,13 +15,14 @@ from .data import iter_clip_batches
 from .frontend import strict_fp32
 from .models import Extractor, ModelConfig, build_extractor
 from .checkpoints import EXTRACTOR_FORMAT
+from .rundir import RunDir
 
 
 def load_extractor(run_dir: str | Path, device: str | torch.device = "cpu") -> Extractor:
     """The trained extractor of a run folder (or an ``extractor.pt`` path), in eval mode."""
     path = Path(run_dir)
     if path.is_dir():
-        path = path / "checkpoints" / "extractor.pt"
+        path = RunDir(path).extractor
     if not path.is_file():
         raise UserError(f"{path}: no trained extractor (run stage 1 first)")
     try:

@@ -19,12 +19,13 @@ from edge_asd.io.submission import write_section
 from .data import run_spec
 from .plain import is_plain_run, plain_embeddings
 from .stage2 import load_stage2
+from .rundir import RunDir
 
 
 def embed_test(run_dir: Path, data_root: Path, machine: str, device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
     clips = list_clips(data_root, machine, "test")
     names = np.array([c.name for c in clips])
-    cache = run_dir / "eval" / "test_embeddings.npz"
+    cache = RunDir(run_dir).test_embeddings
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             if z["names"].tolist() == names.tolist():

@@ -55,10 +55,10 @@ from edge_asd.scoring.section import section_parts
 from edge_asd.scoring.stage2 import Stage2Config, fit_section
 
 from .data import run_spec
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-GATE_FILE = "gate.json"
 ALTERATIONS = ("tone", "clicks", "band", "speed", "modulation")
 NUISANCES = ("microphone", "hall", "transient", "noise")
 MARGIN = 0.02  # "materially worse": an ensemble this far below the plain system on the check is refused
@@ -183,12 +183,12 @@ def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approa
     s2cfg, _ = load_stage2(run_dir, approach)
     p2cfg, _ = load_stage2(plain_dir, "generalization")
     held = embed_normals(run_dir, data_root, s2cfg.bank, device=device, progress=False)
-    with np.load(plain_dir / "stage2" / "normal_embeddings.npz", allow_pickle=False) as z:
+    with np.load(RunDir(plain_dir).normal_embeddings, allow_pickle=False) as z:
         plain_by_name = dict(zip(z["names"].tolist(), z["embeddings"]))
-    clips = json.loads((run_dir / "split.json").read_text())["clips"]
+    clips = RunDir(run_dir).read_split()["clips"]
     split = {c["name"]: c["path"] for c in clips}
     heldout = {c["name"] for c in clips if c["split"] == "heldout"}
-    features = LogMelStats(LogMelStatsConfig.from_dict(json.loads((plain_dir / "config.json").read_text())["features"]))
+    features = LogMelStats(LogMelStatsConfig.from_dict(RunDir(plain_dir).read_config()["features"]))
     spec = run_spec(run_dir)
     extractor = load_extractor(run_dir, device=device)
     rng = np.random.default_rng([seed, 0x6A7E])
@@ -261,9 +261,8 @@ def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approa
 
 
 def write_gate(run_dir: Path, result: GateResult) -> None:
-    (Path(run_dir) / GATE_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    RunDir(run_dir).gate.write_text(json.dumps(result.to_dict(), indent=2))
 
 
 def read_gate(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / GATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return RunDir(run_dir).read_gate()

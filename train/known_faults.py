@@ -22,6 +22,7 @@ from .evaluate import embed_paths, ensemble_scored, score_embedded
 from .gate import read_gate
 from .plain import is_plain_run
 from .stage2 import load_stage2
+from .rundir import RunDir
 
 
 def known_fault_report(run_dir: Path, data: Path, machine: str, approach: str, device: str = "cpu") -> str | None:
@@ -47,7 +48,7 @@ def known_fault_report(run_dir: Path, data: Path, machine: str, approach: str, d
         deployed = "plain"
     else:
         systems["learned"] = scored(run_dir, approach)
-        plain_dir = run_dir / "baseline" / "plain"
+        plain_dir = RunDir(run_dir).plain
         deployed = "learned"
         if is_plain_run(plain_dir):
             systems["plain"] = scored(plain_dir, "generalization")

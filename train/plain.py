@@ -23,6 +23,7 @@ from edge_asd.io.features import LogMelStats, LogMelStatsConfig
 from edge_asd.scoring.stage2 import Stage2Config
 
 from .stage2 import check_normals, fit_stage2
+from .rundir import RunDir
 
 PLAIN_SYSTEM = "plain"
 # The plain system's features by name (--plain-features): "reference" is shared/reference/plain_baseline.py
@@ -55,7 +56,7 @@ def plain_stage2(seed: int = 0, threshold_rule: str = "gamma:0.9", neighbours: s
 
 
 def is_plain_run(run_dir: Path) -> bool:
-    cfg = run_dir / "config.json"
+    cfg = RunDir(run_dir).config
     return cfg.is_file() and json.loads(cfg.read_text()).get("system") == PLAIN_SYSTEM
 
 
@@ -82,7 +83,7 @@ def fit_plain(
     normals["embeddings"] = clip_features([c.path for c in clips], LogMelStats(fcfg))
     normals["domain_logits"] = np.zeros((len(clips), 1), dtype=np.float32)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(
+    RunDir(out).config.write_text(
         json.dumps({"system": PLAIN_SYSTEM, "data": str(data), "machine": machine, "features": fcfg.to_dict()}, indent=2)
     )
     split = {
@@ -94,16 +95,16 @@ def fit_plain(
             for c in clips
         ],
     }
-    (out / "split.json").write_text(json.dumps(split, indent=1))
-    (out / "stage2").mkdir(exist_ok=True)
-    np.savez(out / "stage2" / "normal_embeddings.npz", **{k: normals[k] for k in ("names", "embeddings", "domain_logits")})
+    RunDir(out).split.write_text(json.dumps(split, indent=1))
+    RunDir(out).stage2_root.mkdir(exist_ok=True)
+    np.savez(RunDir(out).normal_embeddings, **{k: normals[k] for k in ("names", "embeddings", "domain_logits")})
     fit_stage2(out, normals, cfg)
-    (out / "stage2" / "default.json").write_text(json.dumps({"approach": cfg.approach}))
+    RunDir(out).default_approach_file.write_text(json.dumps({"approach": cfg.approach}))
     return out
 
 
 def plain_embeddings(run_dir: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Features of any clips with a plain run's feature settings, and the (absent) domain logits."""
-    fcfg = LogMelStatsConfig.from_dict(json.loads((run_dir / "config.json").read_text())["features"])
+    fcfg = LogMelStatsConfig.from_dict(RunDir(run_dir).read_config()["features"])
     emb = clip_features(paths, LogMelStats(fcfg))
     return emb, np.zeros(emb.shape[:2], dtype=np.float32)

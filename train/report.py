@@ -24,6 +24,7 @@ from edge_asd.scoring.stage2 import APPROACHES
 
 from .evaluate import embed_test, ensemble_scored, score_embedded, write_submission
 from .plain import is_plain_run
+from .rundir import RunDir
 
 SHORT = {"generalization": "DG", "specialization": "DS"}
 PLAIN_ROW = "Plain baseline (log-mel statistics, 1-NN)"
@@ -36,7 +37,7 @@ TABLES = {
 
 
 def find_runs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob("config.json") if (p.parent / "stage2").is_dir())
+    return sorted(p.parent for p in root.rglob(RunDir(root).config.name) if RunDir(p.parent).stage2_root.is_dir())
 
 
 def _system_scores(data: Path, runs: list[Path], device: str, progress: bool) -> dict[str, dict[str, dict]]:
@@ -44,7 +45,7 @@ def _system_scores(data: Path, runs: list[Path], device: str, progress: bool) ->
     systems: dict[str, dict[str, dict]] = defaultdict(dict)
     baseline_done: set[str] = set()
     for run in runs:
-        cfg = json.loads((run / "config.json").read_text())
+        cfg = RunDir(run).read_config()
         machine = cfg["machine"]
         if is_plain_run(run):
             # the same features and scorer for every run of a machine: one row
@@ -53,18 +54,18 @@ def _system_scores(data: Path, runs: list[Path], device: str, progress: bool) ->
                 systems[PLAIN_ROW][machine] = {**score_embedded(run, test, "generalization"), "p_target": None}
             continue
         test = embed_test(run, data, machine, device=device, progress=progress)
-        plain = run / "baseline" / "plain"
+        plain = RunDir(run).plain
         plain_scored = None
         if is_plain_run(plain):
             plain_scored = score_embedded(plain, embed_test(plain, data, machine, device=device, progress=progress), "generalization")
         for approach in APPROACHES:
-            if (run / "stage2" / approach).is_dir():
+            if RunDir(run).stage2(approach).is_dir():
                 scored = score_embedded(run, test, approach)
                 systems[f"{SHORT[approach]} {run.name}"][machine] = scored
                 if plain_scored is not None:
                     # what edge-asd-export deploys by default: the run and the plain system, standardized and averaged
                     systems[f"{SHORT[approach]} {run.name} + plain"][machine] = ensemble_scored([scored, plain_scored])
-        ae_path = run / "baseline" / "ae.pt"
+        ae_path = RunDir(run).ae
         if ae_path.exists() and machine not in baseline_done:
             from .baseline import AEBaseline
 

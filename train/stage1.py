@@ -48,6 +48,7 @@ from .frontend import strict_fp32
 from .losses import LossTerms, LossWeights, domain_loss, oe_loss
 from .models import Extractor, build_extractor
 from .names import OE, SUBCLUSTER_ADACOS
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ def evaluate_sections(
 
 def heldout_clips(run_dir: str | Path, data_root: str | Path) -> list[tuple[Path, int, str]]:
     """The held-out normals of a run as ``(path, section index, domain)``, from its split.json."""
-    split = json.loads((Path(run_dir) / "split.json").read_text())
+    split = RunDir(run_dir).read_split()
     index = {s: i for i, s in enumerate(split["sections"])}
     return [
         (Path(data_root) / c["path"], index[c["section"]], c["domain"])
@@ -298,7 +299,7 @@ def _prepare(cfg: TrainConfig, runtime: Runtime, progress: bool) -> PreparedData
 def _run_folder(cfg: TrainConfig) -> tuple[Path, Path, Path, bool]:
     """The run folder, its checkpoints and whether this start resumes; refuses to overwrite a run."""
     run_dir = Path(cfg.out)
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = RunDir(run_dir).checkpoints
     last_path = ckpt_dir / "last.pt"
     resuming = bool(cfg.resume and last_path.exists())
     if last_path.exists() and not cfg.resume:
@@ -311,14 +312,14 @@ def _run_folder(cfg: TrainConfig) -> tuple[Path, Path, Path, bool]:
 def _write_run_files(cfg: TrainConfig, runtime: Runtime, data: PreparedData, resuming: bool) -> None:
     """config.json and split.json (rank 0); a resumed run must find the clips it started with."""
     run_dir = Path(cfg.out)
-    if resuming and (run_dir / "split.json").exists():
-        stored = json.loads((run_dir / "split.json").read_text())
+    if resuming and RunDir(run_dir).split.exists():
+        stored = RunDir(run_dir).read_split()
         if stored.get("clips") != data.split["clips"] or stored.get("sections") != data.sections:
             raise DataError(f"{cfg.data}: the training clips changed since {run_dir} was started; cannot resume")
     if runtime.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        (run_dir / "split.json").write_text(json.dumps(data.split, indent=2))
+        RunDir(run_dir).checkpoints.mkdir(parents=True, exist_ok=True)
+        RunDir(run_dir).config.write_text(json.dumps(cfg.to_dict(), indent=2))
+        RunDir(run_dir).split.write_text(json.dumps(data.split, indent=2))
     runtime.barrier()
 
 
@@ -415,7 +416,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
 
     start_epoch, step = _resume(last_path, model, trainer, runtime) if resuming else (0, 0)
 
-    losses_csv, val_csv = run_dir / "losses.csv", run_dir / "validation.csv"
+    losses_csv, val_csv = RunDir(run_dir).losses, RunDir(run_dir).validation
     if runtime.is_main:
         truncate_csv(losses_csv, LOSS_COLUMNS, lambda r: int(r["step"]) <= step)
         truncate_csv(val_csv, VALIDATION_COLUMNS, lambda r: int(r["epoch"]) <= start_epoch)
@@ -486,7 +487,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     bar.close()
 
     if runtime.is_main:
-        save_extractor(model, ckpt_dir / "extractor.pt", {"epochs": cfg.epochs, "steps": step, "seed": cfg.seed})
+        save_extractor(model, RunDir(run_dir).extractor, {"epochs": cfg.epochs, "steps": step, "seed": cfg.seed})
     runtime.barrier()
     return run_dir
 

@@ -24,12 +24,13 @@ from .data import run_spec
 from edge_asd.scoring.section import SectionModel, section_from_state, section_state
 from edge_asd.errors import DataError
 from edge_asd.scoring.stage2 import APPROACHES, Stage2Config, check_fittable, fit_section
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 
 def split_clips(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "split.json").read_text())["clips"]
+    return RunDir(run_dir).read_split()["clips"]
 
 
 def heldout_clips(run_dir: Path) -> list[dict]:
@@ -41,9 +42,6 @@ def bank_clips(run_dir: Path, bank: str) -> list[dict]:
     return heldout_clips(run_dir) if bank == "heldout" else split_clips(run_dir)
 
 
-_CACHE = "normal_embeddings.npz"
-
-
 def embed_normals(
     run_dir: Path, data_root: Path, bank: str = "heldout", device: str = "cpu", progress: bool = True
 ) -> dict[str, np.ndarray]:
@@ -53,7 +51,7 @@ def embed_normals(
     one approach are not embedded again for a bank of all normals.
     """
     clips = bank_clips(run_dir, bank)
-    cache = run_dir / "stage2" / _CACHE
+    cache = RunDir(run_dir).normal_embeddings
     known: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
@@ -86,7 +84,8 @@ def embed_normals(
 def fit_stage2(run_dir: Path, held: dict[str, np.ndarray], cfg: Stage2Config) -> Path:
     # ``held``: the normals of the bank (embed_normals), whatever cfg.bank chose
     """Fit every section's models for one approach and save them under the run."""
-    out = run_dir / "stage2" / cfg.approach
+    run = RunDir(run_dir)
+    out = run.stage2(cfg.approach)
     out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     numbers: dict[str, dict] = {}
@@ -100,17 +99,17 @@ def fit_stage2(run_dir: Path, held: dict[str, np.ndarray], cfg: Stage2Config) ->
         for key, z in res.oof_parts.items():
             oof[f"{section}/{key}"] = z
         oof[f"{section}/names"] = held["names"][sel]
-    np.savez(out / "detectors.npz", **arrays)
-    np.savez(out / "oof.npz", **oof)
-    (out / "stage2.json").write_text(json.dumps({"config": asdict(cfg), "sections": numbers}, indent=2))
+    np.savez(run.detectors(cfg.approach), **arrays)
+    np.savez(run.oof(cfg.approach), **oof)
+    run.stage2_json(cfg.approach).write_text(json.dumps({"config": asdict(cfg), "sections": numbers}, indent=2))
     return out
 
 
 def load_stage2(run_dir: Path, approach: str) -> tuple[Stage2Config, dict[str, SectionModel]]:
-    folder = run_dir / "stage2" / approach
-    meta = json.loads((folder / "stage2.json").read_text())
+    run = RunDir(run_dir)
+    meta = json.loads(run.stage2_json(approach).read_text())
     cfg = Stage2Config(**meta["config"])
-    with np.load(folder / "detectors.npz", allow_pickle=False) as z:
+    with np.load(run.detectors(approach), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     sections = {s: section_from_state(s, arrays, n) for s, n in meta["sections"].items()}
     return cfg, sections
@@ -138,7 +137,7 @@ def fit_all(
             continue
         fit_stage2(run_dir, normals, cfg)
         fitted.append(approach)
-    (run_dir / "stage2" / "default.json").write_text(json.dumps({"approach": base.approach}))
+    RunDir(run_dir).default_approach_file.write_text(json.dumps({"approach": base.approach}))
     return fitted
 
 
@@ -153,4 +152,4 @@ def check_normals(normals: dict[str, np.ndarray], cfg: Stage2Config, where: str 
 
 
 def default_approach(run_dir: Path) -> str:
-    return json.loads((run_dir / "stage2" / "default.json").read_text())["approach"]
+    return RunDir(run_dir).default_approach()

@@ -15,6 +15,7 @@ import soundfile as sf
 
 from edge_asd.io.audio import SegmentSpec, centre, read_audio
 from edge_asd.errors import AudioError
+from ..rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -125,14 +126,14 @@ def run_spec(run_dir: Path, base: SegmentSpec = SegmentSpec()) -> SegmentSpec:
     import json
 
     run_dir = Path(run_dir)
-    config = run_dir / "config.json"
+    config = RunDir(run_dir).config
     if config.is_file():
         cfg = json.loads(config.read_text())
         base = dataclasses.replace(base, segment_seconds=float(cfg.get("segment_seconds", base.segment_seconds)),
                                    n_segments=int(cfg.get("val_segments", base.n_segments)),
                                    # segment starts on the run's own hop, so the split graphs slice whole-clip frames
                                    align=int(cfg.get("hop_length", base.align)))
-    amp = json.loads((run_dir / "split.json").read_text()).get("amplitude") or {"mode": "clip"}
+    amp = RunDir(run_dir).read_split().get("amplitude") or {"mode": "clip"}
     if amp.get("mode") == "machine":
         return dataclasses.replace(base, level=(float(amp["mean"]), float(amp["std"])))
     return base

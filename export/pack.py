@@ -8,7 +8,6 @@ standardization statistics, thresholds), so the device never needs the run.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, replace
@@ -24,8 +23,8 @@ from edge_asd.runtime.manifest import (Amplitude, Audio, BandEvidenceSpec, Candi
 from edge_asd.errors import UserError
 from edge_asd.runtime.onnx import OnnxBackend
 from edge_asd.scoring.metrics import roc_auc
-from edge_asd.scoring.combine import combine_parts, p_target
-from edge_asd.scoring.section import section_parts, section_state
+from edge_asd.scoring.clip_scores import score_clips, score_parts
+from edge_asd.scoring.section import section_state
 from edge_asd.scoring.stage2 import APPROACHES, Stage2Config
 from edge_asd.scoring.drift import reference_quantiles
 from edge_asd.scoring.bands import K_NEIGHBOURS, BandReference, fit_reference
@@ -88,9 +87,9 @@ def _proxy_auc(approach: str, held: dict, oof: dict, pseudo: dict, sections: dic
     for section, model in sections.items():
         idx = [hnames.index(n) for n in oof[f"{section}/names"].tolist()]
         parts = {k: oof[f"{section}/{k}"] for k in keys}
-        normal_scores.append(combine_parts([parts], p_target(held["domain_logits"][idx], cfg.kappa), approach))
-        parts = section_parts(model, pseudo["embeddings"], cfg.aggregator)
-        other_scores.append(combine_parts([parts], p_target(pseudo["domain_logits"], cfg.kappa), approach))
+        normal_scores.append(score_parts([parts], [held["domain_logits"][idx]], cfg.kappa, approach)[0])
+        other_scores.append(score_clips([model], [pseudo["embeddings"]], [pseudo["domain_logits"]], aggregator=cfg.aggregator,
+                                        kappa=cfg.kappa, approach=approach)[0])
     y = np.r_[np.zeros(sum(map(len, normal_scores))), np.ones(sum(map(len, other_scores)))]
     return float(roc_auc(y, np.r_[np.concatenate(normal_scores), np.concatenate(other_scores)]))
 
@@ -361,15 +360,14 @@ def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.nda
         common = sorted(set.intersection(*[set(m.oof[f"{section}/names"].tolist()) for m in members]))
         if len(common) < 4:
             continue
-        parts, ps = [], []
+        parts, logits = [], []
         for m in members:
             names = m.oof[f"{section}/names"].tolist()
             idx = [names.index(n) for n in common]
             parts.append({k: m.oof[f"{section}/{k}"][idx] for k in _part_keys(m)})
-            if m.member.has_domain_head:
-                hnames = m.held["names"].tolist()
-                ps.append(p_target(m.held["domain_logits"][[hnames.index(n) for n in common]], cfg.kappa))
-        out[section] = combine_parts(parts, np.mean(ps, axis=0) if ps else np.zeros(len(common)), approach)
+            hnames = m.held["names"].tolist()
+            logits.append(m.held["domain_logits"][[hnames.index(n) for n in common]] if m.member.has_domain_head else None)
+        out[section] = score_parts(parts, logits, cfg.kappa, approach)[0]
     return out
 
 

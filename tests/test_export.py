@@ -353,3 +353,26 @@ def test_a_3s_segment_run_is_exported_and_scored_with_3s_segments(tiny_data, edg
     assert sorted(device) == sorted(training["names"])
     for name, score in zip(training["names"], training["scores"]):
         assert device[name] == pytest.approx(score, rel=1e-3, abs=1e-3), name
+
+
+def test_device_and_training_side_score_the_same_embeddings_alike(tiny_run, tiny_data, tmp_path):
+    """One scoring function: for the same embeddings, the device's scorer and the report's score_embedded agree to
+    float precision, and the bundle's threshold is the one stage 2 fitted on the training side."""
+    from edge_asd.runtime.scorer import ClipScorer
+    from export.pack import build_bundle
+    from train.evaluate import embed_test, score_embedded
+    from train.stage2 import default_approach, load_stage2
+
+    approach = default_approach(tiny_run)
+    bundle = build_bundle(tiny_run, tmp_path / "learned.asd", progress=False)  # the learned member alone, fp32
+    scorer = ClipScorer(open_bundle(bundle), backend="onnx-cpu")
+    test = embed_test(tiny_run, tiny_data, "fan", progress=False)
+    training = score_embedded(tiny_run, test, approach)
+    _, sections = load_stage2(tiny_run, approach)
+    for section, model in sections.items():
+        sel = test["sections"] == section
+        device, p = scorer.combine([(test["embeddings"][sel], test["domain_logits"][sel])], section)
+        np.testing.assert_allclose(device, training["scores"][sel], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(p, training["p_target"][sel], rtol=1e-12, atol=1e-12)
+        assert scorer.thresholds[section] == pytest.approx(model.threshold, rel=1e-12)
+        assert (device > scorer.thresholds[section]).tolist() == training["decisions"][sel].astype(bool).tolist()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.io.dcase import list_clips
-from edge_asd.scoring.combine import combine_parts, p_target
+from edge_asd.scoring.clip_scores import score_parts
 from edge_asd.scoring.section import section_parts
 from edge_asd.io.submission import write_section
 
@@ -64,24 +64,25 @@ def score_embedded(run_dir: Path, test: dict[str, np.ndarray], approach: str) ->
         if not sel.any():
             continue
         parts = section_parts(model, test["embeddings"][sel], cfg.aggregator)
-        ps = p_target(test["domain_logits"][sel], cfg.kappa)
-        scores[sel] = combine_parts([parts], ps, cfg.approach)
-        p[sel] = ps
+        scores[sel], p[sel] = score_parts([parts], [test["domain_logits"][sel]], cfg.kappa, cfg.approach)
         decisions[sel] = scores[sel] > model.threshold
         for key, z in parts.items():
             all_parts.setdefault(key, np.zeros(n))[sel] = z
+    # the plain system has no domain head: its logits are zeros and mean nothing in an ensemble's Eq. 7
+    logits = None if is_plain_run(run_dir) else test["domain_logits"]
     return {"names": test["names"], "sections": test["sections"], "domains": test["domains"], "scores": scores,
-            "p_target": p, "decisions": decisions, "parts": all_parts, "approach": cfg.approach}
+            "p_target": p, "decisions": decisions, "parts": all_parts, "approach": cfg.approach, "logits": logits,
+            "kappa": cfg.kappa}
 
 
 def ensemble_scored(members: list[dict]) -> dict[str, np.ndarray]:
-    """Report 2.5 on scored test clips: the standardized parts averaged (Eq. 8 by the first member's p_target).
+    """Report 2.5 on scored test clips, as the device scores them: the standardized parts averaged, Eq. 8 by the
+    members with a domain head.
 
     The decisions are left out: an ensemble's threshold is fitted at export.
     """
     first = members[0]
-    p = first["p_target"] if first["p_target"] is not None else np.zeros(len(first["names"]))
-    scores = combine_parts([m["parts"] for m in members], p, first["approach"])
+    scores, _ = score_parts([m["parts"] for m in members], [m["logits"] for m in members], first["kappa"], first["approach"])
     return {**first, "scores": scores, "decisions": np.zeros(len(scores), dtype=int)}
 
 

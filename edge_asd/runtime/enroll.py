@@ -28,7 +28,7 @@ from edge_asd.runtime.bundle import npz_bytes, open_bundle, write_bundle
 from edge_asd.errors import UserError
 from edge_asd.runtime.manifest import Enrollment, SectionNumbers
 from edge_asd.runtime.scorer import ClipScorer
-from edge_asd.scoring.combine import combine_parts, p_target
+from edge_asd.scoring.clip_scores import score_parts
 from edge_asd.scoring.drift import reference_quantiles
 from edge_asd.scoring.section import section_state
 from edge_asd.scoring.stage2 import fit_section
@@ -136,8 +136,7 @@ def enroll(
         logit_all = np.concatenate([held["domain_logits"][sel], logit.reshape(n, s)])
         res = fit_section(section, emb_all, dom_all, logit_all, cfg)
         new_final.append(res)
-        if member.has_domain_head:
-            logits_all.append(logit_all)
+        logits_all.append(logit_all if member.has_domain_head else None)
         # the new section's detector state replaces the old one
         arrays = bundle.arrays(spec.state)
         arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{section}/")}
@@ -155,8 +154,7 @@ def enroll(
         files[spec.heldout] = npz_bytes(held_new)
     # Members share the bundle's held-out clips, so the ensemble's out-of-fold
     # score is their combination clip by clip, as at export.
-    p = np.mean([p_target(lg, scorer.kappa) for lg in logits_all], axis=0) if logits_all else np.zeros(len(new_final[0].oof_domains))
-    reference = combine_parts([r.oof_parts for r in new_final], p, scorer.approach)
+    reference, _ = score_parts([r.oof_parts for r in new_final], logits_all, scorer.kappa, scorer.approach)
     threshold_after = float(fit_threshold(reference, manifest.threshold_rule))
     enrollment = Enrollment(
         time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -25,8 +25,8 @@ from edge_asd.runtime.backends import make_backend
 from edge_asd.runtime.frontend import FFTFrontEnd, FrontEnd
 from edge_asd.runtime.onnx import OnnxFrontEnd, SplitOnnx, available_ort_providers
 from edge_asd.scoring.bands import Band, BandEvidence, BandReference, ratio
-from edge_asd.scoring.combine import combine_parts, p_target
-from edge_asd.scoring.section import SectionModel, section_from_state, section_parts
+from edge_asd.scoring.clip_scores import score_clips
+from edge_asd.scoring.section import SectionModel, section_from_state
 
 
 @dataclass(frozen=True)
@@ -209,14 +209,9 @@ class ClipScorer:
         p_target is the mean over the members that have a domain classifier (0
         where none has: the bundle then scores both domains with one model).
         """
-        parts, ps = [], []
-        for member, (emb, logit) in zip(self.members, outs):
-            parts.append(section_parts(member.sections[section], emb, self.aggregator))
-            if member.has_domain_head:
-                ps.append(p_target(logit, self.kappa))
-        n = outs[0][0].shape[0]
-        p = np.mean(ps, axis=0) if ps else np.zeros(n)
-        return combine_parts(parts, p, self.approach), p
+        return score_clips([m.sections[section] for m in self.members], [emb for emb, _ in outs],
+                           [logit if m.has_domain_head else None for m, (_, logit) in zip(self.members, outs)],
+                           aggregator=self.aggregator, kappa=self.kappa, approach=self.approach)
 
     def score_segments(self, segs: np.ndarray, section: str) -> tuple[np.ndarray, np.ndarray, dict]:
         """Scores of clips given as ``[n_clips, S, samples]`` standardized segments (extractor members only)."""

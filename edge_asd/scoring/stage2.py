@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from edge_asd.scoring.banks import N_MIXUP_PSEUDO_NORMAL, all_segments, augmented_bank, centres_bank, mixup_pseudo_normals
-from edge_asd.scoring.combine import DG_DOMAIN, combine_parts, p_target
+from edge_asd.scoring.clip_scores import score_parts
+from edge_asd.scoring.combine import DG_DOMAIN
 from edge_asd.scoring.out_of_fold import fit_detector, out_of_fold_raw, score_stats, shrunk_stats
 from edge_asd.scoring.section import DomainModel, SectionModel
 from edge_asd.scoring.thresholds import fit_threshold
@@ -171,6 +172,6 @@ def fit_section(
                 z[other] = models[name].standardized(emb[other], cfg.aggregator)
             parts[name] = z
     model = SectionModel(section=section, domains=models)
-    final = combine_parts([parts], p_target(domain_logits, cfg.kappa), cfg.approach)
+    final, _ = score_parts([parts], [domain_logits], cfg.kappa, cfg.approach)
     model.threshold = fit_threshold(final, cfg.threshold_rule)
     return FitResult(model=model, oof_parts=parts, oof_domains=domains)

@@ -145,6 +145,21 @@ def test_knn_local_scale_does_not_call_a_sparse_conditions_normals_anomalous():
     assert detector_from_state(old).local_scale is False
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("k", (1, 4, 300))
+def test_numpy_and_faiss_candidates_give_the_same_neighbours(bank, queries, metric, k, monkeypatch):
+    """The device's small searches pick candidates with numpy, stage-2 fitting's large ones with faiss: same answer."""
+    from edge_asd.scoring import search
+
+    small = KNNDetector(k=k, metric=metric).fit(bank).kneighbors(queries)
+    monkeypatch.setattr(search, "NUMPY_MAX_PAIRS", 0)
+    large = KNNDetector(k=k, metric=metric).fit(bank).kneighbors(queries)
+    np.testing.assert_allclose(small[0], large[0], rtol=1e-12, atol=1e-12)
+    # indices agree except between duplicates (bank[20:23]), whose distances are equal
+    same = (small[1] == large[1]) | np.isclose(small[0], large[0], rtol=0, atol=1e-12)
+    assert same.all()
+
+
 def test_knn_use_gpu_without_gpu_falls_back_silently(bank, queries):
     cpu = KNNDetector(k=2).fit(bank)
     maybe_gpu = KNNDetector(k=2, use_gpu=True).fit(bank)

@@ -159,3 +159,27 @@ def test_plain_local_neighbours_scale_each_normals_distance_and_the_bundle_keeps
     assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "nearest"), "--system", "plain",
                        "--quiet"]) == 0
     assert load_stage2(tmp_path / "nearest", "generalization")[0].detector_params["local_scale"] is False
+
+
+def test_the_scorer_runs_without_faiss_or_torch(tmp_path):
+    """A device scoring a plain bundle loads neither faiss (14 MB) nor torch: its searches are numpy's."""
+    import subprocess
+    import sys
+
+    from export.cli import main as export_main
+    from train.cli import main as train_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fan").symlink_to(REAL / "fan", target_is_directory=True)
+    run, bundle = tmp_path / "plain", tmp_path / "fan.asd"
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain", "--quiet"]) == 0
+    assert export_main([str(run), "--out", str(bundle)]) == 0
+    clip = sorted((REAL / "fan" / "test").glob("*.wav"))[0]
+    code = ("import sys; from edge_asd.io.audio import read_audio; from edge_asd.runtime.scorer import load_scorer, "
+            "quiet_faiss_threads; quiet_faiss_threads(); s = load_scorer(sys.argv[1]); r = s.score(read_audio(sys.argv[2])); "
+            "print(sorted(m for m in ('faiss', 'torch') if m in sys.modules), float(r.score))")
+    out = subprocess.run([sys.executable, "-c", code, str(bundle), str(clip)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded, score = out.stdout.split("] ")
+    assert loaded == "[" and np.isfinite(float(score))

@@ -26,6 +26,7 @@ from edge_asd.runtime.frontend import FFTFrontEnd, FrontEnd
 from edge_asd.runtime.onnx import OnnxFrontEnd, SplitOnnx, available_ort_providers
 from edge_asd.scoring.bands import Band, BandEvidence, BandReference, ratio
 from edge_asd.scoring.clip_scores import score_clips
+from edge_asd.scoring.search import limit_faiss_threads
 from edge_asd.scoring.section import SectionModel, section_from_state
 
 
@@ -311,12 +312,7 @@ def quiet_faiss_threads() -> None:
     threads, benchmarks/bench_detectors.py). Process-wide, so the commands call
     it, not the library.
     """
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-    except (ImportError, AttributeError):
-        pass
+    limit_faiss_threads(1)
 
 
 def load_scorer(bundle_path: str | Path, backend: str = "auto", threads: int = 0, cache_dir: str | None = None) -> ClipScorer:

@@ -1,27 +1,52 @@
-"""Exact nearest-neighbour search on faiss over a growable bank of vectors (KNN's and LOF's).
+"""Exact nearest-neighbour search over a growable bank of vectors (KNN's and LOF's).
 
-faiss picks the candidates, on the CPU or a GPU; their distances are
-re-computed in float64 so that close neighbours keep their digits.
+Candidates come from numpy for the small searches of the device (a clip's few
+segments against a bank of hundreds) and from faiss for the large ones of
+stage-2 fitting and on a GPU; either way their distances are re-computed in
+float64 so that close neighbours keep their digits. faiss is imported only
+when a search needs it: its library costs a scorer 14 MB of its ~100 MB.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Mapping
+from types import ModuleType
 
-import faiss
 import numpy as np
 
 from edge_asd.scoring.checks import as_matrix, state_array
 
-__all__ = ["METRICS", "FlatSearch"]
+__all__ = ["METRICS", "NUMPY_MAX_PAIRS", "FlatSearch", "limit_faiss_threads"]
 
 METRICS = ("l2", "cosine")
 # Rows of the candidate block gathered at once when re-computing distances
 # exactly: bounds the temporary [rows, k, d] float64 block to ~32 MB.
 _EXACT_BLOCK_ELEMENTS = 1 << 22
+# Query x bank pairs up to which numpy picks the candidates on the CPU: a clip's 10 segments against 10^5 bank
+# vectors, at most a few milliseconds; above it faiss's blocked kernels win (stage-2 fitting's out-of-fold searches).
+NUMPY_MAX_PAIRS = 1 << 20
+_faiss_threads: list[int] = []  # a thread count asked for before faiss was imported (limit_faiss_threads)
+
+
+def _faiss() -> ModuleType:
+    if "faiss" not in sys.modules:
+        module = importlib.import_module("faiss")
+        for n in _faiss_threads[-1:]:
+            module.omp_set_num_threads(n)
+    return sys.modules["faiss"]
+
+
+def limit_faiss_threads(n: int) -> None:
+    """faiss's OpenMP threads, now if it is loaded, else when a search first loads it (process-wide, as OpenMP's)."""
+    _faiss_threads.append(int(n))
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(int(n))
 
 
 def _gpu_available() -> bool:
+    faiss = _faiss()
     # faiss-cpu builds have get_num_gpus() (it returns 0) but no GPU classes.
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -61,6 +86,7 @@ class FlatSearch:
         self._gpu_index = None
         self._gpu_resources = None
         if use_gpu and _gpu_available():
+            faiss = _faiss()
             self._gpu_resources = faiss.StandardGpuResources()
             index_type = faiss.GpuIndexFlatL2 if metric == "l2" else faiss.GpuIndexFlatIP
             self._gpu_index = index_type(self._gpu_resources, self.dim)
@@ -142,13 +168,27 @@ class FlatSearch:
         queries = q32.astype(np.float64)
         if self._gpu_index is not None:
             _, idx = self._gpu_index.search(q32, k)
+        elif n * self._size <= NUMPY_MAX_PAIRS:
+            idx = self._numpy_candidates(queries, k)
         else:
+            faiss = _faiss()
             metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
             _, idx = faiss.knn(q32, self.bank, k, metric=metric)
         idx = idx.astype(np.int64, copy=False)
         dist = self._exact_distances(queries, idx)
         order = np.argsort(dist, axis=1, kind="stable")
         return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+    def _numpy_candidates(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Indices [n, k] of the k nearest bank vectors (unsorted), by float64 products of the stored vectors."""
+        bank = self.bank.astype(np.float64)
+        if self.metric == "l2":
+            key = (bank * bank).sum(axis=1)[None, :] - 2.0 * queries @ bank.T  # |q - b|^2 - |q|^2
+        else:
+            key = -(queries @ bank.T)  # the bank is normalised: the largest inner product is the nearest
+        if k >= key.shape[1]:
+            return np.broadcast_to(np.arange(key.shape[1]), key.shape).copy()
+        return np.argpartition(key, k - 1, axis=1)[:, :k]
 
     def _exact_distances(self, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
         n, k = idx.shape

@@ -318,7 +318,8 @@ def _rfft_frontend(extractor, frontend_onnx: bytes, paths: list[Path], spec: Seg
     (it never has) the bundle keeps the graph on the CPU, slower but right.
     """
     from edge_asd.io.audio import normalize, read_audio
-    from edge_asd.runtime.frontend import FFTFrontEnd, LogMelConfig
+    from edge_asd.runtime.frontend import FFTFrontEnd
+    from edge_asd.runtime.manifest import LogMelFrontEnd
     from edge_asd.runtime.onnx import OnnxFrontEnd
 
     from .onnx_export import input_norm_affine
@@ -330,7 +331,7 @@ def _rfft_frontend(extractor, frontend_onnx: bytes, paths: list[Path], spec: Seg
     else:
         wave = np.random.default_rng(0).standard_normal(spec.segment_samples * 2).astype(np.float32)
     graph = OnnxFrontEnd(frontend_onnx, int(logmel["n_fft"]), int(logmel["hop_length"]))(wave)
-    fft = FFTFrontEnd(LogMelConfig.from_dict(logmel), scale, shift)(wave)
+    fft = FFTFrontEnd(LogMelFrontEnd.from_dict(logmel), scale, shift)(wave)
     parity = relative_error(graph, fft)
     report["frontend_rfft_relative_error"] = parity
     if parity > FRONTEND_TOLERANCE:

@@ -20,7 +20,8 @@ from edge_asd.io.dcase import list_clips
 from edge_asd.io.features import mel_filterbank
 from edge_asd.io.stft import band_blocks
 from edge_asd.runtime.bundle import open_bundle
-from edge_asd.runtime.frontend import FFTFrontEnd, LogMelConfig
+from edge_asd.runtime.frontend import FFTFrontEnd
+from edge_asd.runtime.manifest import LogMelFrontEnd
 from edge_asd.runtime.onnx import OnnxFrontEnd
 from edge_asd.runtime.scorer import load_scorer
 
@@ -55,7 +56,7 @@ def _extreme_clips() -> list[np.ndarray]:
     return [np.sin(2 * np.pi * 1234.5 * t).astype(np.float32), hum.astype(np.float32)]
 
 
-def _reference_logmel(x: np.ndarray, cfg: LogMelConfig) -> np.ndarray:
+def _reference_logmel(x: np.ndarray, cfg: LogMelFrontEnd) -> np.ndarray:
     """float64 numpy, dense filterbank, no blocks: the referee."""
     n = 1 + (x.size - cfg.n_fft) // cfg.hop_length
     idx = np.arange(n)[:, None] * cfg.hop_length + np.arange(cfg.n_fft)
@@ -102,7 +103,7 @@ def test_rfft_front_end_matches_training_logmel_and_a_float64_stft(tiny_data):
     from train.frontend import LogMel
 
     lm = LogMel()
-    fft = FFTFrontEnd(LogMelConfig.from_dict(lm.config()), np.ones(lm.n_mels), np.zeros(lm.n_mels), threads=2)
+    fft = FFTFrontEnd(LogMelFrontEnd.from_dict(lm.config()), np.ones(lm.n_mels), np.zeros(lm.n_mels), threads=2)
     for x in [read_audio(p, min_seconds=2.0) for p in _real_clips(24)] + _synthetic_clips(tiny_data):
         x = standardize(x)
         got = fft.logmel(x)
@@ -180,3 +181,14 @@ def test_bad_clips_give_the_same_one_line_errors_on_the_rfft_path(tiny_bundle, t
     # the good clip was still scored
     rows = (tmp_path / "o" / "anomaly_score_fan_section_00_test.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == [good.name]
+
+
+@pytest.mark.parametrize("change, message", [({"center": True}, "centred"), ({"power": 1.0}, "power 1.0")])
+def test_rfft_front_end_refuses_numbers_it_does_not_compute(change, message):
+    """The manifest's front end is the one declaration: numbers the rFFT cannot reproduce are refused, not guessed."""
+    from train.frontend import LogMel
+
+    lm = LogMel()
+    cfg = LogMelFrontEnd.from_dict({**lm.config(), **change})
+    with pytest.raises(ValueError, match=message):
+        FFTFrontEnd(cfg, np.ones(lm.n_mels), np.zeros(lm.n_mels))

@@ -13,13 +13,13 @@ manifest), and a bundle without them keeps the graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from edge_asd.io.features import mel_filterbank
 from edge_asd.io.stft import LogMelSTFT, frame_count, hann
+from edge_asd.runtime.manifest import LogMelFrontEnd
 
 
 class FrontEnd(Protocol):
@@ -31,46 +31,23 @@ class FrontEnd(Protocol):
     def __call__(self, wave: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class LogMelConfig:
-    """The numbers of a learned front end, as ``train.frontend.LogMel.config()`` writes them."""
-
-    sample_rate: int
-    n_fft: int
-    hop_length: int
-    n_mels: int
-    f_min: float
-    f_max: float
-    mel_scale: str
-    log_eps: float
-    window: str = "hann_periodic"  # the only window the learned front end has
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LogMelConfig":
-        if d.get("center", False):
-            raise ValueError("a centred STFT is not what the exported front end computes")
-        if float(d.get("power", 2.0)) != 2.0:
-            raise ValueError(f"power {d['power']} is not the exported front end's 2")
-        return cls(int(d["sample_rate"]), int(d["n_fft"]), int(d["hop_length"]), int(d["n_mels"]), float(d["f_min"]),
-                   float(d["f_max"]), str(d["mel_scale"]), float(d["log_eps"]), str(d.get("window", "hann_periodic")))
-
-
 class FFTFrontEnd:
     """``frontend.onnx`` by rFFT: ``scale * ln(mel + eps) + shift`` per band."""
 
     name = "numpy-rfft"
 
-    def __init__(self, cfg: LogMelConfig, scale: np.ndarray, shift: np.ndarray, threads: int = 1):
+    def __init__(self, cfg: LogMelFrontEnd, scale: np.ndarray, shift: np.ndarray, threads: int = 1):
         scale = np.asarray(scale, dtype=np.float32).reshape(-1)
         shift = np.asarray(shift, dtype=np.float32).reshape(-1)
         if scale.shape != (cfg.n_mels,) or shift.shape != (cfg.n_mels,):
             raise ValueError(f"input normalization has {scale.size} scales and {shift.size} shifts for {cfg.n_mels} bands")
         if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
             raise ValueError("input normalization holds NaN or infinite values")
+        cfg.check_rfft()
         self.cfg = cfg
         self.n_fft = cfg.n_fft
         fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale)
-        self._stft = LogMelSTFT(cfg.n_fft, cfg.hop_length, hann(cfg.n_fft, cfg.window), fb, log="ln",
+        self._stft = LogMelSTFT(cfg.n_fft, cfg.hop_length, hann(cfg.n_fft, cfg.window or "hann_periodic"), fb, log="ln",
                                 eps=cfg.log_eps, threads=threads)
         self._scale, self._shift = scale[:, None], shift[:, None]
 

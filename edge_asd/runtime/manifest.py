@@ -22,7 +22,6 @@ from typing import Any, Union
 from edge_asd.errors import ManifestError
 from edge_asd.io.audio import SegmentSpec, level_from_manifest
 from edge_asd.io.features import LogMelStatsConfig
-from edge_asd.runtime.frontend import LogMelConfig
 from edge_asd.runtime.manifest_fields import Fields, drop_none, numbers, objects, strings
 from edge_asd.scoring.stage2 import Stage2Config
 
@@ -142,9 +141,12 @@ class LogMelFrontEnd:
     def from_dict(cls, d: dict) -> "LogMelFrontEnd":
         return cls.from_fields(Fields(d, "frontend"))
 
-    def logmel_config(self) -> LogMelConfig:
-        """The CPU's rFFT front end of these numbers (ValueError where it cannot compute them)."""
-        return LogMelConfig.from_dict(self.to_dict())
+    def check_rfft(self) -> None:
+        """ValueError where these numbers are not what the CPU's rFFT front end (runtime/frontend.py) computes."""
+        if self.center:
+            raise ValueError("a centred STFT is not what the exported front end computes")
+        if self.power is not None and float(self.power) != 2.0:
+            raise ValueError(f"power {self.power} is not the exported front end's 2")
 
     def to_dict(self) -> dict:
         return drop_none(asdict(self))

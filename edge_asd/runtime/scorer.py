@@ -294,7 +294,7 @@ def split_backend(bundle: Bundle, member: MemberSpec, threads: int) -> SplitOnnx
     if sp.logmel is not None and sp.input_norm:
         norm = bundle.arrays(sp.input_norm)
         try:
-            frontend = FFTFrontEnd(sp.logmel.logmel_config(), norm["scale"], norm["shift"], threads=threads)
+            frontend = FFTFrontEnd(sp.logmel, norm["scale"], norm["shift"], threads=threads)
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: front end of member {member.name or '?'} is unusable ({exc})") from None
     else:  # bundles written before the rFFT front end: the graph

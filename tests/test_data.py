@@ -174,3 +174,22 @@ def test_runtime_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     on_disk = [p for p in Path(edge_asd.__file__).parent.rglob("*.py") if p.parent.name != "edge_asd" or p.stem != "__init__"]
     assert int(out) == len(on_disk), "every .py file of edge_asd is a module the walk imported"
+
+
+def test_segment_spec_is_derived_once_from_a_runs_config_and_amplitude(tmp_path):
+    """Stage 1 (from its config) and everything after it (from the run folder) cut clips with the same spec."""
+    import json
+
+    from train.config import TrainConfig
+    from train.data import run_spec, segment_spec
+    from train.rundir import RunDir
+
+    cfg = TrainConfig(data="d", machine="fan", out=str(tmp_path), segment_seconds=3.0, hop_length=512, val_segments=6)
+    amplitude = {"mode": "machine", "mean": 0.01, "std": 0.2}
+    run = RunDir(tmp_path)
+    run.config.write_text(json.dumps(cfg.to_dict()))
+    run.split.write_text(json.dumps({"clips": [], "amplitude": amplitude}))
+    spec = segment_spec(cfg.to_dict(), amplitude)
+    assert spec == run_spec(tmp_path)
+    assert (spec.segment_seconds, spec.n_segments, spec.align, spec.level) == (3.0, 6, 512, (0.01, 0.2))
+    assert segment_spec({}, None).level is None  # an old run folder: the defaults, clip standardization

@@ -43,7 +43,7 @@ from .checkpoints import atomic_save, check_resumable, cpu_state, prune_snapshot
 from .config import TrainConfig
 from .distributed import Runtime, setup_runtime
 from .runlog import LOSS_COLUMNS, VALIDATION_COLUMNS, append_rows, fmt, truncate_csv
-from .data import BatchPlan, CropDataset, OEBatchSampler, PreparedData, iter_clip_batches, prepare_data
+from .data import BatchPlan, CropDataset, OEBatchSampler, PreparedData, iter_clip_batches, prepare_data, segment_spec
 from .frontend import strict_fp32
 from .losses import LossTerms, LossWeights, domain_loss, oe_loss
 from .models import Extractor, build_extractor
@@ -433,9 +433,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
     bar = tqdm(
         total=total_steps, initial=step, disable=not (progress and runtime.is_main), desc=f"stage 1 {cfg.machine}", unit="step"
     )
-    amp = data.split["amplitude"]
-    spec = SegmentSpec(segment_seconds=cfg.segment_seconds, n_segments=cfg.val_segments, align=cfg.hop_length,
-                       level=(amp["mean"], amp["std"]) if amp["mode"] == "machine" else None)
+    spec = segment_spec(cfg.to_dict(), data.split["amplitude"])
 
     def validate(epoch: int) -> None:
         if not data.heldout:

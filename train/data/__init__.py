@@ -37,7 +37,7 @@ and skipped: one bad file among millions must not stop a run.
 
 from __future__ import annotations
 
-from train.data.stats import ClipStats, default_cache_dir, ClipStatsCache, measure_clip, clip_statistics, pooled_stats, run_spec, read_crop, standardize_with
+from train.data.stats import ClipStats, default_cache_dir, ClipStatsCache, measure_clip, clip_statistics, pooled_stats, run_spec, segment_spec, read_crop, standardize_with
 from train.data.outliers import soundfile_extensions, decoded_name, decode_to_16k_mono, outlier_statistics, decoded_dir_for
 from train.data.inventory import ClipTable, Pools, PreparedData, split_normals, prepare_data
 from train.data.batches import Slot, BatchPlan, OEBatchSampler, CropDataset
@@ -51,6 +51,7 @@ __all__ = [
     "clip_statistics",
     "pooled_stats",
     "run_spec",
+    "segment_spec",
     "read_crop",
     "standardize_with",
     "soundfile_extensions",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -118,25 +120,28 @@ def pooled_stats(stats: Sequence[ClipStats]) -> ClipStats:
     return ClipStats(int(n.sum()), mean, math.sqrt(var))
 
 
-def run_spec(run_dir: Path, base: SegmentSpec = SegmentSpec()) -> SegmentSpec:
-    """The segment spec of a run's extractor: the segment length it trained on and S (config.json), its
-    amplitude normalization (split.json). Stage 2, the check and the export all cut clips with it, so a run
-    trained on 3 s segments is never embedded or deployed on 2 s ones."""
-    import dataclasses
-    import json
+def segment_spec(config: Mapping[str, Any], amplitude: Mapping[str, Any] | None,
+                 base: SegmentSpec = SegmentSpec()) -> SegmentSpec:
+    """How a run's extractor cuts clips, from its training configuration and amplitude normalization.
 
-    run_dir = Path(run_dir)
-    config = RunDir(run_dir).config
-    if config.is_file():
-        cfg = json.loads(config.read_text())
-        base = dataclasses.replace(base, segment_seconds=float(cfg.get("segment_seconds", base.segment_seconds)),
-                                   n_segments=int(cfg.get("val_segments", base.n_segments)),
-                                   # segment starts on the run's own hop, so the split graphs slice whole-clip frames
-                                   align=int(cfg.get("hop_length", base.align)))
-    amp = RunDir(run_dir).read_split().get("amplitude") or {"mode": "clip"}
-    if amp.get("mode") == "machine":
-        return dataclasses.replace(base, level=(float(amp["mean"]), float(amp["std"])))
-    return base
+    The one derivation: stage 1's validation, stage 2, the check and the export all cut clips with it, so a run
+    trained on 3 s segments is never embedded or deployed on 2 s ones. Keys an older config lacks keep ``base``'s.
+    """
+    amp = amplitude or {"mode": "clip"}
+    return dataclasses.replace(
+        base,
+        segment_seconds=float(config.get("segment_seconds", base.segment_seconds)),
+        n_segments=int(config.get("val_segments", base.n_segments)),
+        align=int(config.get("hop_length", base.align)),  # starts on the run's hop: the split graphs slice whole frames
+        level=(float(amp["mean"]), float(amp["std"])) if amp.get("mode") == "machine" else None,
+    )
+
+
+def run_spec(run_dir: Path, base: SegmentSpec = SegmentSpec()) -> SegmentSpec:
+    """:func:`segment_spec` of a run folder (config.json and split.json's amplitude)."""
+    run = RunDir(run_dir)
+    config = run.read_config() if run.config.is_file() else {}
+    return segment_spec(config, run.read_split().get("amplitude"), base)
 
 
 def read_crop(path: Path, stats: ClipStats, offset: int, length: int) -> np.ndarray:

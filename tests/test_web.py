@@ -18,7 +18,6 @@ import urllib.request
 import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from edge_asd.daemon.config import ConfigError
 from edge_asd.daemon.loading import load_config
 from edge_asd.io.evidence import EvidenceStore
 from edge_asd.daemon.web.history import History
-from edge_asd.daemon.web.server import WebServer
+from edge_asd.daemon.web.server import MachineScoring, WebLinks, WebServer
 from edge_asd.daemon.web.spectrogram import colormap, encode_png, spectrogram_png
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -214,10 +213,10 @@ def web(tmp_path):
     (tmp_path / "evidence" / "secret.txt").write_text("not a clip")
     cfg = WebConfig(enabled=True, host="127.0.0.1", port=0, token=TOKEN, history=tmp_path / "h.sqlite",
                     threads=4, client_timeout_s=1.0)
-    daemon = SimpleNamespace(cfg=SimpleNamespace(machines=[SimpleNamespace(id="m1", source="file:x")],
-                                                 path=tmp_path / "c.toml"),
-                             evidence=store, publisher=SimpleNamespace(connected=True), started_mono=time.monotonic())
-    w = WebServer(cfg, "box1", daemon)
+    links = WebLinks(machines=[("m1", "file:x")], config_path=tmp_path / "c.toml", started_mono=time.monotonic(),
+                     connected=lambda: True, scoring=lambda mid: None, evidence_root=lambda: store.root)
+    w = WebServer(cfg, "box1", links)
+    w.store = store  # the evidence the tests save clips into
     w.start()
     w.saved = saved
     yield w
@@ -437,7 +436,7 @@ def test_the_alert_list_has_each_raise_with_its_clear_peak_bands_and_clips(web):
     web.alert("m1", at(20), "anomalous")  # raised by the clips of 10 and 20 s
     web.alert("m1", at(50), "normal")
     web.alert("m1", at(80), "anomalous")  # still open
-    store = web.daemon.evidence
+    store = web.store
     peak = store.save("m1", _clip(), at(20), 3)
     assert web.history.flush()
     status, headers, body = _get(web, "/api/machines/m1/alerts")
@@ -479,12 +478,12 @@ def web_with_bundle(tiny_bundle, tmp_path):
     scorer = load_scorer(tiny_bundle, backend="onnx-cpu")
     cfg = WebConfig(enabled=True, host="127.0.0.1", port=0, token=TOKEN, history=tmp_path / "h.sqlite",
                     threads=4, client_timeout_s=1.0)
-    pipeline = SimpleNamespace(scoring=SimpleNamespace(shared=SimpleNamespace(scorer=scorer), section="00"))
-    daemon = SimpleNamespace(cfg=SimpleNamespace(machines=[SimpleNamespace(id="m1", source="file:x")],
-                                                 path=tmp_path / "c.toml"),
-                             pipelines={"m1": pipeline}, evidence=store, publisher=SimpleNamespace(connected=True),
-                             started_mono=time.monotonic())
-    w = WebServer(cfg, "box1", daemon)
+    scoring = MachineScoring(scorer, "00")
+    links = WebLinks(machines=[("m1", "file:x")], config_path=tmp_path / "c.toml", started_mono=time.monotonic(),
+                     connected=lambda: True, scoring=lambda mid: scoring if mid == "m1" else None,
+                     evidence_root=lambda: store.root)
+    w = WebServer(cfg, "box1", links)
+    w.store = store  # the evidence the tests save clips into
     w.start()
     yield w
     w.stop()
@@ -499,7 +498,7 @@ def test_the_nearest_normal_reference_is_served_beside_an_evidence_clip(web_with
     source = next(c for c in list_clips(tiny_data, "fan", "train") if c.name + ".wav" == listing[1]["source"]
                   or c.path.name == listing[1]["source"])
     x, _ = sf.read(source.path, dtype="float32")
-    saved = w.daemon.evidence.save("m1", x, datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc), 9)
+    saved = w.store.save("m1", x, datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc), 9)
     d = json.loads(_get(w, f"/api/machines/m1/clips/{saved.stem}")[2])
     ref = d["reference"]
     assert ref["name"] == listing[1]["file"].split("/")[-1], "a normal clip's nearest reference is itself"

@@ -6,6 +6,6 @@ daemon only calls its non-blocking hooks (``score``, ``alert``, ``source``,
 capture or scoring.
 """
 
-from edge_asd.daemon.web.server import WebServer, start_web
+from edge_asd.daemon.web.server import MachineScoring, WebLinks, WebServer, start_web
 
-__all__ = ["WebServer", "start_web"]
+__all__ = ["MachineScoring", "WebLinks", "WebServer", "start_web"]

@@ -34,6 +34,8 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -159,13 +161,55 @@ class _BoundedServer(ThreadingHTTPServer):
         log.debug("web: error serving %s", client_address[0], exc_info=True)
 
 
+@dataclass(frozen=True)
+class MachineScoring:
+    """A machine's current scorer and the section it scores, as the page needs them."""
+
+    scorer: object  # edge_asd.runtime.scorer.ClipScorer
+    section: str
+
+
+@dataclass(frozen=True)
+class WebLinks:
+    """All the page reads from the running daemon, stated here instead of reached for.
+
+    Functions, not values, where the part is made or replaced after the page starts (the page binds its port first,
+    so that a port already taken is a configuration error before anything else runs; a bundle can be reloaded).
+    """
+
+    machines: Sequence[tuple[str, str]]  # (id, source) of each configured machine, in the config's order
+    config_path: Path | str  # named in the one-line error of a port already taken
+    started_mono: float  # the daemon's start, time.monotonic()
+    connected: Callable[[], bool]  # whether the broker connection is up
+    scoring: Callable[[str], MachineScoring | None]  # a machine's scorer and section (None: none yet)
+    evidence_root: Callable[[], Path | None]  # the evidence clips' folder (None: evidence off)
+
+
+def daemon_links(daemon) -> WebLinks:
+    """The links of a running :class:`edge_asd.daemon.app.Daemon`."""
+
+    def scoring(mid: str) -> MachineScoring | None:
+        pipeline = daemon.pipelines.get(mid)
+        s = getattr(pipeline, "scoring", None)
+        return None if s is None else MachineScoring(s.shared.scorer, s.section)
+
+    return WebLinks(
+        machines=[(m.id, str(m.source)) for m in daemon.cfg.machines],
+        config_path=daemon.cfg.path,
+        started_mono=daemon.started_mono,
+        connected=lambda: bool(daemon.publisher is not None and daemon.publisher.connected),
+        scoring=scoring,
+        evidence_root=lambda: None if daemon.evidence is None else Path(daemon.evidence.root),
+    )
+
+
 class WebServer:
     """State for the page, the hooks the daemon calls, and the HTTP server."""
 
-    def __init__(self, cfg: WebConfig, device_id: str, daemon, history: History | None = None):
+    def __init__(self, cfg: WebConfig, device_id: str, links: WebLinks, history: History | None = None):
         self.cfg = cfg
         self.device_id = device_id
-        self.daemon = daemon  # read only: cfg, evidence, publisher
+        self.links = links
         self.history = history or History(cfg.history, cfg.history_hours * 3600.0)
         self.hub = _Hub(max(1, cfg.threads - 2))  # leaves room for page and API requests
         self._lock = threading.Lock()
@@ -184,7 +228,7 @@ class WebServer:
         try:
             self.httpd = _BoundedServer((cfg.host, cfg.port), _Handler, cfg.threads, self)
         except OSError as exc:
-            raise ConfigError(f"{daemon.cfg.path}: web.listen: cannot listen on {cfg.host}:{cfg.port}: "
+            raise ConfigError(f"{links.config_path}: web.listen: cannot listen on {cfg.host}:{cfg.port}: "
                               f"{exc.strerror or exc}") from None
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="web", daemon=True)
@@ -263,7 +307,7 @@ class WebServer:
 
     # -- what the API answers ---------------------------------------------------------
     def machine_ids(self) -> list[str]:
-        return [m.id for m in self.daemon.cfg.machines]
+        return [mid for mid, _ in self.links.machines]
 
     def machine_summary(self, mid: str) -> dict:
         with self._lock:
@@ -284,9 +328,9 @@ class WebServer:
 
     def machines(self) -> dict:
         out = []
-        for mc in self.daemon.cfg.machines:
-            s = self.machine_summary(mc.id)
-            s["source"] = str(mc.source)
+        for mid, source in self.links.machines:
+            s = self.machine_summary(mid)
+            s["source"] = source
             out.append(s)
         # Evidence clips are cut at the runtime's rate: one mel axis for every spectrogram on the page.
         return {"device_id": self.device_id, "history_hours": self.cfg.history_hours, "now": time.time(),
@@ -295,9 +339,8 @@ class WebServer:
     def health(self) -> dict:
         with self._lock:
             stats, age = self._stats, time.monotonic() - self._stats_mono
-        pub = self.daemon.publisher
-        out = {"device_id": self.device_id, "connected": bool(pub is not None and pub.connected),
-               "uptime_s": time.monotonic() - self.daemon.started_mono, "web_clients": self.hub.count,
+        out = {"device_id": self.device_id, "connected": self.links.connected(),
+               "uptime_s": time.monotonic() - self.links.started_mono, "web_clients": self.hub.count,
                "history_dropped": self.history.dropped, "stats_age_s": None, "outbox_depth": None,
                "rss_mb": None, "evidence_mb": None, "machines": {}}
         if stats is not None:
@@ -323,10 +366,9 @@ class WebServer:
 
     # -- the machine's bundle: reference clips, the nearest one to an evidence clip --------
     def _scorer(self, mid: str):
-        """The machine's current ClipScorer, or None (no such pipeline, or a daemon stand-in without them)."""
-        pipeline = getattr(self.daemon, "pipelines", {}).get(mid)
-        scoring = getattr(pipeline, "scoring", None)
-        return None if scoring is None else scoring.shared.scorer
+        """The machine's current ClipScorer, or None (no such pipeline yet)."""
+        scoring = self.links.scoring(mid)
+        return None if scoring is None else scoring.scorer
 
     def references(self, mid: str):
         """The machine's bundle's reference clips (read lazily from the bundle file); None without a scorer."""
@@ -350,8 +392,7 @@ class WebServer:
         return refs
 
     def _section(self, mid: str) -> str | None:
-        pipeline = getattr(self.daemon, "pipelines", {}).get(mid)
-        scoring = getattr(pipeline, "scoring", None)
+        scoring = self.links.scoring(mid)
         return None if scoring is None else scoring.section
 
     def nearest_reference(self, mid: str, wav: Path) -> dict | None:
@@ -413,8 +454,7 @@ class WebServer:
         return entry
 
     def _evidence_root(self) -> Path | None:
-        ev = self.daemon.evidence
-        return None if ev is None else Path(ev.root)
+        return self.links.evidence_root()
 
     @staticmethod
     def _clip_entry(mid: str, path: Path) -> dict:
@@ -668,6 +708,6 @@ def start_web(daemon) -> WebServer | None:
     cfg: WebConfig = daemon.cfg.web
     if not cfg.enabled:
         return None
-    web = WebServer(cfg, daemon.cfg.device_id, daemon)
+    web = WebServer(cfg, daemon.cfg.device_id, daemon_links(daemon))
     web.start()
     return web

@@ -5,7 +5,7 @@ import pytest
 
 from edge_asd.scoring.banks import mixup_pseudo_normals
 from edge_asd.scoring.combine import combine_parts, mix_eq8, p_target
-from edge_asd.scoring.section import section_from_state, section_parts, section_state
+from edge_asd.scoring.section import Standardization, section_from_state, section_parts, section_state
 from edge_asd.scoring.stage2 import Stage2Config, fit_section
 
 
@@ -62,7 +62,8 @@ def test_fit_section_standardizes_held_out_normals(approach, detector, params):
     # and the state survives plain arrays
     arrays, numbers = section_state(model)
     assert all(isinstance(v, np.ndarray) and v.dtype != object for v in arrays.values())
-    again = section_from_state("00", arrays, numbers)
+    std = {d: Standardization(**v) for d, v in numbers["standardization"].items()}
+    again = section_from_state("00", arrays, std, numbers["threshold"])
     parts2 = section_parts(again, far, cfg.aggregator)
     for k in parts:
         assert np.allclose(parts[k], parts2[k])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import run_spec
-from edge_asd.scoring.section import SectionModel, section_from_state, section_state
+from edge_asd.scoring.section import SectionModel, Standardization, section_from_state, section_state
 from edge_asd.errors import DataError
 from edge_asd.scoring.stage2 import APPROACHES, Stage2Config, check_fittable, fit_section
 from .rundir import RunDir
@@ -111,7 +111,8 @@ def load_stage2(run_dir: Path, approach: str) -> tuple[Stage2Config, dict[str, S
     cfg = Stage2Config(**meta["config"])
     with np.load(run.detectors(approach), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    sections = {s: section_from_state(s, arrays, n) for s, n in meta["sections"].items()}
+    sections = {s: section_from_state(s, arrays, {d: Standardization(**v) for d, v in n["standardization"].items()},
+                                      n["threshold"]) for s, n in meta["sections"].items()}
     return cfg, sections
 
 

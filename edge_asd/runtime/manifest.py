@@ -23,6 +23,7 @@ from edge_asd.errors import ManifestError
 from edge_asd.io.audio import SegmentSpec, level_from_manifest
 from edge_asd.io.features import LogMelStatsConfig
 from edge_asd.runtime.manifest_fields import Fields, drop_none, numbers, objects, strings
+from edge_asd.scoring.section import Standardization
 from edge_asd.scoring.stage2 import Stage2Config
 
 SCHEMA_VERSION = 1
@@ -176,12 +177,6 @@ class Detector:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "params": copy.deepcopy(self.params)}
-
-
-@dataclass(frozen=True)
-class Standardization:
-    mean: float
-    std: float
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class ClipScorer:
         arrays = bundle.arrays(spec.state)
         dim = int(spec.embedding_dim or self.embedding_dim)
         try:
-            sections = {s: section_from_state(s, arrays, spec.sections[s].to_dict()) for s in self.sections}
+            sections = {s: section_from_state(s, arrays, spec.sections[s].standardization, spec.sections[s].threshold) for s in self.sections}
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleError(f"{bundle.path}: detector state of member {i} is unusable ({exc})") from None
         for s, sm in sections.items():

@@ -18,7 +18,15 @@ from edge_asd.scoring.aggregate import clip_raw_scores
 from edge_asd.scoring.base import InlierDetector
 from edge_asd.scoring.detectors import detector_from_state
 
-__all__ = ["DomainModel", "SectionModel", "section_from_state", "section_parts", "section_state"]
+__all__ = ["DomainModel", "SectionModel", "Standardization", "section_from_state", "section_parts", "section_state"]
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """The mean and standard deviation that put one domain model's clip scores on the common scale."""
+
+    mean: float
+    std: float
 
 
 @dataclass
@@ -58,12 +66,14 @@ def section_state(model: SectionModel) -> tuple[dict[str, np.ndarray], dict[str,
     return arrays, {"standardization": stats, "threshold": model.threshold}
 
 
-def section_from_state(section: str, arrays: Mapping[str, np.ndarray], numbers: Mapping[str, Any]) -> SectionModel:
+def section_from_state(section: str, arrays: Mapping[str, np.ndarray], standardization: Mapping[str, Standardization],
+                       threshold: float) -> SectionModel:
+    """A section model from its detectors' arrays and its numbers (the manifest's, or stage2.json's parsed)."""
     domains: dict[str, DomainModel] = {}
-    for name, st in numbers["standardization"].items():
+    for name, st in standardization.items():
         prefix = f"{section}/{name}/"
         state = {k[len(prefix) :]: arrays[k] for k in arrays.keys() if k.startswith(prefix)}
         if not state:
             raise KeyError(f"no detector state for section {section}, domain {name}")
-        domains[name] = DomainModel(detector=detector_from_state(state), mean=float(st["mean"]), std=float(st["std"]))
-    return SectionModel(section=section, domains=domains, threshold=float(numbers["threshold"]))
+        domains[name] = DomainModel(detector=detector_from_state(state), mean=float(st.mean), std=float(st.std))
+    return SectionModel(section=section, domains=domains, threshold=float(threshold))

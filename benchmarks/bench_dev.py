@@ -229,13 +229,14 @@ def cmd_table(args: argparse.Namespace) -> None:
             pl = np.array([r["plain"]["official"] for r in rs]) * 100
             le = [r["learned"]["official"] * 100 for r in rs if "learned" in r]
             mt = [r["default"]["min_target_auc"] * 100 for r in rs if r["default"]["min_target_auc"] is not None]
-            walls = [mm["train_wall_s"] for r in rs for mm in r["machines"].values()]
+            walls = [mm["train_wall_s"] for r in rs for mm in r["machines"].values() if mm["train_wall_s"] is not None]
             steps = [mm["steps"] for r in rs for mm in r["machines"].values() if mm["steps"] is not None]
             gates = [mm.get("gate") for r in rs for mm in r["machines"].values()]
             lines.append(
                 f"| {v} | {gen} | {len(rs)} | {d.mean():.2f} ± {d.std():.2f} | {np.mean(d / pl):.3f}x | "
                 + (f"{np.mean(le):.2f} ± {np.std(le):.2f}" if le else "n/a")
-                + f" | {pl.mean():.2f} ± {pl.std():.2f} | {np.mean(mt):.1f} | {np.median(walls):.0f} s | "
+                + f" | {pl.mean():.2f} ± {pl.std():.2f} | {np.mean(mt):.1f} | "
+                + (f"{np.median(walls):.0f} s | " if walls else "n/a | ")
                 + (f"{int(np.median(steps))}" if steps else "n/a")
                 + f" | {sum(g == 'plain' for g in gates)}/{len(gates)} |"
             )

@@ -656,9 +656,7 @@ def check_reference_clips(n: int) -> int:
 
 def _gate_of(runs: list[Path]) -> dict | None:
     """The no-regret decision edge-asd-train wrote beside a single run (train/gate.py), if any."""
-    from train.gate import read_gate
-
-    return read_gate(runs[0]) if len(runs) == 1 else None
+    return RunDir(runs[0]).read_gate() if len(runs) == 1 else None
 
 
 def _plain_member_of(runs: list[Path], index: int, data_root: Path | None) -> list[_Member]:

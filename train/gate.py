@@ -263,6 +263,3 @@ def check_learned_member(run_dir: Path, plain_dir: Path, data_root: Path, approa
 def write_gate(run_dir: Path, result: GateResult) -> None:
     RunDir(run_dir).gate.write_text(json.dumps(result.to_dict(), indent=2))
 
-
-def read_gate(run_dir: Path) -> dict | None:
-    return RunDir(run_dir).read_gate()

@@ -19,7 +19,6 @@ from edge_asd.io.dcase import parse_name
 from edge_asd.scoring.metrics import official_result, section_metrics
 
 from .evaluate import embed_paths, ensemble_scored, score_embedded
-from .gate import read_gate
 from .plain import is_plain_run
 from .stage2 import load_stage2
 from .rundir import RunDir
@@ -53,7 +52,7 @@ def known_fault_report(run_dir: Path, data: Path, machine: str, approach: str, d
         if is_plain_run(plain_dir):
             systems["plain"] = scored(plain_dir, "generalization")
             systems["ensemble"] = ensemble_scored([systems["learned"], systems["plain"]])
-            gate = read_gate(run_dir)
+            gate = RunDir(run_dir).read_gate()
             deployed = "plain" if gate and gate["decision"] == "plain" else "ensemble"
     figures = ", ".join(f"{name} {_official(s, infos, machine):.3f}" for name, s in systems.items())
     n_anomaly = sum(i.label == "anomaly" for i in infos)

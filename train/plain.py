@@ -83,7 +83,8 @@ def fit_plain(
     normals["embeddings"] = clip_features([c.path for c in clips], LogMelStats(fcfg))
     normals["domain_logits"] = np.zeros((len(clips), 1), dtype=np.float32)
     out.mkdir(parents=True, exist_ok=True)
-    RunDir(out).config.write_text(
+    run = RunDir(out)
+    run.config.write_text(
         json.dumps({"system": PLAIN_SYSTEM, "data": str(data), "machine": machine, "features": fcfg.to_dict()}, indent=2)
     )
     split = {
@@ -95,11 +96,11 @@ def fit_plain(
             for c in clips
         ],
     }
-    RunDir(out).split.write_text(json.dumps(split, indent=1))
-    RunDir(out).stage2_root.mkdir(exist_ok=True)
-    np.savez(RunDir(out).normal_embeddings, **{k: normals[k] for k in ("names", "embeddings", "domain_logits")})
+    run.split.write_text(json.dumps(split, indent=1))
+    run.stage2_root.mkdir(exist_ok=True)
+    np.savez(run.normal_embeddings, **{k: normals[k] for k in ("names", "embeddings", "domain_logits")})
     fit_stage2(out, normals, cfg)
-    RunDir(out).default_approach_file.write_text(json.dumps({"approach": cfg.approach}))
+    run.default_approach_file.write_text(json.dumps({"approach": cfg.approach}))
     return out
 
 

@@ -45,7 +45,8 @@ def _system_scores(data: Path, runs: list[Path], device: str, progress: bool) ->
     systems: dict[str, dict[str, dict]] = defaultdict(dict)
     baseline_done: set[str] = set()
     for run in runs:
-        cfg = RunDir(run).read_config()
+        folder = RunDir(run)
+        cfg = folder.read_config()
         machine = cfg["machine"]
         if is_plain_run(run):
             # the same features and scorer for every run of a machine: one row
@@ -54,18 +55,18 @@ def _system_scores(data: Path, runs: list[Path], device: str, progress: bool) ->
                 systems[PLAIN_ROW][machine] = {**score_embedded(run, test, "generalization"), "p_target": None}
             continue
         test = embed_test(run, data, machine, device=device, progress=progress)
-        plain = RunDir(run).plain
+        plain = folder.plain
         plain_scored = None
         if is_plain_run(plain):
             plain_scored = score_embedded(plain, embed_test(plain, data, machine, device=device, progress=progress), "generalization")
         for approach in APPROACHES:
-            if RunDir(run).stage2(approach).is_dir():
+            if folder.stage2(approach).is_dir():
                 scored = score_embedded(run, test, approach)
                 systems[f"{SHORT[approach]} {run.name}"][machine] = scored
                 if plain_scored is not None:
                     # what edge-asd-export deploys by default: the run and the plain system, standardized and averaged
                     systems[f"{SHORT[approach]} {run.name} + plain"][machine] = ensemble_scored([scored, plain_scored])
-        ae_path = RunDir(run).ae
+        ae_path = folder.ae
         if ae_path.exists() and machine not in baseline_done:
             from .baseline import AEBaseline
 

@@ -27,22 +27,23 @@ _EXACT_BLOCK_ELEMENTS = 1 << 22
 # Query x bank pairs up to which numpy picks the candidates on the CPU: a clip's 10 segments against 10^5 bank
 # vectors, at most a few milliseconds; above it faiss's blocked kernels win (stage-2 fitting's out-of-fold searches).
 NUMPY_MAX_PAIRS = 1 << 20
-_faiss_threads: list[int] = []  # a thread count asked for before faiss was imported (limit_faiss_threads)
+_faiss_threads: int | None = None  # the thread count limit_faiss_threads asked for, applied when faiss loads
 
 
 def _faiss() -> ModuleType:
     if "faiss" not in sys.modules:
         module = importlib.import_module("faiss")
-        for n in _faiss_threads[-1:]:
-            module.omp_set_num_threads(n)
+        if _faiss_threads is not None:
+            module.omp_set_num_threads(_faiss_threads)
     return sys.modules["faiss"]
 
 
 def limit_faiss_threads(n: int) -> None:
     """faiss's OpenMP threads, now if it is loaded, else when a search first loads it (process-wide, as OpenMP's)."""
-    _faiss_threads.append(int(n))
+    global _faiss_threads
+    _faiss_threads = int(n)
     if "faiss" in sys.modules:
-        sys.modules["faiss"].omp_set_num_threads(int(n))
+        sys.modules["faiss"].omp_set_num_threads(_faiss_threads)
 
 
 def _gpu_available() -> bool:

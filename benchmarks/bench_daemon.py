@@ -65,7 +65,7 @@ def main() -> None:
         f'device_id = "bench"\nstats_interval_s = 5\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
         f'[storage]\noutbox = "{work / "o.sqlite"}"\n'
         f'[[machines]]\nid = "m1"\nbundle = "{Path(args.bundle).resolve()}"\n'
-        + (f'source = "mic:pulse"\n' if args.mic else f'source = "file:{src}"\nrealtime = true\nloop = false\n')
+        + ('source = "mic:pulse"\n' if args.mic else f'source = "file:{src}"\nrealtime = true\nloop = false\n')
         + f"threads = {args.threads}\n"
     )
     web_port = free_port()

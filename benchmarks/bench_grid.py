@@ -74,7 +74,7 @@ def main() -> None:
               f"{args.seeds} seeds, {args.epochs} epochs, {args.train_source} source clips per section",
               "sequential": sequential, "pool": pooled, "speedup": round(sequential["wall_s"] / pooled["wall_s"], 2)}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| launcher | runs | wall time | mean time per run | load average (before, after) |\n|---|---|---|---|---|")
+    print("| launcher | runs | wall time | mean time per run | load average (before, after) |\n|---|---|---|---|---|")
     for name, r in (("one after another (`--jobs 1`)", sequential), (f"local pool (`--jobs {args.jobs}`)", pooled)):
         mean = sum(r["run_s"]) / len(r["run_s"])
         print(f"| {name} | {r['runs']} | {r['wall_s']:.0f} s | {mean:.0f} s | {r['load_before']}, {r['load_after']} |")

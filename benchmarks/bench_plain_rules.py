@@ -1,15 +1,17 @@
-"""The plain system's nearest-neighbour rule for a target domain of a few clips, side by side (no training).
+"""The plain system's scoring rules side by side (no training): nearest neighbours, and one shrunk Gaussian.
 
     .venv/bin/python benchmarks/bench_plain_rules.py DATA_DIR... [--cache DIR]
 
 Features: the product's plain system (reference log-mel statistics | envelope modulation spectrum, the cache of
 ``bench_features.py``), z-scored per section with its training normals. Rules (score of a test clip):
-  nn    distance to the nearest training normal (the reference's rule; ``--plain-neighbours nearest``)
+  nn    distance to the nearest training normal (the reference's rule; ``--plain-scorer nearest``)
   dn    per domain, that distance divided by the median nearest-neighbour distance inside the domain's training
         normals; the smaller of the two domains (the issue's "score normalization per domain")
   ls    each training normal's distance divided by its own distance to its nearest other normal, smallest ratio
-        (``--plain-neighbours local``, ``KNNDetector(local_scale=True)``)
+        (``--plain-scorer local``, ``KNNDetector(local_scale=True)``)
   ls3   as ls with the mean distance to its 3 nearest others
+  gs    negative log-likelihood under one Gaussian of the section's normals, Ledoit-Wolf shrunk covariance
+        (``--plain-scorer gaussian``, ``GMMDetector(1, shrinkage="ledoit-wolf")``: the product's code)
 Prints the official score (harmonic mean of AUC source, AUC target, pAUC over every section) per folder and rule.
 """
 
@@ -26,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_features  # noqa: E402
+from edge_asd.scoring.gmm import GMMDetector  # noqa: E402
 from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
 
-RULES = ("nn", "dn", "ls", "ls3")
+RULES = ("nn", "dn", "ls", "ls3", "gs")
 
 
 def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -39,6 +42,8 @@ def score(X: np.ndarray, tr: np.ndarray, te: np.ndarray, train_domains: np.ndarr
     A, B = X[tr], X[te]
     mu, sd = A.mean(0), A.std(0) + 1e-6
     A, B = (A - mu) / sd, (B - mu) / sd
+    if rule == "gs":
+        return GMMDetector(1, shrinkage="ledoit-wolf").fit(A).score_samples(B)
     D = _dist(A, B)
     if rule == "nn":
         return D.min(1)

@@ -21,6 +21,8 @@ Variants (overrides of the run's own stage-2 configuration, the cpu preset's: ge
   ds-min         domain specialization scored by its nearer domain: min of the two standardized scores (each
                  clip's distance relative to the typical distance inside its nearest domain's bank). Measured
                  here only: the device's scorer has no such rule yet, so it is built only if it wins
+  gauss          one Gaussian of every normal segment embedding, Ledoit-Wolf shrunk covariance (the plain
+                 system's default scorer, ``--plain-scorer gaussian``), instead of the cosine KNN
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ VARIANTS = {
     "pseudo50": {"mixup_pseudo_normals": 50},
     "ds-shrunk": {"approach": "specialization", "target_std": "shrunk"},
     "ds-min": {"approach": "specialization"},
+    "gauss": {"detector": "gmm", "source_centres": 0,
+              "detector_params": {"n_components": 1, "covariance_type": "full", "shrinkage": "ledoit-wolf"}},
 }
 NEAREST_DOMAIN = {"ds-min"}  # variants scored by min over domains instead of Eq. 8
 

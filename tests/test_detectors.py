@@ -307,6 +307,35 @@ def test_gmm_high_dimensional_few_samples_per_component():
     assert np.all(np.isfinite(detector.score_samples(rng.normal(size=(5, 64)))))
 
 
+def test_gmm_ledoit_wolf_shrinkage_is_sklearns_on_the_correlations_and_survives_its_state():
+    """shrinkage="ledoit-wolf": the covariance is the Ledoit-Wolf estimate of the standardized features (scikit-learn's
+    ledoit_wolf) put back in the features' units; so a feature's unit changes no score, the state keeps the option,
+    and states written before it load unshrunk."""
+    from sklearn.covariance import ledoit_wolf
+
+    rng = np.random.default_rng(7)
+    # 40 clips, 60 correlated features on scales a thousand apart: the sample covariance is singular
+    X = rng.normal(size=(40, 60)) @ rng.normal(size=(60, 60)) * np.geomspace(1e-2, 10.0, 60) + 5.0
+    detector = GMMDetector(shrinkage="ledoit-wolf", reg_covar=0.0).fit(X)
+    sd = X.std(axis=0)
+    expected, intensity = ledoit_wolf((X - X.mean(axis=0)) / sd)
+    assert 0.05 < intensity < 0.95  # neither the sample covariance nor the diagonal
+    np.testing.assert_allclose(detector.covariances_[0], expected * np.outer(sd, sd), rtol=1e-9, atol=1e-12)
+    queries = rng.normal(size=(8, 60)) * np.geomspace(1e-2, 10.0, 60) + 5.0
+    rescaled = GMMDetector(shrinkage="ledoit-wolf", reg_covar=0.0).fit(X * 1000.0)
+    np.testing.assert_allclose(np.diff(rescaled.score_samples(queries * 1000.0)), np.diff(detector.score_samples(queries)),
+                               rtol=1e-7)
+    restored = detector_from_state(detector.get_state())
+    assert restored.shrinkage == "ledoit-wolf"
+    np.testing.assert_array_equal(restored.score_samples(queries), detector.score_samples(queries))
+    old = {k: v for k, v in GMMDetector().fit(X[:, :3]).get_state().items() if k != "shrinkage"}
+    assert detector_from_state(old).shrinkage == "none"
+    with pytest.raises(ValueError, match="needs covariance_type 'full'"):
+        GMMDetector(covariance_type="diag", shrinkage="ledoit-wolf")
+    with pytest.raises(ValueError, match="shrinkage"):
+        GMMDetector(shrinkage="oas")
+
+
 def test_gmm_rejects_bad_input(blobs):
     with pytest.raises(ValueError, match="n_components=32 needs at least 32 samples, got 10"):
         GMMDetector(n_components=32).fit(blobs[:10])

@@ -75,11 +75,8 @@ def _read_scores(folder: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
-    """`edge-asd-train --system plain` -> `edge-asd-export` -> `edge-asd score` orders every test clip
-    of every section as the yardstick script does (a per-section standardization is monotone)."""
-    ref = _reference()
-    from edge_asd.cli.main import main as asd_main
+def _plain_fan_bundle(tmp_path: Path, *flags: str) -> tuple[Path, Path]:
+    """The real fan as a user's data folder, its plain system trained with ``flags`` and exported: (data, bundle)."""
     from export.cli import main as export_main
     from train.cli import main as train_main
 
@@ -87,9 +84,19 @@ def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
     data.mkdir()
     (data / "fan").symlink_to(REAL / "fan", target_is_directory=True)
     run, bundle = tmp_path / "plain", tmp_path / "fan.asd"
-    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain",
-                       "--plain-features", "reference", "--plain-neighbours", "nearest", "--quiet"]) == 0
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain", *flags,
+                       "--quiet"]) == 0
     assert export_main([str(run), "--out", str(bundle)]) == 0
+    return data, bundle
+
+
+def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
+    """`edge-asd-train --system plain` -> `edge-asd-export` -> `edge-asd score` orders every test clip
+    of every section as the yardstick script does (a per-section standardization is monotone)."""
+    ref = _reference()
+    from edge_asd.cli.main import main as asd_main
+
+    data, bundle = _plain_fan_bundle(tmp_path, "--plain-features", "reference", "--plain-scorer", "nearest")
     assert asd_main(["score", str(bundle), str(data / "fan" / "test"), "--out", str(tmp_path / "product")]) == 0
     ref.main(str(data), str(tmp_path / "reference"))
     got, want = _read_scores(tmp_path / "product"), _read_scores(tmp_path / "reference")
@@ -100,6 +107,29 @@ def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
         order_want = np.argsort([want[name][c] for c in clips], kind="stable")
         order_got = np.argsort([got[name][c] for c in clips], kind="stable")
         assert order_got.tolist() == order_want.tolist(), name
+
+
+def test_default_plain_bundle_ranks_test_clips_by_the_shrunk_mahalanobis_distance(tmp_path):
+    """The default plain system (`--plain-scorer gaussian`), trained, exported and scored as a user does, orders
+    every test clip as a Mahalanobis distance under scikit-learn's Ledoit-Wolf covariance of the standardized
+    training features does (computed here from the clips, independently of the product's stage 2)."""
+    from sklearn.covariance import ledoit_wolf
+
+    from edge_asd.cli.main import main as asd_main
+    from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
+
+    data, bundle = _plain_fan_bundle(tmp_path)
+    assert asd_main(["score", str(bundle), str(data / "fan" / "test"), "--out", str(tmp_path / "product")]) == 0
+    f = LogMelStats(PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES])
+    train = np.stack([f(read_audio(p)) for p in sorted((data / "fan" / "train").glob("*.wav"))]).astype(np.float64)
+    mu, sd = train.mean(axis=0), train.std(axis=0)
+    precision = np.linalg.inv(ledoit_wolf((train - mu) / sd)[0] + 1e-6 * np.eye(train.shape[1]))
+    (name, got), = _read_scores(tmp_path / "product").items()
+    clips = sorted(got)
+    z = (np.stack([f(read_audio(data / "fan" / "test" / c)) for c in clips]) - mu) / sd
+    want = np.einsum("nd,de,ne->n", z, precision, z)
+    assert len(clips) >= 20
+    assert np.argsort([got[c] for c in clips]).tolist() == np.argsort(want).tolist()
 
 
 def test_modulation_spectrum_finds_the_rate_of_an_envelope_and_ignores_gain():
@@ -155,9 +185,13 @@ def test_plain_local_neighbours_scale_each_normals_distance_and_the_bundle_keeps
     assert export_main([str(run), "--out", str(tmp_path / "fan.asd")]) == 0
     member = open_bundle(tmp_path / "fan.asd").manifest.to_dict()["members"][0]
     assert member["system"] == "plain"
-    # the default is the reference's distance
-    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "nearest"), "--system", "plain",
+    # the default is the shrunk Gaussian; --plain-scorer is the option's current name
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "default"), "--system", "plain",
                        "--quiet"]) == 0
+    cfg, models = load_stage2(tmp_path / "default", "generalization")
+    assert cfg.detector == "gmm" and cfg.detector_params["shrinkage"] == "ledoit-wolf"
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "nearest"), "--system", "plain",
+                       "--plain-scorer", "nearest", "--quiet"]) == 0
     assert load_stage2(tmp_path / "nearest", "generalization")[0].detector_params["local_scale"] is False
 
 
@@ -166,15 +200,7 @@ def test_the_scorer_runs_without_faiss_or_torch(tmp_path):
     import subprocess
     import sys
 
-    from export.cli import main as export_main
-    from train.cli import main as train_main
-
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "fan").symlink_to(REAL / "fan", target_is_directory=True)
-    run, bundle = tmp_path / "plain", tmp_path / "fan.asd"
-    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain", "--quiet"]) == 0
-    assert export_main([str(run), "--out", str(bundle)]) == 0
+    _, bundle = _plain_fan_bundle(tmp_path)
     clip = sorted((REAL / "fan" / "test").glob("*.wav"))[0]
     code = ("import sys; from edge_asd.io.audio import read_audio; from edge_asd.runtime.scorer import load_scorer, "
             "quiet_faiss_threads; quiet_faiss_threads(); s = load_scorer(sys.argv[1]); r = s.score(read_audio(sys.argv[2])); "

@@ -128,6 +128,7 @@ def test_the_command_line_offers_what_the_tables_list():
         accepted = inspect.signature(DETECTORS[name]).parameters
         assert flags.size in accepted and flags.metric == ("metric" in accepted)
         assert not flags.knn_score or "method" in accepted
+        assert flags.shrinkage == ("shrinkage" in accepted)
     choices = {a.dest: a.choices for a in build_parser()._actions}
     assert choices["detector"] == list(DETECTORS)
     assert choices["backbone"] == list(BACKBONES) and set(CNN_BACKBONES) <= set(BACKBONES)
@@ -141,6 +142,10 @@ def test_default_k_per_detector():
     assert detector_params("gmm", None, "l2", "kth") == {"n_components": 4}
     assert detector_params("lof", None, "cosine", "mean") == {"k": 16, "metric": "cosine"}
     assert detector_params("lof", 3, None, "kth") == {"k": 3, "metric": None}
+    # --shrinkage reaches the GMM only, and "none" (the GMM's own default) writes nothing
+    assert detector_params("gmm", 1, None, "kth", "ledoit-wolf") == {"n_components": 1, "shrinkage": "ledoit-wolf"}
+    assert detector_params("gmm", 1, None, "kth", "none") == {"n_components": 1}
+    assert detector_params("knn", 1, "l2", "kth", "ledoit-wolf") == {"k": 1, "metric": "l2", "method": "largest"}
 
 
 def test_the_quality_benchmark_reads_the_presets():

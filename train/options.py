@@ -16,9 +16,9 @@ from edge_asd.scoring.stage2 import BANKS, Stage2Config
 from .names import BACKBONES, OBJECTIVES
 from .plain import (
     DEFAULT_PLAIN_FEATURES,
-    DEFAULT_PLAIN_NEIGHBOURS,
+    DEFAULT_PLAIN_SCORER,
     PLAIN_FEATURES,
-    PLAIN_NEIGHBOURS,
+    PLAIN_SCORERS,
 )
 from .presets import PRESETS
 
@@ -33,21 +33,24 @@ class DetectorFlags:
     default_size: int  # --k when the command line leaves it out
     metric: bool = False  # whether --metric applies
     knn_score: bool = False  # whether --knn-score applies (its "method")
+    shrinkage: bool = False  # whether --shrinkage applies
 
 
-# One line per detector, in the order --detector lists them (the first is the default).
+# One line per detector, in the order --detector lists them (the default is train.presets.STAGE2_DEFAULTS's).
 DETECTOR_FLAGS: dict[str, DetectorFlags] = {
     "knn": DetectorFlags("k", 1, metric=True, knn_score=True),
-    "gmm": DetectorFlags("n_components", 4),
+    "gmm": DetectorFlags("n_components", 4, shrinkage=True),
     "lof": DetectorFlags("k", 16, metric=True),
 }
 KNN_SCORE = {"kth": "largest", "mean": "mean"}  # --knn-score -> the knn detector's method
 
 
-def detector_params(detector: str, k: int | None, metric: str | None, knn_score: str) -> dict:
+def detector_params(detector: str, k: int | None, metric: str | None, knn_score: str, shrinkage: str | None = None) -> dict:
     """The detector's hyper-parameters that the stage-2 flags ask for."""
     flags = DETECTOR_FLAGS[detector]
     params: dict = {flags.size: flags.default_size if k is None else k}
+    if flags.shrinkage and shrinkage not in (None, "none"):
+        params["shrinkage"] = shrinkage
     if flags.metric:
         params["metric"] = metric
     if flags.knn_score:
@@ -85,8 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "generalization; otherwise auto: "
                    "specialization where every section has 2 or more target-domain clips, else generalization; "
                    "both: one extractor each, in RUN/generalization and RUN/specialization")
-    p.add_argument("--detector", default=next(iter(DETECTOR_FLAGS)), choices=list(DETECTOR_FLAGS))
+    p.add_argument("--detector", choices=list(DETECTOR_FLAGS), help="stage 2's inlier model (knn when no preset says)")
     p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
+    p.add_argument("--shrinkage", choices=["none", "ledoit-wolf"],
+                   help="gmm: shrink each component's correlations toward the identity (Ledoit-Wolf), for many "
+                   "features and few clips")
     p.add_argument("--aggregator", default="mean", choices=list(AGGREGATORS))
     p.add_argument("--threshold", default="gamma:0.9", help="decision threshold rule: gamma:Q, quantile:Q or zscore:Z")
     p.add_argument("--bank", default=S2_DEFAULTS.bank, choices=list(BANKS),
@@ -108,13 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-genrep", dest="target_genrep", type=int, default=S2_DEFAULTS.target_genrep,
                    help="generalization: GenRep points, target embeddings mixed with their nearest source ones, added to the bank")
     p.add_argument("--system", default="extractor", choices=["extractor", "plain"],
-                   help="plain: only the log-mel-statistics nearest-neighbour system, no stage 1 (numpy, seconds)")
+                   help="plain: only the log-mel-statistics system (--plain-scorer), no stage 1 (numpy, seconds)")
     p.add_argument("--plain-features", default=DEFAULT_PLAIN_FEATURES, choices=sorted(PLAIN_FEATURES),
                    help="the plain system's features: reference (shared/reference/plain_baseline.py exactly) or "
                    "modulation (the reference plus the envelope modulation spectrum; default)")
-    p.add_argument("--plain-neighbours", default=DEFAULT_PLAIN_NEIGHBOURS, choices=sorted(PLAIN_NEIGHBOURS),
-                   help="the plain system's nearest-neighbour rule: nearest (the reference's distance; default) or local "
-                   "(each normal's distance divided by its own nearest-neighbour distance)")
+    # --plain-neighbours: the option's first name, when it chose only between the two nearest-neighbour rules
+    p.add_argument("--plain-scorer", "--plain-neighbours", dest="plain_scorer", default=DEFAULT_PLAIN_SCORER,
+                   choices=sorted(PLAIN_SCORERS),
+                   help="how the plain system scores a clip: gaussian (Mahalanobis distance to the normals under a "
+                   "shrunk covariance; default), nearest (the reference's distance to the nearest normal) or local "
+                   "(that distance divided by the normal's own nearest-neighbour distance)")
     p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",
                    help="do not fit the plain reference system into RUN/baseline/plain")
     p.add_argument("--outliers", help="folder of other sounds used as pseudo-anomalous data (the report used AudioSet): "

@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # Stage-2 defaults that go with a preset: used where the command line does not state
-# them (the flags --approach, --metric, --source-centres). The cpu preset's extractor
+# them (the flags --approach, --detector, --metric, --source-centres). The cpu preset's extractor
 # has no domain head (sub-cluster AdaCos), so it is scored by generalization with the
 # k-means source bank on cosine distance: the best CPU configuration in the quality
 # benchmark (BENCHMARKS.md, detection quality).
@@ -65,7 +65,8 @@ STAGE2_PRESETS: dict[str, dict[str, Any]] = {
     "report": {},
 }
 # Where no preset applies: the report's choices, and approach "auto" (see train.preflight).
-STAGE2_DEFAULTS: dict[str, Any] = {"approach": "auto", "metric": "l2", "source_centres": 0, "pseudo_normals": 50}
+STAGE2_DEFAULTS: dict[str, Any] = {"approach": "auto", "detector": "knn", "metric": "l2", "source_centres": 0,
+                                   "pseudo_normals": 50}
 
 
 def choose_preset(name: str | None, cuda: bool, has_config: bool) -> tuple[str | None, str]:

@@ -15,6 +15,7 @@ from edge_asd.scoring.kmeans import kmeans_labels
 __all__ = ["GMMDetector"]
 
 _COVARIANCE_TYPES = ("full", "diag")
+_SHRINKAGES = ("none", "ledoit-wolf")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -78,6 +79,15 @@ class GMMDetector(InlierDetector):
     the fit with the highest log-likelihood is kept. Everything random draws from
     ``numpy.random.default_rng(seed)``, so a fit is reproducible.
 
+    ``shrinkage="ledoit-wolf"`` (full covariances) shrinks each component's
+    correlation matrix toward the identity by the Ledoit-Wolf intensity, computed
+    from the data (responsibility-weighted). With tens of clips and a hundred or
+    more features the sample covariance is singular and its small eigenvalues are
+    noise; shrinking toward the diagonal keeps every feature's own variance
+    (so the result does not depend on the features' units) and is the
+    well-conditioned estimate a Mahalanobis distance needs. One component with
+    it is the shrunk Gaussian of the plain system (``train.plain``).
+
     Log-densities go through Cholesky factors and the log-sum-exp, so they stay
     finite far from the data. After :meth:`fit`, ``lower_bound_`` is the mean
     log-likelihood of the training data under the returned parameters and
@@ -86,6 +96,8 @@ class GMMDetector(InlierDetector):
     """
 
     kind = "gmm"
+    # states written before the option existed were not shrunk
+    LATER_PARAMS = frozenset({"shrinkage"})
 
     def __init__(
         self,
@@ -96,9 +108,13 @@ class GMMDetector(InlierDetector):
         tol: float = 1e-3,
         n_init: int = 1,
         seed: int = 0,
+        shrinkage: str = "none",
     ) -> None:
         self.n_components = positive_int("n_components", n_components)
         self.covariance_type = choice("covariance_type", covariance_type, _COVARIANCE_TYPES)
+        self.shrinkage = choice("shrinkage", shrinkage, _SHRINKAGES)
+        if self.shrinkage != "none" and self.covariance_type != "full":
+            raise ValueError(f"shrinkage {shrinkage!r} needs covariance_type 'full' (a diagonal has nothing to shrink)")
         self.reg_covar = non_negative("reg_covar", reg_covar)
         self.max_iter = positive_int("max_iter", max_iter)
         self.tol = non_negative("tol", tol)
@@ -184,6 +200,8 @@ class GMMDetector(InlierDetector):
             for j in range(self.n_components):
                 diff = X - means[j]
                 cov = (resp[:, j, None] * diff).T @ diff / nk[j]
+                if self.shrinkage == "ledoit-wolf":
+                    cov = _ledoit_wolf_to_diagonal(diff, resp[:, j] / nk[j], cov)
                 cov.flat[:: d + 1] += self.reg_covar
                 covariances[j] = cov
         else:
@@ -242,6 +260,28 @@ class _EMRun:
     converged: bool
     n_iter: int
     history: list[float]
+
+
+def _ledoit_wolf_to_diagonal(diff: np.ndarray, w: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """``cov`` (= sum_i w_i diff_i diff_i^T, weights summing to 1) shrunk toward its own diagonal.
+
+    In correlation units (each feature divided by its standard deviation) the target is the identity and the
+    intensity is Ledoit and Wolf's (2004): the estimated variance of the sample covariance, sum_i w_i^2
+    ||z_i z_i^T - R||^2, over its distance to the target, ||R - I||^2, capped at 1.
+    """
+    sd = np.sqrt(np.diag(cov))
+    sd = np.where(sd > 0.0, sd, 1.0)  # a constant feature: reg_covar alone keeps it definite
+    z = diff / sd
+    r = cov / np.outer(sd, sd)
+    target = np.eye(r.shape[0]) * (np.diag(cov) > 0.0)
+    distance = float(np.sum((r - target) ** 2))
+    if distance <= 0.0:
+        return cov
+    # ||z z^T - R||^2 = |z|^4 - 2 z^T R z + ||R||^2, without forming an outer product per sample
+    sq = np.einsum("nd,nd->n", z, z)
+    spread = sq**2 - 2.0 * np.einsum("nd,de,ne->n", z, r, z) + float(np.sum(r * r))
+    intensity = min(float(np.sum(w**2 * spread)), distance) / distance
+    return ((1.0 - intensity) * r + intensity * target) * np.outer(sd, sd)
 
 
 def _e_step(mixture: _Mixture, X: np.ndarray) -> tuple[float, np.ndarray]:

@@ -134,7 +134,7 @@ def cmd_regate(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     from train.gate import check_learned_member, write_gate
     from train.plain import fit_plain, plain_stage2
-    from train.stage2 import default_approach
+    from train.rundir import RunDir
 
     src = Path(args.dir)
     dest_dir = src.parent / f"{src.name}-{'replain' if args.refit_plain else 'regated'}"
@@ -154,7 +154,7 @@ def cmd_regate(args: argparse.Namespace) -> None:
                 continue
             if args.refit_plain:
                 fit_plain(data, m, run / "baseline" / "plain", plain_stage2(record["train_seed"]))
-            result = check_learned_member(run, run / "baseline" / "plain", data, default_approach(run), seed=record["train_seed"])
+            result = check_learned_member(run, run / "baseline" / "plain", data, RunDir(run).default_approach(), seed=record["train_seed"])
             write_gate(run, result)
             info["gate_before"], info["gate"] = info.get("gate"), result.decision
             _export_and_score(work, data, m, record["export_args"])

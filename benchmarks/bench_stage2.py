@@ -83,11 +83,12 @@ def _test_embeddings(run: Path, data: Path, machine: str) -> dict:
 
 def score_run(run: Path, variants: dict[str, dict]) -> dict[str, dict[str, list]]:
     """Per variant, "alone" and "ensemble": a list of per-section (AUC source, AUC target, pAUC)."""
-    from train.stage2 import default_approach, embed_normals, load_stage2
+    from train.rundir import RunDir
+    from train.stage2 import embed_normals, load_stage2
 
     config = json.loads((run / "config.json").read_text())
     data, machine = Path(config["data"]), config["machine"]
-    approach = default_approach(run)
+    approach = RunDir(run).default_approach()
     s2, _ = load_stage2(run, approach)
     p2, plain_models = load_stage2(run / "baseline" / "plain", "generalization")
     held = embed_normals(run, data, s2.bank, progress=False)

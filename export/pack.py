@@ -166,13 +166,13 @@ def _build_plain_member(run_dir: Path, index: int, data_root: Path | None) -> _M
 def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach: str | None, data_root: Path | None) -> _Member:
     from train.embed import load_extractor
     from train.plain import is_plain_run
-    from train.stage2 import bank_clips, default_approach, embed_normals, fit_stage2, load_stage2
+    from train.stage2 import bank_clips, embed_normals, fit_stage2, load_stage2
 
     run_dir = Path(run_dir)
     if is_plain_run(run_dir):
         return _build_plain_member(run_dir, index, data_root)
     config = _run_config(run_dir)
-    approach = approach or default_approach(run_dir)
+    approach = approach or RunDir(run_dir).default_approach()
     if approach not in APPROACHES:
         raise UserError(f"approach must be one of {', '.join(APPROACHES)}")
     data_root = Path(data_root or config["data"])
@@ -398,7 +398,6 @@ def build_bundle(
     DCASE naming, by the official score on those (``"validation"``). Every
     candidate's figure is recorded in the manifest's ``selection`` block.
     """
-    from train.stage2 import default_approach
 
     check_reference_clips(reference_clips)
     if fmt not in FORMATS:
@@ -417,7 +416,7 @@ def build_bundle(
         raise UserError("--select-by validation needs --validation PATH (labelled clips in the DCASE naming)")
     for r in runs:
         _run_config(r)
-    approach = approach or default_approach(runs[0])
+    approach = approach or RunDir(runs[0]).default_approach()
     gate = _gate_of(runs) if with_plain and select is None else None
     if gate is not None and gate["decision"] == "plain":
         plain = _plain_member_of(runs, 0, data_root)

@@ -60,9 +60,9 @@ def test_score_and_evaluate_match_torch(tiny_run, tiny_bundle, tiny_data, edge_a
     files = sorted(p.name for p in out.iterdir())
     assert files == [f"{k}_fan_section_{s}_test.csv" for k in ("anomaly_score", "decision_result") for s in ("00", "01")]
     runtime = evaluate_sections(out)
-    from train.stage2 import default_approach
+    from train.rundir import RunDir
 
-    approach = default_approach(tiny_run)
+    approach = RunDir(tiny_run).default_approach()
     torch_scored = score_embedded(tiny_run, embed_test(tiny_run, tiny_data, "fan", progress=False), approach)
     for (machine, section), m in runtime.items():
         sel = torch_scored["sections"] == section
@@ -317,7 +317,7 @@ def test_a_3s_segment_run_is_exported_and_scored_with_3s_segments(tiny_data, edg
     from conftest import TINY_MODEL
     from train.cli import main as train_main
     from train.evaluate import embed_test, score_embedded
-    from train.stage2 import default_approach
+    from train.rundir import RunDir
 
     cfg = tmp_path / "seg3.json"
     cfg.write_text(json.dumps({**TINY_MODEL, "epochs": 1, "r_train": 0.8, "segment_seconds": 3, "hop_length": 512}))
@@ -349,7 +349,7 @@ def test_a_3s_segment_run_is_exported_and_scored_with_3s_segments(tiny_data, edg
         for line in csv.read_text().splitlines():
             name, score = line.split(",")
             device[name] = float(score)
-    training = score_embedded(run, embed_test(run, tiny_data, "fan", progress=False), default_approach(run))
+    training = score_embedded(run, embed_test(run, tiny_data, "fan", progress=False), RunDir(run).default_approach())
     assert sorted(device) == sorted(training["names"])
     for name, score in zip(training["names"], training["scores"]):
         assert device[name] == pytest.approx(score, rel=1e-3, abs=1e-3), name
@@ -361,9 +361,10 @@ def test_device_and_training_side_score_the_same_embeddings_alike(tiny_run, tiny
     from edge_asd.runtime.scorer import ClipScorer
     from export.pack import build_bundle
     from train.evaluate import embed_test, score_embedded
-    from train.stage2 import default_approach, load_stage2
+    from train.rundir import RunDir
+    from train.stage2 import load_stage2
 
-    approach = default_approach(tiny_run)
+    approach = RunDir(tiny_run).default_approach()
     bundle = build_bundle(tiny_run, tmp_path / "learned.asd", progress=False)  # the learned member alone, fp32
     scorer = ClipScorer(open_bundle(bundle), backend="onnx-cpu")
     test = embed_test(tiny_run, tiny_data, "fan", progress=False)

@@ -25,11 +25,11 @@ from torch import nn
 from edge_asd.io.audio import short_error
 from edge_asd.errors import UserError
 
-from .adacos import SubClusterAdaCos, initial_scale
 from .fft_branch import FFTBranch
 from .frontend import LogMel
 from .losses import OEHeads
-from .names import BACKBONES, CNN_BACKBONES, OBJECTIVES, OE, SUBCLUSTER_ADACOS
+from .names import BACKBONES, CNN_BACKBONES, OBJECTIVES, OE
+from .objectives import objective
 
 
 # Sequence-encoder sizes small enough for CPU tests and smoke runs (the
@@ -117,11 +117,8 @@ class ModelConfig:
             raise UserError("adacos_classes and adacos_class_sections must have the same length")
         if any(not -1 <= s < self.n_sections for s in self.adacos_class_sections):
             raise UserError(f"adacos_class_sections must be -1 or a section index below {self.n_sections}")
-        if self.objective == SUBCLUSTER_ADACOS and self.adacos_classes:
-            try:
-                initial_scale(len(self.class_sections()) * self.n_subclusters)
-            except ValueError as exc:
-                raise UserError(f"{exc} (one class and n_subclusters 1 leave only one)") from None
+        for problem in objective(self.objective).check(self):
+            raise UserError(problem)
         if self.fft_channels < 1:
             raise UserError(f"fft_channels {self.fft_channels} must be at least 1")
         if self.fft_dim < 1:
@@ -536,12 +533,11 @@ class Extractor(nn.Module):
         self.encoder: nn.Module = ENCODERS[cfg.backbone](cfg, pretrained_weights, self.segment_frames)
         self.fft_branch = FFTBranch(cfg.segment_samples, cfg.fft_channels, cfg.fft_dim) if cfg.fft_branch else None
         self.heads = OEHeads(cfg.embedding_size, cfg.n_sections, cfg.domain_head)
-        self.adacos = (
-            SubClusterAdaCos(
-                cfg.embedding_size, cfg.class_sections(), cfg.n_sections, cfg.n_subclusters, cfg.adacos_trainable_centres
-            )
-            if cfg.objective == SUBCLUSTER_ADACOS else None
-        )
+        # the objective's own head, under its own name (its state-dict prefix)
+        head = objective(cfg.objective).head(cfg)
+        self._objective_head = objective(cfg.objective).head_name if head is not None else None
+        if head is not None:
+            self.add_module(self._objective_head, head)
 
     @property
     def segment_frames(self) -> int:
@@ -569,11 +565,17 @@ class Extractor(nn.Module):
             return emb
         return torch.cat([emb, self.fft_branch.encode(spectrum).to(emb.dtype)], dim=-1)
 
+    @property
+    def objective_head(self) -> nn.Module | None:
+        """The training objective's own head (sub-cluster AdaCos: its centres), None where it has none."""
+        return getattr(self, self._objective_head) if self._objective_head else None
+
     def output_heads(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every head's output; with sub-cluster AdaCos its cosines, and section logits from its classes."""
+        """Every head's output, the objective's own included (sub-cluster AdaCos: its cosines, and section
+        logits from its classes)."""
         out = self.heads(emb)
-        if self.adacos is not None:
-            out.update(self.adacos.outputs(emb))
+        if self.objective_head is not None:
+            out.update(self.objective_head.outputs(emb))
         return out
 
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:

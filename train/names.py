@@ -15,9 +15,13 @@ BACKBONES: tuple[str, ...] = ("efficientnet_b0", "conformer", "transformer", "tf
 # int8 and TensorRT on a Jetson handle best. Only these take pretrained weights.
 CNN_BACKBONES: tuple[str, ...] = ("efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0")
 
-# The stage-1 objectives: the report's outlier exposure (Eq. 3/6, section and machine
-# heads), or Wilkinghoff's sub-cluster AdaCos (train/adacos.py), which replaces those
-# heads' losses by one class loss over sub-cluster centres.
+# The stage-1 objectives, name -> the class that implements it (train/objectives.py; a new objective is a
+# class there or in a module of its own, and one line here): the report's outlier exposure (Eq. 3/6, section and
+# machine heads), or Wilkinghoff's sub-cluster AdaCos (train/adacos.py), which replaces those heads' losses by
+# one class loss over sub-cluster centres.
 OE = "oe"
 SUBCLUSTER_ADACOS = "subcluster_adacos"
-OBJECTIVES: tuple[str, ...] = (OE, SUBCLUSTER_ADACOS)
+OBJECTIVES: dict[str, str] = {
+    OE: "train.objectives:OutlierExposure",
+    SUBCLUSTER_ADACOS: "train.objectives:SubClusterAdaCosObjective",
+}

@@ -38,16 +38,15 @@ from torch import nn
 from edge_asd.io.audio import SegmentSpec
 from edge_asd.errors import ConfigError, DataError, UserError
 
-from .adacos import AdaCosCropDataset, adacos_classes, subcluster_adacos_loss
 from .checkpoints import atomic_save, check_resumable, cpu_state, prune_snapshots, rng_state, save_extractor, set_rng_state
 from .config import TrainConfig
 from .distributed import Runtime, setup_runtime
 from .runlog import LOSS_COLUMNS, VALIDATION_COLUMNS, append_rows, fmt, truncate_csv
-from .data import BatchPlan, CropDataset, OEBatchSampler, PreparedData, iter_clip_batches, prepare_data, segment_spec
+from .data import BatchPlan, OEBatchSampler, PreparedData, iter_clip_batches, prepare_data, segment_spec
 from .frontend import strict_fp32
-from .losses import LossTerms, LossWeights, domain_loss, oe_loss
+from .losses import LossWeights
 from .models import Extractor, build_extractor
-from .names import OE, SUBCLUSTER_ADACOS
+from .objectives import objective
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -125,6 +124,7 @@ class Trainer:
     def __init__(self, model: Extractor, cfg: TrainConfig, device: torch.device, total_steps: int, runtime: Runtime | None = None):
         self.model = model
         self.cfg = cfg
+        self.objective = objective(cfg.objective)
         self.device = device
         cuda = device.type == "cuda"
         rank = runtime.rank if runtime is not None else 0
@@ -136,7 +136,7 @@ class Trainer:
             # A domain head outside the loss (lambda_domain 0) gets no gradient, which
             # DDP must be told about or it waits forever for that bucket.
             # So do the section and machine heads under sub-cluster AdaCos, which replaces their losses.
-            unused = bool(cfg.domain_head and cfg.lambda_domain == 0) or cfg.objective != OE
+            unused = bool(cfg.domain_head and cfg.lambda_domain == 0) or not self.objective.trains_oe_heads
             self.module: nn.Module = DistributedDataParallel(
                 self.forward, device_ids=[device] if cuda else None, find_unused_parameters=unused,
                 broadcast_buffers=False,  # Runtime.average_buffers after each epoch instead
@@ -156,15 +156,9 @@ class Trainer:
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One update; returns ``[loss, l_machine, l_section, l_domain]`` on the device (no sync)."""
         nb = self.device.type == "cuda"
-        wave = batch["wave"].to(self.device, non_blocking=nb)
-        t = batch["t"].to(self.device, non_blocking=nb)
-        section = batch["section"].to(self.device, non_blocking=nb)
-        d = batch["d"].to(self.device, non_blocking=nb) if self.cfg.domain_head else None
-        out = self.module(wave)
-        if self.cfg.objective == SUBCLUSTER_ADACOS:
-            terms = adacos_terms(self.model, out, batch["label"].to(self.device, non_blocking=nb), t, d, self.weights)
-        else:
-            terms: LossTerms = oe_loss(out, t, section, d, self.weights)
+        batch = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items()}
+        out = self.module(batch["wave"])
+        terms = self.objective.loss(self.model, out, batch, batch["d"] if self.cfg.domain_head else None, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if self.cfg.grad_clip:
@@ -179,22 +173,6 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-
-
-def adacos_terms(
-    model: Extractor, out: dict[str, torch.Tensor], labels: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None,
-    weights: LossWeights,
-) -> LossTerms:
-    """Sub-cluster AdaCos in place of Eq. 3's two terms, plus Eq. 5's domain loss when the head is trained.
-
-    Logged in the ``l_section`` column (it is the class objective; ``l_machine`` is 0).
-    """
-    l_class = subcluster_adacos_loss(model.adacos, out["class_cosine"], labels, update_scale=model.training)
-    total, l_domain = l_class, torch.zeros((), device=t.device)
-    if d is not None and weights.lambda_domain > 0:
-        l_domain = domain_loss(out["domain_logit"], d, t if weights.domain_weight_by_t else torch.ones_like(t))
-        total = total + weights.lambda_domain * l_domain
-    return LossTerms(total=total, machine=torch.zeros((), device=t.device), section=l_class, domain=l_domain)
 
 
 def prepare_model(model: Extractor, cfg: TrainConfig, device: torch.device) -> Extractor:
@@ -324,24 +302,24 @@ def _write_run_files(cfg: TrainConfig, runtime: Runtime, data: PreparedData, res
 
 
 def _build_model(cfg: TrainConfig, data: PreparedData, runtime: Runtime):
-    """The extractor on its device, and the AdaCos classes when that is the objective (else None)."""
+    """The extractor on its device, and the labels its objective trains on (None where it needs none)."""
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(data.sections)
-    classes = None
-    if cfg.objective == SUBCLUSTER_ADACOS:
-        classes = adacos_classes(data, cfg.machine, cfg.adacos_pseudo_classes)
-        model_cfg.adacos_classes, model_cfg.adacos_class_sections = classes.names, classes.sections
+    obj = objective(cfg.objective)
+    labels = obj.prepare(cfg, data, model_cfg)
+    if labels is not None:
         model_cfg.validate()
-        if runtime.is_main:
-            log.info("sub-cluster AdaCos: %d classes x %d sub-clusters", len(classes.names), cfg.n_subclusters)
+        note = obj.describe(cfg, labels)
+        if note and runtime.is_main:
+            log.info("%s", note)
     model = build_extractor(model_cfg, cfg.pretrained_weights)
     if runtime.rank:
         torch.manual_seed(cfg.seed + runtime.rank)  # different dropout masks per process
     prepare_model(model, cfg, runtime.device)
-    return model, classes
+    return model, labels
 
 
-def _make_loader(cfg: TrainConfig, data: PreparedData, classes, runtime: Runtime):
+def _make_loader(cfg: TrainConfig, data: PreparedData, labels, runtime: Runtime):
     """This process's batch sampler (its share of every global batch) and the DataLoader over it."""
     device = runtime.device
     seg = cfg.segment_samples
@@ -352,8 +330,7 @@ def _make_loader(cfg: TrainConfig, data: PreparedData, classes, runtime: Runtime
     )
     workers = cfg.num_workers
     loader = torch.utils.data.DataLoader(
-        CropDataset(data.table, len(data.sections), seg) if classes is None
-        else AdaCosCropDataset(data.table, len(data.sections), seg, classes),
+        objective(cfg.objective).dataset(data, seg, labels),
         batch_sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
@@ -406,9 +383,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, progress: bool) -> Path:
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuning pays off
-    model, classes = _build_model(cfg, data, runtime)
+    model, labels = _build_model(cfg, data, runtime)
 
-    sampler, loader = _make_loader(cfg, data, classes, runtime)
+    sampler, loader = _make_loader(cfg, data, labels, runtime)
     steps_per_epoch = len(sampler)
     cfg, budget_note = _apply_step_budget(cfg, steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs

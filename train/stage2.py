@@ -151,6 +151,3 @@ def check_normals(normals: dict[str, np.ndarray], cfg: Stage2Config, where: str 
         except ValueError as exc:
             raise DataError(f"{where + ': ' if where else ''}{exc}; no system can be fitted (record more normal clips)") from None
 
-
-def default_approach(run_dir: Path) -> str:
-    return RunDir(run_dir).default_approach()

@@ -619,7 +619,7 @@ def test_the_page_in_a_real_browser(tiny_bundle, tiny_data, edge_asd_exe, tmp_pa
             assert [e.text for e in drv.find_elements("css selector", "section.machine h2")] == ["fan1", "fan2"]
             fan1 = drv.find_element("css selector", "#machine-fan1")
             _wait("fan1's scores drawn", lambda: int(drv.execute_script(
-                "return document.querySelector('#machine-fan1 .timeline').dataset.points || 0")) >= 40)
+                "return document.querySelector('#machine-fan1 .timeline')?.dataset.points || 0")) >= 40)
             # Fit to the data: three minutes of points spread over the chart, not squeezed at its right edge.
             spread = drv.execute_script("""
                 const svg = document.querySelector('#machine-fan1 .timeline');
@@ -708,7 +708,7 @@ def test_the_page_in_a_real_browser(tiny_bundle, tiny_data, edge_asd_exe, tmp_pa
             drv.set_window_size(390, 844)
             drv.get(f"{base}/")
             _wait("fan1's scores drawn on the phone", lambda: int(drv.execute_script(
-                "return document.querySelector('#machine-fan1 .timeline').dataset.points || 0")) >= 40)
+                "return document.querySelector('#machine-fan1 .timeline')?.dataset.points || 0")) >= 40)
             _wait("a clip with its reference", lambda: drv.find_elements("css selector", "#machine-fan1 .clips figure.normal"))
             width = drv.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
             assert width[0] <= width[1], width

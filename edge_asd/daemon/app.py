@@ -53,6 +53,7 @@ from edge_asd.daemon.fileprogress import FileProgress, progress_path
 from edge_asd.daemon.loading import load_config
 from edge_asd.daemon.logs import setup_logging
 from edge_asd.daemon.pipeline import Pipeline, PipelineLinks, stall_limit
+from edge_asd.daemon.outputs import PageOutput
 from edge_asd.daemon.scorers import Scoring, load_scorers
 from edge_asd.daemon.sdnotify import Notifier
 from edge_asd.daemon.sources import PortAudioHost, make_source
@@ -185,7 +186,8 @@ class Daemon:
         return Pipeline(m, scoring, source, self._pipeline_links(), deb)
 
     def _pipeline_links(self) -> PipelineLinks:
-        return PipelineLinks(self.cfg.alerts, self.publisher, self.evidence, self.web, self.throttled, self.wake)
+        outputs = (PageOutput(self.web),) if self.web is not None else ()
+        return PipelineLinks(self.cfg.alerts, self.publisher, self.evidence, outputs, self.throttled, self.wake)
 
     def start(self) -> None:
         from edge_asd.mqtt.outbox import Outbox

@@ -1,8 +1,8 @@
 """One machine's pipeline: the scorer thread that takes clips from its source, scores them, has them
 decided (:class:`~edge_asd.scoring.decision.ClipDecider`: threshold, debounce, evidence, as
 ``edge-asd score`` decides), journals scores and alerts in the outbox (holding them while it is
-full), saves evidence and tells the page, all through the :class:`PipelineLinks` it is given; and
-the machine's source state as the daemon reports it."""
+full), saves evidence and hands each clip's record to the outputs (the page; ``edge_asd.daemon.outputs``),
+all through the :class:`PipelineLinks` it is given; and the machine's source state as the daemon reports it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from edge_asd.daemon.config import AlertConfig, MachineConfig
+from edge_asd.daemon.outputs import ClipOutput, ClipRecord
 from edge_asd.daemon.scorers import Scoring
 from edge_asd.daemon.sources import Clip, ClipSource
 from edge_asd.errors import UserError
@@ -23,7 +24,6 @@ from edge_asd.scoring.decision import ClipDecider
 from edge_asd.scoring.drift import DriftMonitor
 
 if TYPE_CHECKING:
-    from edge_asd.daemon.web.server import WebServer
     from edge_asd.io.evidence import EvidenceStore
     from edge_asd.mqtt.publisher import Publisher
 
@@ -53,7 +53,7 @@ class PipelineLinks:
     alerts: AlertConfig  # silence and stall limits
     publisher: "Publisher"  # journals scores and alerts in the outbox
     evidence: "EvidenceStore | None"  # None: no [storage] evidence folder
-    web: "WebServer | None"  # None: no [web] page
+    outputs: tuple[ClipOutput, ...]  # every scored clip's record, in this order (the page's, with [web])
     throttled: Callable[..., None]  # (level, key, msg, *args): logged at most once a minute per key
     wake: Callable[[], None]  # the main loop looks again: this pipeline ended or crashed
 
@@ -257,10 +257,6 @@ class Pipeline:
         if d.anomalous:
             self.anomalous_clips += 1
 
-        web = links.web
-        if web is not None:
-            web.score(self.id, seq, clip.end_time, d.score, d.threshold, d.anomalous, d.p_target, clip.dbfs,
-                      ratio=d.ratio, bands=bands, pending=d.pending)
         if d.change is not None:
             (log.warning if d.change == "anomalous" else log.info)(
                 "machine %s: state %s (score %.3f, threshold %.3f, clip ending %s)",
@@ -268,8 +264,6 @@ class Pipeline:
             )
             self._unstored_alerts.append(("alert", alert_payload(clip.end_time, d.change, self.id, d.score,
                                                                  d.threshold, seq or 0, model, d.ratio, bands)))
-            if web is not None:
-                web.alert(self.id, clip.end_time, d.change)
         if d.state != self._alert_state_sent:
             # Retained, so a dashboard (Home Assistant's "Anomalous") knows the debounced state at
             # once; the alert topic is not, as an alert replayed on subscribe would read as new.
@@ -278,13 +272,18 @@ class Pipeline:
             self._alert_state_sent = d.state
         self._journal_alerts()
 
-        store = links.evidence
+        store, saved = links.evidence, None
         if d.save_evidence and store is not None:
             saved = store.save(self.id, clip.samples, clip.end_time, seq or 0)
             if saved is not None:
                 self.evidence_saved += 1
-                if web is not None:
-                    web.evidence(self.id, saved)
+        record = ClipRecord(self.id, seq, end_time, clip.dbfs, d, bands, saved)
+        for output in links.outputs:
+            try:
+                output.clip(record)
+            except Exception as exc:  # noqa: BLE001 - one output's fault must not cost the others, nor the clip
+                links.throttled(logging.ERROR, f"output-{self.id}-{type(output).__name__}",
+                                "machine %s: output %s failed on a clip: %r", self.id, type(output).__name__, exc)
 
     def _journal_score(self, waiting: "_WaitingScore") -> int | None:
         """Journal this clip's score after any that could not be stored before, in clip order.

@@ -95,7 +95,7 @@ def _proxy_auc(approach: str, held: dict, oof: dict, pseudo: dict, sections: dic
 
 
 @dataclass
-class _Member:
+class _PackedMember:
     """One exported extractor with its fitted stage 2, ready to pack."""
 
     member: Member  # its manifest entry
@@ -126,7 +126,7 @@ def _stage2_files(prefix: str, sections: dict, held: dict) -> tuple[dict[str, by
     return {prefix + "detectors.npz": npz_bytes(arrays), prefix + "heldout.npz": npz_bytes(normals)}, member_sections
 
 
-def _build_plain_member(run_dir: Path, index: int, data_root: Path | None) -> _Member:
+def _build_plain_member(run_dir: Path, index: int, data_root: Path | None) -> _PackedMember:
     """The plain system: numpy features from the raw clip, no model file, its own stage 2."""
     from train.plain import plain_embeddings
     from train.stage2 import bank_clips, embed_normals, load_stage2
@@ -160,10 +160,10 @@ def _build_plain_member(run_dir: Path, index: int, data_root: Path | None) -> _M
         sections=member_sections,
     )
     paths = [data_root / c["path"] for c in bank_clips(run_dir, s2cfg.bank)]
-    return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(paths), {"fp32_parity_relative_error": 0.0, **report})
+    return _PackedMember(member, files, s2cfg, held, oof, config, _clip_seconds(paths), {"fp32_parity_relative_error": 0.0, **report})
 
 
-def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach: str | None, data_root: Path | None) -> _Member:
+def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach: str | None, data_root: Path | None) -> _PackedMember:
     from train.embed import load_extractor
     from train.plain import is_plain_run
     from train.stage2 import bank_clips, embed_normals, fit_stage2, load_stage2
@@ -307,7 +307,7 @@ def _build_member(run_dir: Path, index: int, fmt: str, precision: str, approach:
         engine_source=engine_source,
         calibration_cache=calibration_cache,
     )
-    return _Member(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report, spec)
+    return _PackedMember(member, files, s2cfg, held, oof, config, _clip_seconds(held_paths), precision_report, spec)
 
 
 def _rfft_frontend(extractor, frontend_onnx: bytes, paths: list[Path], spec: SegmentSpec, prefix: str,
@@ -342,11 +342,11 @@ def _rfft_frontend(extractor, frontend_onnx: bytes, paths: list[Path], spec: Seg
     return LogMelFrontEnd.from_dict(logmel), prefix + "input_norm.npz"
 
 
-def _part_keys(member: _Member) -> list[str]:
+def _part_keys(member: _PackedMember) -> list[str]:
     return ["all"] if member.s2cfg.approach == "generalization" else ["source", "target"]
 
 
-def _reference_scores(members: list[_Member], approach: str) -> dict[str, np.ndarray]:
+def _reference_scores(members: list[_PackedMember], approach: str) -> dict[str, np.ndarray]:
     """Per section, the (ensemble's) final out-of-fold scores of held-out normals.
 
     They fit the threshold, as for a single system, and their quantiles are the
@@ -482,7 +482,7 @@ def _print_validation(bundle: Path, validation: list[Path] | None) -> None:
               f"{', ...' if len(validation) > 3 else ''})")
 
 
-def _assemble(members: list[_Member], approach: str, data_root: Path | None = None,
+def _assemble(members: list[_PackedMember], approach: str, data_root: Path | None = None,
               with_bands: bool = True, reference_clips: int = 0) -> tuple[Manifest, dict[str, bytes]]:
     """The manifest and files of a bundle of these members (band evidence and reference clips: not for a
     candidate's trial bundle)."""
@@ -551,7 +551,7 @@ class _SectionNormals:
     features: np.ndarray  # [n, cfg.dim]
 
 
-def _normals_by_section(members: list[_Member], data_root: Path | None):
+def _normals_by_section(members: list[_PackedMember], data_root: Path | None):
     """The plain feature settings and, per section, its normal training clips (thinned) with their features.
 
     The plain member's feature settings where the bundle has one (its features
@@ -658,7 +658,7 @@ def _gate_of(runs: list[Path]) -> dict | None:
     return RunDir(runs[0]).read_gate() if len(runs) == 1 else None
 
 
-def _plain_member_of(runs: list[Path], index: int, data_root: Path | None) -> list[_Member]:
+def _plain_member_of(runs: list[Path], index: int, data_root: Path | None) -> list[_PackedMember]:
     """The plain system fitted beside the first run (RUN/baseline/plain), as one more ensemble member.
 
     Its standardized score averaged with the learned systems' beat each of them
@@ -676,8 +676,8 @@ def _plain_member_of(runs: list[Path], index: int, data_root: Path | None) -> li
 
 
 def _select(
-    members: list[_Member], k: int, by: str, validation: list[Path], approach: str, precision: str
-) -> tuple[list[_Member], Selection]:
+    members: list[_PackedMember], k: int, by: str, validation: list[Path], approach: str, precision: str
+) -> tuple[list[_PackedMember], Selection]:
     """The ``k`` best members by the chosen criterion, in their original order, and the record of the choice."""
     if by == "proxy":
         key = f"proxy_auc_{precision}"
@@ -699,7 +699,7 @@ def _select(
     return [members[i] for i in keep], record
 
 
-def _validation_score(member: _Member, approach: str, validation: list[Path]) -> float:
+def _validation_score(member: _PackedMember, approach: str, validation: list[Path]) -> float:
     """The official score of one member alone on the user's labelled clips, scored as the device would."""
     manifest, files = _assemble([member], approach, with_bands=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -227,7 +227,7 @@ def test_int8_engine_needs_the_bundles_calibration_cache(tiny_bundle, edge_asd_e
     ],
 )
 def test_back_ends_fall_back_fastest_first(monkeypatch, backend, engine, expected):
-    from edge_asd.runtime import backends as inference
+    from edge_asd.runtime import backend_table as inference
 
     # A GPU device's providers; the model is not ONNX, so every back end really fails and says so in turn.
     monkeypatch.setattr(inference, "available_ort_providers",

@@ -13,7 +13,7 @@ from daemon_proc import bundle_manifest, noise_wavs, write_config  # noqa: E402
 def test_a_reload_that_keeps_the_source_hands_the_pipeline_new_links(tiny_bundle, tmp_path):
     from edge_asd.daemon.app import Daemon as DaemonCore, _Reload
     from edge_asd.daemon.loading import load_config
-    from edge_asd.daemon.scorers import load_scorers
+    from edge_asd.daemon.machine_scoring import load_scorers
     from edge_asd.mqtt.outbox import Outbox
 
     clip_s = float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0))
@@ -77,7 +77,7 @@ def test_every_output_gets_one_record_per_clip_and_a_failing_one_costs_no_other(
     cfg = load_config(write_config(path, 1883, tiny_bundle, f"file:{tmp_path / 'rec'}",
                                    machine="realtime = false\nthreshold = -1e9\n",
                                    storage=f'evidence = "{tmp_path / "evidence"}"\n'))
-    from edge_asd.daemon.scorers import load_scorers
+    from edge_asd.daemon.machine_scoring import load_scorers
 
     scorings = load_scorers(cfg)
     core = DaemonCore(cfg, scorings)

@@ -269,7 +269,7 @@ class _NonFiniteOnce:
 def test_a_non_finite_score_is_a_counted_bad_clip_not_a_scoring_error(tiny_bundle, tmp_path):
     from edge_asd.daemon.loading import load_config
     from edge_asd.daemon.app import Daemon as DaemonCore
-    from edge_asd.daemon.scorers import load_scorers
+    from edge_asd.daemon.machine_scoring import load_scorers
 
     noise_wavs(tmp_path / "rec", 3, _clip_seconds(tiny_bundle))
     cfg = load_config(write_config(tmp_path / "edge-asd.toml", 1, tiny_bundle, f"file:{tmp_path / 'rec'}",

@@ -54,7 +54,7 @@ from edge_asd.daemon.loading import load_config
 from edge_asd.daemon.logs import setup_logging
 from edge_asd.daemon.pipeline import Pipeline, PipelineLinks, stall_limit
 from edge_asd.daemon.outputs import PageOutput
-from edge_asd.daemon.scorers import Scoring, load_scorers
+from edge_asd.daemon.machine_scoring import Scoring, load_scorers
 from edge_asd.daemon.sdnotify import Notifier
 from edge_asd.daemon.sources import PortAudioHost, make_source
 from edge_asd.daemon.waker import Waker

@@ -33,7 +33,7 @@ from edge_asd.ids import ID_RE
 from edge_asd.scoring.alerts import CLEAR_AFTER, RAISE_AFTER
 from edge_asd.mqtt.settings import MqttSettings, MqttSettingsError  # a leaf: no paho, no publisher
 from edge_asd.mqtt.outbox import MIN_MAX_BYTES as MIN_OUTBOX_BYTES  # sqlite3 only
-from edge_asd.runtime.backends import BACKENDS  # names only: onnxruntime is imported when a back end is made
+from edge_asd.runtime.backend_table import BACKENDS  # names only: onnxruntime is imported when a back end is made
 
 try:
     import tomllib

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from edge_asd.daemon.config import AlertConfig, MachineConfig
 from edge_asd.daemon.outputs import ClipOutput, ClipRecord
-from edge_asd.daemon.scorers import Scoring
+from edge_asd.daemon.machine_scoring import Scoring
 from edge_asd.daemon.sources import Clip, ClipSource
 from edge_asd.errors import UserError
 from edge_asd.mqtt.discovery import ALERT_STATE

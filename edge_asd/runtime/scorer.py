@@ -21,7 +21,7 @@ from edge_asd.runtime.manifest import Member as MemberSpec
 from edge_asd.errors import BundleError, UserError
 from edge_asd.io.features import LogMelStats
 from edge_asd.runtime.backend import Backend, ClipView, FeatureBackend
-from edge_asd.runtime.backends import make_backend
+from edge_asd.runtime.backend_table import make_backend
 from edge_asd.runtime.frontend import FFTFrontEnd, FrontEnd
 from edge_asd.runtime.onnx import OnnxFrontEnd, SplitOnnx, available_ort_providers
 from edge_asd.scoring.bands import Band, BandEvidence, BandReference, ratio
@@ -44,7 +44,9 @@ class ClipResult:
 
 
 @dataclass
-class _Member:
+class _LoadedMember:
+    """One bundle member as the scorer runs it: its back end and its section models."""
+
     name: str
     backend: Backend  # a SplitOnnx (front end once per clip, by rFFT) on the CPU when the bundle has the split graphs
     sections: dict[str, SectionModel]
@@ -78,13 +80,13 @@ class ClipScorer:
         self.reference_quantiles: dict[str, list[float]] = dict(manifest.reference_quantiles or {})
         self.reference_medians: dict[str, float] = {s: float(v) for s, v in (manifest.reference_medians or {}).items()}
         self.band_evidence = band_evidence_of(bundle)
-        self.members: list[_Member] = [self._member(bundle, i, spec, backend, threads, cache_dir)
+        self.members: list[_LoadedMember] = [self._member(bundle, i, spec, backend, threads, cache_dir)
                                        for i, spec in enumerate(manifest.members)]
         self.backend_name = "+".join(dict.fromkeys(m.backend.name for m in self.members))
         self._band_features = self._band_feature_source()
 
     def _member(self, bundle: Bundle, i: int, spec: MemberSpec, backend: str, threads: int,
-                cache_dir: str | None) -> _Member:
+                cache_dir: str | None) -> _LoadedMember:
         """One member's sections and back end, each checked against the manifest."""
         arrays = bundle.arrays(spec.state)
         dim = int(spec.embedding_dim or self.embedding_dim)
@@ -104,7 +106,7 @@ class ClipScorer:
                 be = FeatureBackend(LogMelStats(spec.features))
             except (TypeError, ValueError) as exc:
                 raise BundleError(f"{bundle.path}: member {i}: features unusable ({exc})") from None
-            return _Member(spec.label(i), be, sections, has_domain_head=False)
+            return _LoadedMember(spec.label(i), be, sections, has_domain_head=False)
         engine = bundle.read(spec.engine.file) if spec.engine else None
         try:
             if self._use_split(spec, backend, engine):
@@ -123,7 +125,7 @@ class ClipScorer:
         except Exception as exc:
             raise BundleError(f"{bundle.path}: member {i}: {str(exc).splitlines()[0]}") from None
         self._check_model_shape(be, i, dim)
-        return _Member(spec.label(i), be, sections, spec.has_domain_head)
+        return _LoadedMember(spec.label(i), be, sections, spec.has_domain_head)
 
     def _band_feature_source(self) -> LogMelStats | int | None:
         """The index of the plain member whose features band evidence reads, else the features to compute."""

@@ -4,7 +4,7 @@ Engines are specific to the GPU and the TensorRT version that built them, so
 they are built where they run (``edge-asd build-engine BUNDLE`` on the Jetson
 itself) and stored in the bundle with that provenance. A mismatched engine is
 refused with a message saying what it was built for, and the runtime falls
-back to the bundle's ONNX model (see :func:`edge_asd.runtime.backends.make_backend`).
+back to the bundle's ONNX model (see :func:`edge_asd.runtime.backend_table.make_backend`).
 
 Needs ``tensorrt`` and ``cuda-python`` (both ship with JetPack); neither is a
 dependency of the plain runtime, and everything here imports them lazily.

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_asd.io.dcase import list_clips  # noqa: E402
+from train.plain import PLAIN_SCORERS  # noqa: E402
 from edge_asd.scoring.combine import combine_parts, p_target  # noqa: E402
 from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
 from edge_asd.scoring.section import section_parts  # noqa: E402
@@ -55,8 +56,8 @@ VARIANTS = {
     "pseudo50": {"mixup_pseudo_normals": 50},
     "ds-shrunk": {"approach": "specialization", "target_std": "shrunk"},
     "ds-min": {"approach": "specialization"},
-    "gauss": {"detector": "gmm", "source_centres": 0,
-              "detector_params": {"n_components": 1, "covariance_type": "full", "shrinkage": "ledoit-wolf"}},
+    "gauss": {"detector": PLAIN_SCORERS["gaussian"][0], "source_centres": 0,
+              "detector_params": dict(PLAIN_SCORERS["gaussian"][1])},
 }
 NEAREST_DOMAIN = {"ds-min"}  # variants scored by min over domains instead of Eq. 8
 

@@ -125,11 +125,16 @@ def oe_loss(
     """Eq. 3 (``d`` None or no domain head) or Eq. 6: ``L_machine + l_s L_section [+ l_d L_domain]``."""
     l_machine = machine_loss(out["machine_logit"], t)
     l_section = section_loss(out["section_logits"], section_target, t)
-    total = l_machine + weights.lambda_section * l_section
-    if d is not None and weights.lambda_domain > 0:
-        w = t if weights.domain_weight_by_t else torch.ones_like(t)
-        l_domain = domain_loss(out["domain_logit"], d, w)
-        total = total + weights.lambda_domain * l_domain
-    else:
-        l_domain = torch.zeros((), device=t.device)
+    total, l_domain = with_domain_loss(l_machine + weights.lambda_section * l_section, out, t, d, weights)
     return LossTerms(total=total, machine=l_machine, section=l_section, domain=l_domain)
+
+
+def with_domain_loss(
+    total: torch.Tensor, out: dict[str, torch.Tensor], t: torch.Tensor, d: torch.Tensor | None, weights: LossWeights
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``total`` plus Eq. 5's weighted domain loss where the domain head is trained (``d`` given, lambda_domain > 0),
+    and that loss (zero otherwise): the one place every objective adds it."""
+    if d is None or weights.lambda_domain <= 0:
+        return total, torch.zeros((), device=t.device)
+    l_domain = domain_loss(out["domain_logit"], d, t if weights.domain_weight_by_t else torch.ones_like(t))
+    return total + weights.lambda_domain * l_domain, l_domain

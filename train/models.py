@@ -117,8 +117,9 @@ class ModelConfig:
             raise UserError("adacos_classes and adacos_class_sections must have the same length")
         if any(not -1 <= s < self.n_sections for s in self.adacos_class_sections):
             raise UserError(f"adacos_class_sections must be -1 or a section index below {self.n_sections}")
-        for problem in objective(self.objective).check(self):
-            raise UserError(problem)
+        problems = objective(self.objective).check(self)
+        if problems:
+            raise UserError("; ".join(problems))
         if self.fft_channels < 1:
             raise UserError(f"fft_channels {self.fft_channels} must be at least 1")
         if self.fft_dim < 1:
@@ -534,8 +535,9 @@ class Extractor(nn.Module):
         self.fft_branch = FFTBranch(cfg.segment_samples, cfg.fft_channels, cfg.fft_dim) if cfg.fft_branch else None
         self.heads = OEHeads(cfg.embedding_size, cfg.n_sections, cfg.domain_head)
         # the objective's own head, under its own name (its state-dict prefix)
-        head = objective(cfg.objective).head(cfg)
-        self._objective_head = objective(cfg.objective).head_name if head is not None else None
+        obj = objective(cfg.objective)
+        head = obj.head(cfg)
+        self._objective_head = obj.head_name if head is not None else None
         if head is not None:
             self.add_module(self._objective_head, head)
 

@@ -12,7 +12,6 @@ objectives are added).
 from __future__ import annotations
 
 import importlib
-from functools import cache
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 
 from .adacos import AdaCosCropDataset, SubClusterAdaCos, adacos_classes, initial_scale, subcluster_adacos_loss
 from .data import CropDataset, PreparedData
-from .losses import LossTerms, LossWeights, domain_loss, oe_loss
+from .losses import LossTerms, LossWeights, oe_loss, with_domain_loss
 from .names import OBJECTIVES
 
 # The hooks take the extractor (train.models.Extractor), its ModelConfig and the run's TrainConfig, typed Any
@@ -103,16 +102,12 @@ class SubClusterAdaCosObjective(Objective):
         t = batch["t"]
         l_class = subcluster_adacos_loss(model.objective_head, out["class_cosine"], batch["label"],
                                          update_scale=model.training)
-        total, l_domain = l_class, torch.zeros((), device=t.device)
-        if d is not None and weights.lambda_domain > 0:
-            l_domain = domain_loss(out["domain_logit"], d, t if weights.domain_weight_by_t else torch.ones_like(t))
-            total = total + weights.lambda_domain * l_domain
+        total, l_domain = with_domain_loss(l_class, out, t, d, weights)
         return LossTerms(total=total, machine=torch.zeros((), device=t.device), section=l_class, domain=l_domain)
 
 
-@cache
 def objective(name: str) -> Objective:
-    """The objective ``name`` of ``train.names.OBJECTIVES`` (one instance each: objectives hold no state)."""
+    """The objective ``name`` of ``train.names.OBJECTIVES`` (a new instance: objectives hold no state)."""
     if name not in OBJECTIVES:
         raise ValueError(f"objective {name!r} is not one of {', '.join(OBJECTIVES)}")
     module, cls = OBJECTIVES[name].split(":")

@@ -98,6 +98,8 @@ def test_switch_flags_take_their_own_spelling(grid_data, tmp_path):
         ('data = "DATA"\n[grid]\nmachine = ["fan", "gearbox"]\n', "machine 'gearbox': no folder"),
         ('data = "DATA"\n[grid]\nmachine = "fan"\nseed = []\n', "seed is an empty list"),
         ('data = "DATA"\n[grid]\nmachine = "fan"\n[flags]\nk = true\n', "option k takes a value"),
+        ('data = "DATA"\n[grid]\nmachine = "fan"\ndetector = ["knn", "gmm"]\n[flags]\nmetric = "cosine"\n',
+         "run fan/detector-gmm: --metric does not apply to --detector gmm (--metric is for knn, lof)"),
         ('data = "nowhere"\n[grid]\nmachine = "fan"\n', "does not exist"),
         ('data = "DATA"\n[grid\nmachine = "fan"\n', "not valid TOML"),
     ],

@@ -135,6 +135,27 @@ def test_the_command_line_offers_what_the_tables_list():
     assert choices["objective"] == list(OBJECTIVES)
 
 
+@pytest.mark.parametrize("flags, line", [
+    (["--shrinkage", "ledoit-wolf"], "--shrinkage does not apply to --detector knn (--shrinkage is for gmm)"),
+    (["--detector", "gmm", "--metric", "cosine", "--knn-score", "mean"],
+     "--metric and --knn-score do not apply to --detector gmm (--metric is for knn, lof; --knn-score is for knn)"),
+    (["--detector", "lof", "--knn-score", "kth"], "--knn-score does not apply to --detector lof (--knn-score is for knn)"),
+])
+def test_a_flag_the_detector_would_ignore_is_refused(data_root, tmp_path, capsys, flags, line):
+    """Before this, ``--shrinkage`` with knn trained a run that silently ignored it."""
+    out = tmp_path / "run"
+    rc = cli.main(["--data", str(data_root), "--machine", "fan", "--out", str(out), "--quiet", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and line in err, err
+    assert not out.exists()
+
+
+def test_a_preset_metric_with_another_detector_is_not_the_users_mistake(monkeypatch, data_root, tmp_path):
+    """The cpu preset's cosine metric must not make ``--detector gmm`` an error: only typed flags are checked."""
+    cfg = resolved(monkeypatch, data_root, tmp_path, "--preset", "cpu", "--detector", "gmm", "--shrinkage", "ledoit-wolf")
+    assert cfg.machine == "fan"  # it reached stage 1
+
+
 def test_default_k_per_detector():
     from train.options import detector_params
 

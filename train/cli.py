@@ -57,6 +57,9 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"{data / args.machine / 'train'}: no such folder (expected the DCASE layout DATA/<machine>/train/)")
     if args.config and not args.resume:
         _read_config(Path(args.config))  # a bad config file is the first thing to hear about
+    misapplied = options.misapplied_detector_flags(args.detector, args.metric, args.knn_score, args.shrinkage)
+    if misapplied:
+        raise UserError(misapplied)
     if not args.resume:
         from .preflight import MIN_LEARNED_CLIPS, count_normals
 

@@ -230,7 +230,7 @@ def _switches() -> tuple[argparse.Action, ...]:
 
 def _check_flags(source: Path, point: RunPoint) -> None:
     """Parse the run's command line now, so a bad choice is the grid file's error, not a failed run."""
-    from .options import build_parser
+    from .options import build_parser, misapplied_detector_flags
 
     parser = build_parser()
 
@@ -242,7 +242,10 @@ def _check_flags(source: Path, point: RunPoint) -> None:
         args = flag_args(point.flags)
     except GridError as exc:
         fail(str(exc))
-    parser.parse_args(["--data", "x", "--machine", point.machine, "--out", "x", *args])
+    parsed = parser.parse_args(["--data", "x", "--machine", point.machine, "--out", "x", *args])
+    misapplied = misapplied_detector_flags(parsed.detector, parsed.metric, parsed.knn_score, parsed.shrinkage)
+    if misapplied:
+        fail(misapplied)
 
 
 def is_done(point: RunPoint, out: Path) -> bool:

@@ -45,9 +45,11 @@ DETECTOR_FLAGS: dict[str, DetectorFlags] = {
 KNN_SCORE = {"kth": "largest", "mean": "mean"}  # --knn-score -> the knn detector's method
 
 
-def detector_params(detector: str, k: int | None, metric: str | None, knn_score: str, shrinkage: str | None = None) -> dict:
+def detector_params(detector: str, k: int | None, metric: str | None, knn_score: str | None,
+                    shrinkage: str | None = None) -> dict:
     """The detector's hyper-parameters that the stage-2 flags ask for."""
     flags = DETECTOR_FLAGS[detector]
+    knn_score = knn_score or "kth"
     params: dict = {flags.size: flags.default_size if k is None else k}
     if flags.shrinkage and shrinkage not in (None, "none"):
         params["shrinkage"] = shrinkage
@@ -56,6 +58,25 @@ def detector_params(detector: str, k: int | None, metric: str | None, knn_score:
     if flags.knn_score:
         params["method"] = KNN_SCORE[knn_score]
     return params
+
+
+def misapplied_detector_flags(detector: str | None, metric: str | None, knn_score: str | None,
+                              shrinkage: str | None) -> str | None:
+    """One line naming the flags given that the chosen detector would ignore (None when every flag applies).
+
+    Called on what the command line states, before a preset fills its own values in: a preset's
+    ``metric`` with ``--detector gmm`` is the preset's business, a typed ``--metric`` is the user's.
+    """
+    detector = detector or "knn"  # train.presets.STAGE2_DEFAULTS' (no preset changes the detector)
+    flags = DETECTOR_FLAGS[detector]
+    given = {"--metric": (metric, flags.metric), "--knn-score": (knn_score, flags.knn_score),
+             "--shrinkage": (shrinkage, flags.shrinkage)}
+    wrong = [name for name, (value, applies) in given.items() if value is not None and not applies]
+    if not wrong:
+        return None
+    users = {name: [d for d, f in DETECTOR_FLAGS.items() if getattr(f, name[2:].replace("-", "_"))] for name in wrong}
+    return (f"{' and '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --detector {detector} ("
+            + "; ".join(f"{name} is for {', '.join(users[name])}" for name in wrong) + ")")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "from stage 1 (the report's rule, which leaves few or no target clips)")
     p.add_argument("--metric", choices=["l2", "cosine"],
                    help="distance of knn and lof (cosine: length-normalised); cosine with the cpu preset, else l2")
-    p.add_argument("--knn-score", dest="knn_score", default="kth", choices=["kth", "mean"],
-                   help="knn score: distance to the k-th neighbour, or the mean over the k nearest (the authors' recipe)")
+    p.add_argument("--knn-score", dest="knn_score", choices=["kth", "mean"],
+                   help="knn score: distance to the k-th neighbour (default), or the mean over the k nearest (the authors' recipe)")
     p.add_argument("--source-centres", dest="source_centres", type=int,
                    help="generalization: bank of K k-means centres of the source segments plus every target segment "
                    "(0: off); 16 with the cpu preset, else 0")

@@ -51,6 +51,19 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
+def package_versions() -> dict[str, str]:
+    """What the figures depend on: numpy 2's float32 FFT alone moved the front end by 2x (BENCHMARKS, 2026-12-06)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("numpy", "onnxruntime", "faiss-cpu", "ducc0", "torch"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
 def _clip() -> np.ndarray:
     return np.random.default_rng(0).normal(size=int(CLIP_SECONDS * 16000)).astype(np.float32)
 
@@ -75,7 +88,8 @@ def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> di
     return {
         "frontend_ms": med[0], "extractor_ms": med[1], "detector_ms": med[2], "total_ms": med[3],
         "peak_rss_mb": _peak_rss_mb(), "first_score_s": first_score_s, "score_finite": bool(np.isfinite(first.score)),
-        "frontends": sorted({type(getattr(m.backend, "frontend", m.backend)).__name__ for m in scorer.members}),
+        "frontends": sorted({getattr(getattr(m.backend, "frontend", None), "name", type(m.backend).__name__)
+                             for m in scorer.members}),
     }
 
 
@@ -276,6 +290,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="fresh processes per variant")
     ap.add_argument("--clips", type=int, default=200, help="clips of the offline replay")
     args = ap.parse_args()
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         art = {"cpu": build_cpu_bundles(work), "b0": build_b0_bundles(work)}
@@ -302,6 +317,7 @@ def main() -> None:
     record = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "threads": args.threads, "repeats": args.repeats, "runs": args.runs, "load_average_at_end": os.getloadavg(),
+        "python": platform.python_version(), "packages": package_versions(),
         "results": results, "replay": rep, "daemon": daemon,
     }
     (HERE / "results").mkdir(exist_ok=True)

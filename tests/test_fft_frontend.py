@@ -88,13 +88,14 @@ def test_rfft_front_end_matches_the_bundle_graph(fronts, tiny_data):
 
 def test_on_extreme_clips_the_rfft_front_end_is_the_closer_to_exact(fronts):
     """Where bands sit 120 dB below the loudest, float32's rounding shows in the log of the quietest: the
-    graph's matrix-product DFT was measured 8e-4 from a float64 STFT there, the rFFT 1e-5."""
+    graph's matrix-product DFT was measured 1.6e-4 to 8e-4 from a float64 STFT there, the float32 rFFT (ducc0) 7.5e-5 to 2.1e-4, a
+    float64 rFFT (numpy) 1e-5."""
     graph, fft = fronts
     norm = fft._scale, fft._shift
     for x in _extreme_clips():
         x = standardize(x)
         exact = _reference_logmel(x, fft.cfg) * norm[0] + norm[1]
-        assert _relative_error(exact, fft(x)) <= min(2 * TOLERANCE, _relative_error(exact, graph(x)))
+        assert _relative_error(exact, fft(x)) <= min(30 * TOLERANCE, _relative_error(exact, graph(x)))
 
 
 def test_rfft_front_end_matches_training_logmel_and_a_float64_stft(tiny_data):
@@ -111,8 +112,8 @@ def test_rfft_front_end_matches_training_logmel_and_a_float64_stft(tiny_data):
             for use_fft in (False, True):  # the deployed DFT, and torch.stft as training may run it
                 lm.use_fft = use_fft
                 assert _relative_error(lm(torch.from_numpy(x)[None])[0].numpy(), got) <= TOLERANCE
-        # closer to exact than either float32 graph: an order of magnitude inside the tolerance
-        assert _relative_error(_reference_logmel(x, fft.cfg), got) <= TOLERANCE / 10
+        # a float32 FFT: measured at most 2.6e-6 from a float64 STFT on these clips
+        assert _relative_error(_reference_logmel(x, fft.cfg), got) <= TOLERANCE / 2
 
 
 def test_band_blocks_hold_every_weight_of_the_filterbanks():

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edge_asd.io.audio import centre
+from edge_asd.io.fft import PowerSpectrum
 from edge_asd.io.stft import LOGS, WINDOWS, LogMelSTFT, hann
 
 # --- mel filterbank ---------------------------------------------------------------
@@ -174,14 +175,15 @@ def modulation_pooling(cfg: LogMelStatsConfig) -> np.ndarray:
 class ModulationSpectrum:
     """Prepared clip -> ``[modulation_bands * modulation_bins]`` log envelope spectrum (band-major)."""
 
-    def __init__(self, cfg: LogMelStatsConfig):
+    def __init__(self, cfg: LogMelStatsConfig, fft: str = "auto"):
         self.cfg = cfg
         fb = mel_filterbank(cfg.sample_rate, cfg.modulation_n_fft, cfg.modulation_bands, cfg.f_min, cfg.f_max, cfg.mel_scale)
         # the blocked rFFT front end of the log-mel; its ln is undone below (exp), which costs less than a
         # second STFT code path and loses nothing at float32 with an eps far below any band's power
         self._stft = LogMelSTFT(cfg.modulation_n_fft, cfg.modulation_hop, hann(cfg.modulation_n_fft, "hann"), fb,
-                                log="ln", eps=1e-20)
+                                log="ln", eps=1e-20, fft=fft)
         self._seg_window = hann(cfg.modulation_frames, "hann")
+        self._seg_power = PowerSpectrum(cfg.modulation_frames, self._stft.fft)
         self._pool = modulation_pooling(cfg)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -196,20 +198,23 @@ class ModulationSpectrum:
             segs = np.lib.stride_tricks.sliding_window_view(env, n, axis=0)[:: n // 2]  # [K, bands, n]
         segs = segs - segs.mean(axis=-1, keepdims=True)
         w = self._seg_window[: segs.shape[-1]]
-        spec = (np.abs(np.fft.rfft(segs * w, n=n, axis=-1)) ** 2).mean(axis=0)  # [bands, n/2+1]
-        return np.log(spec.astype(np.float32) @ self._pool + np.float32(1e-8)).reshape(-1)
+        rows = np.zeros((segs.shape[0] * segs.shape[1], n), dtype=np.float32)  # zero-padded where the clip is short
+        rows[:, : segs.shape[-1]] = (segs * w).reshape(-1, segs.shape[-1])
+        spec = self._seg_power(rows).reshape(segs.shape[0], segs.shape[1], -1).mean(axis=0)  # [bands, n/2+1]
+        return np.log(spec @ self._pool + np.float32(1e-8)).reshape(-1)
 
 
 class LogMelStats:
     """Clip -> ``[2 * n_mels]``: the mean, then the standard deviation, of each band's log power over time;
     then, with ``modulation_bands``, the envelope modulation spectrum."""
 
-    def __init__(self, cfg: LogMelStatsConfig | None = None):
+    def __init__(self, cfg: LogMelStatsConfig | None = None, fft: str = "auto"):
         self.cfg = cfg or LogMelStatsConfig()
         c = self.cfg
         fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max, c.mel_scale)
-        self._stft = LogMelSTFT(c.n_fft, c.hop_length, hann(c.n_fft, c.window), fb, log=c.log, eps=c.log_eps)
-        self._modulation = ModulationSpectrum(c) if c.modulation_bands else None
+        # one thread: with ducc0 a second one gained nothing here (its blocks are small, the Python around them not)
+        self._stft = LogMelSTFT(c.n_fft, c.hop_length, hann(c.n_fft, c.window), fb, log=c.log, eps=c.log_eps, fft=fft)
+        self._modulation = ModulationSpectrum(c, fft) if c.modulation_bands else None
 
     @property
     def dim(self) -> int:

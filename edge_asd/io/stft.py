@@ -1,13 +1,14 @@
-"""Log-mel power of a waveform with numpy's real FFT: the CPU's front end, learned and plain members alike.
+"""Log-mel power of a waveform by a real FFT: the CPU's front end, learned and plain members alike.
 
 The exported front-end graph computes the DFT as matrix products, because
 that is what ONNX and TensorRT run everywhere; on a CPU the same numbers
-come from an rFFT at a fraction of the work (issue 28). Two things keep it
-fast in plain numpy, both measured on the 2-core machine:
+come from an rFFT at a fraction of the work (issue 28; the transform itself is
+:mod:`edge_asd.io.fft`'s). Two things keep the rest fast, both measured on the
+2-core machine:
 
 * frames go through in blocks of 64: a 10 s clip's 618 windowed frames and
-  their spectra are ~10 MB, and numpy's float32 rFFT of the whole stack ran at
-  half the speed of the same transforms a cache-sized block at a time;
+  their spectra are ~10 MB, and the whole stack at once ran at half the speed
+  of the same transforms a cache-sized block at a time;
 * the mel filterbank is a band matrix (each triangle spans a few DFT bins),
   so it is applied as a few dense blocks along its diagonal instead of one
   dense product that multiplies zeros ~90 % of the time.
@@ -22,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from .fft import PowerSpectrum
 
 FRAME_BLOCK = 64  # frames per rFFT call: the working set of a block stays in cache
 _MEL_CHUNKS = 12  # diagonal blocks of the filterbank: each block's product stays under OpenBLAS's threading size, so the pool's threads do not spawn its threads
@@ -77,11 +80,12 @@ def band_blocks(fb: np.ndarray, chunks: int = _MEL_CHUNKS) -> list[_MelBlock]:
 class LogMelSTFT:
     """Waveform ``[N]`` -> log-mel ``[frames, n_mels]``, float32: uncentred STFT, power, mel, log.
 
-    ``log``: "ln" gives ``ln(mel + eps)``, "db" ``10 log10(mel + eps)``.
+    ``log``: "ln" gives ``ln(mel + eps)``, "db" ``10 log10(mel + eps)``; ``fft``: an
+    :mod:`edge_asd.io.fft` engine (auto: the fastest installed).
     """
 
     def __init__(self, n_fft: int, hop: int, window: np.ndarray, fb: np.ndarray, log: str = "ln",
-                 eps: float = 1e-6, threads: int = 1):
+                 eps: float = 1e-6, threads: int = 1, fft: str = "auto"):
         if hop < 1 or n_fft < 2 or window.shape != (n_fft,) or fb.shape[1] != n_fft // 2 + 1:
             raise ValueError(f"STFT settings do not fit: n_fft {n_fft}, hop {hop}, window {window.shape}, "
                              f"filterbank {fb.shape}")
@@ -92,8 +96,13 @@ class LogMelSTFT:
         self.log, self.eps = log, np.float32(eps)
         self._blocks = band_blocks(fb, _MEL_CHUNKS if fb.shape[0] >= _FEW_BANDS else 1)
         self._bins = slice(min(b.bins.start for b in self._blocks), max(b.bins.stop for b in self._blocks))
+        self._power = PowerSpectrum(self.n_fft, fft)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="logmel") if threads > 1 else None
         self._threads = max(1, threads)
+
+    @property
+    def fft(self) -> str:
+        return self._power.engine
 
     def frames(self, n_samples: int) -> int:
         return frame_count(n_samples, self.n_fft, self.hop)
@@ -124,10 +133,7 @@ class LogMelSTFT:
             self._block(frames[lo : lo + FRAME_BLOCK], out[lo : lo + FRAME_BLOCK])
 
     def _block(self, frames: np.ndarray, out: np.ndarray) -> None:
-        spec = np.fft.rfft(frames * self.window, axis=1)[:, self._bins]  # complex64 (numpy < 2: complex128)
-        re_im = spec.view(spec.real.dtype)
-        np.multiply(re_im, re_im, out=re_im)
-        power = re_im[:, 0::2] + re_im[:, 1::2]
+        power = self._power(frames * self.window, self._bins)
         out.fill(0.0)
         first = self._bins.start
         for b in self._blocks:

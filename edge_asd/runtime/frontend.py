@@ -34,9 +34,7 @@ class FrontEnd(Protocol):
 class FFTFrontEnd:
     """``frontend.onnx`` by rFFT: ``scale * ln(mel + eps) + shift`` per band."""
 
-    name = "numpy-rfft"
-
-    def __init__(self, cfg: LogMelFrontEnd, scale: np.ndarray, shift: np.ndarray, threads: int = 1):
+    def __init__(self, cfg: LogMelFrontEnd, scale: np.ndarray, shift: np.ndarray, threads: int = 1, fft: str = "auto"):
         scale = np.asarray(scale, dtype=np.float32).reshape(-1)
         shift = np.asarray(shift, dtype=np.float32).reshape(-1)
         if scale.shape != (cfg.n_mels,) or shift.shape != (cfg.n_mels,):
@@ -48,8 +46,9 @@ class FFTFrontEnd:
         self.n_fft = cfg.n_fft
         fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale)
         self._stft = LogMelSTFT(cfg.n_fft, cfg.hop_length, hann(cfg.n_fft, cfg.window or "hann_periodic"), fb, log="ln",
-                                eps=cfg.log_eps, threads=threads)
+                                eps=cfg.log_eps, threads=threads, fft=fft)
         self._scale, self._shift = scale[:, None], shift[:, None]
+        self.name = f"rfft ({self._stft.fft})"
 
     def n_frames(self, n_samples: int) -> int:
         return frame_count(n_samples, self.cfg.n_fft, self.cfg.hop_length)

@@ -1,0 +1,68 @@
+"""Power spectra of many real frames at once: the one transform every CPU front end makes.
+
+Two engines compute the same numbers:
+
+* ``ducc0``: pocketfft's successor by its author (the CPU FFT of JAX), a runtime
+  dependency. It transforms several rows together in SIMD registers; numpy's
+  pocketfft transforms one row at a time. Measured on the 2-core machine
+  (numpy 2.4, ducc0 0.42, one thread, a 10 s clip): the learned member's 618
+  frames of 2048 points 2.2 ms against numpy's 6.2, the plain member's
+  modulation frames (2,493 x 512) 1.8 against 5.3 ms. It costs ~11 MB of
+  resident memory once imported (scipy.fft, the same pocketfft, costs 27 MB:
+  it imports scipy.special).
+* ``numpy``: the fallback where ducc0 is missing. It transforms float64:
+  since numpy 2.0 its float32 transforms are computed natively and are slower
+  than its float64 ones (7.5 against 3.2 ms for the 2048-point frames).
+
+Both return float32 power, so what follows (the mel product, the log) is the
+same code whichever engine ran; ``tests/test_fft.py`` holds them to each other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+ENGINES = ("ducc0", "numpy")
+
+
+def available_engines() -> tuple[str, ...]:
+    return tuple(e for e in ENGINES if e == "numpy" or importlib.util.find_spec(e) is not None)
+
+
+def resolve_engine(engine: str = "auto") -> str:
+    """``auto``: the fastest engine installed."""
+    if engine == "auto":
+        return available_engines()[0]
+    if engine not in ENGINES:
+        raise ValueError(f"FFT engine must be auto or one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine not in available_engines():
+        raise ValueError(f"FFT engine {engine!r} is not installed (pip install {engine})")
+    return engine
+
+
+class PowerSpectrum:
+    """Rows ``[n, n_fft]`` -> ``|rfft|^2`` ``[n, n_fft // 2 + 1]`` float32."""
+
+    def __init__(self, n_fft: int, engine: str = "auto"):
+        self.n_fft = int(n_fft)
+        self.engine = resolve_engine(engine)
+        if self.engine == "ducc0":
+            import ducc0.fft
+
+            self._r2c = ducc0.fft.r2c
+
+    def __call__(self, rows: np.ndarray, bins: slice = slice(None)) -> np.ndarray:
+        """``bins``: the DFT bins wanted (the others are not squared)."""
+        if rows.ndim != 2 or rows.shape[1] != self.n_fft:
+            raise ValueError(f"expected rows of {self.n_fft} samples, got shape {rows.shape}")
+        if self.engine == "ducc0":
+            spec = self._r2c(np.ascontiguousarray(rows, dtype=np.float32), axes=(1,))  # complex64
+        else:
+            spec = np.fft.rfft(rows.astype(np.float64), axis=1)
+        spec = spec[:, bins]
+        re_im = spec.view(spec.real.dtype)
+        np.multiply(re_im, re_im, out=re_im)
+        power = re_im[:, 0::2] + re_im[:, 1::2]
+        return power if power.dtype == np.float32 else power.astype(np.float32)

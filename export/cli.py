@@ -15,7 +15,14 @@ from .pack import (DEFAULT_REFERENCE_CLIPS, FORMATS, MAX_REFERENCE_CLIPS, REFERE
 from .precision import PRECISIONS
 
 
+log = logging.getLogger(__name__)
+
+
 def _export(args: argparse.Namespace) -> int:
+    if args.precision == "int8" and args.format == "onnx":
+        # measured, BENCHMARKS.md "Device side": int8 bundles have no split graphs, so a CPU runs the DFT per segment
+        log.warning("an int8 ONNX bundle is slower and larger than fp32 on a CPU (the cpu preset's: 35.8 against 18.8 "
+                    "ms per clip, 192 against 96 MB); int8 pays off with --format tensorrt on a GPU")
     build_bundle(
         [Path(r) for r in args.run] if len(args.run) > 1 else Path(args.run[0]),
         Path(args.out),
@@ -45,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="+", help="run folder written by edge-asd-train; several runs of one machine type make an ensemble bundle")
     p.add_argument("--out", required=True, help="bundle file to write (e.g. pump.asd)")
     p.add_argument("--format", default="onnx", choices=FORMATS)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default; the fastest on a CPU), fp16 or int8 (for TensorRT: on a CPU int8 is slower than fp32)")
     p.add_argument("--approach", choices=["generalization", "specialization"], help="default: the run's")
     p.add_argument("--data", help="data root, if it moved since training")
     p.add_argument("--select", type=int, metavar="K", help="ensemble: keep only the K best of the runs given")

@@ -377,3 +377,17 @@ def test_device_and_training_side_score_the_same_embeddings_alike(tiny_run, tiny
         np.testing.assert_allclose(p, training["p_target"][sel], rtol=1e-12, atol=1e-12)
         assert scorer.thresholds[section] == pytest.approx(model.threshold, rel=1e-12)
         assert (device > scorer.thresholds[section]).tolist() == training["decisions"][sel].astype(bool).tolist()
+
+
+@pytest.mark.parametrize("flags, warned", [(["--precision", "int8"], True), (["--precision", "fp16"], False),
+                                           (["--precision", "int8", "--format", "tensorrt"], False)])
+def test_int8_for_a_cpu_is_exported_with_a_warning(monkeypatch, caplog, tmp_path, flags, warned):
+    """int8 ONNX is slower and larger than fp32 on a CPU (BENCHMARKS.md): the export says so, and still writes it."""
+    import export.cli
+
+    asked = []
+    monkeypatch.setattr(export.cli, "build_bundle", lambda *a, **kw: asked.append(kw["precision"]))
+    with caplog.at_level("WARNING", logger="export.cli"):
+        assert export.cli.main([str(tmp_path), "--out", str(tmp_path / "b.asd"), *flags]) == 0
+    assert asked == [flags[1]]
+    assert any("slower and larger than fp32 on a CPU" in r.getMessage() for r in caplog.records) == warned

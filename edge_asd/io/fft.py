@@ -7,7 +7,7 @@ Two engines compute the same numbers:
   pocketfft transforms one row at a time. Measured on the 2-core machine
   (numpy 2.4, ducc0 0.42, one thread, a 10 s clip): the learned member's 618
   frames of 2048 points 2.2 ms against numpy's 6.2, the plain member's
-  modulation frames (2,493 x 512) 1.8 against 5.3 ms. It costs ~11 MB of
+  modulation frames (2,493 x 512) 1.8 against 5.3 ms. It costs 5-11 MB of
   resident memory once imported (scipy.fft, the same pocketfft, costs 27 MB:
   it imports scipy.special).
 * ``numpy``: the fallback where ducc0 is missing. It transforms float64:

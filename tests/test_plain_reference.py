@@ -209,3 +209,23 @@ def test_the_scorer_runs_without_faiss_or_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     loaded, score = out.stdout.split("] ")
     assert loaded == "[" and np.isfinite(float(score))
+
+
+def test_edge_asd_score_loads_no_mqtt_faiss_or_torch(tmp_path):
+    """`edge-asd score` needs none of them: paho alone is 7 MB of a scorer's resident memory (the CLI's parser knows
+    `watch`, whose client imports paho only when it watches)."""
+    import subprocess
+    import sys
+
+    _, bundle = _plain_fan_bundle(tmp_path)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for p in sorted((REAL / "fan" / "test").glob("*.wav"))[:2]:
+        (clips / p.name).write_bytes(p.read_bytes())
+    code = ("import sys; from edge_asd.cli.main import main; rc = main(['score', sys.argv[1], sys.argv[2], '--out', "
+            "sys.argv[3], '--quiet']); print(rc, sorted(m for m in ('paho', 'faiss', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(bundle), str(clips), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0 []", out.stdout
+    assert len(list((tmp_path / "out").glob("anomaly_score_*.csv"))) == 1

@@ -149,6 +149,8 @@ def test_clip_front_end_once_matches_per_segment_graph(tiny_bundle, tiny_data):
     clips = [read_audio(c.path) for c in list_clips(tiny_data, "fan", "test")[:3]]
     batched = scorer.score_segments(np.stack([segment(standardize(c), SegmentSpec()) for c in clips]), "00")[0]
     np.testing.assert_allclose(scorer.score_many(clips, "00"), batched, rtol=1e-4, atol=1e-4)
+    # clips scored side by side give the same scores to the bit, in the clips' order
+    np.testing.assert_array_equal(scorer.score_many(clips * 3, "00", workers=3), scorer.score_many(clips * 3, "00"))
 
 
 @pytest.fixture(scope="module")

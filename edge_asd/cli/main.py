@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--backend", default="auto", help="auto, onnx-cpu, onnx-cuda, onnx-tensorrt or tensorrt")
     s.add_argument("--batch-clips", type=int, default=8)
-    s.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    s.add_argument("--threads", type=int, default=0,
+                   help="inference threads per clip (0: all cores); 1 also scores one clip at a time (else two side by side)")
     s.add_argument("--max-seconds", type=float,
                    help="refuse DCASE-named files longer than this (default 600): each is scored as one clip")
     r = s.add_argument_group(

@@ -36,7 +36,8 @@ def score_files(
     """Score every file; bad files are reported and skipped, never the whole run.
 
     Files are read on a thread pool (soundfile releases the GIL) a batch of
-    clips ahead of the extractor, so a core never waits on the disk.
+    clips ahead of the extractor, so a core never waits on the disk, and
+    ``workers`` clips of a batch are scored at once (``ClipScorer.score_many``).
     """
     results: dict[Path, tuple[str, float]] = {}
     errors: dict[Path, str] = {}
@@ -70,7 +71,7 @@ def score_files(
                     if e is not None:
                         errors[p] = e
                 if good:
-                    scores = scorer.score_many([x for _, x in good], section)
+                    scores = scorer.score_many([x for _, x in good], section, workers=workers)
                     for (p, _), sc in zip(good, scores):
                         results[p] = (section, float(sc))
                 bar.update(len(loaded))
@@ -107,7 +108,9 @@ def score_paths(
     files = expand_paths(paths)
     dcase = [f for f in files if is_dcase_name(f)]
     own = [f for f in files if not is_dcase_name(f)]
-    results, errors = score_files(scorer, dcase, batch_clips=batch_clips, progress=progress, max_seconds=max_seconds)
+    # --threads 1 asks for one core: one clip at a time; otherwise two side by side (score_many)
+    results, errors = score_files(scorer, dcase, batch_clips=batch_clips, progress=progress, max_seconds=max_seconds,
+                                  workers=1 if threads == 1 else 2)
     if own:
         if opts is None:
             for f in own:

@@ -34,7 +34,7 @@ class FrontEnd(Protocol):
 class FFTFrontEnd:
     """``frontend.onnx`` by rFFT: ``scale * ln(mel + eps) + shift`` per band."""
 
-    def __init__(self, cfg: LogMelFrontEnd, scale: np.ndarray, shift: np.ndarray, threads: int = 1, fft: str = "auto"):
+    def __init__(self, cfg: LogMelFrontEnd, scale: np.ndarray, shift: np.ndarray, fft: str = "auto"):
         scale = np.asarray(scale, dtype=np.float32).reshape(-1)
         shift = np.asarray(shift, dtype=np.float32).reshape(-1)
         if scale.shape != (cfg.n_mels,) or shift.shape != (cfg.n_mels,):
@@ -46,7 +46,7 @@ class FFTFrontEnd:
         self.n_fft = cfg.n_fft
         fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale)
         self._stft = LogMelSTFT(cfg.n_fft, cfg.hop_length, hann(cfg.n_fft, cfg.window or "hann_periodic"), fb, log="ln",
-                                eps=cfg.log_eps, threads=threads, fft=fft)
+                                eps=cfg.log_eps, fft=fft)
         self._scale, self._shift = scale[:, None], shift[:, None]
         self.name = f"rfft ({self._stft.fft})"
 
@@ -62,5 +62,3 @@ class FFTFrontEnd:
         frames += self._shift
         return frames
 
-    def close(self) -> None:
-        self._stft.close()

@@ -304,7 +304,7 @@ def split_backend(bundle: Bundle, member: MemberSpec, threads: int) -> SplitOnnx
     if sp.logmel is not None and sp.input_norm:
         norm = bundle.arrays(sp.input_norm)
         try:
-            frontend = FFTFrontEnd(sp.logmel, norm["scale"], norm["shift"], threads=threads)
+            frontend = FFTFrontEnd(sp.logmel, norm["scale"], norm["shift"])  # one thread: see edge_asd.io.stft
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: front end of member {member.name or '?'} is unusable ({exc})") from None
     else:  # bundles written before the rFFT front end: the graph

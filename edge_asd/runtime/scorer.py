@@ -233,15 +233,17 @@ class ClipScorer:
         """Anomaly scores of several raw clips of one section (offline scoring).
 
         Clip-level members (the CPU's split graphs, numpy features) take one clip
-        at a time, as in the daemon, ``workers`` clips at once: a clip's own
-        threads leave a 2-core CPU idle between its parts (the plain member runs
-        on one thread, onnxruntime waits on its slowest), and a second clip
-        fills them (45 -> 54 clips/s, the same scores to the bit: every member
-        is read-only while scoring). GPU back ends take all the clips' segments
-        in one batch, which is what a GPU wants.
+        at a time, as in the daemon; where all members are, ``workers`` clips
+        run side by side: one clip's threads leave a 2-core CPU idle between its
+        parts (the plain member runs on one thread, onnxruntime waits on its
+        slowest), and a second clip fills them (replay 45 -> 62 clips/s, the same
+        scores to the bit: every member is read-only while scoring). GPU back
+        ends take all the clips' segments in one batch, which is what a GPU wants.
         """
         if self.clip_level or not all(m.backend.takes_segments for m in self.members):
-            if workers <= 1 or len(clips) < 2:
+            # side by side only where every member is the CPU's (split graphs, numpy): a TensorRT execution
+            # context beside a plain member must not run two clips at once
+            if workers <= 1 or len(clips) < 2 or not self.clip_level:
                 return np.array([self._score_clip(c, section)[0][0] for c in clips])
             with ThreadPoolExecutor(min(workers, len(clips)), thread_name_prefix="score") as pool:
                 return np.array(list(pool.map(lambda c: self._score_clip(c, section)[0][0], clips)))

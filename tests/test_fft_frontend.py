@@ -195,3 +195,36 @@ def test_rfft_front_end_refuses_numbers_it_does_not_compute(change, message):
     cfg = LogMelFrontEnd.from_dict({**lm.config(), **change})
     with pytest.raises(ValueError, match=message):
         FFTFrontEnd(cfg, np.ones(lm.n_mels), np.zeros(lm.n_mels))
+
+
+def test_clips_run_side_by_side_only_on_the_cpus_own_members(tiny_run, tiny_data, tmp_path, monkeypatch):
+    """Beside a member that is not the CPU's split graphs (here the whole-segment graph; on a device TensorRT, whose
+    execution context must not run two clips at once) `score_many` keeps to one clip at a time."""
+    from bundle_edit import read_members, write_members
+
+    import edge_asd.runtime.scorer as scorer_module
+    from edge_asd.runtime.bundle import sha256
+    from export.pack import build_bundle
+    from train.plain import fit_plain
+
+    both = build_bundle([tiny_run, fit_plain(tiny_data, "fan", tmp_path / "plain")], tmp_path / "both.asd", progress=False)
+    members = read_members(both)
+    manifest = json.loads(members.pop("manifest.json"))
+    split = manifest["members"][0].pop("split")
+    for name in (split["frontend"], split["encoder"], split["input_norm"]):
+        members.pop(name)
+    manifest["files"] = {n: sha256(d) for n, d in members.items()}
+    whole = tmp_path / "whole.asd"
+    write_members(whole, {"manifest.json": json.dumps(manifest).encode(), **members})
+    clips = [read_audio(c.path) for c in list_clips(tiny_data, "fan", "test")[:3]]
+    split_scorer, whole_scorer = load_scorer(both, backend="onnx-cpu"), load_scorer(whole, backend="onnx-cpu")
+    assert split_scorer.clip_level and not whole_scorer.clip_level
+    assert [m.backend.takes_segments for m in whole_scorer.members] == [True, False], "whole graph + plain member"
+    pools = []
+    real_pool = scorer_module.ThreadPoolExecutor
+    monkeypatch.setattr(scorer_module, "ThreadPoolExecutor", lambda *a, **kw: pools.append(1) or real_pool(*a, **kw))
+    np.testing.assert_allclose(whole_scorer.score_many(clips, "00", workers=2), split_scorer.score_many(clips, "00"),
+                               rtol=1e-4, atol=1e-4)
+    assert pools == []
+    np.testing.assert_array_equal(split_scorer.score_many(clips, "00", workers=2), split_scorer.score_many(clips, "00"))
+    assert pools == [1]

@@ -20,7 +20,7 @@ from .plain import (
     PLAIN_FEATURES,
     PLAIN_SCORERS,
 )
-from .presets import PRESETS
+from .presets import PRESETS, STAGE2_DEFAULTS
 
 S2_DEFAULTS = Stage2Config()  # the command line's defaults are the dataclass's
 
@@ -67,7 +67,7 @@ def misapplied_detector_flags(detector: str | None, metric: str | None, knn_scor
     Called on what the command line states, before a preset fills its own values in: a preset's
     ``metric`` with ``--detector gmm`` is the preset's business, a typed ``--metric`` is the user's.
     """
-    detector = detector or "knn"  # train.presets.STAGE2_DEFAULTS' (no preset changes the detector)
+    detector = detector or STAGE2_DEFAULTS["detector"]  # no preset changes the detector (tests/test_presets.py)
     flags = DETECTOR_FLAGS[detector]
     given = {"--metric": (metric, flags.metric), "--knn-score": (knn_score, flags.knn_score),
              "--shrinkage": (shrinkage, flags.shrinkage)}

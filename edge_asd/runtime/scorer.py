@@ -240,13 +240,12 @@ class ClipScorer:
         scores to the bit: every member is read-only while scoring). GPU back
         ends take all the clips' segments in one batch, which is what a GPU wants.
         """
-        if self.clip_level or not all(m.backend.takes_segments for m in self.members):
-            # side by side only where every member is the CPU's (split graphs, numpy): a TensorRT execution
-            # context beside a plain member must not run two clips at once
-            if workers <= 1 or len(clips) < 2 or not self.clip_level:
-                return np.array([self._score_clip(c, section)[0][0] for c in clips])
+        if self.clip_level and workers > 1 and len(clips) > 1:
+            # only where every member is the CPU's: a TensorRT execution context must not run two clips at once
             with ThreadPoolExecutor(min(workers, len(clips)), thread_name_prefix="score") as pool:
                 return np.array(list(pool.map(lambda c: self._score_clip(c, section)[0][0], clips)))
+        if self.clip_level or not all(m.backend.takes_segments for m in self.members):
+            return np.array([self._score_clip(c, section)[0][0] for c in clips])
         return self.score_segments(np.stack([self.prepare(c) for c in clips]), section)[0]
 
     def score(self, clip: np.ndarray, section: str | None = None) -> ClipResult:

@@ -421,9 +421,13 @@ def build_bundle(
     if gate is not None and gate["decision"] == "plain":
         plain = _plain_member_of(runs, 0, data_root)
         if plain:
-            log.info("%s: the training-time no-regret check found the learned member no help (AUC plain %.3f, ensemble "
-                     "%.3f): the bundle is the plain system alone (give --no-plain for the learned member alone)",
-                     runs[0], gate["auc_plain"], gate["auc_ensemble"])
+            # a gate.json without figures: no section had the held-out normals to check the learned member with
+            finding = ("could not check the learned member (too few normal clips held out from stage 1)"
+                       if gate["auc_plain"] is None else
+                       f"found the learned member no help (AUC plain {gate['auc_plain']:.3f}, ensemble "
+                       f"{gate['auc_ensemble']:.3f})")
+            log.info("%s: the training-time no-regret check %s: the bundle is the plain system alone (give --no-plain "
+                     "for the learned member alone)", runs[0], finding)
             manifest, files = _assemble(plain, "generalization", data_root, reference_clips=reference_clips)
             path = write_bundle(out, replace(manifest, gate=gate), files)
             if progress:

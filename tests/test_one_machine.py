@@ -76,7 +76,7 @@ def test_disturbances_are_seeded_and_keep_the_machine():
         disturb(x, "rattle", np.random.default_rng(0))
 
 
-def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tmp_path):
+def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tmp_path, caplog):
     """edge-asd-train on a folder with one machine type trains, checks, and edge-asd-export follows the check."""
     from edge_asd.cli.main import main as asd_main
     from export.cli import main as export_main
@@ -124,6 +124,16 @@ def test_one_machine_end_to_end_with_the_no_regret_check(only_fan, cache_dir, tm
         out = tmp_path / f"sub-{decision}"
         assert asd_main(["score", str(bundle), str(only_fan / "fan" / "train"), "--section", "00", "--out", str(out),
                          "--quiet"]) == 0
+    # a check that could check nothing (the real fan clips: too few held out) exports the plain system and says why
+    from train.gate import write_gate
+
+    write_gate(run, unchecked)
+    with caplog.at_level("INFO", logger="export.pack"):
+        assert export_main([str(run), "--out", str(tmp_path / "unchecked.asd")]) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "export.pack"]  # getMessage raised on None figures
+    assert any("could not check the learned member" in m for m in said), said
+    assert len(open_bundle(tmp_path / "unchecked.asd").manifest.to_dict()["members"]) == 1
+    (run / "gate.json").write_text(json.dumps(gate))
     # --no-plain is the learned member alone, whatever the check said
     assert export_main([str(run), "--out", str(tmp_path / "learned.asd"), "--no-plain"]) == 0
     manifest = open_bundle(tmp_path / "learned.asd").manifest.to_dict()

@@ -16,7 +16,10 @@ Groups:
   mod   envelope modulation spectrum: 8 mel bands' power envelopes at 250 Hz, their spectra 2-125 Hz in 16
         log-spaced bins (the envelope analysis of vibration diagnostics: bearing impacts, imbalance, slip;
         ``edge_asd.io.features.ModulationSpectrum``)
-  ref|mod  the two concatenated and z-scored as one vector: the product's plain system (--plain-features modulation)
+  lines the line prominence per modulation bin (``modulation_lines``: the strongest line of any band's envelope
+        spectrum above that band's mean in the bin)
+  ref|mod  the two concatenated and z-scored as one vector: --plain-features modulation
+  ref|mod|lines  the three concatenated: --plain-features lines
 
 A measurement for choosing what the plain system could become, not product code: a group joins the product
 only when it wins on every generator and does not lose on the real recordings.
@@ -42,7 +45,8 @@ from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  #
 SR = 16000
 REF = LogMelStats()
 MOD = ModulationSpectrum(LogMelStatsConfig(modulation_bands=8))  # the product's own code
-COMBOS = {"ref": {"ref": 1}, "ref|mod": {"ref|mod": 1}, "rob": {"rob": 1}, "fine": {"fine": 1}, "mod": {"mod": 1}, "ref+fine": {"ref": 1, "fine": 1},
+LINES = ModulationSpectrum(LogMelStatsConfig(modulation_bands=8, modulation_lines=True))
+COMBOS = {"ref": {"ref": 1}, "ref|mod": {"ref|mod": 1}, "ref|mod|lines": {"ref|mod|lines": 1}, "rob": {"rob": 1}, "fine": {"fine": 1}, "mod": {"mod": 1}, "ref+fine": {"ref": 1, "fine": 1},
           "ref+mod": {"ref": 1, "mod": 1}, "rob+mod": {"rob": 1, "mod": 1}, "ref+fine+mod": {"ref": 1, "fine": 1, "mod": 1}}
 
 
@@ -65,7 +69,8 @@ def robust(x: np.ndarray) -> np.ndarray:
     return np.concatenate([q[1], q[2] - q[0]])
 
 
-GROUPS = {"ref": lambda x: REF(x.astype(np.float32)), "rob": robust, "fine": fine, "mod": lambda x: MOD(x.astype(np.float32))}
+GROUPS = {"ref": lambda x: REF(x.astype(np.float32)), "rob": robust, "fine": fine, "mod": lambda x: MOD(x.astype(np.float32)),
+          "lines": lambda x: LINES(x.astype(np.float32))[MOD.cfg.dim - 2 * MOD.cfg.n_mels:]}
 
 
 def nearest(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,19 +88,22 @@ def folder_scores(data: Path, cache: Path) -> dict:
     for machine in sorted(p.name for p in data.iterdir() if (p / "test").is_dir() and (p / "train").is_dir()):
         files = sorted((data / machine / "train").glob("*.wav")) + sorted((data / machine / "test").glob("*.wav"))
         cached = cache / f"{data.name}_{machine}.npz"
+        feats = {}
         if cached.is_file():
             with np.load(cached) as z:
-                feats = {g: z[g] for g in GROUPS}
-        else:
-            rows = {g: [] for g in GROUPS}
+                feats = {g: z[g] for g in GROUPS if g in z.files}
+        missing = [g for g in GROUPS if g not in feats]
+        if missing:  # a cache written before a group existed gets the new group only
+            rows = {g: [] for g in missing}
             for f in files:
                 x = standardized(f)
-                for g, fn in GROUPS.items():
-                    rows[g].append(fn(x))
-            feats = {g: np.array(v) for g, v in rows.items()}
+                for g in missing:
+                    rows[g].append(GROUPS[g](x))
+            feats.update({g: np.array(v) for g, v in rows.items()})
             np.savez(cached, **feats)
         # one vector, z-scored and searched as one: what --plain-features modulation fits
         feats["ref|mod"] = np.hstack([feats["ref"], feats["mod"]])
+        feats["ref|mod|lines"] = np.hstack([feats["ref"], feats["mod"], feats["lines"]])
         meta = [re.match(r"section_(\w+?)_(source|target)_(train|test)_(normal|anomaly)", f.name).groups() for f in files]
         sec, dom, split, lab = (np.array(c) for c in zip(*meta))
         out[machine] = {}
@@ -121,17 +129,20 @@ def official(scores: dict, combo: dict[str, float]) -> tuple[float, dict[str, fl
     return 100 * harmonic_mean(present(every)), per
 
 
-def print_table(description: str, columns: tuple[str, ...], figures_of) -> None:
-    """Command line ``DATA_DIR... [--cache DIR]``: one markdown row per folder, ``figures_of(data, cache)`` per column."""
+def print_table(description: str, columns: tuple[str, ...], figures_of, options=None) -> None:
+    """Command line ``DATA_DIR... [--cache DIR]``: one markdown row per folder, ``figures_of(data, cache[, args])``
+    per column; ``options(parser)`` adds a caller's own options, and then ``figures_of`` gets the parsed arguments."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("data", nargs="+")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "edge-asd-bench-features"))
+    if options:
+        options(ap)
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     print("| data | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
     for data in map(Path, args.data):
-        figures = figures_of(data, cache)
+        figures = figures_of(data, cache, args) if options else figures_of(data, cache)
         print(f"| {data.name} | " + " | ".join(f"{figures[c]:.2f}" for c in columns) + " |", flush=True)
 
 

@@ -1,9 +1,10 @@
 """The plain system's scoring rules side by side (no training): nearest neighbours, and one shrunk Gaussian.
 
-    .venv/bin/python benchmarks/bench_plain_rules.py DATA_DIR... [--cache DIR]
+    .venv/bin/python benchmarks/bench_plain_rules.py DATA_DIR... [--cache DIR] [--features modulation|lines]
 
-Features: the product's plain system (reference log-mel statistics | envelope modulation spectrum, the cache of
-``bench_features.py``), z-scored per section with its training normals. Rules (score of a test clip):
+Features: the product's plain system (reference log-mel statistics | envelope modulation spectrum, and with
+``--features lines`` | the modulation lines; the cache of ``bench_features.py``), z-scored per section with its
+training normals. Rules (score of a test clip):
   nn    distance to the nearest training normal (the reference's rule; ``--plain-scorer nearest``)
   dn    per domain, that distance divided by the median nearest-neighbour distance inside the domain's training
         normals; the smaller of the two domains (the issue's "score normalization per domain")
@@ -78,13 +79,16 @@ def score(X: np.ndarray, tr: np.ndarray, te: np.ndarray, train_domains: np.ndarr
     return np.min(per_domain, axis=0)
 
 
-def folder_figures(data: Path, cache: Path) -> dict[str, float]:
+FEATURES = {"modulation": ("ref", "mod"), "lines": ("ref", "mod", "lines")}
+
+
+def folder_figures(data: Path, cache: Path, args) -> dict[str, float]:
     bench_features.folder_scores(data, cache)  # fills the feature cache
     figures: dict[str, list] = {r: [] for r in RULES}
     for machine in sorted(p.name for p in data.iterdir() if (p / "test").is_dir() and (p / "train").is_dir()):
         files = sorted((data / machine / "train").glob("*.wav")) + sorted((data / machine / "test").glob("*.wav"))
         with np.load(cache / f"{data.name}_{machine}.npz") as z:
-            X = np.hstack([z["ref"], z["mod"]])
+            X = np.hstack([z[g] for g in FEATURES[args.features]])
         meta = [re.match(r"section_(\w+?)_(source|target)_(train|test)_(normal|anomaly)", f.name).groups() for f in files]
         sec, dom, split, lab = (np.array(c) for c in zip(*meta))
         for s in sorted(set(sec)):
@@ -98,7 +102,11 @@ def folder_figures(data: Path, cache: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    bench_features.print_table(__doc__.split("\n\n")[0], RULES, folder_figures)
+    def options(ap) -> None:
+        ap.add_argument("--features", default="modulation", choices=sorted(FEATURES),
+                        help="the plain features: --plain-features modulation or lines")
+
+    bench_features.print_table(__doc__.split("\n\n")[0], RULES, folder_figures, options)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,41 @@ def test_modulation_spectrum_finds_the_rate_of_an_envelope_and_ignores_gain():
         LogMelStatsConfig(modulation_bands=8, modulation_bins=200)
 
 
+def test_modulation_lines_see_a_faint_periodic_impact_train_that_the_bins_average_away():
+    """``modulation_lines``: faint impacts at 37 Hz (a bearing's defect rate) in noise raise the line prominence of
+    the bin holding 37 Hz (and of its harmonics' bins) and of no bin below it; the gain does not move it; the flag needs the modulation spectrum, and configs without it read back without."""
+    from edge_asd.io.features import modulation_line_bins, modulation_pooling
+
+    cfg = LogMelStatsConfig(modulation_bands=8, modulation_lines=True)
+    f = LogMelStats(cfg)
+    # the two lowest bins (2-2.6 and 2.6-3.4 Hz) hold one DFT bin each at 0.49 Hz: no line prominence there
+    assert modulation_line_bins(cfg).tolist() == [False] * 2 + [True] * 14
+    assert f.dim == 128 + 8 * 16 + 14
+    sr, rng = 16000, np.random.default_rng(1)
+    noise = rng.standard_normal(10 * sr).astype(np.float32)
+    ring = np.exp(-np.arange(64) / 8.0) * np.sin(2 * np.pi * 4000 * np.arange(64) / sr)  # a 4 kHz resonance
+    impacts = np.zeros(noise.size)
+    impacts[(np.arange(0, 10, 1 / 37.0) * sr).astype(int)] = 1.0
+    bearing = np.convolve(impacts, ring)[: noise.size].astype(np.float32)
+    bearing *= np.float32(0.2 * noise.std() / bearing.std())  # 14 dB below the noise
+    quiet, faulty = f(noise), f(noise + bearing)
+    assert quiet.shape == (f.dim,)
+    lines = faulty[-14:] - quiet[-14:]
+    hz = np.fft.rfftfreq(cfg.modulation_frames, cfg.modulation_hop / cfg.sample_rate)
+    pool = modulation_pooling(cfg)
+    b = int(np.argmax(pool[np.argmin(np.abs(hz - 37.0))])) - 2
+    assert lines[b] > 1.5 and np.abs(lines[:b]).max() < 0.3
+    np.testing.assert_allclose(f(4.0 * noise), quiet, rtol=1e-4, atol=1e-4)
+    # without the flag the features are the modulation default's, the lines dropped
+    np.testing.assert_allclose(LogMelStats(LogMelStatsConfig(modulation_bands=8))(noise), quiet[:-14], rtol=1e-6, atol=1e-6)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "modulation_lines"}
+    assert LogMelStatsConfig.from_dict(old).modulation_lines is False
+    assert LogMelStatsConfig.from_dict(cfg.to_dict()) == cfg
+    assert np.all(np.isfinite(f(noise[:24000])))  # shorter than one 2 s modulation frame
+    with pytest.raises(ValueError, match="modulation_lines needs"):
+        LogMelStatsConfig(modulation_lines=True)
+
+
 def test_plain_local_neighbours_scale_each_normals_distance_and_the_bundle_keeps_it(tmp_path):
     """--plain-neighbours local divides by each normal's own neighbour distance, and the bundle carries the scales."""
     from edge_asd.runtime.bundle import open_bundle

@@ -131,6 +131,11 @@ class LogMelStatsConfig:
     modulation_frames: int = 512
     modulation_bins: int = 16
     modulation_min_hz: float = 2.0
+    # with the modulation spectrum, per modulation bin: how far the strongest line of any band's envelope spectrum
+    # stands above that band's mean inside the bin (ln units). A bearing's impact rate, a rotor bar's slip beat or
+    # a belt's pass rate is a line a few hundredths of a hertz wide; the bin's average dilutes it among tens of
+    # neighbours, its peak does not. Taken over the bands, it does not care which band carries the line.
+    modulation_lines: bool = False
 
     def __post_init__(self) -> None:
         if self.n_fft < 16 or self.hop_length < 1 or self.n_mels < 1:
@@ -145,10 +150,13 @@ class LogMelStatsConfig:
             raise ValueError("logmel_stats: modulation_bands must be 0 (off) or more")
         if self.modulation_bands:
             modulation_pooling(self)  # raises on bins no modulation frequency falls in
+        elif self.modulation_lines:
+            raise ValueError("logmel_stats: modulation_lines needs the modulation spectrum (modulation_bands > 0)")
 
     @property
     def dim(self) -> int:
-        return 2 * self.n_mels + self.modulation_bands * self.modulation_bins
+        lines = int(modulation_line_bins(self).sum()) if self.modulation_lines else 0
+        return 2 * self.n_mels + self.modulation_bands * self.modulation_bins + lines
 
     def to_dict(self) -> dict:
         return {"kind": PLAIN_KIND, **asdict(self)}
@@ -172,8 +180,15 @@ def modulation_pooling(cfg: LogMelStatsConfig) -> np.ndarray:
     return (member / counts).astype(np.float32)
 
 
+def modulation_line_bins(cfg: LogMelStatsConfig) -> np.ndarray:
+    """``[modulation_bins]`` bool: the bins that hold a line prominence, those of two DFT bins or more (in a bin of
+    one, the peak is the mean, and the feature would be zero on every clip)."""
+    return (modulation_pooling(cfg) > 0).sum(axis=0) >= 2
+
+
 class ModulationSpectrum:
-    """Prepared clip -> ``[modulation_bands * modulation_bins]`` log envelope spectrum (band-major)."""
+    """Prepared clip -> ``[modulation_bands * modulation_bins]`` log envelope spectrum (band-major), then with
+    ``modulation_lines`` the line prominence of each bin of :func:`modulation_line_bins`."""
 
     def __init__(self, cfg: LogMelStatsConfig, fft: str = "auto"):
         self.cfg = cfg
@@ -185,6 +200,11 @@ class ModulationSpectrum:
         self._seg_window = hann(cfg.modulation_frames, "hann")
         self._seg_power = PowerSpectrum(cfg.modulation_frames, self._stft.fft)
         self._pool = modulation_pooling(cfg)
+        # each bin's first DFT bin and its extent: the bins are contiguous runs of the envelope spectrum
+        members = self._pool > 0
+        self._bin_starts = members.argmax(axis=0)
+        self._bin_span = slice(int(self._bin_starts[0]), int(self._bin_starts[-1] + members[:, -1].sum()))
+        self._line_bins = modulation_line_bins(cfg)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         c = self.cfg
@@ -201,7 +221,13 @@ class ModulationSpectrum:
         if rows.shape[1] < n:  # the short clip's one frame
             rows = np.pad(rows, ((0, 0), (0, n - rows.shape[1])))
         spec = self._seg_power(rows).reshape(segs.shape[0], segs.shape[1], -1).mean(axis=0)  # [bands, n/2+1]
-        return np.log(spec @ self._pool + np.float32(1e-8)).reshape(-1)
+        pooled = np.log(spec @ self._pool + np.float32(1e-8)).reshape(-1)
+        if not c.modulation_lines:
+            return pooled
+        log_spec = np.log(spec + np.float32(1e-8))
+        peak = np.maximum.reduceat(log_spec[:, self._bin_span], self._bin_starts - self._bin_span.start, axis=1)
+        lines = (peak - log_spec @ self._pool).max(axis=0)  # [bins]: the most prominent line of any band
+        return np.concatenate([pooled, lines[self._line_bins]])
 
 
 class LogMelStats:

@@ -17,7 +17,8 @@ Groups:
         log-spaced bins (the envelope analysis of vibration diagnostics: bearing impacts, imbalance, slip;
         ``edge_asd.io.features.ModulationSpectrum``)
   lines the line prominence per modulation bin (``modulation_lines``: the strongest line of any band's envelope
-        spectrum above that band's mean in the bin)
+        spectrum above that band's mean in the bin), of the modulation spectrum's envelopes and of the fast
+        envelopes (``fast_lines_n_fft``: 8 ms windows at 500 Hz, rates to 250 Hz)
   ref|mod  the two concatenated and z-scored as one vector: --plain-features modulation
   ref|mod|lines  the three concatenated: --plain-features lines
 
@@ -40,12 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_asd.io.features import LogMelStats, LogMelStatsConfig, ModulationSpectrum  # noqa: E402
+from train.plain import PLAIN_FEATURES  # noqa: E402
 from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
 
 SR = 16000
 REF = LogMelStats()
 MOD = ModulationSpectrum(LogMelStatsConfig(modulation_bands=8))  # the product's own code
-LINES = ModulationSpectrum(LogMelStatsConfig(modulation_bands=8, modulation_lines=True))
+LINES = (ModulationSpectrum(PLAIN_FEATURES["lines"], pooled=False),  # the product's default, after ref|mod
+         ModulationSpectrum(PLAIN_FEATURES["lines"].fast_lines(), pooled=False))
 COMBOS = {"ref": {"ref": 1}, "ref|mod": {"ref|mod": 1}, "ref|mod|lines": {"ref|mod|lines": 1}, "rob": {"rob": 1}, "fine": {"fine": 1}, "mod": {"mod": 1}, "ref+fine": {"ref": 1, "fine": 1},
           "ref+mod": {"ref": 1, "mod": 1}, "rob+mod": {"rob": 1, "mod": 1}, "ref+fine+mod": {"ref": 1, "fine": 1, "mod": 1}}
 
@@ -70,7 +73,7 @@ def robust(x: np.ndarray) -> np.ndarray:
 
 
 GROUPS = {"ref": lambda x: REF(x.astype(np.float32)), "rob": robust, "fine": fine, "mod": lambda x: MOD(x.astype(np.float32)),
-          "lines": lambda x: LINES(x.astype(np.float32))[MOD.cfg.dim - 2 * MOD.cfg.n_mels:]}
+          "lines": lambda x: np.concatenate([m(x.astype(np.float32)) for m in LINES])}
 
 
 def nearest(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -200,6 +200,42 @@ def test_modulation_lines_see_a_faint_periodic_impact_train_that_the_bins_averag
         LogMelStatsConfig(modulation_lines=True)
 
 
+def test_fast_lines_see_an_impact_rate_above_the_modulation_spectrums_reach():
+    """``fast_lines_n_fft``: impacts at 180 Hz (a bearing's outer-race rate on a fast shaft) lie above the
+    modulation spectrum's 125 Hz and are smoothed by its 32 ms window: its lines do not move, the fast envelope's
+    line in the bin holding 180 Hz does, and no other bin's; the default plain features are these."""
+    from edge_asd.io.features import modulation_line_bins, modulation_pooling
+    from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
+
+    cfg = LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128)
+    assert PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES] == cfg
+    fast = cfg.fast_lines()
+    assert (fast.modulation_n_fft, fast.modulation_hop, fast.modulation_frames) == (128, 32, 1024)
+    n_fast = int(modulation_line_bins(fast).sum())
+    f = LogMelStats(cfg)
+    assert f.dim == 128 + 8 * 16 + 14 + n_fast
+    sr, rng = 16000, np.random.default_rng(1)
+    noise = rng.standard_normal(10 * sr).astype(np.float32)
+    ring = np.exp(-np.arange(64) / 8.0) * np.sin(2 * np.pi * 4000 * np.arange(64) / sr)
+    impacts = np.zeros(noise.size)
+    impacts[(np.arange(0, 10, 1 / 180.0) * sr).astype(int)] = 1.0
+    bearing = np.convolve(impacts, ring)[: noise.size].astype(np.float32)
+    bearing *= np.float32(0.2 * noise.std() / bearing.std())  # 14 dB below the noise
+    quiet = f(noise)
+    diff = f(noise + bearing) - quiet
+    slow_lines, fast_lines = diff[256:270], diff[270:]
+    assert np.abs(slow_lines).max() < 0.3
+    hz = np.fft.rfftfreq(fast.modulation_frames, fast.modulation_hop / fast.sample_rate)
+    b = int(np.argmax(modulation_pooling(fast)[np.argmin(np.abs(hz - 180.0))]))
+    b -= int((~modulation_line_bins(fast)[:b]).sum())  # its place among the bins that carry a line
+    assert fast_lines[b] > 1.5 and np.abs(np.delete(fast_lines, b)).max() < 0.3
+    np.testing.assert_allclose(f(0.25 * noise), quiet, rtol=1e-4, atol=1e-4)
+    assert np.all(np.isfinite(f(noise[:24000])))  # shorter than one 2 s frame of either envelope
+    assert LogMelStatsConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="fast_lines_n_fft needs"):
+        LogMelStatsConfig(modulation_bands=8, fast_lines_n_fft=128)
+
+
 def test_plain_local_neighbours_scale_each_normals_distance_and_the_bundle_keeps_it(tmp_path):
     """--plain-neighbours local divides by each normal's own neighbour distance, and the bundle carries the scales."""
     from edge_asd.runtime.bundle import open_bundle

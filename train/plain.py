@@ -29,10 +29,11 @@ PLAIN_SYSTEM = "plain"
 # The plain system's features by name (--plain-features): "reference" is shared/reference/plain_baseline.py
 # number for number; "modulation" appends the envelope modulation spectrum, which scored above it on every
 # development seed of both generators and equal on the real samples; "lines" appends to that each modulation
-# bin's most prominent line, which scored above "modulation" on every validation and test seed of both generators
-# (+1.1 to +5.7) and not below it on the real samples (BENCHMARKS.md, "Detection quality III").
+# bin's most prominent line, of the modulation spectrum's envelopes and of a faster envelope that reaches 250 Hz,
+# which scored above "modulation" on every validation seed of both generators (BENCHMARKS.md, "Detection quality
+# III").
 PLAIN_FEATURES = {"reference": LogMelStatsConfig(), "modulation": LogMelStatsConfig(modulation_bands=8),
-                  "lines": LogMelStatsConfig(modulation_bands=8, modulation_lines=True)}
+                  "lines": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128)}
 DEFAULT_PLAIN_FEATURES = "lines"
 # How the plain system scores a clip against the section's normals (--plain-scorer):
 #   "nearest": the reference's Euclidean distance to the nearest normal (z-scored features);

@@ -3,6 +3,8 @@ the strong plain reference (``shared/reference/plain_baseline.py``), over genera
 
     .venv/bin/python benchmarks/bench_dev.py run DATA_DIR... --out DIR [--train-seeds 0,1] [--machines a,b]
         [--variant NAME --train-args "--steps 150"] [--export-args "..."]
+    .venv/bin/python benchmarks/bench_dev.py regate DIR/<variant> [--refit-plain] [--match GLOB]
+    .venv/bin/python benchmarks/bench_dev.py margins DIR/<variant> [--margins 0.02,0,-0.02] [--match GLOB]
     .venv/bin/python benchmarks/bench_dev.py table DIR [--variants a,b] [--match GLOB]
 
 ``run``: for every data folder (one generator at one data seed, DCASE layout), every training seed and
@@ -23,6 +25,13 @@ the check changed, at a fraction of its cost. ``--refit-plain`` first refits eac
 variant's own), the product's plain system alone (``edge-asd-export RUN/baseline/plain``: what
 ``edge-asd-train --system plain`` deploys) scored and evaluated beside it (``"plain_product"``), and each
 machine's no-regret check figures from ``RUN/gate.json``: to see whether the check picks the better of the two.
+
+``margins``: for every record of DIR/<variant> and every machine the check left a choice on, both bundles the
+check chooses between are exported and scored (the ungated ensemble, ``edge-asd-export RUN --select 1``, and the
+plain system alone); then, for each margin of ``--margins``, the submission the check's rule ("ensemble when its
+AUC >= plain's - margin", ``train/gate.py``) would have deployed is put together from them and evaluated, beside
+always-plain, always-ensemble and the better of the two per machine (labels used: a ceiling). Which margin the
+label-free check should use, measured on what each choice scores.
 
 ``table``: mean and spread (standard deviation over data and training seeds) of the official score
 (harmonic mean of AUC source, AUC target, pAUC over all sections, the CONTRACT's metric) per generator,
@@ -188,6 +197,61 @@ def cmd_plain(args: argparse.Namespace) -> None:
               f"{100 * record['plain_product']['official']:.2f}, script {100 * record['plain']['official']:.2f}", flush=True)
 
 
+def _choice_scores(folders: dict[str, Path], choice: dict[str, str]) -> dict:
+    """Official score of the submission that takes machine m's files from ``folders[choice[m]]``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for m, which in choice.items():
+            for f in folders[which].glob(f"*_{m}_section_*"):
+                (Path(tmp) / f.name).symlink_to(f.resolve())
+        return _evaluate(Path(tmp))
+
+
+def cmd_margins(args: argparse.Namespace) -> None:
+    margins = [float(m) for m in args.margins.split(",")]
+    rules = ["plain", "ensemble", *[f"margin {m:+.2f}" for m in margins], "better of the two (labels)"]
+    per_rule: dict[str, dict[str, list[float]]] = {r: {} for r in rules}
+    for p in sorted(Path(args.dir).glob("*.json")):
+        if args.match and not fnmatch.fnmatch(p.stem, args.match):
+            continue
+        record = json.loads(p.read_text())
+        work, data = Path(args.dir) / "work" / p.stem, Path(record["data"])
+        folders = {"plain": work / "sub_margin_plain", "ensemble": work / "sub_margin_ensemble"}
+        checks, log = {}, work / "log.txt"
+        for m, info in record["machines"].items():
+            run = work / "runs" / m
+            if info.get("steps") is None:
+                continue  # the plain system alone was trained: no choice
+            check = json.loads((run / "gate.json").read_text())
+            for which, extra, src in (("plain", [], run / "baseline" / "plain"), ("ensemble", ["--select", "1"], run)):
+                for old in folders[which].glob(f"*_{m}_*"):
+                    old.unlink()
+                bundle = work / f"{m}-margin-{which}.asd"
+                _run([str(BIN / "edge-asd-export"), str(src), "--out", str(bundle), *extra], log)
+                _run([str(BIN / "edge-asd"), "score", str(bundle), str(data / m / "test"), "--out", str(folders[which]),
+                      "--quiet"], log)
+            checks[m] = check
+        if not checks:
+            continue
+        solo = {w: _evaluate(folders[w]) for w in folders}
+        best = {m: max(folders, key=lambda w: solo[w]["machines"][m]["hmean"]) for m in checks}
+        choices = {"plain": {m: "plain" for m in checks}, "ensemble": {m: "ensemble" for m in checks},
+                   "better of the two (labels)": best}
+        for mg in margins:
+            choices[f"margin {mg:+.2f}"] = {
+                m: "ensemble" if c["auc_plain"] is not None and c["auc_ensemble"] >= c["auc_plain"] - mg else "plain"
+                for m, c in checks.items()}
+        gen = _generator(p.stem)
+        for r in rules:
+            per_rule[r].setdefault(gen, []).append(100 * _choice_scores(folders, choices[r])["official_score"])
+        print(f"{p.stem}: " + ", ".join(f"{m} plain {100 * solo['plain']['machines'][m]['hmean']:.1f} / ensemble "
+                                        f"{100 * solo['ensemble']['machines'][m]['hmean']:.1f} (check {c['auc_plain']} / "
+                                        f"{c['auc_ensemble']})" for m, c in checks.items()), flush=True)
+    gens = sorted({g for r in per_rule.values() for g in r})
+    print("| rule | " + " | ".join(gens) + " |\n|---|" + "---|" * len(gens))
+    for r in rules:
+        print(f"| {r} | " + " | ".join(f"{np.mean(per_rule[r][g]):.2f} ({len(per_rule[r][g])})" for g in gens) + " |")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     (out / args.variant).mkdir(parents=True, exist_ok=True)
@@ -265,6 +329,11 @@ def main() -> None:
     q.add_argument("--work", help="where its trained runs lie (default DIR/<variant>/work)")
     q.add_argument("--match", help="only runs whose name matches this glob")
     q.set_defaults(func=cmd_plain)
+    mg = sub.add_parser("margins")
+    mg.add_argument("dir", help="a variant folder: DIR/<variant>")
+    mg.add_argument("--margins", default="0.02,0.01,0,-0.01,-0.02", help="the check's margins to compare")
+    mg.add_argument("--match", help="only runs whose name matches this glob")
+    mg.set_defaults(func=cmd_margins)
     t = sub.add_parser("table")
     t.add_argument("dir")
     t.add_argument("--variants")

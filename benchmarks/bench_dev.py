@@ -214,7 +214,7 @@ def cmd_margins(args: argparse.Namespace) -> None:
         if args.match and not fnmatch.fnmatch(p.stem, args.match):
             continue
         record = json.loads(p.read_text())
-        work, data = Path(args.dir) / "work" / p.stem, Path(record["data"])
+        work, data = Path(args.work or Path(args.dir) / "work") / p.stem, Path(record["data"])
         folders = {"plain": work / "sub_margin_plain", "ensemble": work / "sub_margin_ensemble"}
         checks, log = {}, work / "log.txt"
         for m, info in record["machines"].items():
@@ -332,6 +332,8 @@ def main() -> None:
     mg = sub.add_parser("margins")
     mg.add_argument("dir", help="a variant folder: DIR/<variant>")
     mg.add_argument("--margins", default="0.02,0.01,0,-0.01,-0.02", help="the check's margins to compare")
+    mg.add_argument("--work", help="where its trained runs lie (default DIR/<variant>/work; a -replain or -regated "
+                    "variant's are its source's)")
     mg.add_argument("--match", help="only runs whose name matches this glob")
     mg.set_defaults(func=cmd_margins)
     t = sub.add_parser("table")

@@ -140,8 +140,8 @@ class LogMelStatsConfig:
     modulation_min_hz: float = 2.0
     # with the modulation spectrum, per modulation bin: how far the strongest line of any band's envelope spectrum
     # stands above that band's mean inside the bin (ln units). A bearing's impact rate, a rotor bar's slip beat or
-    # a belt's pass rate is a line a few hundredths of a hertz wide; the bin's average dilutes it among tens of
-    # neighbours, its peak does not. Taken over the bands, it does not care which band carries the line.
+    # a belt's pass rate is a line one or two DFT bins wide (0.5 Hz over 2 s); the bin's average dilutes it among
+    # tens of neighbours, its peak does not. Taken over the bands, it does not care which band carries the line.
     modulation_lines: bool = False
     # with modulation_lines, fast_lines_n_fft > 0 adds the same line prominences of a second, faster envelope: each
     # band's power over fast_lines_n_fft-sample windows every fast_lines_hop samples (8 ms at 500 Hz), its spectrum

@@ -207,6 +207,9 @@ def _choice_scores(folders: dict[str, Path], choice: dict[str, str]) -> dict:
 
 
 def cmd_margins(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT))
+    from train.gate import decide
+
     margins = [float(m) for m in args.margins.split(",")]
     rules = ["plain", "ensemble", *[f"margin {m:+.2f}" for m in margins], "better of the two (labels)"]
     per_rule: dict[str, dict[str, list[float]]] = {r: {} for r in rules}
@@ -238,7 +241,7 @@ def cmd_margins(args: argparse.Namespace) -> None:
                    "better of the two (labels)": best}
         for mg in margins:
             choices[f"margin {mg:+.2f}"] = {
-                m: "ensemble" if c["auc_plain"] is not None and c["auc_ensemble"] >= c["auc_plain"] - mg else "plain"
+                m: decide(c["auc_plain"], c["auc_ensemble"], mg) if c["auc_plain"] is not None else "plain"
                 for m, c in checks.items()}
         gen = _generator(p.stem)
         for r in rules:

@@ -191,3 +191,14 @@ def test_too_few_clips_for_a_learned_system_get_the_plain_one(tmp_path, caplog):
         assert train_main(["--data", str(tmp_path / "data"), "--machine", "pump", "--out", str(run), "--quiet"]) == 0
     assert is_plain_run(run)
     assert any("too few to train a feature extractor" in r.getMessage() for r in caplog.records)
+
+
+def test_the_check_deploys_the_ensemble_only_when_it_leads_by_the_margin():
+    """MARGIN is negative: a tie, or an ensemble the check puts a little ahead, leaves the plain system alone."""
+    from train.gate import MARGIN, decide
+
+    assert MARGIN < 0
+    assert decide(0.80, 0.80) == "plain"
+    assert decide(0.80, 0.80 - MARGIN / 2) == "plain"
+    assert decide(0.80, 0.80 - 2 * MARGIN) == "ensemble"
+    assert decide(0.80, 0.79, margin=0.02) == "ensemble"  # the old rule's tolerance, for the benchmark's comparison

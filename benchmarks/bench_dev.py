@@ -246,6 +246,7 @@ def cmd_margins(args: argparse.Namespace) -> None:
         gen = _generator(p.stem)
         for r in rules:
             per_rule[r].setdefault(gen, []).append(100 * _choice_scores(folders, choices[r])["official_score"])
+        print(f"{p.stem}: " + ", ".join(f"{r} {per_rule[r][gen][-1]:.2f}" for r in rules), flush=True)
         print(f"{p.stem}: " + ", ".join(f"{m} plain {100 * solo['plain']['machines'][m]['hmean']:.1f} / ensemble "
                                         f"{100 * solo['ensemble']['machines'][m]['hmean']:.1f} (check {c['auc_plain']} / "
                                         f"{c['auc_ensemble']})" for m, c in checks.items()), flush=True)

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_plain_rules.py DATA_DIR... [--cache DIR] [--features modulation|lines]
 
 Features: the product's plain system (reference log-mel statistics | envelope modulation spectrum, and with
-``--features lines`` | the modulation lines; the cache of ``bench_features.py``), z-scored per section with its
-training normals. Rules (score of a test clip):
+``--features lines`` | the line prominences of both envelopes, the default; the cache of ``bench_features.py``),
+z-scored per section with its training normals. Rules (score of a test clip):
   nn    distance to the nearest training normal (the reference's rule; ``--plain-scorer nearest``)
   dn    per domain, that distance divided by the median nearest-neighbour distance inside the domain's training
         normals; the smaller of the two domains (the issue's "score normalization per domain")

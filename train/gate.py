@@ -35,11 +35,11 @@ ensemble as exported) is the mean over sections. The learned member joins when
 the ensemble's AUC is at least the plain system's minus ``MARGIN`` (:func:`decide`);
 otherwise the bundle is the plain system alone, as it is when no section has
 the clips to be checked. ``MARGIN`` is negative: the ensemble must lead. Since
-the plain system carries the envelope spectra's lines, the check has ranked the
-two within a few hundredths either way of what they then scored: on the
-validation seeds an ensemble the check put 0.015-0.018 ahead scored 5 points
-below the plain system alone (BENCHMARKS.md, "The no-regret check's margin"). ``RUN/gate.json`` records the decision and
-its figures; ``edge-asd-export`` follows it and copies it into the manifest.
+the plain system carries the envelope spectra's lines, the check cannot tell
+the two apart within a few hundredths: on the validation seeds, ensembles the
+check put 0.015-0.018 ahead scored 5 points below the plain system alone
+(BENCHMARKS.md, "The no-regret check's margin"). ``RUN/gate.json`` records the
+decision and its figures; ``edge-asd-export`` follows it and copies it into the manifest.
 """
 
 from __future__ import annotations

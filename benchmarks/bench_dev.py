@@ -131,12 +131,18 @@ def run_one(data: Path, out: Path, variant: str, train_seed: int, machines: list
     return record
 
 
-def _export_and_score(work: Path, data: Path, m: str, export_args: list[str]) -> None:
-    run, bundle, sub, log = work / "runs" / m, work / f"{m}-default.asd", work / "sub_default", work / "log.txt"
+def _export_and_score(src: Path, bundle: Path, data: Path, m: str, sub: Path, log: Path,
+                      export_args: list[str] = ()) -> None:
+    """``edge-asd-export SRC`` to ``bundle``, then machine m's test clips scored into ``sub`` (its old files removed)."""
     for old in sub.glob(f"*_{m}_*"):  # the machine's previous submission files
         old.unlink()
-    _run([str(BIN / "edge-asd-export"), str(run), "--out", str(bundle), *export_args], log)
+    _run([str(BIN / "edge-asd-export"), str(src), "--out", str(bundle), *export_args], log)
     _run([str(BIN / "edge-asd"), "score", str(bundle), str(data / m / "test"), "--out", str(sub), "--quiet"], log)
+
+
+def _export_default(work: Path, data: Path, m: str, export_args: list[str]) -> None:
+    _export_and_score(work / "runs" / m, work / f"{m}-default.asd", data, m, work / "sub_default", work / "log.txt",
+                      export_args)
 
 
 def cmd_regate(args: argparse.Namespace) -> None:
@@ -159,14 +165,14 @@ def cmd_regate(args: argparse.Namespace) -> None:
             if info.get("steps") is None:  # the plain system alone was trained: nothing to check
                 if args.refit_plain:
                     fit_plain(data, m, run, plain_stage2(record["train_seed"]))
-                    _export_and_score(work, data, m, record["export_args"])
+                    _export_default(work, data, m, record["export_args"])
                 continue
             if args.refit_plain:
                 fit_plain(data, m, run / "baseline" / "plain", plain_stage2(record["train_seed"]))
             result = check_learned_member(run, run / "baseline" / "plain", data, RunDir(run).default_approach(), seed=record["train_seed"])
             write_gate(run, result)
             info["gate_before"], info["gate"] = info.get("gate"), result.decision
-            _export_and_score(work, data, m, record["export_args"])
+            _export_default(work, data, m, record["export_args"])
         record["default"] = _summary(_evaluate(work / "sub_default"))
         dest.write_text(json.dumps(record, indent=1))
         print(f"{dest_dir.name} {p.stem}: default {100 * record['default']['official']:.2f}, plain "
@@ -184,11 +190,7 @@ def cmd_plain(args: argparse.Namespace) -> None:
         for m, info in record["machines"].items():
             run = work / "runs" / m
             plain = run if info.get("steps") is None else run / "baseline" / "plain"
-            bundle = work / f"{m}-plain.asd"
-            for old in sub.glob(f"*_{m}_*"):
-                old.unlink()
-            _run([str(BIN / "edge-asd-export"), str(plain), "--out", str(bundle)], log)
-            _run([str(BIN / "edge-asd"), "score", str(bundle), str(data / m / "test"), "--out", str(sub), "--quiet"], log)
+            _export_and_score(plain, work / f"{m}-plain.asd", data, m, sub, log)
             gate = run / "gate.json"
             info["check"] = json.loads(gate.read_text()) if gate.is_file() else None
         record["plain_product"] = _summary(_evaluate(sub))
@@ -226,12 +228,7 @@ def cmd_margins(args: argparse.Namespace) -> None:
                 continue  # the plain system alone was trained: no choice
             check = json.loads((run / "gate.json").read_text())
             for which, extra, src in (("plain", [], run / "baseline" / "plain"), ("ensemble", ["--select", "1"], run)):
-                for old in folders[which].glob(f"*_{m}_*"):
-                    old.unlink()
-                bundle = work / f"{m}-margin-{which}.asd"
-                _run([str(BIN / "edge-asd-export"), str(src), "--out", str(bundle), *extra], log)
-                _run([str(BIN / "edge-asd"), "score", str(bundle), str(data / m / "test"), "--out", str(folders[which]),
-                      "--quiet"], log)
+                _export_and_score(src, work / f"{m}-margin-{which}.asd", data, m, folders[which], log, extra)
             checks[m] = check
         if not checks:
             continue

@@ -181,7 +181,10 @@ class Broker:
                 f"require_certificate {'true' if self.require_client_cert else 'false'}",
             ]
         if self.persistence:
-            lines += ["persistence true", f"persistence_location {self.dir}/", "autosave_interval 0"]
+            # As deploy/mosquitto.example.conf: a persistent subscriber away for a while misses nothing
+            # (Mosquitto's default queue of 1000 would drop a daemon's journal delivered at once).
+            lines += ["persistence true", f"persistence_location {self.dir}/", "autosave_interval 0",
+                      "max_queued_messages 100000"]
         else:
             lines.append("persistence false")
         lines += ["log_dest stderr", "log_type error", "log_type warning", "log_type notice", "log_type information",

@@ -255,8 +255,12 @@ def test_sigkill_and_restart_delivers_the_journal_and_continues_seq(tiny_bundle,
 def test_a_full_outbox_is_reported_and_recovers(tiny_bundle, edge_asd_exe, tmp_path, daemons):
     # outbox_max_mb gives SQLite's SQLITE_FULL exactly as a full disk does (tests/test_outbox.py).
     noise_wavs(tmp_path / "rec", 2, float(bundle_manifest(tiny_bundle)["audio"].get("clip_seconds", 10.0)))
-    port = free_port()
-    cfg = write_config(tmp_path / "edge-asd.toml", port, tiny_bundle, f"file:{tmp_path / 'rec'}",
+    # The subscriber's persistent session exists before the daemon can connect: the daemon may
+    # deliver its journal the moment the broker is back, before a fresh subscription would be in place.
+    broker = Broker(tmp_path).start()
+    sub = broker.subscriber("edge_asd/box1/#", persistent=True)
+    broker.stop()
+    cfg = write_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"file:{tmp_path / 'rec'}",
                        machine="realtime = false\nloop = true\n", storage="outbox_max_mb = 0.25\n")
     d = Daemon(edge_asd_exe, cfg)
     daemons.append(d)
@@ -264,8 +268,7 @@ def test_a_full_outbox_is_reported_and_recovers(tiny_bundle, edge_asd_exe, tmp_p
     assert "outbox.sqlite" in line and "full" in line, line
     stored = d.last_seq()
     assert stored > 0
-    with Broker(tmp_path, port=port) as broker:
-        sub = broker.subscriber("edge_asd/box1/#")
+    with broker.start():
         sub.wait_for(lambda _: any(m.json()["outbox_errors"] > 0 for m in sub.on("edge_asd/box1/stats")),
                      what="a heartbeat counting the scores that could not be stored")
         d.wait_seq(stored + 2)  # delivery made room: scores are journaled again, with the next seqs

@@ -26,7 +26,7 @@ from edge_asd.mqtt.publisher import Publisher
 from edge_asd.mqtt.outbox import Outbox, OutboxFullError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mqtt_broker import Broker, free_port  # noqa: E402
+from mqtt_broker import Broker  # noqa: E402
 from vmic import VirtualMic, unavailable_reason  # noqa: E402
 from fake_usb import UsbBus, latest_source_state, mic_config, seqs_of  # noqa: E402
 from daemon_proc import (  # noqa: E402
@@ -300,8 +300,12 @@ def test_a_non_finite_score_is_a_counted_bad_clip_not_a_scoring_error(tiny_bundl
 def test_an_alert_the_full_outbox_refused_is_sent_once_there_is_room(tiny_bundle, edge_asd_exe, tmp_path, daemons):
     """The alert of a state change that could not be journaled is retried, not forgotten."""
     noise_wavs(tmp_path / "rec", 2, _clip_seconds(tiny_bundle))
-    port = free_port()
-    cfg = write_config(tmp_path / "edge-asd.toml", port, tiny_bundle, f"file:{tmp_path / 'rec'}",
+    # The subscription exists before the daemon can connect (a persistent session, saved by the stop):
+    # the alert may be delivered the moment the broker is up.
+    broker = Broker(tmp_path).start()
+    sub = broker.subscriber("edge_asd/box1/fan1/alert", "edge_asd/box1/stats", persistent=True)
+    broker.stop()
+    cfg = write_config(tmp_path / "edge-asd.toml", broker.port, tiny_bundle, f"file:{tmp_path / 'rec'}",
                        machine="realtime = false\nloop = true\nthreshold = -1000.0\n",  # every clip anomalous
                        storage="outbox_max_mb = 0.25\n", alerts="raise_after = 2\nclear_after = 2\n")
     # An outbox already full of older messages: the first alert cannot be stored.
@@ -313,8 +317,7 @@ def test_an_alert_the_full_outbox_refused_is_sent_once_there_is_room(tiny_bundle
     d = Daemon(edge_asd_exe, cfg)
     daemons.append(d)
     d.wait_log(r"machine fan1: alert not stored: .*full")
-    with Broker(tmp_path, port=port) as broker:
-        sub = broker.subscriber("edge_asd/box1/#")
+    with broker.start():
         sub.wait_for(lambda _: sub.on("edge_asd/box1/fan1/alert"), timeout=120, what="the retried alert")
         alerts = [m.json() for m in sub.on("edge_asd/box1/fan1/alert")]
         assert [a["state"] for a in alerts] == ["anomalous"]

@@ -15,8 +15,10 @@ Two extractors, each beside torch eager of the very weights its bundles hold:
 Each variant runs ``--runs`` times, each time in a fresh process pinned to ``--threads``
 cores (so resident memory is that process's alone), scoring one 10 s clip ``--repeats``
 times after one untimed clip: the median ms per clip of each run, split into front end
-(standardization, log-mel, the plain member's features), extractor (the encoder) and
-detector; the table gives the median over runs and the range of the runs' medians.
+(standardization, log-mel, the plain member's features), of which the plain member ("plain"),
+extractor (the encoder) and detector; the table gives the median over runs and the range of the runs'
+medians. Where the plain member runs beside the learned one (``ClipScorer.side_members``), the parts
+overlap and add up to more than the clip's time.
 
 Then, for the default bundle: `edge-asd score` of a folder of ``--clips`` 10 s clips (clips
 per second, end to end, ``--runs`` times), and the daemon's peak resident memory with one
@@ -82,11 +84,13 @@ def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> di
         t0 = time.perf_counter()
         r = scorer.score(clip)
         total = (time.perf_counter() - t0) * 1e3
-        rows.append([r.timings_ms["frontend"], r.timings_ms["extractor"], r.timings_ms["detector"], total])
+        rows.append([r.timings_ms["frontend"], r.timings_ms["extractor"], r.timings_ms["detector"], total,
+                     r.timings_ms.get("plain", 0.0)])
     med = np.median(np.array(rows), axis=0)
     assert "torch" not in sys.modules
     return {
-        "frontend_ms": med[0], "extractor_ms": med[1], "detector_ms": med[2], "total_ms": med[3],
+        "frontend_ms": med[0], "extractor_ms": med[1], "detector_ms": med[2], "total_ms": med[3], "plain_ms": med[4],
+        "plain_beside": bool(scorer.side_members),
         "peak_rss_mb": _peak_rss_mb(), "first_score_s": first_score_s, "score_finite": bool(np.isfinite(first.score)),
         "frontends": sorted({getattr(getattr(m.backend, "frontend", None), "name", type(m.backend).__name__)
                              for m in scorer.members}),
@@ -300,14 +304,15 @@ def main() -> None:
             print(f"{group:3s} {label:62s} {results[group][label]['total_ms']:7.1f} ms", flush=True)
         rep = replay(art["cpu"]["fp32"], work, args.clips, args.threads, args.runs)
         daemon = daemon_memory(art["cpu"]["fp32"], rep.pop("clips_dir"), args.threads)
-    print(f"\n{'variant':68s} {'ms/clip':>8s} {'range':>13s} {'vs torch':>8s} {'front':>6s} {'extract':>8s} "
-          f"{'detect':>7s} {'RSS MB':>7s} {'1st s':>6s}")
+    print(f"\n{'variant':68s} {'ms/clip':>8s} {'range':>13s} {'vs torch':>8s} {'front':>6s} {'plain':>6s} "
+          f"{'extract':>8s} {'detect':>7s} {'RSS MB':>7s} {'1st s':>6s}")
     for group, rows in results.items():
         ref = next(iter(rows.values()))["total_ms"]
         for label, r in rows.items():
             lo, hi = r["total_ms_range"]
             print(f"{group + ': ' + label:68s} {r['total_ms']:8.1f} {f'{lo:.1f}-{hi:.1f}':>13s} {r['total_ms'] / ref:8.2f} "
-                  f"{r.get('frontend_ms', float('nan')):6.1f} {r.get('extractor_ms', float('nan')):8.1f} "
+                  f"{r.get('frontend_ms', float('nan')):6.1f} {r.get('plain_ms', float('nan')):6.1f} "
+                  f"{r.get('extractor_ms', float('nan')):8.1f} "
                   f"{r.get('detector_ms', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} {r['first_score_s']:6.2f}")
     lo, hi = rep["clips_per_s_range"]
     print(f"\nedge-asd score, {rep['clips']} clips of 10 s, default CPU bundle: {rep['clips_per_s']:.1f} clips/s "

@@ -41,6 +41,23 @@ def test_power_spectrum_is_float64_numpys_within_float32(engine, n_fft):
     np.testing.assert_array_equal(PowerSpectrum(n_fft, engine)(rows, slice(3, 40)), got[:, 3:40])
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_squares_sum_pairwise_to_the_power_and_a_reused_buffer_changes_nothing(engine):
+    rows = np.random.default_rng(7).standard_normal((37, 512)).astype(np.float32)
+    ps = PowerSpectrum(512, engine)
+    power = ps(rows)
+    for bins in (slice(None), slice(0, 257), slice(3, 40)):
+        sq = ps.squares(rows, bins)
+        want = power[:, bins]
+        assert sq.shape == (37, 2 * want.shape[1])
+        np.testing.assert_allclose(sq[:, 0::2] + sq[:, 1::2], want, rtol=1e-6, atol=1e-6 * want.max())
+    buffer = np.full((64, 257), np.nan, dtype=np.complex64)  # a block-sized buffer, longer than these rows
+    for _ in range(2):
+        np.testing.assert_array_equal(ps.squares(rows, slice(3, 40), out=buffer), ps.squares(rows, slice(3, 40)))
+    with pytest.raises(ValueError, match="expected rows of 512 samples"):
+        ps.squares(rows[:, :256])
+
+
 def test_front_ends_agree_across_engines():
     """The learned member's log-mel and the plain member's features (log-mel statistics and modulation spectrum)."""
     cfg = LogMelFrontEnd(sample_rate=16000, n_fft=2048, hop_length=256, n_mels=128, f_min=0.0, f_max=8000.0,

@@ -228,3 +228,38 @@ def test_clips_run_side_by_side_only_on_the_cpus_own_members(tiny_run, tiny_data
     assert pools == []
     np.testing.assert_array_equal(split_scorer.score_many(clips, "00", workers=2), split_scorer.score_many(clips, "00"))
     assert pools == [1]
+
+
+def test_the_plain_member_beside_the_learned_one_gives_the_same_scores_and_its_errors(tiny_run, tiny_data, tmp_path,
+                                                                                        monkeypatch):
+    """On two cores the plain member runs on a thread of its own while the learned one runs: the very same numbers
+    as one member after the other, the encoder then on the other core, and a failure of either reaches the caller."""
+    import threading
+
+    from edge_asd.errors import UserError
+    from edge_asd.runtime.backend import FeatureBackend
+    from export.pack import build_bundle
+    from train.plain import fit_plain
+
+    both = build_bundle([tiny_run, fit_plain(tiny_data, "fan", tmp_path / "plain")], tmp_path / "both.asd", progress=False)
+    one_core, two_cores = load_scorer(both, backend="onnx-cpu", threads=1), load_scorer(both, backend="onnx-cpu", threads=2)
+    assert not one_core.side_members and two_cores.side_members
+    assert two_cores.members[0].backend._enc.get_session_options().intra_op_num_threads == 1  # the other core's
+    threads_seen = []
+    real_run_clip = FeatureBackend.run_clip
+    monkeypatch.setattr(FeatureBackend, "run_clip",
+                        lambda self, view: threads_seen.append(threading.current_thread().name) or real_run_clip(self, view))
+    for c in list_clips(tiny_data, "fan", "test")[:3]:
+        clip = read_audio(c.path)
+        a, b = one_core.score(clip, "00"), two_cores.score(clip, "00")
+        assert (a.score, a.p_target, a.bands) == (b.score, b.p_target, b.bands)
+        assert b.timings_ms["plain"] > 0 and b.timings_ms["frontend"] >= b.timings_ms["plain"]
+    assert threads_seen == ["MainThread", "plain-member"] * 3
+
+    def broken(self, view):
+        raise UserError("the plain member cannot take this clip")
+
+    monkeypatch.setattr(FeatureBackend, "run_clip", broken)
+    with pytest.raises(UserError, match="the plain member cannot take this clip"):
+        two_cores.score(read_audio(list_clips(tiny_data, "fan", "test")[0].path), "00")
+    assert not any(t.name == "plain-member" for t in threading.enumerate())

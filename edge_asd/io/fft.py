@@ -16,6 +16,13 @@ Two engines compute the same numbers:
 
 Both return float32 power, so what follows (the mel product, the log) is the
 same code whichever engine ran; ``tests/test_fft.py`` holds them to each other.
+
+:meth:`PowerSpectrum.squares` stops one step short of the power: the squared
+real and imaginary parts, interleaved as the complex array lies in memory. A
+filterbank whose weights are repeated for the two (``repeat(w, 2, axis=0)``)
+then sums them inside its matrix product, and the strided pairwise add that
+makes the power (a pass over the spectrum, ~20 % of a short-frame STFT's time
+on the 2-core machine) is never made.
 """
 
 from __future__ import annotations
@@ -52,6 +59,25 @@ class PowerSpectrum:
             import ducc0.fft
 
             self._r2c = ducc0.fft.r2c
+
+    def squares(self, rows: np.ndarray, bins: slice = slice(None), out: np.ndarray | None = None) -> np.ndarray:
+        """``[n, 2 * bins]``: ``re^2, im^2`` of each wanted bin, interleaved; their pairwise sum is the power (float32
+        from ducc0, float64 from numpy).
+
+        ``out``: a complex64 ``[n, n_fft // 2 + 1]`` buffer the transform may write into (ducc0; a block-sized one
+        reused over the blocks of a clip); the result is then a view of it.
+        """
+        if rows.ndim != 2 or rows.shape[1] != self.n_fft:
+            raise ValueError(f"expected rows of {self.n_fft} samples, got shape {rows.shape}")
+        if self.engine == "ducc0":
+            spec = self._r2c(np.ascontiguousarray(rows, dtype=np.float32), axes=(1,),
+                             out=None if out is None else out[: rows.shape[0]])
+            re_im = spec.view(np.float32)
+            np.multiply(re_im, re_im, out=re_im)  # every bin: one contiguous pass is faster than a strided one
+            return re_im[:, 2 * (bins.start or 0) : None if bins.stop is None else 2 * bins.stop]
+        # float64 on: the filterbank's product then sums in float64 too, and the fallback is the more exact of the two
+        re_im = np.fft.rfft(rows.astype(np.float64), axis=1)[:, bins].view(np.float64)
+        return np.square(re_im, out=re_im)
 
     def __call__(self, rows: np.ndarray, bins: slice = slice(None)) -> np.ndarray:
         """``bins``: the DFT bins wanted (the others are not squared)."""

@@ -12,7 +12,12 @@ come from an rFFT at a fraction of the work (issue 28; the transform itself is
   transforms a cache-sized block at a time;
 * the mel filterbank is a band matrix (each triangle spans a few DFT bins),
   so it is applied as a few dense blocks along its diagonal instead of one
-  dense product that multiplies zeros ~90 % of the time.
+  dense product that multiplies zeros ~90 % of the time;
+* the filterbank reads the squared real and imaginary parts with its weights
+  repeated for each (:meth:`edge_asd.io.fft.PowerSpectrum.squares`), into one
+  block-sized window and spectrum buffer per call: no power array, no
+  per-block allocations. The learned member's log-mel 4.7 -> 3.5 ms, the
+  plain member's features 7.7 -> 6.0 ms (one thread, 2026-12-07).
 
 One thread: a pool over the blocks ran the learned member's log-mel in 3.1
 ms against 4.3 alone, but inside a scorer, between the encoder's runs, 5.05 ms
@@ -61,6 +66,12 @@ class _MelBlock:
     bands: slice  # mel bands it adds to
     weights: np.ndarray  # [bins, bands] float32
 
+    def on_squares(self, first: int) -> tuple[slice, slice, np.ndarray]:
+        """The block applied to :meth:`PowerSpectrum.squares` of the bins from ``first`` on: its columns there (two per
+        bin), its bands, its weights repeated for the real and the imaginary part."""
+        lo, hi = 2 * (self.bins.start - first), 2 * (self.bins.stop - first)
+        return slice(lo, hi), self.bands, np.ascontiguousarray(np.repeat(self.weights, 2, axis=0))
+
 
 def band_blocks(fb: np.ndarray, chunks: int = _MEL_CHUNKS) -> list[_MelBlock]:
     """A filterbank ``[n_mels, n_bins]`` as dense blocks that together hold every nonzero weight.
@@ -100,8 +111,9 @@ class LogMelSTFT:
         self.n_fft, self.hop, self.n_mels = int(n_fft), int(hop), int(fb.shape[0])
         self.window = np.asarray(window, dtype=np.float32)
         self.log, self.eps = log, np.float32(eps)
-        self._blocks = band_blocks(fb, _MEL_CHUNKS if fb.shape[0] >= _FEW_BANDS else 1)
-        self._bins = slice(min(b.bins.start for b in self._blocks), max(b.bins.stop for b in self._blocks))
+        blocks = band_blocks(fb, _MEL_CHUNKS if fb.shape[0] >= _FEW_BANDS else 1)
+        self._bins = slice(min(b.bins.start for b in blocks), max(b.bins.stop for b in blocks))
+        self._blocks = [b.on_squares(self._bins.start) for b in blocks]
         self._power = PowerSpectrum(self.n_fft, fft)
         self._rows = max(64, BLOCK_SAMPLES // self.n_fft)  # 2048 and 1024 points: 64 rows; 512: 128
 
@@ -120,22 +132,24 @@ class LogMelSTFT:
         frames = np.lib.stride_tricks.as_strided(
             x, shape=(n, self.n_fft), strides=(x.strides[0] * self.hop, x.strides[0]), writeable=False
         )
-        out = np.empty((n, self.n_mels), dtype=np.float32)
-        rows = self._rows
+        out = np.zeros((n, self.n_mels), dtype=np.float32)
+        rows = min(self._rows, n)
+        # one block's windowed frames and spectrum, reused by every block of this call (not kept between calls:
+        # a replay scores two clips at once with the same front end)
+        windowed = np.empty((rows, self.n_fft), dtype=np.float32)
+        spectrum = np.empty((rows, self.n_fft // 2 + 1), dtype=np.complex64)
         for lo in range(0, n, rows):
-            self._block(frames[lo : lo + rows], out[lo : lo + rows])
-        return out
-
-    def _block(self, frames: np.ndarray, out: np.ndarray) -> None:
-        power = self._power(frames * self.window, self._bins)
-        out.fill(0.0)
-        first = self._bins.start
-        for b in self._blocks:
-            out[:, b.bands] += power[:, b.bins.start - first : b.bins.stop - first] @ b.weights
+            block = frames[lo : lo + rows]
+            w = np.multiply(block, self.window, out=windowed[: block.shape[0]])
+            squares = self._power.squares(w, self._bins, out=spectrum)
+            o = out[lo : lo + rows]
+            for columns, bands, weights in self._blocks:
+                o[:, bands] += squares[:, columns] @ weights
         out += self.eps
         if self.log == "ln":
             np.log(out, out=out)
         else:
             np.log10(out, out=out)
             out *= np.float32(10.0)
+        return out
 

@@ -5,7 +5,8 @@
 Starts a private Mosquitto, runs `edge-asd run` on a real-time file source (the
 same path a microphone takes after capture), subscribes to the scores, and
 measures for each clip the time from the clip's end (the payload's `ts`) to the
-message's arrival at the subscriber. Reports medians, the daemon's peak
+message's arrival at the subscriber. Reports medians, the daemon's own part of it
+(a clip complete to its score journaled, from its heartbeats), the daemon's peak
 resident memory (VmHWM) and the time from start to the first score.
 With ``--mic`` the source is a real PortAudio stream instead: a PulseAudio
 virtual microphone (tests/vmic.py) fed the clips at real time, so PortAudio's
@@ -87,11 +88,19 @@ def main() -> None:
         mic.feed(work / "feed.wav", loop=True)
         env = {**os.environ, **mic.env}
     arrivals: list[tuple[float, dict]] = []
+    stats: list[dict] = []
+
+    def on_message(c, u, m) -> None:
+        if m.topic.endswith("/stats"):
+            stats.append(json.loads(m.payload))
+        else:
+            arrivals.append((time.time(), json.loads(m.payload)))
+
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.on_message = lambda c, u, m: arrivals.append((time.time(), json.loads(m.payload)))
+    client.on_message = on_message
     time.sleep(0.5)
     client.connect("127.0.0.1", port)
-    client.subscribe("edge_asd/bench/m1/score", qos=1)
+    client.subscribe([("edge_asd/bench/m1/score", 1), ("edge_asd/bench/stats", 1)])
     client.loop_start()
     t_start = time.time()
     cmd = [str(Path(sys.executable).with_name("edge-asd")), "run", "--config", str(work / "c.toml")]
@@ -131,12 +140,18 @@ def main() -> None:
         (t - datetime.fromisoformat(p["ts"].replace("Z", "+00:00")).timestamp()) * 1e3 for t, p in arrivals
     ]
     first = min(t for t, _ in arrivals) - t_start if arrivals else float("nan")
+    # the daemon's own part of the latency (a clip complete -> its score journaled), as its heartbeats report it:
+    # what is left of the latency above is the outbox, the broker and the subscriber
+    scoring = [m["m1"]["latency_ms"] for m in (s.get("machines", {}) for s in stats) if m.get("m1", {}).get("clips")]
     clip_s = 10.0
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "clips": len(arrivals),
         "latency_ms_median": float(np.median(latencies)) if latencies else None,
         "latency_ms_max": float(np.max(latencies)) if latencies else None,
+        "latencies_ms": [round(x, 1) for x in latencies],
+        "scoring_ms_median_per_heartbeat": [s.get("median") for s in scoring],
+        "scoring_ms_max_per_heartbeat": [s.get("max") for s in scoring],
         "peak_rss_mb": peak[0],
         "first_score_after_start_s": first,
         "first_score_after_first_clip_s": first - clip_s,

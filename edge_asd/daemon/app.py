@@ -55,6 +55,7 @@ from edge_asd.daemon.logs import setup_logging
 from edge_asd.daemon.pipeline import Pipeline, PipelineLinks, stall_limit
 from edge_asd.daemon.outputs import PageOutput
 from edge_asd.daemon.machine_scoring import Scoring, load_scorers
+from edge_asd.daemon.memory import limit_malloc_arenas
 from edge_asd.daemon.sdnotify import Notifier
 from edge_asd.daemon.sources import PortAudioHost, make_source
 from edge_asd.daemon.waker import Waker
@@ -604,6 +605,8 @@ def main(config_path: Path, validate_only: bool = False) -> int:
     """``edge-asd run``: returns the exit status; a :class:`UserError` propagates to the CLI (status 2)."""
     cfg = load_config(config_path, require_credentials=not validate_only)
     setup_logging(cfg.logging)
+    if not validate_only:
+        limit_malloc_arenas()  # before onnxruntime's and the daemon's threads start
     scorings = load_scorers(cfg)
     if validate_only:
         names = ", ".join(f"{m.id} ({scorings[m.id].bundle_id}, section {scorings[m.id].section})" for m in cfg.machines)

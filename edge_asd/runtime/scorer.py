@@ -203,7 +203,7 @@ class ClipScorer:
         "frontend" includes standardization, the split graphs' log-mel and the plain member's features;
         "plain" the latter alone. With ``side_members`` (and ``side``), the plain member runs on a thread of its
         own meanwhile: a clip's numpy features and the learned member's encoder then share the cores instead of
-        taking turns (the cpu preset's bundle on 2 cores: 16.3 -> 13.8 ms a clip, the encoder on one thread). The
+        taking turns (the cpu preset's bundle on 2 cores: 17.3 -> 15.4 ms a clip, the encoder on one thread). The
         parts' times are then each part's own, and their sum is more than the clip's wall time.
         """
         view = ClipView(self._checked(clip), self.spec)

@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 def _export(args: argparse.Namespace) -> int:
     if args.precision == "int8" and args.format == "onnx":
         # measured, BENCHMARKS.md "Device side": int8 bundles have no split graphs, so a CPU runs the DFT per segment
-        log.warning("an int8 ONNX bundle is slower and larger than fp32 on a CPU (for the cpu preset about twice the "
-                    "time and memory per clip, BENCHMARKS.md); int8 pays off with --format tensorrt on a GPU")
+        log.warning("an int8 ONNX bundle is slower and larger than fp32 on a CPU (for the cpu preset about three times the "
+                    "time and twice the memory per clip, BENCHMARKS.md); int8 pays off with --format tensorrt on a GPU")
     build_bundle(
         [Path(r) for r in args.run] if len(args.run) > 1 else Path(args.run[0]),
         Path(args.out),

@@ -203,12 +203,12 @@ def test_modulation_lines_see_a_faint_periodic_impact_train_that_the_bins_averag
 def test_fast_lines_see_an_impact_rate_above_the_modulation_spectrums_reach():
     """``fast_lines_n_fft``: impacts at 180 Hz (a bearing's outer-race rate on a fast shaft) lie above the
     modulation spectrum's 125 Hz and are smoothed by its 32 ms window: its lines do not move, the fast envelope's
-    line in the bin holding 180 Hz does, and no other bin's; the default plain features are these."""
+    line in the bin holding 180 Hz does, and no other bin's."""
     from edge_asd.io.features import modulation_line_bins, modulation_pooling
-    from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
+    from train.plain import PLAIN_FEATURES
 
     cfg = LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128)
-    assert PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES] == cfg
+    assert PLAIN_FEATURES["lines"] == cfg
     fast = cfg.fast_lines()
     assert (fast.modulation_n_fft, fast.modulation_hop, fast.modulation_frames) == (128, 32, 1024)
     n_fast = int(modulation_line_bins(fast).sum())
@@ -300,3 +300,54 @@ def test_edge_asd_score_loads_no_mqtt_faiss_or_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0 []", out.stdout
     assert len(list((tmp_path / "out").glob("anomaly_score_*.csv"))) == 1
+
+
+def test_comodulation_sees_bands_moving_together_and_not_a_shared_slow_drift():
+    from edge_asd.io.features import comodulation
+
+    rng = np.random.default_rng(4)
+    t = 5000  # 10 s at 500 Hz
+    fast = rng.standard_normal(t)
+    slow = np.sin(2 * np.pi * 0.05 * np.arange(t) / 500.0)  # a 20 s drift, common to every band
+    env = np.stack([fast + 5 * slow, fast + 5 * slow, rng.standard_normal(t) + 5 * slow, np.full(t, 3.0)], axis=1)
+    c = comodulation(env, 250)
+    assert c.shape == (6,)  # (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
+    assert c[0] > 0.99  # the shared fast part
+    assert abs(c[1]) < 0.1 and abs(c[3]) < 0.1  # the drift alone does not correlate them once removed
+    assert c[2] == c[4] == c[5] == 0.0  # a band that does not move
+    np.testing.assert_allclose(comodulation(env[:100], 250), comodulation(env[:100], 100))  # the window fits the clip
+
+
+def test_dynamics_see_broadband_crackle_in_noise_and_ignore_gain():
+    """``dynamics``: faint broadband crackle (random clicks, 14 dB under the noise) raises the fast envelope's
+    comodulation and the log-mel's frame-to-frame change; the gain does not move any of it; the values are appended
+    after those of "lines", which stay as they are; the default plain features are these."""
+    from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
+
+    base = PLAIN_FEATURES["lines"]
+    cfg = LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128, dynamics=True)
+    assert PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES] == cfg
+    f = LogMelStats(cfg)
+    assert f.dim == base.dim + 64 + 8 + 8 + 28
+    sr, rng = 16000, np.random.default_rng(2)
+    noise = rng.standard_normal(10 * sr).astype(np.float32)
+    clicks = np.zeros(noise.size, dtype=np.float32)
+    at = rng.choice(noise.size - 64, 60, replace=False)
+    for i in at:  # short broadband clicks
+        clicks[i : i + 16] += rng.standard_normal(16).astype(np.float32)
+    clicks *= np.float32(0.2 * noise.std() / clicks.std())
+    quiet, crackle = f(noise), f(noise + clicks)
+    np.testing.assert_allclose(quiet[: base.dim], LogMelStats(base)(noise), rtol=1e-6, atol=1e-6)
+    delta, env_std, comod = (quiet[base.dim : base.dim + 64], quiet[base.dim + 64 : base.dim + 80], quiet[base.dim + 80 :])
+    c_delta, c_env_std, c_comod = (crackle[base.dim : base.dim + 64], crackle[base.dim + 64 : base.dim + 80],
+                                   crackle[base.dim + 80 :])
+    assert c_comod.mean() > comod.mean() + 0.05  # the clicks sound in every band at once (0.08 -> 0.15 here)
+    assert np.all(c_env_std[8:] > env_std[8:])  # and make each fast envelope band move more
+    assert c_delta.mean() > delta.mean()
+    np.testing.assert_allclose(f(0.25 * noise), quiet, rtol=1e-4, atol=1e-4)
+    assert np.all(np.isfinite(f(noise[:24000])))
+    assert LogMelStatsConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if not k.startswith("dynamics")}
+    assert LogMelStatsConfig.from_dict(old).dynamics is False  # manifests from before it read back without
+    with pytest.raises(ValueError, match="dynamics needs the fast envelope"):
+        LogMelStatsConfig(modulation_bands=8, modulation_lines=True, dynamics=True)

@@ -138,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain: only the log-mel-statistics system (--plain-scorer), no stage 1 (numpy, seconds)")
     p.add_argument("--plain-features", default=DEFAULT_PLAIN_FEATURES, choices=sorted(PLAIN_FEATURES),
                    help="the plain system's features: reference (shared/reference/plain_baseline.py exactly), "
-                   "modulation (the reference plus the envelope modulation spectrum) or lines (that plus each "
-                   "modulation bin's most prominent line: a bearing's impact rate, a rotor bar's beat; default)")
+                   "modulation (the reference plus the envelope modulation spectrum), lines (that plus each "
+                   "modulation bin's most prominent line: a bearing's impact rate, a rotor bar's beat) or dynamics "
+                   f"(that plus each band's frame-to-frame change and how the bands move together); default "
+                   f"{DEFAULT_PLAIN_FEATURES}")
     # --plain-neighbours: the option's first name, when it chose only between the two nearest-neighbour rules
     p.add_argument("--plain-scorer", "--plain-neighbours", dest="plain_scorer", default=DEFAULT_PLAIN_SCORER,
                    choices=sorted(PLAIN_SCORERS),

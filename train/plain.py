@@ -30,11 +30,15 @@ PLAIN_SYSTEM = "plain"
 # number for number; "modulation" appends the envelope modulation spectrum, which scored above it on every
 # development seed of both generators and equal on the real samples; "lines" appends to that each modulation
 # bin's most prominent line, of the modulation spectrum's envelopes and of a faster envelope that reaches 250 Hz,
-# which scored above "modulation" on every validation seed of both generators (BENCHMARKS.md, "Detection quality
-# III").
+# which scored above "modulation" on every validation seed of both generators; "dynamics" appends to that the
+# sound's dynamics (each band's frame-to-frame change, each envelope band's spread, how the fast envelope's
+# bands move together), which scored above "lines" on every validation seed of both generators (BENCHMARKS.md,
+# "Detection quality III").
 PLAIN_FEATURES = {"reference": LogMelStatsConfig(), "modulation": LogMelStatsConfig(modulation_bands=8),
-                  "lines": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128)}
-DEFAULT_PLAIN_FEATURES = "lines"
+                  "lines": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128),
+                  "dynamics": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128,
+                                                dynamics=True)}
+DEFAULT_PLAIN_FEATURES = "dynamics"
 # How the plain system scores a clip against the section's normals (--plain-scorer):
 #   "nearest": the reference's Euclidean distance to the nearest normal (z-scored features);
 #   "local": that distance divided by the normal's own distance to its nearest other normal, so the few clips of

@@ -151,6 +151,13 @@ class LogMelStatsConfig:
     fast_lines_n_fft: int = 0
     fast_lines_hop: int = 32
     fast_lines_frames: int = 1024
+    # with the fast envelope, the sound's dynamics (ln units): per log-mel band the mean absolute change from one frame
+    # to the next (a rough, crackling or rubbing band changes fast); the standard deviation over time of each
+    # envelope's band power (the modulation spectrum's and the fast one's); and how the fast envelope's bands move
+    # together, their correlations once each band's mean over dynamics_smooth_s is taken away (an impact or a
+    # rub sounds in many bands at once, a machine's steady parts do not).
+    dynamics: bool = False
+    dynamics_smooth_s: float = 0.5
 
     def __post_init__(self) -> None:
         if self.n_fft < 16 or self.hop_length < 1 or self.n_mels < 1:
@@ -174,18 +181,25 @@ class LogMelStatsConfig:
             mel_filterbank(fast.sample_rate, fast.modulation_n_fft, fast.modulation_bands, fast.f_min, fast.f_max,
                            fast.mel_scale)
             modulation_pooling(fast)
+        if self.dynamics:
+            if not self.fast_lines_n_fft:
+                raise ValueError("logmel_stats: dynamics needs the fast envelope (fast_lines_n_fft > 0)")
+            if not 0 < self.dynamics_smooth_s * self.sample_rate / self.fast_lines_hop:
+                raise ValueError("logmel_stats: dynamics_smooth_s must be positive")
 
     def fast_lines(self) -> "LogMelStatsConfig":
         """The fast envelope's settings, as a modulation spectrum of its own (whose lines alone are used)."""
         return replace(self, modulation_n_fft=self.fast_lines_n_fft, modulation_hop=self.fast_lines_hop,
-                       modulation_frames=self.fast_lines_frames, fast_lines_n_fft=0)
+                       modulation_frames=self.fast_lines_frames, fast_lines_n_fft=0, dynamics=False)
 
     @property
     def dim(self) -> int:
         lines = int(modulation_line_bins(self).sum()) if self.modulation_lines else 0
         if self.fast_lines_n_fft:
             lines += int(modulation_line_bins(self.fast_lines()).sum())
-        return 2 * self.n_mels + self.modulation_bands * self.modulation_bins + lines
+        b = self.modulation_bands
+        dynamics = self.n_mels + 2 * b + b * (b - 1) // 2 if self.dynamics else 0
+        return 2 * self.n_mels + self.modulation_bands * self.modulation_bins + lines + dynamics
 
     def to_dict(self) -> dict:
         return {"kind": PLAIN_KIND, **asdict(self)}
@@ -239,9 +253,14 @@ class ModulationSpectrum:
         self._bin_span = slice(int(self._bin_starts[0]), int(self._bin_starts[-1] + members[:, -1].sum()))
         self._line_bins = modulation_line_bins(cfg)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def envelope(self, x: np.ndarray) -> np.ndarray:
+        """``[T, bands]``: the log power of each band over time, the envelopes the spectrum is taken of."""
+        return self._stft(x)
+
+    def __call__(self, x: np.ndarray, log_envelope: np.ndarray | None = None) -> np.ndarray:
+        """``log_envelope``: :meth:`envelope` of ``x``, where the caller has it already."""
         c = self.cfg
-        env = np.exp(self._stft(x))  # [T, bands] band power
+        env = np.exp(self.envelope(x) if log_envelope is None else log_envelope)  # [T, bands] band power
         # each band relative to its own mean: the envelope's shape, not the band's level (the mean already has it)
         env = env / (env.mean(axis=0, keepdims=True) + np.float32(1e-12))
         n = c.modulation_frames
@@ -263,9 +282,28 @@ class ModulationSpectrum:
         return np.concatenate(parts)
 
 
+def comodulation(log_envelope: np.ndarray, smooth: int) -> np.ndarray:
+    """``[bands * (bands - 1) / 2]``: the correlations (upper triangle, row-major) between the bands of a log envelope
+    ``[T, bands]`` once each band's moving mean over ``smooth`` frames is taken away; a band that does not move
+    correlates 0 with every other."""
+    e = np.asarray(log_envelope, dtype=np.float64)
+    t, bands = e.shape
+    half = min(smooth, t) // 2
+    # the moving mean over the frames inside the clip: at the edges, over the part of the window that lies inside
+    c = np.vstack([np.zeros((1, bands)), np.cumsum(e, axis=0)])
+    lo, hi = np.clip(np.arange(t) - half, 0, t), np.clip(np.arange(t) + half + 1, 0, t)
+    hp = e - (c[hi] - c[lo]) / (hi - lo)[:, None]
+    hp -= hp.mean(axis=0)
+    norm = np.sqrt((hp * hp).sum(axis=0))
+    corr = (hp.T @ hp) / np.maximum(np.outer(norm, norm), 1e-30)
+    return corr[np.triu_indices(bands, 1)]
+
+
 class LogMelStats:
     """Clip -> ``[2 * n_mels]``: the mean, then the standard deviation, of each band's log power over time;
-    then, with ``modulation_bands``, the envelope modulation spectrum."""
+    then, with ``modulation_bands``, the envelope modulation spectrum (and its lines, and the fast envelope's);
+    then, with ``dynamics``, the mean absolute frame-to-frame change of each log-mel band, the standard
+    deviation of each envelope band (modulation, then fast), and the fast envelope's comodulation."""
 
     def __init__(self, cfg: LogMelStatsConfig | None = None, fft: str = "auto"):
         self.cfg = cfg or LogMelStatsConfig()
@@ -302,8 +340,15 @@ class LogMelStats:
             raise ValueError(f"clip of {x.size} samples is shorter than the {self.cfg.n_fft}-sample window")
         lm = self._stft(x)
         parts = [lm.mean(axis=0, dtype=np.float64), lm.std(axis=0, dtype=np.float64)]
-        if self._modulation is not None:
-            parts.append(self._modulation(x))
-        if self._fast_lines is not None:
-            parts.append(self._fast_lines(x))
+        envelopes = []
+        for spectrum in (self._modulation, self._fast_lines):
+            if spectrum is not None:
+                envelopes.append(spectrum.envelope(x))
+                parts.append(spectrum(x, envelopes[-1]))
+        if self.cfg.dynamics:
+            c = self.cfg
+            parts.append(np.abs(np.diff(lm, axis=0)).mean(axis=0, dtype=np.float64) if lm.shape[0] > 1
+                         else np.zeros(c.n_mels))
+            parts += [e.std(axis=0, dtype=np.float64) for e in envelopes]
+            parts.append(comodulation(envelopes[1], max(1, round(c.dynamics_smooth_s * c.sample_rate / c.fast_lines_hop))))
         return np.concatenate(parts).astype(np.float32)

@@ -320,7 +320,8 @@ def test_comodulation_sees_bands_moving_together_and_not_a_shared_slow_drift():
 
 def test_dynamics_see_broadband_crackle_in_noise_and_ignore_gain():
     """``dynamics``: faint broadband crackle (random clicks, 14 dB under the noise) raises the fast envelope's
-    comodulation and the log-mel's frame-to-frame change; the gain does not move any of it; the values are appended
+    comodulation and the log-mel's frame-to-frame change, one impact of the same energy does not; the gain does not
+    move any of it; the values are appended
     after those of "lines", which stay as they are; the default plain features are these."""
     from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
 
@@ -344,6 +345,14 @@ def test_dynamics_see_broadband_crackle_in_noise_and_ignore_gain():
     assert c_comod.mean() > comod.mean() + 0.05  # the clicks sound in every band at once (0.08 -> 0.15 here)
     assert np.all(c_env_std[8:] > env_std[8:])  # and make each fast envelope band move more
     assert c_delta.mean() > delta.mean()
+    # one loud impact (a door, a dropped tool) as loud as all the crackle together: the crackle goes on, it does not
+    thud = np.zeros(noise.size, dtype=np.float32)
+    thud[80000 : 80000 + 400] = rng.standard_normal(400).astype(np.float32) * np.exp(-np.arange(400) / 80.0)
+    thud *= np.float32(np.sqrt((clicks ** 2).sum() / (thud ** 2).sum()))
+    door = f(noise + thud)
+    # (the comodulation moves 0.23 as much for the impact as for the crackle; 0.73 without its clipping)
+    assert abs(door[base.dim + 80 :].mean() - comod.mean()) < 0.35 * (c_comod.mean() - comod.mean())
+    assert abs((door[base.dim + 64 : base.dim + 80] - env_std).mean()) < 0.2 * (c_env_std - env_std).mean()
     np.testing.assert_allclose(f(0.25 * noise), quiet, rtol=1e-4, atol=1e-4)
     assert np.all(np.isfinite(f(noise[:24000])))
     assert LogMelStatsConfig.from_dict(cfg.to_dict()) == cfg

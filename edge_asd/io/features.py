@@ -157,8 +157,8 @@ class LogMelStatsConfig:
     # correlations once each band's mean over dynamics_smooth_s is taken away (a rub or a crackle sounds in many
     # bands at once, a machine's steady parts do not). Each statistic ignores what lasts a tenth of the clip or less
     # (the mean of the changes below their 90th percentile, the interquartile range, the envelope clipped at 3
-    # robust deviations): a fault goes on, a door or a dropped tool does not, and the no-regret check's disturbed
-    # normals (one impact) sent the plain system's check down by up to 0.05 without that.
+    # robust deviations): a fault goes on, a door or a dropped tool does not (a lone impact moved the comodulation
+    # 0.73 as much as a crackle of the same energy, 0.23 with the clipping).
     dynamics: bool = False
     dynamics_smooth_s: float = 0.5
 

@@ -296,20 +296,27 @@ def comodulation(log_envelope: np.ndarray, smooth: int) -> np.ndarray:
     ``[T, bands]`` once each band's moving mean over ``smooth`` frames is taken away and its movement clipped at
     :data:`CLIP_SIGMAS` robust deviations (a lone impact moves every band once, hugely); a band that does not move
     correlates 0 with every other."""
-    e = np.asarray(log_envelope, dtype=np.float64)
-    t, bands = e.shape
+    e = np.ascontiguousarray(np.asarray(log_envelope).T, dtype=np.float64)  # band-major: each band's run contiguous
+    bands, t = e.shape
     half = min(smooth, t) // 2
     # the moving mean over the frames inside the clip: at the edges, over the part of the window that lies inside
-    c = np.vstack([np.zeros((1, bands)), np.cumsum(e, axis=0)])
+    c = np.zeros((bands, t + 1))
+    np.cumsum(e, axis=1, out=c[:, 1:])
     lo, hi = np.clip(np.arange(t) - half, 0, t), np.clip(np.arange(t) + half + 1, 0, t)
-    hp = e - (c[hi] - c[lo]) / (hi - lo)[:, None]
-    med = np.median(hp, axis=0)
-    reach = CLIP_SIGMAS * _MAD_SIGMA * np.median(np.abs(hp - med), axis=0)
-    hp = np.clip(hp, med - reach, med + reach)
-    hp -= hp.mean(axis=0)
-    norm = np.sqrt((hp * hp).sum(axis=0))
-    corr = (hp.T @ hp) / np.maximum(np.outer(norm, norm), 1e-30)
+    hp = e - (c[:, hi] - c[:, lo]) / (hi - lo)
+    med = np.median(hp, axis=1, keepdims=True)
+    reach = CLIP_SIGMAS * _MAD_SIGMA * np.median(np.abs(hp - med), axis=1, keepdims=True)
+    np.clip(hp, med - reach, med + reach, out=hp)
+    hp -= hp.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("ij,ij->i", hp, hp))
+    corr = (hp @ hp.T) / np.maximum(np.outer(norm, norm), 1e-30)
     return corr[np.triu_indices(bands, 1)]
+
+
+def robust_spread(log_envelope: np.ndarray) -> np.ndarray:
+    """``[bands]``: each band's interquartile range over time of ``[T, bands]``, as a Gaussian's standard deviation."""
+    q = np.quantile(np.ascontiguousarray(np.asarray(log_envelope).T), [0.75, 0.25], axis=1)
+    return _IQR_SIGMA * (q[0] - q[1])
 
 
 def frame_change(log_mel: np.ndarray) -> np.ndarray:
@@ -317,9 +324,9 @@ def frame_change(log_mel: np.ndarray) -> np.ndarray:
     changes up to the band's :data:`CHANGE_QUANTILE` (the largest tenth, a transient's, left out); 0 for one frame."""
     if log_mel.shape[0] < 2:
         return np.zeros(log_mel.shape[1])
-    d = np.abs(np.diff(np.asarray(log_mel, dtype=np.float64), axis=0))
-    kept = d <= np.quantile(d, CHANGE_QUANTILE, axis=0)
-    return (d * kept).sum(axis=0) / kept.sum(axis=0)
+    d = np.abs(np.diff(np.asarray(log_mel, dtype=np.float64).T, axis=1))  # band-major
+    kept = d <= np.quantile(d, CHANGE_QUANTILE, axis=1, keepdims=True)
+    return (d * kept).sum(axis=1) / kept.sum(axis=1)
 
 
 class LogMelStats:
@@ -372,6 +379,6 @@ class LogMelStats:
         if self.cfg.dynamics:
             c = self.cfg
             parts.append(frame_change(lm))
-            parts += [_IQR_SIGMA * np.subtract(*np.quantile(e, [0.75, 0.25], axis=0)) for e in envelopes]
+            parts += [robust_spread(e) for e in envelopes]
             parts.append(comodulation(envelopes[1], max(1, round(c.dynamics_smooth_s * c.sample_rate / c.fast_lines_hop))))
         return np.concatenate(parts).astype(np.float32)

@@ -21,6 +21,7 @@ from edge_asd.scoring.aggregate import AGGREGATORS, aggregate
 from edge_asd.scoring.base import STATE_VERSION
 from edge_asd.scoring.detectors import DETECTORS, detector_from_state, make_detector
 from edge_asd.scoring.gmm import GMMDetector
+from edge_asd.scoring.groups import FeatureGroupGaussian
 from edge_asd.scoring.knn import KNNDetector
 from edge_asd.scoring.lof import LOFDetector
 
@@ -365,6 +366,7 @@ def fitted_detectors(bank: np.ndarray):
         LOFDetector(k=16).fit(bank),
         GMMDetector(n_components=4, covariance_type="full").fit(blobs),
         GMMDetector(n_components=2, covariance_type="diag", reg_covar=1e-4).fit(blobs),
+        FeatureGroupGaussian("0,4,12").fit(bank[:60]),
     ]
 
 
@@ -406,7 +408,7 @@ def test_from_state_rejects_wrong_or_damaged_state(bank):
 
 
 def test_make_detector_and_params(bank):
-    assert set(DETECTORS) == {"knn", "gmm", "lof"}
+    assert set(DETECTORS) == {"knn", "gmm", "lof", "gauss-groups"}
     for detector in fitted_detectors(bank):
         params = detector.params()
         json.dumps(params)
@@ -414,7 +416,7 @@ def test_make_detector_and_params(bank):
         assert type(twin) is type(detector) and twin.params() == params and not twin.is_fitted
     assert make_detector("knn", k=16).k == 16
     assert make_detector("gmm", n_components=4, covariance_type="diag").covariance_type == "diag"
-    with pytest.raises(ValueError, match="unknown detector 'svm'; choose one of knn, gmm, lof"):
+    with pytest.raises(ValueError, match="unknown detector 'svm'; choose one of knn, gmm, lof, gauss-groups"):
         make_detector("svm")
     with pytest.raises(ValueError, match="no parameter n_components; accepted: k, metric"):
         make_detector("knn", n_components=3)

@@ -109,8 +109,49 @@ def test_plain_bundle_ranks_test_clips_as_the_reference_script(tmp_path):
         assert order_got.tolist() == order_want.tolist(), name
 
 
-def test_default_plain_bundle_ranks_test_clips_by_the_shrunk_mahalanobis_distance(tmp_path):
-    """The default plain system (`--plain-scorer gaussian`), trained, exported and scored as a user does, orders
+def _shrunk_log_distance(fit: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """log squared Mahalanobis distance under scikit-learn's Ledoit-Wolf estimate of ``fit``'s correlations."""
+    from sklearn.covariance import ledoit_wolf
+
+    mu, sd = fit.mean(axis=0), fit.std(axis=0)
+    cov = ledoit_wolf((fit - mu) / sd)[0] * np.outer(sd, sd) + 1e-6 * np.eye(fit.shape[1])
+    d = query - mu
+    return np.log(np.einsum("nd,de,ne->n", d, np.linalg.inv(cov), d))
+
+
+def test_default_plain_bundle_ranks_test_clips_by_the_groups_gaussians(tmp_path):
+    """The default plain system (`--plain-scorer groups`), trained, exported and scored as a user does, orders every
+    test clip as 2 x the whole vector's + the largest group's standardized log Mahalanobis distance does, each under
+    scikit-learn's Ledoit-Wolf covariance, standardized by the training clips' 10-fold held-out distances (computed
+    here from the clips, independently of the product's stage 2)."""
+    from edge_asd.cli.main import main as asd_main
+    from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
+
+    data, bundle = _plain_fan_bundle(tmp_path)
+    assert asd_main(["score", str(bundle), str(data / "fan" / "test"), "--out", str(tmp_path / "product")]) == 0
+    cfg = PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES]
+    f = LogMelStats(cfg)
+    train = np.stack([f(read_audio(p)) for p in sorted((data / "fan" / "train").glob("*.wav"))]).astype(np.float64)
+    (name, got), = _read_scores(tmp_path / "product").items()
+    clips = sorted(got)
+    test = np.stack([f(read_audio(data / "fan" / "test" / c)) for c in clips]).astype(np.float64)
+    mu, sd = train.mean(axis=0), train.std(axis=0)
+    train, test = (train - mu) / sd, (test - mu) / sd
+    edges = np.cumsum([0] + [n for _, n in cfg.blocks()])
+    fold = np.arange(len(train)) % min(10, len(train))
+    z = []
+    for b in [slice(0, train.shape[1])] + [slice(a, e) for a, e in zip(edges, edges[1:])]:
+        held = np.empty(len(train))
+        for k in np.unique(fold):
+            held[fold == k] = _shrunk_log_distance(train[fold != k][:, b], train[fold == k][:, b])
+        z.append((_shrunk_log_distance(train[:, b], test[:, b]) - held.mean()) / held.std())
+    want = 2.0 * z[0] + np.max(z[1:], axis=0)
+    assert len(clips) >= 20
+    assert np.argsort([got[c] for c in clips]).tolist() == np.argsort(want).tolist()
+
+
+def test_gaussian_plain_bundle_ranks_test_clips_by_the_shrunk_mahalanobis_distance(tmp_path):
+    """The plain system with `--plain-scorer gaussian`, trained, exported and scored as a user does, orders
     every test clip as a Mahalanobis distance under scikit-learn's Ledoit-Wolf covariance of the standardized
     training features does (computed here from the clips, independently of the product's stage 2)."""
     from sklearn.covariance import ledoit_wolf
@@ -118,7 +159,7 @@ def test_default_plain_bundle_ranks_test_clips_by_the_shrunk_mahalanobis_distanc
     from edge_asd.cli.main import main as asd_main
     from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
 
-    data, bundle = _plain_fan_bundle(tmp_path)
+    data, bundle = _plain_fan_bundle(tmp_path, "--plain-scorer", "gaussian")
     assert asd_main(["score", str(bundle), str(data / "fan" / "test"), "--out", str(tmp_path / "product")]) == 0
     f = LogMelStats(PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES])
     train = np.stack([f(read_audio(p)) for p in sorted((data / "fan" / "train").glob("*.wav"))]).astype(np.float64)
@@ -241,6 +282,7 @@ def test_plain_local_neighbours_scale_each_normals_distance_and_the_bundle_keeps
     from edge_asd.runtime.bundle import open_bundle
     from export.cli import main as export_main
     from train.cli import main as train_main
+    from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES
     from train.stage2 import load_stage2
 
     data = tmp_path / "data"
@@ -256,11 +298,16 @@ def test_plain_local_neighbours_scale_each_normals_distance_and_the_bundle_keeps
     assert export_main([str(run), "--out", str(tmp_path / "fan.asd")]) == 0
     member = open_bundle(tmp_path / "fan.asd").manifest.to_dict()["members"][0]
     assert member["system"] == "plain"
-    # the default is the shrunk Gaussian; --plain-scorer is the option's current name
+    # the default is the shrunk Gaussians of the feature groups, the groups the features' own; --plain-scorer is the
+    # option's current name
     assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "default"), "--system", "plain",
                        "--quiet"]) == 0
     cfg, models = load_stage2(tmp_path / "default", "generalization")
-    assert cfg.detector == "gmm" and cfg.detector_params["shrinkage"] == "ledoit-wolf"
+    assert cfg.detector == "gauss-groups"
+    assert cfg.detector_params["edges"] == PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES].block_edges()
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "reference"), "--system",
+                       "plain", "--plain-features", "reference", "--quiet"]) == 0
+    assert load_stage2(tmp_path / "reference", "generalization")[0].detector_params["edges"] == "0,64,128"
     assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "nearest"), "--system", "plain",
                        "--plain-scorer", "nearest", "--quiet"]) == 0
     assert load_stage2(tmp_path / "nearest", "generalization")[0].detector_params["local_scale"] is False

@@ -69,7 +69,8 @@ def _train(args: argparse.Namespace) -> int:
                      "fitting the plain system alone", args.machine, n_normals, MIN_LEARNED_CLIPS)
             args.system = "plain"
     if args.system == "plain":
-        s2 = plain_stage2(seed=args.seed or 0, threshold_rule=args.threshold, scorer=args.plain_scorer)
+        s2 = plain_stage2(seed=args.seed or 0, threshold_rule=args.threshold, scorer=args.plain_scorer,
+                          features=PLAIN_FEATURES[args.plain_features])
         fit_plain(data, args.machine, out, s2, PLAIN_FEATURES[args.plain_features])
         if not args.quiet:
             print(f"plain system ready: {out} (export with: edge-asd-export {out} --out {args.machine}.asd)")
@@ -183,8 +184,9 @@ def _references(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
 
     if not args.no_plain:
         # also an ensemble member: edge-asd-export RUN RUN/baseline/plain
-        fit_plain(data, args.machine, RunDir(run_dir).plain, plain_stage2(seed, args.threshold, args.plain_scorer),
-                  PLAIN_FEATURES[args.plain_features])
+        features = PLAIN_FEATURES[args.plain_features]
+        fit_plain(data, args.machine, RunDir(run_dir).plain,
+                  plain_stage2(seed, args.threshold, args.plain_scorer, features), features)
     if args.baseline_epochs > 0:
         from edge_asd.io.dcase import list_clips
 

@@ -39,7 +39,10 @@ the plain system carries the envelope spectra's lines, the check cannot tell
 the two apart within a few hundredths: on the validation seeds, ensembles the
 check put 0.015-0.018 ahead scored 5 points below the plain system alone, and
 with the sound's dynamics in the plain system one it put 0.028 ahead scored 4.5
-below (BENCHMARKS.md, "The no-regret check's margin" and "The sound's dynamics"). ``RUN/gate.json`` records the
+below. With the plain system scored by its feature groups' Gaussians, on the validation seeds no learned member
+helped any machine (the best, +0.3) and the check put the gearbox's and the fan's 0.085 and 0.054 ahead: both
+scored ~5 below the plain system alone (BENCHMARKS.md, "The no-regret check's margin", "The sound's dynamics" and
+"One Gaussian per group of features"). ``RUN/gate.json`` records the
 decision and its figures; ``edge-asd-export`` follows it and copies it into the manifest.
 """
 
@@ -66,7 +69,7 @@ log = logging.getLogger(__name__)
 
 ALTERATIONS = ("tone", "clicks", "band", "speed", "modulation")
 NUISANCES = ("microphone", "hall", "transient", "noise")
-MARGIN = -0.04  # the ensemble joins only when the check puts it at least 0.04 above the plain system
+MARGIN = -0.10  # the ensemble joins only when the check puts it at least 0.10 above the plain system
 MAX_PER_SECTION = 40  # normals checked per section (all of a section's normals stay in its models' banks otherwise)
 MIN_CHECKED = 3  # held-out normals a section needs to be checked: fewer give an AUC of a handful of pairs
 N_FOLDS = 5

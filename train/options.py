@@ -41,6 +41,7 @@ DETECTOR_FLAGS: dict[str, DetectorFlags] = {
     "knn": DetectorFlags("k", 1, metric=True, knn_score=True),
     "gmm": DetectorFlags("n_components", 4, shrinkage=True),
     "lof": DetectorFlags("k", 16, metric=True),
+    "gauss-groups": DetectorFlags("folds", 10),
 }
 KNN_SCORE = {"kth": "largest", "mean": "mean"}  # --knn-score -> the knn detector's method
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "specialization where every section has 2 or more target-domain clips, else generalization; "
                    "both: one extractor each, in RUN/generalization and RUN/specialization")
     p.add_argument("--detector", choices=list(DETECTOR_FLAGS), help="stage 2's inlier model (knn when no preset says)")
-    p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof) or components (gmm)")
+    p.add_argument("--k", type=int, default=None, help="neighbours (knn, lof), components (gmm) or the out-of-fold split of the normals (gauss-groups)")
     p.add_argument("--shrinkage", choices=["none", "ledoit-wolf"],
                    help="gmm: shrink each component's correlations toward the identity (Ledoit-Wolf), for many "
                    "features and few clips")
@@ -145,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --plain-neighbours: the option's first name, when it chose only between the two nearest-neighbour rules
     p.add_argument("--plain-scorer", "--plain-neighbours", dest="plain_scorer", default=DEFAULT_PLAIN_SCORER,
                    choices=sorted(PLAIN_SCORERS),
-                   help="how the plain system scores a clip: gaussian (Mahalanobis distance to the normals under a "
-                   "shrunk covariance; default), nearest (the reference's distance to the nearest normal) or local "
+                   help="how the plain system scores a clip: groups (a shrunk Gaussian of all the features and one "
+                   "of each group of them, the whole clip's distance and the group that departs most; default), "
+                   "gaussian (the Mahalanobis distance to the normals under a shrunk covariance), nearest (the reference's distance to the nearest normal) or local "
                    "(that distance divided by the normal's own nearest-neighbour distance)")
     p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",
                    help="do not fit the plain reference system into RUN/baseline/plain")

@@ -204,6 +204,27 @@ class LogMelStatsConfig:
         dynamics = self.n_mels + 2 * b + b * (b - 1) // 2 if self.dynamics else 0
         return 2 * self.n_mels + self.modulation_bands * self.modulation_bins + lines + dynamics
 
+    def blocks(self) -> tuple[tuple[str, int], ...]:
+        """The feature vector's groups in order, each ``(name, size)``: one aspect of the sound per group (the
+        plain system's scorer fits a Gaussian to each, :mod:`edge_asd.scoring.groups`)."""
+        out = [("level", self.n_mels), ("level spread", self.n_mels)]
+        b = self.modulation_bands
+        if b:
+            out.append(("modulation", b * self.modulation_bins))
+        if self.modulation_lines:
+            lines = int(modulation_line_bins(self).sum())
+            if self.fast_lines_n_fft:
+                lines += int(modulation_line_bins(self.fast_lines()).sum())
+            out.append(("lines", lines))
+        if self.dynamics:
+            out += [("change", self.n_mels), ("envelope spread", 2 * b), ("comodulation", b * (b - 1) // 2)]
+        return tuple(out)
+
+    def block_edges(self) -> str:
+        """:meth:`blocks` as the boundaries ``"0,64,128,..."`` a :class:`edge_asd.scoring.groups.FeatureGroupGaussian`
+        takes."""
+        return ",".join(str(e) for e in np.cumsum([0] + [n for _, n in self.blocks()]))
+
     def to_dict(self) -> dict:
         return {"kind": PLAIN_KIND, **asdict(self)}
 

@@ -4,7 +4,8 @@ Eq. 4 of the report scores a clip by running an inlier model ``h`` on each of
 its S segment embeddings and pooling the S scores (:mod:`edge_asd.scoring.aggregate`).
 The report's three inlier models are k-nearest neighbours
 (:mod:`edge_asd.scoring.knn`), a Gaussian mixture (:mod:`edge_asd.scoring.gmm`)
-and the local outlier factor (:mod:`edge_asd.scoring.lof`), all behind
+and the local outlier factor (:mod:`edge_asd.scoring.lof`); the plain system's
+is one Gaussian per group of features (:mod:`edge_asd.scoring.groups`). All are behind
 :class:`edge_asd.scoring.base.InlierDetector`. They run on the device, so they
 depend on numpy and faiss only.
 """
@@ -21,13 +22,14 @@ import numpy as np
 from edge_asd.scoring.base import InlierDetector
 from edge_asd.scoring.checks import state_scalar
 from edge_asd.scoring.gmm import GMMDetector
+from edge_asd.scoring.groups import FeatureGroupGaussian
 from edge_asd.scoring.knn import KNNDetector
 from edge_asd.scoring.lof import LOFDetector
 
 __all__ = ["DETECTORS", "detector_from_state", "make_detector"]
 
 DETECTORS: Mapping[str, type[InlierDetector]] = MappingProxyType(
-    {"knn": KNNDetector, "gmm": GMMDetector, "lof": LOFDetector}
+    {"knn": KNNDetector, "gmm": GMMDetector, "lof": LOFDetector, "gauss-groups": FeatureGroupGaussian}
 )
 
 

@@ -53,15 +53,19 @@ class _Mixture:
             log_det = np.sum(np.log(prec_chol), axis=1)
         return cls(weights=weights, means=means, covariances=covariances, prec_chol=prec_chol, log_det_prec_chol=log_det)
 
-    def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
-        """log(w_j N(x | mu_j, Sigma_j)) for every row and component, [n, K]."""
-        n, d = X.shape
-        out = np.empty((n, self.weights.size))
+    def mahalanobis_sq(self, X: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of every row to every component, [n, K]."""
         full = self.covariances.ndim == 3
+        out = np.empty((X.shape[0], self.weights.size))
         for j in range(self.weights.size):
             diff = X - self.means[j]
             y = diff @ self.prec_chol[j] if full else diff * self.prec_chol[j]
-            out[:, j] = -0.5 * (d * _LOG_2PI + np.einsum("nd,nd->n", y, y)) + self.log_det_prec_chol[j]
+            out[:, j] = np.einsum("nd,nd->n", y, y)
+        return out
+
+    def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
+        """log(w_j N(x | mu_j, Sigma_j)) for every row and component, [n, K]."""
+        out = -0.5 * (X.shape[1] * _LOG_2PI + self.mahalanobis_sq(X)) + self.log_det_prec_chol
         with np.errstate(divide="ignore"):  # a weight of exactly 0 is a legitimate -inf
             return out + np.log(self.weights)
 
@@ -222,6 +226,11 @@ class GMMDetector(InlierDetector):
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """Negative log-likelihood per row; HIGHER = MORE ANOMALOUS (unlike scikit-learn's sign)."""
         return -self.log_likelihood(X)
+
+    def mahalanobis_sq(self, X: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to each component's mean under its covariance, [n, K]."""
+        mixture = self._fitted()
+        return mixture.mahalanobis_sq(as_matrix(X, np.float64, dim=mixture.means.shape[1]))
 
     # -- state --
 

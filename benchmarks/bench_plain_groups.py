@@ -1,0 +1,89 @@
+"""The plain system's scorers side by side on its default features (no training): one shrunk Gaussian of all the
+features, and one per group of them.
+
+    .venv/bin/python benchmarks/bench_plain_groups.py DATA_DIR... [--cache DIR]
+
+Features: the product's default plain features (``train.plain.PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES]``, computed by
+``edge_asd.io.features.LogMelStats`` and cached per folder and machine), each section's normals of both domains.
+Scorers, each the product's own class (``edge_asd.scoring``):
+  gaussian  ``GMMDetector(1, shrinkage="ledoit-wolf")`` on the features z-scored with the normals (``--plain-scorer
+            gaussian``, the default before)
+  max       ``FeatureGroupGaussian(edges, joint_weight=0)``: the largest of the groups' standardized log distances
+  w1, w1.5, w2, w3
+            ``FeatureGroupGaussian(edges, joint_weight=w)``: w x the whole vector's + the largest group's
+            (``--plain-scorer groups`` is w2)
+Prints the official score (harmonic mean of AUC source, AUC target, pAUC over every section) per folder and scorer,
+and the lowest section target AUC of each folder's best and of ``gaussian``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_features import print_table  # noqa: E402
+from edge_asd.scoring.gmm import GMMDetector  # noqa: E402
+from edge_asd.scoring.groups import FeatureGroupGaussian  # noqa: E402
+from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
+from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES, clip_features  # noqa: E402
+
+WEIGHTS = {"max": 0.0, "w1": 1.0, "w1.5": 1.5, "w2": 2.0, "w3": 3.0}
+SCORERS = ("gaussian", *WEIGHTS, "min target AUC: gaussian", "min target AUC: w2")
+
+
+def _features(data: Path, machine: str, files: list[Path], cache: Path):
+    from edge_asd.io.features import LogMelStats
+
+    cfg = PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES]
+    path = cache / f"plain-{DEFAULT_PLAIN_FEATURES}_{data.name}_{machine}.npy"
+    if path.is_file():
+        X = np.load(path)
+        if X.shape == (len(files), cfg.dim):
+            return X, cfg
+    X = clip_features(files, LogMelStats(cfg))[:, 0].astype(np.float64)
+    np.save(path, X)
+    return X, cfg
+
+
+def _score(name: str, A: np.ndarray, B: np.ndarray, edges: str) -> np.ndarray:
+    if name == "gaussian":
+        mu, sd = A.mean(0), A.std(0) + 1e-6
+        return GMMDetector(1, shrinkage="ledoit-wolf").fit((A - mu) / sd).score_samples((B - mu) / sd)
+    return FeatureGroupGaussian(edges, joint_weight=WEIGHTS[name]).fit(A).score_samples(B)
+
+
+def folder_figures(data: Path, cache: Path) -> dict[str, float]:
+    figures: dict[str, list] = {r: [] for r in SCORERS[:-2]}
+    lowest: dict[str, list] = {"gaussian": [], "w2": []}
+    for machine in sorted(p.name for p in data.iterdir() if (p / "test").is_dir() and (p / "train").is_dir()):
+        files = sorted((data / machine / "train").glob("*.wav")) + sorted((data / machine / "test").glob("*.wav"))
+        X, cfg = _features(data, machine, files, cache)
+        meta = [re.match(r"section_(\w+?)_(source|target)_(train|test)_(normal|anomaly)", f.name).groups() for f in files]
+        sec, dom, split, lab = (np.array(c) for c in zip(*meta))
+        for s in sorted(set(sec)):
+            tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
+            for name in figures:
+                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", _score(name, X[tr], X[te], cfg.block_edges()))
+                figures[name] += list(m.official().values())
+                if name in lowest:
+                    lowest[name].append(m.auc_target)
+    out = {r: 100 * harmonic_mean(present(v)) for r, v in figures.items()}
+    for name, v in lowest.items():
+        v = present(v)
+        out[f"min target AUC: {name}"] = 100 * min(v) if v else float("nan")
+    return out
+
+
+def main() -> None:
+    print_table(__doc__.split("\n\n")[0], SCORERS, folder_figures)
+
+
+if __name__ == "__main__":
+    main()

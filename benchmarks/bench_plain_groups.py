@@ -18,7 +18,6 @@ and the lowest section target AUC of each folder's best and of ``gaussian``.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -29,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_features import print_table  # noqa: E402
-from edge_asd.scoring.gmm import GMMDetector  # noqa: E402
+from bench_plain_rules import labelled_machines, score  # noqa: E402
+from edge_asd.io.features import LogMelStats  # noqa: E402
 from edge_asd.scoring.groups import FeatureGroupGaussian  # noqa: E402
 from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
 from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES, clip_features  # noqa: E402
@@ -39,8 +39,6 @@ SCORERS = ("gaussian", *WEIGHTS, "min target AUC: gaussian", "min target AUC: w2
 
 
 def _features(data: Path, machine: str, files: list[Path], cache: Path):
-    from edge_asd.io.features import LogMelStats
-
     cfg = PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES]
     path = cache / f"plain-{DEFAULT_PLAIN_FEATURES}_{data.name}_{machine}.npy"
     if path.is_file():
@@ -52,25 +50,21 @@ def _features(data: Path, machine: str, files: list[Path], cache: Path):
     return X, cfg
 
 
-def _score(name: str, A: np.ndarray, B: np.ndarray, edges: str) -> np.ndarray:
-    if name == "gaussian":
-        mu, sd = A.mean(0), A.std(0) + 1e-6
-        return GMMDetector(1, shrinkage="ledoit-wolf").fit((A - mu) / sd).score_samples((B - mu) / sd)
-    return FeatureGroupGaussian(edges, joint_weight=WEIGHTS[name]).fit(A).score_samples(B)
+def _score(name: str, X: np.ndarray, tr: np.ndarray, te: np.ndarray, edges: str) -> np.ndarray:
+    if name == "gaussian":  # bench_plain_rules.py's "gs" (its other arguments serve other rules)
+        return score(X, tr, te, np.array([]), "gs", np.array([]), np.array([]))
+    return FeatureGroupGaussian(edges, joint_weight=WEIGHTS[name]).fit(X[tr]).score_samples(X[te])
 
 
 def folder_figures(data: Path, cache: Path) -> dict[str, float]:
     figures: dict[str, list] = {r: [] for r in SCORERS[:-2]}
     lowest: dict[str, list] = {"gaussian": [], "w2": []}
-    for machine in sorted(p.name for p in data.iterdir() if (p / "test").is_dir() and (p / "train").is_dir()):
-        files = sorted((data / machine / "train").glob("*.wav")) + sorted((data / machine / "test").glob("*.wav"))
+    for machine, files, sec, dom, split, lab in labelled_machines(data):
         X, cfg = _features(data, machine, files, cache)
-        meta = [re.match(r"section_(\w+?)_(source|target)_(train|test)_(normal|anomaly)", f.name).groups() for f in files]
-        sec, dom, split, lab = (np.array(c) for c in zip(*meta))
         for s in sorted(set(sec)):
             tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
             for name in figures:
-                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", _score(name, X[tr], X[te], cfg.block_edges()))
+                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", _score(name, X, tr, te, cfg.block_edges()))
                 figures[name] += list(m.official().values())
                 if name in lowest:
                     lowest[name].append(m.auc_target)

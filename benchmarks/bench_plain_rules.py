@@ -82,15 +82,21 @@ def score(X: np.ndarray, tr: np.ndarray, te: np.ndarray, train_domains: np.ndarr
 FEATURES = {"modulation": ("ref", "mod"), "lines": ("ref", "mod", "lines")}
 
 
+def labelled_machines(data: Path):
+    """Per machine type of a development folder: ``(machine, files, section, domain, split, label)``, the files
+    train then test (sorted), the four arrays parsed from their names."""
+    for machine in sorted(p.name for p in data.iterdir() if (p / "test").is_dir() and (p / "train").is_dir()):
+        files = sorted((data / machine / "train").glob("*.wav")) + sorted((data / machine / "test").glob("*.wav"))
+        meta = [re.match(r"section_(\w+?)_(source|target)_(train|test)_(normal|anomaly)", f.name).groups() for f in files]
+        yield (machine, files, *(np.array(c) for c in zip(*meta)))
+
+
 def folder_figures(data: Path, cache: Path, args) -> dict[str, float]:
     bench_features.folder_scores(data, cache)  # fills the feature cache
     figures: dict[str, list] = {r: [] for r in RULES}
-    for machine in sorted(p.name for p in data.iterdir() if (p / "test").is_dir() and (p / "train").is_dir()):
-        files = sorted((data / machine / "train").glob("*.wav")) + sorted((data / machine / "test").glob("*.wav"))
+    for machine, files, sec, dom, split, lab in labelled_machines(data):
         with np.load(cache / f"{data.name}_{machine}.npz") as z:
             X = np.hstack([z[g] for g in FEATURES[args.features]])
-        meta = [re.match(r"section_(\w+?)_(source|target)_(train|test)_(normal|anomaly)", f.name).groups() for f in files]
-        sec, dom, split, lab = (np.array(c) for c in zip(*meta))
         for s in sorted(set(sec)):
             tr, te = (sec == s) & (split == "train"), (sec == s) & (split == "test")
             for rule in RULES:

@@ -8,11 +8,12 @@ import pytest
 from edge_asd.io.features import LogMelStats
 from edge_asd.scoring.gmm import GMMDetector
 from edge_asd.scoring.groups import FeatureGroupGaussian, parse_edges
+from edge_asd.scoring.metrics import roc_auc
 from train.plain import PLAIN_FEATURES, plain_stage2
 
 
 def _auc(anomalous: np.ndarray, normal: np.ndarray) -> float:
-    return float(np.mean(anomalous[:, None] > normal[None]) + 0.5 * np.mean(anomalous[:, None] == normal[None]))
+    return roc_auc(np.r_[np.ones(len(anomalous)), np.zeros(len(normal))], np.r_[anomalous, normal])
 
 
 def _data(seed: int = 0, n: int = 44, d: int = 60):

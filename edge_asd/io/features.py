@@ -197,12 +197,7 @@ class LogMelStatsConfig:
 
     @property
     def dim(self) -> int:
-        lines = int(modulation_line_bins(self).sum()) if self.modulation_lines else 0
-        if self.fast_lines_n_fft:
-            lines += int(modulation_line_bins(self.fast_lines()).sum())
-        b = self.modulation_bands
-        dynamics = self.n_mels + 2 * b + b * (b - 1) // 2 if self.dynamics else 0
-        return 2 * self.n_mels + self.modulation_bands * self.modulation_bins + lines + dynamics
+        return sum(n for _, n in self.blocks())
 
     def blocks(self) -> tuple[tuple[str, int], ...]:
         """The feature vector's groups in order, each ``(name, size)``: one aspect of the sound per group (the

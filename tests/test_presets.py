@@ -140,6 +140,9 @@ def test_the_command_line_offers_what_the_tables_list():
     (["--detector", "gmm", "--metric", "cosine", "--knn-score", "mean"],
      "--metric and --knn-score do not apply to --detector gmm (--metric is for knn, lof; --knn-score is for knn)"),
     (["--detector", "lof", "--knn-score", "kth"], "--knn-score does not apply to --detector lof (--knn-score is for knn)"),
+    # a value the detector refuses: before stage 1 trains, not after it
+    (["--detector", "gauss-groups", "--k", "1"], "stage 2: folds must be at least 2, got 1"),
+    (["--detector", "knn", "--k", "0"], "stage 2: k must be a positive integer, got 0"),
 ])
 def test_a_flag_the_detector_would_ignore_is_refused(data_root, tmp_path, capsys, flags, line):
     """Before this, ``--shrinkage`` with knn trained a run that silently ignored it."""

@@ -30,6 +30,7 @@ import numpy as np
 from edge_asd.scoring.banks import N_MIXUP_PSEUDO_NORMAL, all_segments, augmented_bank, centres_bank, mixup_pseudo_normals
 from edge_asd.scoring.clip_scores import score_parts
 from edge_asd.scoring.combine import DG_DOMAIN
+from edge_asd.scoring.detectors import make_detector
 from edge_asd.scoring.out_of_fold import fit_detector, out_of_fold_raw, score_stats, shrunk_stats
 from edge_asd.scoring.section import DomainModel, SectionModel
 from edge_asd.scoring.thresholds import fit_threshold
@@ -87,6 +88,9 @@ class Stage2Config:
             raise ValueError(f"target_std must be one of {TARGET_STANDARDIZATION}, not {self.target_std!r}")
         if self.source_centres < 0 or not self.shrink_clips >= 0 or self.target_smote < 0 or self.target_genrep < 0:
             raise ValueError("source_centres, shrink_clips, target_smote and target_genrep must not be negative")
+        # a detector or parameter it refuses (--k 0, --detector gauss-groups --k 1) is refused here, before stage 1
+        # trains, not after it when stage 2 first builds the detector
+        make_detector(self.detector, **self.detector_params)
 
 
 @dataclass

@@ -68,6 +68,12 @@ def folder_figures(data: Path, cache: Path) -> dict[str, float]:
                 figures[name] += list(m.official().values())
                 if name in lowest:
                     lowest[name].append(m.auc_target)
+    return summary(figures, lowest)
+
+
+def summary(figures: dict[str, list], lowest: dict[str, list]) -> dict[str, float]:
+    """Per scorer, the official score of its sections' figures, and ``"min target AUC: <scorer>"`` of ``lowest``'s
+    target AUCs, in %."""
     out = {r: 100 * harmonic_mean(present(v)) for r, v in figures.items()}
     for name, v in lowest.items():
         v = present(v)

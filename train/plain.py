@@ -32,13 +32,17 @@ PLAIN_SYSTEM = "plain"
 # bin's most prominent line, of the modulation spectrum's envelopes and of a faster envelope that reaches 250 Hz,
 # which scored above "modulation" on every validation seed of both generators; "dynamics" appends to that the
 # sound's dynamics (each band's frame-to-frame change, each envelope band's spread, how the fast envelope's
-# bands move together), which scored above "lines" on every validation seed of both generators (BENCHMARKS.md,
-# "Detection quality III").
+# bands move together), which scored above "lines" on every validation seed of both generators; "transients"
+# computes the same features without the frames of a passing transient (a door, a dropped tool: loud and like
+# nothing else in the clip, edge_asd.io.transients), which scored above "dynamics" on the mean of the validation
+# seeds of both generators (+3.5 on machines_b, +0.9 on edge-asd synth; BENCHMARKS.md, "Detection quality III").
 PLAIN_FEATURES = {"reference": LogMelStatsConfig(), "modulation": LogMelStatsConfig(modulation_bands=8),
                   "lines": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128),
                   "dynamics": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128,
-                                                dynamics=True)}
-DEFAULT_PLAIN_FEATURES = "dynamics"
+                                                dynamics=True),
+                  "transients": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128,
+                                                  dynamics=True, transient_sigmas=3.0)}
+DEFAULT_PLAIN_FEATURES = "transients"
 # How the plain system scores a clip against the section's normals (--plain-scorer):
 #   "nearest": the reference's Euclidean distance to the nearest normal (z-scored features);
 #   "local": that distance divided by the normal's own distance to its nearest other normal, so the few clips of

@@ -50,6 +50,7 @@ import numpy as np
 from edge_asd.io.audio import centre
 from edge_asd.io.fft import PowerSpectrum
 from edge_asd.io.stft import LOGS, WINDOWS, LogMelSTFT, hann
+from edge_asd.io.transients import envelope_mask, fill, transient_frames
 
 # --- mel filterbank ---------------------------------------------------------------
 # Slaney's mel scale (linear below 1 kHz, logarithmic above) with area-normalized
@@ -161,6 +162,16 @@ class LogMelStatsConfig:
     # 0.73 as much as a crackle of the same energy, 0.23 with the clipping).
     dynamics: bool = False
     dynamics_smooth_s: float = 0.5
+    # transient_sigmas > 0 leaves a passing transient (a door, a dropped tool, a horn) out of the statistics: the
+    # frames that stand that many robust deviations above the clip's median loudness and, with transient_novelty >
+    # 0, as far above its typical distance to other frames of the clip (edge_asd.io.transients), at most
+    # transient_cap of the clip, transient_dilate frames either side. The band levels and their spread are taken
+    # over the other frames; the envelopes' samples inside them are each band's median (modulation, lines, spread,
+    # comodulation). The frame-to-frame change already leaves out its largest tenth. 0: every frame (the reference).
+    transient_sigmas: float = 0.0
+    transient_novelty: float = 3.0
+    transient_cap: float = 0.1
+    transient_dilate: int = 1
 
     def __post_init__(self) -> None:
         if self.n_fft < 16 or self.hop_length < 1 or self.n_mels < 1:
@@ -184,6 +195,10 @@ class LogMelStatsConfig:
             mel_filterbank(fast.sample_rate, fast.modulation_n_fft, fast.modulation_bands, fast.f_min, fast.f_max,
                            fast.mel_scale)
             modulation_pooling(fast)
+        if self.transient_sigmas < 0 or self.transient_novelty < 0 or not 0 < self.transient_cap < 1 \
+                or self.transient_dilate < 0:
+            raise ValueError("logmel_stats: transient_sigmas and transient_novelty must be 0 (off) or more, "
+                             "transient_cap between 0 and 1, transient_dilate 0 or more")
         if self.dynamics:
             if not self.fast_lines_n_fft:
                 raise ValueError("logmel_stats: dynamics needs the fast envelope (fast_lines_n_fft > 0)")
@@ -381,19 +396,57 @@ class LogMelStats:
             raise ValueError(f"clip of {x.size} samples is shorter than the {self.cfg.n_fft}-sample window")
         return self._stft(x)
 
+    def transients(self, log_mel: np.ndarray) -> np.ndarray | None:
+        """``[T]`` bool: the frames of ``log_mel`` (this front end's) a passing transient covers; None when the
+        features keep every frame (``transient_sigmas`` 0)."""
+        c = self.cfg
+        if not c.transient_sigmas:
+            return None
+        ln_mel = log_mel if c.log == "ln" else log_mel * np.float32(math.log(10.0) / 10.0)
+        peak = ln_mel.max(axis=1, keepdims=True)  # a log of summed powers that neither overflows nor underflows
+        loudness = peak[:, 0] + np.log(np.exp(ln_mel - peak).sum(axis=1, dtype=np.float64))
+        return transient_frames(loudness, ln_mel, c.transient_sigmas, c.transient_novelty, c.transient_cap,
+                                c.transient_dilate)
+
+    def _level_without(self, x: np.ndarray, taken: np.ndarray) -> float:
+        """What standardizing the clip without its transient's samples adds to every band's log power: a slam raised
+        the clip's power, and so lowered every band of the standardized clip (0 for a recorded level)."""
+        c = self.cfg
+        if c.amplitude != "clip":
+            return 0.0
+        covered = np.zeros(x.size, dtype=bool)
+        for start in np.flatnonzero(taken) * c.hop_length:  # a few frames: slices, not a sample-wide index
+            covered[start : start + c.n_fft] = True
+        steady = x[~covered]
+        if steady.size < c.n_fft:
+            return 0.0
+        ratio = float(np.dot(x, x)) / x.size / max(float(np.dot(steady, steady)) / steady.size, 1e-30)
+        return math.log(ratio) if c.log == "ln" else 10.0 * math.log10(ratio)
+
     def __call__(self, clip: np.ndarray) -> np.ndarray:
         x = self.prepare(clip)
         if x.size < self.cfg.n_fft:
             raise ValueError(f"clip of {x.size} samples is shorter than the {self.cfg.n_fft}-sample window")
+        c = self.cfg
         lm = self._stft(x)
-        parts = [lm.mean(axis=0, dtype=np.float64), lm.std(axis=0, dtype=np.float64)]
+        taken = self.transients(lm)
+        if taken is None or not taken.any() or taken.all():
+            parts = [lm.mean(axis=0, dtype=np.float64), lm.std(axis=0, dtype=np.float64)]
+        else:
+            steady = lm[~taken]
+            parts = [steady.mean(axis=0, dtype=np.float64) + self._level_without(x, taken),
+                     steady.std(axis=0, dtype=np.float64)]
         envelopes = []
         for spectrum in (self._modulation, self._fast_lines):
             if spectrum is not None:
-                envelopes.append(spectrum.envelope(x))
-                parts.append(spectrum(x, envelopes[-1]))
-        if self.cfg.dynamics:
-            c = self.cfg
+                env = spectrum.envelope(x)
+                if taken is not None:
+                    s = spectrum.cfg
+                    env = fill(env, envelope_mask(taken, env.shape[0], s.modulation_hop, s.modulation_n_fft,
+                                                  c.hop_length, c.n_fft))
+                envelopes.append(env)
+                parts.append(spectrum(x, env))
+        if c.dynamics:
             parts.append(frame_change(lm))
             parts += [robust_spread(e) for e in envelopes]
             parts.append(comodulation(envelopes[1], max(1, round(c.dynamics_smooth_s * c.sample_rate / c.fast_lines_hop))))

@@ -1,0 +1,95 @@
+"""The plain system with and without its transient gate (no training): the frames of a passing transient left out.
+
+    .venv/bin/python benchmarks/bench_transients.py DATA_DIR... [--cache DIR] [--variants off,s3,s4,...]
+
+Features: the plain features before the gate (``--plain-features dynamics``), then the same with
+``edge_asd.io.transients``' gate at each setting, computed by the product's ``LogMelStats`` and cached per folder,
+machine and setting; every variant is scored by the plain system's default scorer (``FeatureGroupGaussian``, weight
+2, fitted on each section's normals of both domains). Variants:
+  off        no gate (``dynamics``, the default before)
+  s3, s4     frames loud by 3 or 4 robust deviations and new by 3 (``transient_sigmas`` 3 or 4, novelty 3)
+  s3-loud    loud by 3 alone (novelty 0): an on-off machine's loud state is cut at the 10 % cap
+  s4-d0      s4 without the neighbouring frames (``transient_dilate`` 0)
+  s4-n2      s4, new by 2
+Prints the official score (harmonic mean of AUC source, AUC target and pAUC over every section) per folder and
+variant, and each variant's lowest section target AUC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_features import print_table  # noqa: E402
+from bench_plain_groups import summary  # noqa: E402
+from bench_plain_rules import labelled_machines  # noqa: E402
+from edge_asd.io.features import LogMelStats, LogMelStatsConfig  # noqa: E402
+from edge_asd.scoring.groups import FeatureGroupGaussian  # noqa: E402
+from edge_asd.scoring.metrics import labelled_metrics  # noqa: E402
+from train.plain import PLAIN_FEATURES, clip_features  # noqa: E402
+
+BASE = PLAIN_FEATURES["dynamics"]
+VARIANTS: dict[str, LogMelStatsConfig] = {
+    "off": BASE,
+    "s3": replace(BASE, transient_sigmas=3.0),
+    "s4": replace(BASE, transient_sigmas=4.0),
+    "s3-loud": replace(BASE, transient_sigmas=3.0, transient_novelty=0.0),
+    "s4-d0": replace(BASE, transient_sigmas=4.0, transient_dilate=0),
+    "s4-n2": replace(BASE, transient_sigmas=4.0, transient_novelty=2.0),
+}
+
+
+def _features(data: Path, machine: str, files: list[Path], cache: Path, name: str) -> np.ndarray:
+    cfg = VARIANTS[name]
+    path = cache / f"transients-{name}_{data.name}_{machine}.npy"
+    if path.is_file():
+        X = np.load(path)
+        if X.shape == (len(files), cfg.dim):
+            return X
+    X = clip_features(files, LogMelStats(cfg))[:, 0].astype(np.float64)
+    np.save(path, X)
+    return X
+
+
+def folder_figures(data: Path, cache: Path, args) -> dict[str, float]:
+    names = args.variants.split(",")
+    figures: dict[str, list] = {n: [] for n in names}
+    lowest: dict[str, list] = {n: [] for n in names}
+    for machine, files, sec, dom, split, lab in labelled_machines(data):
+        for name in names:
+            X = _features(data, machine, files, cache, name)
+            edges = VARIANTS[name].block_edges()
+            for s in sorted(set(sec)):
+                tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
+                scores = FeatureGroupGaussian(edges, joint_weight=2.0).fit(X[tr]).score_samples(X[te])
+                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", scores)
+                figures[name] += list(m.official().values())
+                lowest[name].append(m.auc_target)
+    return summary(figures, lowest)
+
+
+def main() -> None:
+    pre = argparse.ArgumentParser(add_help=False)  # the columns depend on the variants asked for
+    pre.add_argument("--variants", default="off,s3,s4")
+    names = pre.parse_known_args()[0].variants
+    unknown = set(names.split(",")) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"bench_transients: unknown variants {', '.join(sorted(unknown))} (known: {', '.join(VARIANTS)})")
+    columns = tuple(names.split(",")) + tuple(f"min target AUC: {n}" for n in names.split(","))
+
+    def options(ap) -> None:
+        ap.add_argument("--variants", default="off,s3,s4", help="comma-separated, of: " + ", ".join(VARIANTS))
+
+    print_table(__doc__.split("\n\n")[0], columns, folder_figures, options)
+
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,7 @@ PLAIN_SYSTEM = "plain"
 # bands move together), which scored above "lines" on every validation seed of both generators; "transients"
 # computes the same features without the frames of a passing transient (a door, a dropped tool: loud and like
 # nothing else in the clip, edge_asd.io.transients), which scored above "dynamics" on the mean of the validation
-# seeds of both generators (+3.5 on machines_b, +0.9 on edge-asd synth; BENCHMARKS.md, "Detection quality III").
+# seeds of both generators (+4.0 on machines_b, +0.9 on edge-asd synth; BENCHMARKS.md, "Detection quality III").
 PLAIN_FEATURES = {"reference": LogMelStatsConfig(), "modulation": LogMelStatsConfig(modulation_bands=8),
                   "lines": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128),
                   "dynamics": LogMelStatsConfig(modulation_bands=8, modulation_lines=True, fast_lines_n_fft=128,

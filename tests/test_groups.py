@@ -121,3 +121,132 @@ def test_the_plain_features_declare_their_groups_and_the_plain_scorer_takes_them
         assert plain_stage2(features=cfg).detector_params["edges"] == cfg.block_edges()
     assert plain_stage2().detector == "gauss-groups"
     assert plain_stage2(scorer="gaussian").detector == "gmm"
+
+
+# -- each domain its own mean (per_domain) --
+
+
+def _two_domains(seed: int, n_target: int = 4):
+    """Source normals, a handful of target normals whose microphone lifts 20 of 60 features by 3 of their standard
+    deviations, new normals of both domains, and anomalies of both domains (a shift of 1.2 sd in one group)."""
+    X, T, units = _data(seed, n=44 + 200)
+    mic = np.zeros(X.shape[1])
+    mic[:20] = 3.0 * X[:, :20].std(0)
+    train = np.vstack([X[:44 - n_target], X[44 - n_target:44] + mic])
+    domains = np.array(["source"] * (44 - n_target) + ["target"] * n_target)
+    fault = np.zeros(X.shape[1])
+    fault[50:55] = 1.2 * X[:, 50:55].std(0)
+    new_source, new_target = X[44:144], X[144:244] + mic
+    anomalies = np.vstack([T[:100] + fault, T[100:] + mic + fault])
+    return train, domains, new_source, new_target, anomalies
+
+
+def test_per_domain_a_target_normal_no_longer_outscores_the_anomalies():
+    """DCASE's target AUC (target normals against all anomalies): pooled, the microphone's shift makes every new
+    target normal look anomalous; each domain its own mean scores it like a source normal."""
+    pooled_auc, own_auc, gap_pooled, gap_own = [], [], [], []
+    for seed in (1, 2, 3):
+        train, domains, src, tgt, anom = _two_domains(seed)
+        pooled = FeatureGroupGaussian("0,20,50,60").fit(train, domains)  # per_domain off: the domains are ignored
+        own = FeatureGroupGaussian("0,20,50,60", per_domain=True).fit(train, domains)
+        pooled_auc.append(_auc(pooled.score_samples(anom), pooled.score_samples(tgt)))
+        own_auc.append(_auc(own.score_samples(anom), own.score_samples(tgt)))
+        # new target normals against new source normals: 0.5 when the two domains are on one scale
+        gap_pooled.append(_auc(pooled.score_samples(tgt), pooled.score_samples(src)))
+        gap_own.append(_auc(own.score_samples(tgt), own.score_samples(src)))
+    assert np.mean(own_auc) > np.mean(pooled_auc) + 0.15, (own_auc, pooled_auc)
+    assert np.mean(gap_pooled) > 0.8 and abs(np.mean(gap_own) - 0.5) < 0.2, (gap_pooled, gap_own)
+
+
+def test_per_domain_is_its_definition_computed_by_hand():
+    """Whole vector only, two domains: each domain's mean, one shrunk covariance of the deviations, distances
+    divided by 1 + 1/n, each domain's held-out normals (dealt over the folds domain by domain) standardizing its
+    own distances, the smaller of the two."""
+    train, domains, src, tgt, anom = _two_domains(4)
+    T = np.vstack([src[:20], tgt[:20], anom[::10]])
+    det = FeatureGroupGaussian("", folds=5, per_domain=True).fit(train, domains)
+    centre, scale = train.mean(0), train.std(0)
+    Z, ZT = (train - centre) / scale, (T - centre) / scale
+    codes = (domains == "target").astype(int)
+    fold = np.empty(len(Z), int)
+    for j in (0, 1):
+        fold[codes == j] = np.arange((codes == j).sum()) % 5
+
+    def fit(A, c):
+        means = np.stack([A[c == j].mean(0) for j in (0, 1)])
+        g = GMMDetector(1, "full", shrinkage="ledoit-wolf").fit(A - means[c])
+        return g, means, np.array([1 + 1 / (c == j).sum() for j in (0, 1)])
+
+    def dist(model, B, j):
+        g, means, infl = model
+        return np.log(g.mahalanobis_sq(B - means[j] + g.means_[0])[:, 0] / infl[j])
+
+    held = np.empty(len(Z))
+    for f in range(5):
+        h = fold == f
+        model = fit(Z[~h], codes[~h])
+        for j in (0, 1):
+            held[h & (codes == j)] = dist(model, Z[h & (codes == j)], j)
+    own = np.array([held[codes == j].mean() for j in (0, 1)])
+    sd = (held - own[codes]).std()
+    model = fit(Z, codes)
+    expected = np.min([(dist(model, ZT, j) - own[j]) / sd for j in (0, 1)], axis=0)
+    np.testing.assert_allclose(det.score_samples(T), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_per_domain_with_one_domain_is_the_pooled_scorer():
+    """One domain (or none given, or a domain of a single clip, which joins the largest): the pooled scores."""
+    train, _, src, tgt, anom = _two_domains(5)
+    T = np.vstack([src[:30], tgt[:30], anom[:30]])
+    pooled = FeatureGroupGaussian("0,20,50,60").fit(train).score_samples(T)
+    for domains in (None, np.array(["source"] * 44), np.array(["a"] * 43 + ["b"])):
+        own = FeatureGroupGaussian("0,20,50,60", per_domain=True).fit(train, domains).score_samples(T)
+        np.testing.assert_allclose(own, pooled, rtol=1e-9, atol=1e-9)
+
+
+def test_per_domain_state_round_trip_and_earlier_states_read_back_pooled():
+    train, domains, src, tgt, anom = _two_domains(6)
+    T = np.vstack([src[:30], tgt[:30], anom[:30]])
+    det = FeatureGroupGaussian("0,20,50,60", per_domain=True).fit(train, domains)
+    state = det.get_state()
+    assert state["log_mean"].shape == (2, 4) and state["mean_1"].shape == (2, 20)
+    np.testing.assert_allclose(FeatureGroupGaussian.from_state(state).score_samples(T), det.score_samples(T),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(FeatureGroupGaussian.from_state(state).block_scores(T), det.block_scores(T),
+                               rtol=1e-12, atol=1e-12)
+    # a state written before the option: no per_domain entry, pooled layout
+    old = FeatureGroupGaussian("0,20,50,60").fit(train)
+    legacy = {k: v for k, v in old.get_state().items() if k != "per_domain"}
+    back = FeatureGroupGaussian.from_state(legacy)
+    assert back.per_domain is False
+    np.testing.assert_allclose(back.score_samples(T), old.score_samples(T), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="block 1"):
+        FeatureGroupGaussian.from_state({**state, "mean_1": np.zeros((3, 20))})
+    with pytest.raises(ValueError, match="2-D"):
+        FeatureGroupGaussian.from_state({**state, "log_mean": np.zeros(4)})
+    with pytest.raises(ValueError, match="per_domain must be true or false"):
+        FeatureGroupGaussian("", per_domain="yes")
+    with pytest.raises(ValueError, match="3 domains for 44 rows"):
+        FeatureGroupGaussian("", per_domain=True).fit(train, domains[:3])
+
+
+def test_stage2_hands_each_clip_its_domain_where_a_bank_row_is_one_clip():
+    """The plain system's stage 2 (one row per clip) fits the per-domain scorer with the clips' domains, and its
+    section scores rank as the detector's own; with Mixup pseudo-normals in the bank there is no row domain to give,
+    and the domains are pooled."""
+    from edge_asd.scoring.section import section_parts
+    from edge_asd.scoring.stage2 import fit_section
+
+    train, domains, src, tgt, anom = _two_domains(7)
+    T = np.vstack([src[:30], tgt[:30], anom[:30]])
+    cfg = plain_stage2(scorer="groups-per-domain")
+    cfg.detector_params["edges"] = "0,20,50,60"
+    fit = fit_section("00", train[:, None].astype(np.float32), domains, np.zeros((44, 1), np.float32), cfg)
+    det = fit.model.domains["all"].detector
+    assert det.per_domain and det.get_state()["log_mean"].shape == (2, 4)
+    z = section_parts(fit.model, T[:, None].astype(np.float32), "mean")["all"]
+    direct = FeatureGroupGaussian("0,20,50,60", per_domain=True).fit(train.astype(np.float32), domains)
+    np.testing.assert_array_equal(np.argsort(z), np.argsort(direct.score_samples(T.astype(np.float32))))
+    cfg.mixup_pseudo_normals = 10
+    mixed = fit_section("00", train[:, None].astype(np.float32), domains, np.zeros((44, 1), np.float32), cfg)
+    assert mixed.model.domains["all"].detector.get_state()["log_mean"].shape == (1, 4)

@@ -304,7 +304,7 @@ def test_plain_local_neighbours_scale_each_normals_distance_and_the_bundle_keeps
     assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "default"), "--system", "plain",
                        "--quiet"]) == 0
     cfg, models = load_stage2(tmp_path / "default", "generalization")
-    assert cfg.detector == "gauss-groups"
+    assert cfg.detector == "gauss-groups" and cfg.detector_params["per_domain"] is True
     assert cfg.detector_params["edges"] == PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES].block_edges()
     assert train_main(["--data", str(data), "--machine", "fan", "--out", str(tmp_path / "reference"), "--system",
                        "plain", "--plain-features", "reference", "--quiet"]) == 0

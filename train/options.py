@@ -146,8 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     # --plain-neighbours: the option's first name, when it chose only between the two nearest-neighbour rules
     p.add_argument("--plain-scorer", "--plain-neighbours", dest="plain_scorer", default=DEFAULT_PLAIN_SCORER,
                    choices=sorted(PLAIN_SCORERS),
-                   help="how the plain system scores a clip: groups (a shrunk Gaussian of all the features and one "
-                   "of each group of them, the whole clip's distance and the group that departs most; default), "
+                   help="how the plain system scores a clip: groups-per-domain (default: groups, with each "
+                   "recording condition (domain) its own mean and scale, so a few target clips with another "
+                   "microphone do not make every target clip look anomalous), groups (a shrunk Gaussian of all the "
+                   "features and one of each group of them, the whole clip's distance and the group that departs "
+                   "most; both domains pooled), "
                    "gaussian (the Mahalanobis distance to the normals under a shrunk covariance), nearest (the reference's distance to the nearest normal) or local "
                    "(that distance divided by the normal's own nearest-neighbour distance)")
     p.add_argument("--no-plain-baseline", dest="no_plain", action="store_true",

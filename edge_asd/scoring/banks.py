@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = [
-    "BankBuilder", "N_MIXUP_PSEUDO_NORMAL", "all_segments", "augmented_bank", "centres_bank", "genrep_mixup",
+    "BankBuilder", "N_MIXUP_PSEUDO_NORMAL", "all_segments", "row_domains", "augmented_bank", "centres_bank", "genrep_mixup",
     "kmeans_centres", "mixup_pseudo_normals", "target_smote",
 ]
 
@@ -23,6 +23,14 @@ BankBuilder = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def all_segments(emb: np.ndarray, domains: np.ndarray) -> np.ndarray:
     return emb.reshape(-1, emb.shape[-1])
+
+
+def row_domains(build: BankBuilder, emb: np.ndarray, domains: np.ndarray) -> np.ndarray | None:
+    """The domain of each row ``build`` makes, where a row is one clip's segment (:func:`all_segments`); None where
+    rows are made across domains or clips (k-means centres, Mixup, SMOTE and GenRep points)."""
+    if build is not all_segments:
+        return None
+    return np.repeat(np.asarray(domains), emb.shape[1])
 
 
 def kmeans_centres(x: np.ndarray, k: int, seed: int = 0, niter: int = 25) -> np.ndarray:

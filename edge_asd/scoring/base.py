@@ -52,6 +52,8 @@ class InlierDetector(ABC):
     # Parameters added after states were first written: a state without one
     # gets the constructor's default, which is what those states were fitted with.
     LATER_PARAMS: ClassVar[frozenset[str]] = frozenset()
+    # True where ``fit`` takes ``domains=`` (each row's recording condition) and models the domains apart
+    fits_domains: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self: _D, X: np.ndarray) -> _D:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge_asd.scoring.aggregate import clip_raw_scores
-from edge_asd.scoring.banks import BankBuilder, all_segments
+from edge_asd.scoring.banks import BankBuilder, all_segments, row_domains
 from edge_asd.scoring.base import InlierDetector
 from edge_asd.scoring.detectors import make_detector
 
@@ -34,9 +34,15 @@ def _capped_params(kind: str, params: dict[str, Any], n_points: int) -> dict[str
     return p
 
 
-def fit_detector(kind: str, params: dict[str, Any], x: np.ndarray) -> InlierDetector:
+def fit_detector(kind: str, params: dict[str, Any], x: np.ndarray, domains: np.ndarray | None = None) -> InlierDetector:
+    """``domains``: each row's domain, for a detector that models domains apart (``fits_domains``); None where the
+    rows mix domains (k-means centres, Mixup points)."""
     det = make_detector(kind, **_capped_params(kind, params, len(x)))
-    det.fit(np.ascontiguousarray(x, dtype=np.float32))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if det.fits_domains and domains is not None:
+        det.fit(x, domains=domains)
+    else:
+        det.fit(x)
     return det
 
 
@@ -73,9 +79,11 @@ def out_of_fold_raw(
     out = np.empty(n)
     for f in np.unique(folds):
         train = build_bank(emb[folds != f], domains[folds != f])
-        if extra_fit is not None and len(extra_fit):
+        extra = extra_fit is not None and len(extra_fit) > 0
+        if extra:
             train = np.concatenate([train, extra_fit])
-        det = fit_detector(kind, params, train)
+        rows = None if extra else row_domains(build_bank, emb[folds != f], domains[folds != f])
+        det = fit_detector(kind, params, train, rows)
         out[folds == f] = clip_raw_scores(det, emb[folds == f], aggregator)
     return out
 

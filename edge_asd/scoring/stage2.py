@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_asd.scoring.banks import N_MIXUP_PSEUDO_NORMAL, all_segments, augmented_bank, centres_bank, mixup_pseudo_normals
+from edge_asd.scoring.banks import (
+    N_MIXUP_PSEUDO_NORMAL, all_segments, augmented_bank, centres_bank, mixup_pseudo_normals, row_domains,
+)
 from edge_asd.scoring.clip_scores import score_parts
 from edge_asd.scoring.combine import DG_DOMAIN
 from edge_asd.scoring.detectors import make_detector
@@ -152,7 +154,8 @@ def fit_section(
             aggregator=cfg.aggregator, n_folds=cfg.n_folds, rng=rng, extra_fit=pseudo, domains=domains, build_bank=build,
         )
         mean, std = score_stats(raw)
-        det = fit_detector(cfg.detector, cfg.detector_params, np.concatenate([build(emb, domains), pseudo]))
+        rows = row_domains(build, emb, domains) if len(pseudo) == 0 else None
+        det = fit_detector(cfg.detector, cfg.detector_params, np.concatenate([build(emb, domains), pseudo]), rows)
         models[DG_DOMAIN] = DomainModel(detector=det, mean=mean, std=std)
         parts[DG_DOMAIN] = (raw - mean) / std
     else:

@@ -8,7 +8,8 @@ Two extractors, each beside torch eager of the very weights its bundles hold:
   --steps 20` (the preset's small Transformer; 20 steps because speed does not depend on the
   weights), `edge-asd-export RUN RUN/baseline/plain` (the learned + plain bundle, named explicitly: at
   20 steps the no-regret check would deploy the plain system alone): fp32 with the plain member (the default),
-  fp32 without it (``--no-plain``), the same with the front-end graph instead of the rFFT (what
+  fp32 without it (``--no-plain``), the plain system alone (``edge-asd-export RUN/baseline/plain``: what the
+  check deployed on every machine of the development benchmark's test seeds), the same learned member with the front-end graph instead of the rFFT (what
   bundles written before issue 28 run), and ``--precision int8``;
 * EfficientNet-B0 (random init), exported fp32 (split graphs, rFFT front end) and int8.
 
@@ -146,6 +147,7 @@ def build_cpu_bundles(work: Path) -> dict[str, str]:
     # plain system alone, and this benchmark times the two-member bundle a trained run gets.
     both = [str(run), str(run / "baseline" / "plain")]
     for name, members, flags in (("fp32", both, []), ("fp32-learned", [str(run)], ["--no-plain"]),
+                                 ("fp32-plain", [str(run / "baseline" / "plain")], []),
                                  ("int8", both, ["--precision", "int8"])):
         _run([_exe("edge-asd-export"), *members, "--out", str(work / f"cpu-{name}.asd"), *flags])
         out[name] = str(work / f"cpu-{name}.asd")
@@ -279,6 +281,7 @@ ROWS = [
     ("cpu", "torch eager fp32, torch.stft front end", "torch", "weights", ", True"),
     ("cpu", "edge-asd fp32 default bundle (learned + plain)", "runtime", "fp32", ""),
     ("cpu", "edge-asd fp32, learned member only", "runtime", "fp32-learned", ""),
+    ("cpu", "edge-asd, plain system alone (what the check deployed on the test runs)", "runtime", "fp32-plain", ""),
     ("cpu", "edge-asd fp32, learned only, graph front end (pre-#28 bundle)", "runtime", "fp32-learned-graph", ""),
     ("cpu", "edge-asd int8 bundle (learned + plain)", "runtime", "int8", ""),
     ("b0", "torch eager fp32 (deployed DFT front end)", "torch", "weights", ""),

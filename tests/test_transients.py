@@ -124,3 +124,17 @@ def test_bundles_from_before_the_gate_read_back_without_it():
     assert LogMelStatsConfig.from_dict(old).transient_sigmas == 0.0
     assert LogMelStatsConfig.from_dict(GATED.to_dict()) == GATED
     assert GATED.blocks() == replace(GATED, transient_sigmas=0.0).blocks()  # the same features, other frames
+
+
+@pytest.mark.parametrize("frames", [12, 40, 311])
+def test_frame_novelty_brute_force(frames):
+    """Each frame's RMS distance to its 5th nearest frame more than 3 frames away, by brute force: the product
+    computed in row blocks (under OpenBLAS's threading size) covers every row and column."""
+    from edge_asd.io.transients import NEIGHBOURS, OWN_REACH, frame_novelty
+
+    lm = np.random.default_rng(frames).normal(size=(frames, 64)).astype(np.float32) * 3.0 - 20.0
+    expected = []
+    for i in range(frames):
+        d = [np.sqrt(np.mean((lm[i].astype(np.float64) - lm[j]) ** 2)) for j in range(frames) if abs(i - j) > OWN_REACH]
+        expected.append(np.sort(d)[NEIGHBOURS - 1])
+    np.testing.assert_allclose(frame_novelty(lm), expected, rtol=1e-4, atol=1e-4)

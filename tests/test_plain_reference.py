@@ -121,7 +121,8 @@ def _shrunk_log_distance(fit: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def test_default_plain_bundle_ranks_test_clips_by_the_groups_gaussians(tmp_path):
-    """The default plain system (`--plain-scorer groups`), trained, exported and scored as a user does, orders every
+    """The default plain system (`--plain-scorer groups-per-domain`; the real fan has one domain, so its domains'
+    scores are the pooled ones), trained, exported and scored as a user does, orders every
     test clip as 2 x the whole vector's + the largest group's standardized log Mahalanobis distance does, each under
     scikit-learn's Ledoit-Wolf covariance, standardized by the training clips' 10-fold held-out distances (computed
     here from the clips, independently of the product's stage 2)."""

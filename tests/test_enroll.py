@@ -132,20 +132,24 @@ def test_enrolling_a_new_microphone_into_a_plain_bundle_gives_it_its_own_mean(tm
     generate(data, SynthConfig(machines=("fan",), sections=1, train_source=30, train_target=0, test=12, seed=5),
              progress=False)
     run, bundle = tmp_path / "plain", tmp_path / "fan.asd"
-    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain", "--quiet"]) == 0
+    assert train_main(["--data", str(data), "--machine", "fan", "--out", str(run), "--system", "plain",
+                       "--quiet"]) == 0
     assert export_main([str(run), "--out", str(bundle)]) == 0
     normals = [c for c in list_clips(data, "fan", "test") if c.label == "normal" and c.domain == "source"]
     # the same machine through another microphone: a first-order tilt, 6 dB down at the top of the band
     moved = [(c.name, lfilter([0.75, 0.25], [1.0], read_audio(c.path)).astype(np.float32)) for c in normals]
     old_mic = [read_audio(c.path) for c in normals]
     before = load_scorer(bundle, backend="onnx-cpu")
-    gap_before = np.median([before.score(x, "00").score for _, x in moved[4:]]) - np.median(
-        [before.score(x, "00").score for x in old_mic[4:]])
+    def gap(scorer) -> float:
+        """Median score of the moved microphone's normals (not enrolled) above the old microphone's."""
+        return float(np.median([scorer.score(x, "00").score for _, x in moved[4:]])
+                     - np.median([scorer.score(x, "00").score for x in old_mic[4:]]))
+
+    gap_before = gap(before)
     rep = enroll(bundle, moved[:4], tmp_path / "new.asd", section="00", accept_anomalous=True)
     assert rep.domain == "target" and rep.n_clips == 4
     after = load_scorer(tmp_path / "new.asd", backend="onnx-cpu")
     detector = after.members[0].sections["00"].domains["all"].detector
     assert detector.per_domain and detector.get_state()["log_mean"].shape[0] == 2
-    gap_after = np.median([after.score(x, "00").score for _, x in moved[4:]]) - np.median(
-        [after.score(x, "00").score for x in old_mic[4:]])
+    gap_after = gap(after)
     assert gap_before > 1.0 and abs(gap_after) < gap_before / 3, (gap_before, gap_after)

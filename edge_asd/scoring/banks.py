@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 
 __all__ = [
-    "BankBuilder", "N_MIXUP_PSEUDO_NORMAL", "all_segments", "row_domains", "augmented_bank", "centres_bank", "genrep_mixup",
-    "kmeans_centres", "mixup_pseudo_normals", "target_smote",
+    "BankBuilder", "N_MIXUP_PSEUDO_NORMAL", "all_segments", "augmented_bank", "centres_bank", "genrep_mixup",
+    "kmeans_centres", "mixup_pseudo_normals", "row_domains", "target_smote",
 ]
 
 N_MIXUP_PSEUDO_NORMAL = 50  # report 2.3

@@ -138,7 +138,8 @@ class FeatureGroupGaussian(InlierDetector):
         """``[K, n]``: each row's log squared Mahalanobis distance to each domain's mean, less that mean's inflation.
         The floor keeps the log finite for a clip at the very mean (a distance is never negative)."""
         shift = model.means_[0] - means  # the shared Gaussian is centred on its own fitted mean
-        return np.stack([np.log(np.maximum(model.mahalanobis_sq(X + sh)[:, 0], 1e-12)) for sh in shift]) - inflation[:, None]
+        logs = np.stack([np.log(np.maximum(model.mahalanobis_sq(X + sh)[:, 0], 1e-12)) for sh in shift])
+        return logs - inflation[:, None]
 
     def _domain_codes(self, n: int, domains: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Each row's domain as 0..K-1. Pooled (one code) unless ``per_domain``; a domain of a single row joins the
@@ -148,7 +149,7 @@ class FeatureGroupGaussian(InlierDetector):
         domains = np.asarray(domains).reshape(-1)
         if domains.shape != (n,):
             raise ValueError(f"got {domains.size} domains for {n} rows")
-        names, codes, counts = np.unique(domains, return_inverse=True, return_counts=True)
+        _, codes, counts = np.unique(domains, return_inverse=True, return_counts=True)
         small = counts < _MIN_DOMAIN_CLIPS
         if small.any() and not small.all():
             codes = np.where(small[codes], int(np.argmax(counts)), codes)
@@ -210,9 +211,11 @@ class FeatureGroupGaussian(InlierDetector):
         X = as_matrix(X, np.float64, dim=self._centre.size)
         Z = (X - self._centre) / self._scale
         blocks = self._blocks(Z.shape[1])
-        offsets = self._log_mean.reshape(-1, len(blocks))  # [K, B]
-        z = [((self._log_distances(m, means, np.zeros(len(means)), Z[:, b]) - offsets[:, i, None]) / self._log_std[i]).min(axis=0)
-             for i, (m, means, b) in enumerate(zip(self._models, self._means, blocks))]
+        offsets = self._log_mean.reshape(-1, len(blocks))  # [K, B]; the inflation is folded into them
+        z = []
+        for i, (m, means, b) in enumerate(zip(self._models, self._means, blocks)):
+            logs = self._log_distances(m, means, np.zeros(len(means)), Z[:, b])
+            z.append(((logs - offsets[:, i, None]) / self._log_std[i]).min(axis=0))
         return np.stack(z, axis=1)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_features import print_table  # noqa: E402
 from bench_plain_rules import labelled_machines, score  # noqa: E402
-from edge_asd.io.features import LogMelStats  # noqa: E402
+from edge_asd.io.features import LogMelStats, LogMelStatsConfig  # noqa: E402
 from edge_asd.scoring.groups import FeatureGroupGaussian  # noqa: E402
 from edge_asd.scoring.metrics import harmonic_mean, labelled_metrics, present  # noqa: E402
 from train.plain import DEFAULT_PLAIN_FEATURES, PLAIN_FEATURES, clip_features  # noqa: E402
@@ -38,16 +38,23 @@ WEIGHTS = {"max": 0.0, "w1": 1.0, "w1.5": 1.5, "w2": 2.0, "w3": 3.0}
 SCORERS = ("gaussian", *WEIGHTS, "min target AUC: gaussian", "min target AUC: w2")
 
 
-def _features(data: Path, machine: str, files: list[Path], cache: Path):
-    cfg = PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES]
-    path = cache / f"plain-{DEFAULT_PLAIN_FEATURES}_{data.name}_{machine}.npy"
+def cached_features(data: Path, machine: str, files: list[Path], cache: Path, cfg: LogMelStatsConfig,
+                    tag: str) -> np.ndarray:
+    """``[len(files), cfg.dim]`` plain features of a folder's machine, from ``cache/<tag>_<folder>_<machine>.npy``
+    when it holds them, else computed by the product's ``LogMelStats`` and saved there."""
+    path = cache / f"{tag}_{data.name}_{machine}.npy"
     if path.is_file():
         X = np.load(path)
         if X.shape == (len(files), cfg.dim):
-            return X, cfg
+            return X
     X = clip_features(files, LogMelStats(cfg))[:, 0].astype(np.float64)
     np.save(path, X)
-    return X, cfg
+    return X
+
+
+def _features(data: Path, machine: str, files: list[Path], cache: Path):
+    cfg = PLAIN_FEATURES[DEFAULT_PLAIN_FEATURES]
+    return cached_features(data, machine, files, cache, cfg, f"plain-{DEFAULT_PLAIN_FEATURES}"), cfg
 
 
 def _score(name: str, X: np.ndarray, tr: np.ndarray, te: np.ndarray, edges: str) -> np.ndarray:

@@ -22,19 +22,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_features import print_table  # noqa: E402
-from bench_plain_groups import summary  # noqa: E402
+from bench_plain_groups import cached_features, summary  # noqa: E402
 from bench_plain_rules import labelled_machines  # noqa: E402
-from edge_asd.io.features import LogMelStats, LogMelStatsConfig  # noqa: E402
+from edge_asd.io.features import LogMelStatsConfig  # noqa: E402
 from edge_asd.scoring.groups import FeatureGroupGaussian  # noqa: E402
 from edge_asd.scoring.metrics import labelled_metrics  # noqa: E402
-from train.plain import PLAIN_FEATURES, clip_features  # noqa: E402
+from train.plain import PLAIN_FEATURES  # noqa: E402
 
 BASE = PLAIN_FEATURES["dynamics"]
 VARIANTS: dict[str, LogMelStatsConfig] = {
@@ -47,25 +46,13 @@ VARIANTS: dict[str, LogMelStatsConfig] = {
 }
 
 
-def _features(data: Path, machine: str, files: list[Path], cache: Path, name: str) -> np.ndarray:
-    cfg = VARIANTS[name]
-    path = cache / f"transients-{name}_{data.name}_{machine}.npy"
-    if path.is_file():
-        X = np.load(path)
-        if X.shape == (len(files), cfg.dim):
-            return X
-    X = clip_features(files, LogMelStats(cfg))[:, 0].astype(np.float64)
-    np.save(path, X)
-    return X
-
-
 def folder_figures(data: Path, cache: Path, args) -> dict[str, float]:
     names = args.variants.split(",")
     figures: dict[str, list] = {n: [] for n in names}
     lowest: dict[str, list] = {n: [] for n in names}
     for machine, files, sec, dom, split, lab in labelled_machines(data):
         for name in names:
-            X = _features(data, machine, files, cache, name)
+            X = cached_features(data, machine, files, cache, VARIANTS[name], f"transients-{name}")
             edges = VARIANTS[name].block_edges()
             for s in sorted(set(sec)):
                 tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")

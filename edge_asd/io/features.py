@@ -50,7 +50,7 @@ import numpy as np
 from edge_asd.io.audio import centre
 from edge_asd.io.fft import PowerSpectrum
 from edge_asd.io.stft import LOGS, WINDOWS, LogMelSTFT, hann
-from edge_asd.io.transients import envelope_mask, fill, transient_frames
+from edge_asd.io.transients import MAD_SIGMA, envelope_mask, fill, transient_frames
 
 # --- mel filterbank ---------------------------------------------------------------
 # Slaney's mel scale (linear below 1 kHz, logarithmic above) with area-normalized
@@ -316,8 +316,7 @@ class ModulationSpectrum:
         return np.concatenate(parts)
 
 
-# a robust standard deviation from the median absolute deviation, and from the interquartile range, of a Gaussian
-_MAD_SIGMA, _IQR_SIGMA = 1.4826, 0.7413
+_IQR_SIGMA = 0.7413  # a Gaussian's standard deviation from its interquartile range (MAD_SIGMA: from the median one)
 CLIP_SIGMAS = 3.0  # comodulation: each band's movement clipped at this many robust deviations from its median
 CHANGE_QUANTILE = 0.9  # frame-to-frame change: the mean of the changes up to this quantile of each band's
 
@@ -336,7 +335,7 @@ def comodulation(log_envelope: np.ndarray, smooth: int) -> np.ndarray:
     lo, hi = np.clip(np.arange(t) - half, 0, t), np.clip(np.arange(t) + half + 1, 0, t)
     hp = e - (c[:, hi] - c[:, lo]) / (hi - lo)
     med = np.median(hp, axis=1, keepdims=True)
-    reach = CLIP_SIGMAS * _MAD_SIGMA * np.median(np.abs(hp - med), axis=1, keepdims=True)
+    reach = CLIP_SIGMAS * MAD_SIGMA * np.median(np.abs(hp - med), axis=1, keepdims=True)
     np.clip(hp, med - reach, med + reach, out=hp)
     hp -= hp.mean(axis=1, keepdims=True)
     norm = np.sqrt(np.einsum("ij,ij->i", hp, hp))

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import numpy as np
 
-_MAD_SIGMA = 1.4826  # a Gaussian's standard deviation from its median absolute deviation
+MAD_SIGMA = 1.4826  # a Gaussian's standard deviation from its median absolute deviation
 NEIGHBOURS = 5  # a frame's novelty: its distance to the 5th nearest frame of the clip ...
 OWN_REACH = 3  # ... that lies more than 3 frames (about 100 ms) away
+# fewer frames leave some frame without NEIGHBOURS others beyond its own reach: too short a clip to tell a new
+# frame from a recurring one
+MIN_NOVELTY_FRAMES = 2 * OWN_REACH + NEIGHBOURS + 1
 # OpenBLAS hands a matrix product of more than 4 x 65536 multiply-adds to its thread pool. A replay scores two
 # clips side by side, and their two products then queued for one pool: 200 clips took 3.2 s instead of 2.7 (the
 # gate's whole cost, 2 cores). Row blocks under that size run on the calling thread (311 frames x 64 bands: 13 rows).
@@ -42,7 +45,7 @@ _SERIAL_PRODUCT = 4 * 65536
 
 def _robust_z(v: np.ndarray) -> np.ndarray:
     med = np.median(v)
-    sd = _MAD_SIGMA * np.median(np.abs(v - med))
+    sd = MAD_SIGMA * np.median(np.abs(v - med))
     return (v - med) / max(sd, 1e-9)
 
 
@@ -50,7 +53,7 @@ def frame_novelty(log_mel: np.ndarray) -> np.ndarray:
     """``[T]``: each frame's root-mean-square log-mel distance to its :data:`NEIGHBOURS`-th nearest frame of the clip
     outside its own :data:`OWN_REACH` frames (inf where the clip has too few frames)."""
     t = log_mel.shape[0]
-    if t <= 2 * OWN_REACH + NEIGHBOURS:
+    if t < MIN_NOVELTY_FRAMES:
         return np.full(t, np.inf)
     # float32 and centred: the distances between frames of one clip need no more, and cost half
     z = np.asarray(log_mel, dtype=np.float32)
@@ -78,11 +81,9 @@ def transient_frames(log_power: np.ndarray, log_mel: np.ndarray, sigmas: float, 
     loud = _robust_z(np.asarray(log_power, dtype=np.float64))
     taken = loud > sigmas
     if taken.any() and novelty > 0:
-        nov = frame_novelty(log_mel)
-        finite = np.isfinite(nov)
-        if not finite.all():  # too short a clip to tell a new frame from a recurring one: take none
+        if log_mel.shape[0] < MIN_NOVELTY_FRAMES:  # too short a clip to tell a new frame from a recurring one
             return np.zeros(taken.shape, dtype=bool)
-        taken &= _robust_z(nov) > novelty
+        taken &= _robust_z(frame_novelty(log_mel)) > novelty
     most = int(cap * taken.size)
     if taken.sum() > most:  # the highest-standing ones
         keep = np.flatnonzero(taken)[np.argsort(-loud[taken], kind="stable")[:most]]

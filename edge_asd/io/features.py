@@ -49,6 +49,7 @@ import numpy as np
 
 from edge_asd.io.audio import centre
 from edge_asd.io.fft import PowerSpectrum
+from edge_asd.io.rowstats import row_median, row_quantiles
 from edge_asd.io.stft import LOGS, WINDOWS, LogMelSTFT, hann
 from edge_asd.io.transients import MAD_SIGMA, envelope_mask, fill, transient_frames
 
@@ -333,9 +334,13 @@ def comodulation(log_envelope: np.ndarray, smooth: int) -> np.ndarray:
     c = np.zeros((bands, t + 1))
     np.cumsum(e, axis=1, out=c[:, 1:])
     lo, hi = np.clip(np.arange(t) - half, 0, t), np.clip(np.arange(t) + half + 1, 0, t)
-    hp = e - (c[:, hi] - c[:, lo]) / (hi - lo)
-    med = np.median(hp, axis=1, keepdims=True)
-    reach = CLIP_SIGMAS * MAD_SIGMA * np.median(np.abs(hp - med), axis=1, keepdims=True)
+    # e - (c[:, hi] - c[:, lo]) / (hi - lo), in one buffer: np.take and in-place steps, 0.66 -> 0.45 ms a clip
+    hp = np.take(c, hi, axis=1)
+    hp -= np.take(c, lo, axis=1)
+    hp /= hi - lo
+    np.subtract(e, hp, out=hp)
+    med = row_median(hp)[:, None]
+    reach = CLIP_SIGMAS * MAD_SIGMA * row_median(np.abs(hp - med))[:, None]
     np.clip(hp, med - reach, med + reach, out=hp)
     hp -= hp.mean(axis=1, keepdims=True)
     norm = np.sqrt(np.einsum("ij,ij->i", hp, hp))
@@ -345,7 +350,7 @@ def comodulation(log_envelope: np.ndarray, smooth: int) -> np.ndarray:
 
 def robust_spread(log_envelope: np.ndarray) -> np.ndarray:
     """``[bands]``: each band's interquartile range over time of ``[T, bands]``, as a Gaussian's standard deviation."""
-    q = np.quantile(np.ascontiguousarray(np.asarray(log_envelope).T), [0.75, 0.25], axis=1)
+    q = row_quantiles(np.asarray(log_envelope).T, (0.75, 0.25))
     return _IQR_SIGMA * (q[0] - q[1])
 
 
@@ -355,7 +360,7 @@ def frame_change(log_mel: np.ndarray) -> np.ndarray:
     if log_mel.shape[0] < 2:
         return np.zeros(log_mel.shape[1])
     d = np.abs(np.diff(np.asarray(log_mel, dtype=np.float64).T, axis=1))  # band-major
-    kept = d <= np.quantile(d, CHANGE_QUANTILE, axis=1, keepdims=True)
+    kept = d <= row_quantiles(d, (CHANGE_QUANTILE,))[0][:, None]
     return (d * kept).sum(axis=1) / kept.sum(axis=1)
 
 

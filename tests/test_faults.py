@@ -8,16 +8,23 @@ exactly once after dedupe by seq, and the seqs delivered must run from 1 with no
 journaling a clip and logging it leaves a seq that is delivered without a log line; that is allowed and counted.
 
 Broker crashes: a SIGKILLed Mosquitto loses what only it held, i.e. messages it acknowledged to the daemon but had
-not yet passed on to a subscriber that was away (its persistence is written only on a graceful stop or SIGUSR1).
-That is the broker's durability, beyond any publisher, so the broker is killed only while the subscriber is
-connected and holds every seq logged so far. The subscriber's session (clean_session=False, QoS 1) is saved to
-the broker's database before the first fault, so each restarted broker queues for it even before it is back.
+not yet passed on to the subscriber (its persistence is written only on a graceful stop or SIGUSR1; a subscriber
+slow to acknowledge, as under load, leaves messages queued in the broker). That is the broker's durability, beyond
+any publisher. So each broker kill freezes the daemon (SIGSTOP) at a random instant of its work, waits until the
+subscriber holds every seq the broker has acknowledged by then (every seq the outbox has numbered and no longer
+holds), kills the broker, and lets the daemon go on: what its outbox still held is the daemon's to deliver, and the
+final check holds it to that. (Waiting only for the seqs logged before the kill left a race: clips journaled and
+acknowledged in the meantime could still sit in the broker's queue.) The subscriber's session (clean_session=False,
+QoS 1) is saved to the broker's database before the first fault, so each restarted broker queues for it even before
+it is back.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -30,6 +37,16 @@ from daemon_proc import Daemon, check_score_schema, bundle_manifest, noise_wavs,
 CLIP_S = 2.0          # the tiny bundle's segment length: the shortest clip it takes
 FILES, CLIPS_PER_FILE = 10, 6
 CLIPS = FILES * CLIPS_PER_FILE
+
+
+def outbox_scores(outbox: Path, machine: str = "fan1") -> tuple[int, set[int]]:
+    """``(last seq numbered, seqs still held)`` of ``machine``'s scores in a daemon's outbox, read without writing
+    (SQLite's WAL lets a reader in while the writer holds its lock); raises sqlite3.OperationalError while busy."""
+    with sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=0) as conn:
+        row = conn.execute("SELECT seq FROM streams WHERE stream = ?", (machine,)).fetchone()
+        held = {json.loads(p)["seq"] for (p,) in
+                conn.execute("SELECT payload FROM messages WHERE topic LIKE ?", (f"%/{machine}/score",))}
+    return (row[0] if row else 0), held
 
 
 def test_broker_and_daemon_killed_during_a_replay_lose_and_duplicate_nothing(tiny_bundle, edge_asd_exe, tmp_path,
@@ -77,10 +94,27 @@ def test_broker_and_daemon_killed_during_a_replay_lose_and_duplicate_nothing(tin
             faults["daemon killed"] += 1
 
         def kill_broker() -> None:
-            so_far = set(logged())
-            sub.wait_for(lambda _: so_far <= delivered(), timeout=90, what=f"every seq logged so far ({len(so_far)})")
+            d = runs[-1]
             jitter()
-            broker.kill()
+            assert d.proc.poll() is None, "the replay ended before the fault; it needs more clips"
+            d.proc.send_signal(signal.SIGSTOP)  # the daemon frozen mid-work; see the module docstring
+            try:
+                for _ in range(200):
+                    try:
+                        numbered, held = outbox_scores(tmp_path / "state" / "outbox.sqlite")
+                        break
+                    except sqlite3.OperationalError:  # frozen inside a step a reader must wait for: let it finish
+                        d.proc.send_signal(signal.SIGCONT)
+                        time.sleep(0.01)
+                        d.proc.send_signal(signal.SIGSTOP)
+                else:
+                    raise AssertionError("the outbox stayed busy")
+                acked = set(range(1, numbered + 1)) - held
+                sub.wait_for(lambda _: acked <= delivered(), timeout=90,
+                             what=f"every seq the broker acknowledged ({len(acked)} of {numbered})")
+                broker.kill()
+            finally:
+                d.proc.send_signal(signal.SIGCONT)
             faults["broker killed"] += 1
 
         def start_broker() -> None:

@@ -190,8 +190,11 @@ def test_per_domain_is_its_definition_computed_by_hand():
     own = np.array([held[codes == j].mean() for j in (0, 1)])
     sd = (held - own[codes]).std()
     model = fit(Z, codes)
-    expected = np.min([(dist(model, ZT, j) - own[j]) / sd for j in (0, 1)], axis=0)
-    np.testing.assert_allclose(det.score_samples(T), expected, rtol=1e-9, atol=1e-9)
+    per_domain = np.array([(dist(model, ZT, j) - own[j]) / sd for j in (0, 1)])  # source, target
+    np.testing.assert_allclose(det.score_samples(T), per_domain.min(axis=0), rtol=1e-9, atol=1e-9)
+    # each domain's own column, in the labels' sorted order: the target normals nearer the target domain
+    np.testing.assert_allclose(det.domain_block_scores(T)[:, :, 0], per_domain, rtol=1e-9, atol=1e-9)
+    assert (per_domain[1, 20:40] < per_domain[0, 20:40]).mean() > 0.9
 
 
 def test_per_domain_with_one_domain_is_the_pooled_scorer():

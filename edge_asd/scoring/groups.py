@@ -206,6 +206,11 @@ class FeatureGroupGaussian(InlierDetector):
         """``[n, 1 + groups]``: each row's standardized log distance under the whole vector's Gaussian, then each
         group's (what :meth:`score_samples` combines; a group's column says where a clip departs). Per domain, each
         block's smaller over the domains."""
+        return self.domain_block_scores(X).min(axis=0)
+
+    def domain_block_scores(self, X: np.ndarray) -> np.ndarray:
+        """``[domains, n, 1 + groups]``: :meth:`block_scores` against each domain's mean and standardization
+        (domains in sorted order of their labels; one row when pooled)."""
         self._require_fitted()
         assert self._centre is not None and self._scale is not None and self._log_mean is not None
         X = as_matrix(X, np.float64, dim=self._centre.size)
@@ -215,8 +220,8 @@ class FeatureGroupGaussian(InlierDetector):
         z = []
         for i, (m, means, b) in enumerate(zip(self._models, self._means, blocks)):
             logs = self._log_distances(m, means, np.zeros(len(means)), Z[:, b])
-            z.append(((logs - offsets[:, i, None]) / self._log_std[i]).min(axis=0))
-        return np.stack(z, axis=1)
+            z.append((logs - offsets[:, i, None]) / self._log_std[i])
+        return np.stack(z, axis=2)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         z = self.block_scores(X)

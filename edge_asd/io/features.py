@@ -49,9 +49,9 @@ import numpy as np
 
 from edge_asd.io.audio import centre
 from edge_asd.io.fft import PowerSpectrum
-from edge_asd.io.rowstats import row_median, row_quantiles
+from edge_asd.io.rowstats import IQR_SIGMA, MAD_SIGMA, row_median, row_quantiles
 from edge_asd.io.stft import LOGS, WINDOWS, LogMelSTFT, hann
-from edge_asd.io.transients import MAD_SIGMA, envelope_mask, fill, transient_frames
+from edge_asd.io.transients import envelope_mask, fill, transient_frames
 
 # --- mel filterbank ---------------------------------------------------------------
 # Slaney's mel scale (linear below 1 kHz, logarithmic above) with area-normalized
@@ -317,7 +317,6 @@ class ModulationSpectrum:
         return np.concatenate(parts)
 
 
-_IQR_SIGMA = 0.7413  # a Gaussian's standard deviation from its interquartile range (MAD_SIGMA: from the median one)
 CLIP_SIGMAS = 3.0  # comodulation: each band's movement clipped at this many robust deviations from its median
 CHANGE_QUANTILE = 0.9  # frame-to-frame change: the mean of the changes up to this quantile of each band's
 
@@ -351,7 +350,7 @@ def comodulation(log_envelope: np.ndarray, smooth: int) -> np.ndarray:
 def robust_spread(log_envelope: np.ndarray) -> np.ndarray:
     """``[bands]``: each band's interquartile range over time of ``[T, bands]``, as a Gaussian's standard deviation."""
     q = row_quantiles(np.asarray(log_envelope).T, (0.75, 0.25))
-    return _IQR_SIGMA * (q[0] - q[1])
+    return IQR_SIGMA * (q[0] - q[1])
 
 
 def frame_change(log_mel: np.ndarray) -> np.ndarray:

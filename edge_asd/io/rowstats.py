@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# A Gaussian's standard deviation from its median absolute deviation, and from its interquartile range.
+MAD_SIGMA = 1.4826
+IQR_SIGMA = 0.7413
+
 
 def _sorted_rows(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-MAD_SIGMA = 1.4826  # a Gaussian's standard deviation from its median absolute deviation
+from edge_asd.io.rowstats import MAD_SIGMA
+
 NEIGHBOURS = 5  # a frame's novelty: its distance to the 5th nearest frame of the clip ...
 OWN_REACH = 3  # ... that lies more than 3 frames (about 100 ms) away
 # fewer frames leave some frame without NEIGHBOURS others beyond its own reach: too short a clip to tell a new

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_asd.io.features import LogMelStatsConfig, hz_to_mel, mel_to_hz
+from edge_asd.io.rowstats import MAD_SIGMA
 
-# |z| a band must pass to be named. The spread is 1.4826 x the median |residual|
+# |z| a band must pass to be named. The spread is MAD_SIGMA (1.4826) x the median |residual|
 # of the section's normals against their own neighbours, a robust standard
 # deviation: were the residuals Gaussian, 5 would name a given band of a normal
 # clip 6e-7 of the time. Real residuals have heavier tails and a section's
@@ -139,7 +140,7 @@ def fit_reference(features: np.ndarray, cfg: LogMelStatsConfig, k: int = K_NEIGH
     scale = np.maximum(f.std(axis=0), SCALE_FLOOR)
     k = max(1, min(k, f.shape[0] - 1))
     r = _residuals(f, centre, scale, f, k, exclude_self=True)
-    spread = np.maximum(1.4826 * np.median(np.abs(r), axis=0), spread_floor(cfg))
+    spread = np.maximum(MAD_SIGMA * np.median(np.abs(r), axis=0), spread_floor(cfg))
     return BandReference(f.astype(np.float32), centre.astype(np.float32), scale.astype(np.float32),
                          spread.astype(np.float32), k)
 

@@ -28,6 +28,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,7 +43,7 @@ CLIPS = FILES * CLIPS_PER_FILE
 def outbox_scores(outbox: Path, machine: str = "fan1") -> tuple[int, set[int]]:
     """``(last seq numbered, seqs still held)`` of ``machine``'s scores in a daemon's outbox, read without writing
     (SQLite's WAL lets a reader in while the writer holds its lock); raises sqlite3.OperationalError while busy."""
-    with sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=0) as conn:
+    with closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=0)) as conn:  # closed, not kept
         row = conn.execute("SELECT seq FROM streams WHERE stream = ?", (machine,)).fetchone()
         held = {json.loads(p)["seq"] for (p,) in
                 conn.execute("SELECT payload FROM messages WHERE topic LIKE ?", (f"%/{machine}/score",))}

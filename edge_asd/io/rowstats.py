@@ -22,11 +22,15 @@ MAD_SIGMA = 1.4826
 IQR_SIGMA = 0.7413
 
 
-def _sorted_rows(a: np.ndarray) -> np.ndarray:
+def _rows(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim != 2 or a.shape[1] == 0:
         raise ValueError(f"expected rows [n, m] with m >= 1, got shape {a.shape}")
-    s = np.array(a, order="C")  # a copy whose rows are contiguous (a transposed view's would be strided)
+    return a
+
+
+def _sorted_rows(a: np.ndarray) -> np.ndarray:
+    s = np.array(_rows(a), order="C")  # a copy whose rows are contiguous (a transposed view's would be strided)
     s.sort(axis=1)
     return s
 
@@ -35,9 +39,7 @@ def row_median(a: np.ndarray) -> np.ndarray:
     """``[n]``: ``np.median(a, axis=1)`` of ``a [n, m]`` (no NaN: the callers' values are finite), to the bit.
 
     One partition at the middle; the lower middle of an even row is then the largest value left of it."""
-    a = np.asarray(a)
-    if a.ndim != 2 or a.shape[1] == 0:
-        raise ValueError(f"expected rows [n, m] with m >= 1, got shape {a.shape}")
+    a = _rows(a)
     m = a.shape[1]
     p = np.partition(a, m // 2, axis=1)
     upper = p[:, m // 2]

@@ -25,10 +25,11 @@ def all_segments(emb: np.ndarray, domains: np.ndarray) -> np.ndarray:
     return emb.reshape(-1, emb.shape[-1])
 
 
-def row_domains(build: BankBuilder, emb: np.ndarray, domains: np.ndarray) -> np.ndarray | None:
+def row_domains(build: BankBuilder, emb: np.ndarray, domains: np.ndarray, extra_rows: int = 0) -> np.ndarray | None:
     """The domain of each row ``build`` makes, where a row is one clip's segment (:func:`all_segments`); None where
-    rows are made across domains or clips (k-means centres, Mixup, SMOTE and GenRep points)."""
-    if build is not all_segments:
+    rows are made across domains or clips (k-means centres, Mixup, SMOTE and GenRep points), or where ``extra_rows``
+    made elsewhere (Mixup pseudo-normals) are appended to the bank."""
+    if build is not all_segments or extra_rows:
         return None
     return np.repeat(np.asarray(domains), emb.shape[1])
 

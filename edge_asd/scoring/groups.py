@@ -119,8 +119,12 @@ class FeatureGroupGaussian(InlierDetector):
             raise ValueError(f"the groups end at feature {self._edges[-1]} but the features have {dim} dimensions")
         return [slice(0, dim)] + [slice(a, b) for a, b in zip(self._edges, self._edges[1:])]
 
+    def _gaussian_spec(self) -> GMMDetector:
+        """Each block's Gaussian, unfitted: its settings in one place for fitting and for reading a state back."""
+        return GMMDetector(1, "full", reg_covar=self.reg_covar, shrinkage="ledoit-wolf")
+
     def _gaussian(self, X: np.ndarray) -> GMMDetector:
-        return GMMDetector(1, "full", reg_covar=self.reg_covar, shrinkage="ledoit-wolf").fit(X)
+        return self._gaussian_spec().fit(X)
 
     def _fit_block(self, Z: np.ndarray, codes: np.ndarray, k: int) -> tuple[GMMDetector, np.ndarray, np.ndarray]:
         """The shared Gaussian of the deviations from each domain's own mean, the ``k`` means, and the log of each
@@ -279,7 +283,7 @@ class FeatureGroupGaussian(InlierDetector):
             # per domain the shared Gaussian is centred at 0 and each domain's mean is applied as a shift
             centre_b = np.zeros(d) if per else mean
             models.append(GMMDetector.from_state({
-                **GMMDetector(1, "full", reg_covar=det.reg_covar, shrinkage="ledoit-wolf")._header(),
+                **det._gaussian_spec()._header(),
                 "weights": np.ones(1), "means": centre_b[None], "covariances": cov[None],
             }))
             block_means.append(mean if per else mean[None])

@@ -79,11 +79,10 @@ def out_of_fold_raw(
     out = np.empty(n)
     for f in np.unique(folds):
         train = build_bank(emb[folds != f], domains[folds != f])
-        extra = extra_fit is not None and len(extra_fit) > 0
-        if extra:
+        n_extra = 0 if extra_fit is None else len(extra_fit)
+        if n_extra:
             train = np.concatenate([train, extra_fit])
-        rows = None if extra else row_domains(build_bank, emb[folds != f], domains[folds != f])
-        det = fit_detector(kind, params, train, rows)
+        det = fit_detector(kind, params, train, row_domains(build_bank, emb[folds != f], domains[folds != f], n_extra))
         out[folds == f] = clip_raw_scores(det, emb[folds == f], aggregator)
     return out
 

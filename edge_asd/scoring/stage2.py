@@ -154,8 +154,8 @@ def fit_section(
             aggregator=cfg.aggregator, n_folds=cfg.n_folds, rng=rng, extra_fit=pseudo, domains=domains, build_bank=build,
         )
         mean, std = score_stats(raw)
-        rows = row_domains(build, emb, domains) if len(pseudo) == 0 else None
-        det = fit_detector(cfg.detector, cfg.detector_params, np.concatenate([build(emb, domains), pseudo]), rows)
+        det = fit_detector(cfg.detector, cfg.detector_params, np.concatenate([build(emb, domains), pseudo]),
+                           row_domains(build, emb, domains, len(pseudo)))
         models[DG_DOMAIN] = DomainModel(detector=det, mean=mean, std=std)
         parts[DG_DOMAIN] = (raw - mean) / std
     else:

@@ -24,10 +24,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_features import print_table  # noqa: E402
-from bench_plain_groups import _features, summary  # noqa: E402
-from bench_plain_rules import labelled_machines  # noqa: E402
+from bench_plain_groups import scored_sections  # noqa: E402
 from edge_asd.scoring.combine import DG_DOMAIN  # noqa: E402
-from edge_asd.scoring.metrics import labelled_metrics  # noqa: E402
 from edge_asd.scoring.section import section_parts  # noqa: E402
 from edge_asd.scoring.stage2 import fit_section  # noqa: E402
 from train.plain import plain_stage2  # noqa: E402
@@ -43,17 +41,10 @@ def section_scores(scorer: str, X: np.ndarray, tr: np.ndarray, te: np.ndarray, t
 
 
 def folder_figures(data: Path, cache: Path) -> dict[str, float]:
-    figures: dict[str, list] = {r: [] for r in SCORERS}
-    lowest: dict[str, list] = {r: [] for r in SCORERS}
-    for machine, files, sec, dom, split, lab in labelled_machines(data):
-        X, _ = _features(data, machine, files, cache)
-        for s in sorted(set(sec)):
-            tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
-            for name in SCORERS:
-                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", section_scores(name, X, tr, te, dom[tr]))
-                figures[name] += list(m.official().values())
-                lowest[name].append(m.auc_target)
-    return summary(figures, lowest)
+    def scorer_of(machine, files, X, cfg):
+        return lambda name, tr, te, dom: section_scores(name, X, tr, te, dom[tr])
+
+    return scored_sections(data, cache, SCORERS, scorer_of)
 
 
 def main() -> None:

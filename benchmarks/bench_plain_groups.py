@@ -78,6 +78,24 @@ def folder_figures(data: Path, cache: Path) -> dict[str, float]:
     return summary(figures, lowest)
 
 
+def scored_sections(data: Path, cache: Path, names: tuple[str, ...], scorer_of) -> dict[str, float]:
+    """:func:`summary` of every section of a folder, scored by each of ``names`` on the default plain features:
+    ``scorer_of(machine, files, X, cfg)`` gives, per machine type, ``score(name, tr, te, domains)``, the scores of
+    the test clips ``te`` from the training normals ``tr`` (boolean masks over ``files``)."""
+    figures: dict[str, list] = {n: [] for n in names}
+    lowest: dict[str, list] = {n: [] for n in names}
+    for machine, files, sec, dom, split, lab in labelled_machines(data):
+        X, cfg = _features(data, machine, files, cache)
+        score = scorer_of(machine, files, X, cfg)
+        for s in sorted(set(sec)):
+            tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
+            for name in names:
+                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", score(name, tr, te, dom))
+                figures[name] += list(m.official().values())
+                lowest[name].append(m.auc_target)
+    return summary(figures, lowest)
+
+
 def summary(figures: dict[str, list], lowest: dict[str, list]) -> dict[str, float]:
     """Per scorer, the official score of its sections' figures, and ``"min target AUC: <scorer>"`` of ``lowest``'s
     target AUCs, in %."""

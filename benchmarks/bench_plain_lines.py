@@ -30,11 +30,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_features import print_table  # noqa: E402
-from bench_plain_groups import _features, summary  # noqa: E402
-from bench_plain_rules import labelled_machines  # noqa: E402
+from bench_plain_groups import scored_sections  # noqa: E402
 from edge_asd.io.audio import read_audio  # noqa: E402
 from edge_asd.scoring.groups import FeatureGroupGaussian  # noqa: E402
-from edge_asd.scoring.metrics import labelled_metrics  # noqa: E402
 
 VARIANTS = ("default", "harmonics", "lines", "both", "one domain")
 N_FFT, HOP, SR = 4096, 2048, 16000
@@ -106,20 +104,12 @@ def variant_scores(name: str, X: np.ndarray, groups: dict[str, np.ndarray], edge
 
 
 def folder_figures(data: Path, cache: Path) -> dict[str, float]:
-    figures: dict[str, list] = {v: [] for v in VARIANTS}
-    lowest: dict[str, list] = {v: [] for v in VARIANTS}
-    for machine, files, sec, dom, split, lab in labelled_machines(data):
-        X, cfg = _features(data, machine, files, cache)
+    def scorer_of(machine, files, X, cfg):
         D = cached_detail(data, machine, files, cache)
         groups = {"harmonics": harmonics(D), "lines": largest_lines(D)}
-        for s in sorted(set(sec)):
-            tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
-            for name in VARIANTS:
-                scores = variant_scores(name, X, groups, cfg.block_edges(), tr, te, dom)
-                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", scores)
-                figures[name] += list(m.official().values())
-                lowest[name].append(m.auc_target)
-    return summary(figures, lowest)
+        return lambda name, tr, te, dom: variant_scores(name, X, groups, cfg.block_edges(), tr, te, dom)
+
+    return scored_sections(data, cache, VARIANTS, scorer_of)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ and the lowest section target AUC of each folder's best and of ``gaussian``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -94,6 +95,46 @@ def scored_sections(data: Path, cache: Path, names: tuple[str, ...], scorer_of) 
                 figures[name] += list(m.official().values())
                 lowest[name].append(m.auc_target)
     return summary(figures, lowest)
+
+
+def variant_figures(data: Path, cache: Path, variants: dict, names: list[str], tag: str,
+                    per_domain: bool) -> dict[str, float]:
+    """:func:`summary` of every section of a folder for each of ``names``, a feature setting of ``variants`` (a
+    ``LogMelStatsConfig`` each, cached as ``<tag>-<name>``), scored by ``FeatureGroupGaussian`` (weight 2; each domain
+    its own mean with ``per_domain``, the scorer of ``--plain-scorer groups-per-domain``)."""
+    figures: dict[str, list] = {n: [] for n in names}
+    lowest: dict[str, list] = {n: [] for n in names}
+    for machine, files, sec, dom, split, lab in labelled_machines(data):
+        for name in names:
+            X = cached_features(data, machine, files, cache, variants[name], f"{tag}-{name}")
+            edges = variants[name].block_edges()
+            for s in sorted(set(sec)):
+                tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
+                detector = FeatureGroupGaussian(edges, joint_weight=2.0, per_domain=per_domain)
+                scores = detector.fit(X[tr], dom[tr]).score_samples(X[te])
+                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", scores)
+                figures[name] += list(m.official().values())
+                lowest[name].append(m.auc_target)
+    return summary(figures, lowest)
+
+
+def variants_main(doc: str, variants: dict, default: str, tag: str, per_domain: bool) -> None:
+    """The command line of a benchmark of feature settings: ``DATA_DIR... [--cache DIR] [--variants a,b,...]``, one
+    row per folder of :func:`variant_figures`, and each variant's lowest section target AUC."""
+    pre = argparse.ArgumentParser(add_help=False)  # the columns depend on the variants asked for
+    pre.add_argument("--variants", default=default)
+    names = pre.parse_known_args()[0].variants.split(",")
+    unknown = set(names) - set(variants)
+    if unknown:
+        sys.exit(f"unknown variants {', '.join(sorted(unknown))} (known: {', '.join(variants)})")
+
+    def options(ap) -> None:
+        ap.add_argument("--variants", default=default, help="comma-separated, of: " + ", ".join(variants))
+
+    def figures_of(data: Path, cache: Path, args) -> dict[str, float]:
+        return variant_figures(data, cache, variants, names, tag, per_domain)
+
+    print_table(doc.split("\n\n")[0], (*names, *(f"min target AUC: {n}" for n in names)), figures_of, options)
 
 
 def summary(figures: dict[str, list], lowest: dict[str, list]) -> dict[str, float]:

@@ -17,7 +17,6 @@ variant, and each variant's lowest section target AUC.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,12 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_features import print_table  # noqa: E402
-from bench_plain_groups import cached_features, summary  # noqa: E402
-from bench_plain_rules import labelled_machines  # noqa: E402
+from bench_plain_groups import variants_main  # noqa: E402
 from edge_asd.io.features import LogMelStatsConfig  # noqa: E402
-from edge_asd.scoring.groups import FeatureGroupGaussian  # noqa: E402
-from edge_asd.scoring.metrics import labelled_metrics  # noqa: E402
 from train.plain import PLAIN_FEATURES  # noqa: E402
 
 BASE = PLAIN_FEATURES["dynamics"]
@@ -46,36 +41,8 @@ VARIANTS: dict[str, LogMelStatsConfig] = {
 }
 
 
-def folder_figures(data: Path, cache: Path, args) -> dict[str, float]:
-    names = args.variants.split(",")
-    figures: dict[str, list] = {n: [] for n in names}
-    lowest: dict[str, list] = {n: [] for n in names}
-    for machine, files, sec, dom, split, lab in labelled_machines(data):
-        for name in names:
-            X = cached_features(data, machine, files, cache, VARIANTS[name], f"transients-{name}")
-            edges = VARIANTS[name].block_edges()
-            for s in sorted(set(sec)):
-                tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
-                scores = FeatureGroupGaussian(edges, joint_weight=2.0).fit(X[tr]).score_samples(X[te])
-                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", scores)
-                figures[name] += list(m.official().values())
-                lowest[name].append(m.auc_target)
-    return summary(figures, lowest)
-
-
 def main() -> None:
-    pre = argparse.ArgumentParser(add_help=False)  # the columns depend on the variants asked for
-    pre.add_argument("--variants", default="off,s3,s4")
-    names = pre.parse_known_args()[0].variants
-    unknown = set(names.split(",")) - set(VARIANTS)
-    if unknown:
-        sys.exit(f"bench_transients: unknown variants {', '.join(sorted(unknown))} (known: {', '.join(VARIANTS)})")
-    columns = tuple(names.split(",")) + tuple(f"min target AUC: {n}" for n in names.split(","))
-
-    def options(ap) -> None:
-        ap.add_argument("--variants", default="off,s3,s4", help="comma-separated, of: " + ", ".join(VARIANTS))
-
-    print_table(__doc__.split("\n\n")[0], columns, folder_figures, options)
+    variants_main(__doc__, VARIANTS, "off,s3,s4", "transients", per_domain=False)
 
 
 if __name__ == "__main__":

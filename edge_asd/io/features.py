@@ -140,6 +140,11 @@ class LogMelStatsConfig:
     modulation_frames: int = 512
     modulation_bins: int = 16
     modulation_min_hz: float = 2.0
+    # the envelope spectrum is the mean of its 2 s windows' spectra (Welch); modulation_trim > 0 leaves out each
+    # frequency's largest modulation_trim of them first (where at least modulation_trim + 2 windows remain). A door,
+    # a dropped tool or a beep touches one or two windows and swamps their envelope spectra with its own (the power
+    # envelope's one spike is broadband); a fault goes on and is in every window. Applies to the lines too.
+    modulation_trim: int = 0
     # with the modulation spectrum, per modulation bin: how far the strongest line of any band's envelope spectrum
     # stands above that band's mean inside the bin (ln units). A bearing's impact rate, a rotor bar's slip beat or
     # a belt's pass rate is a line one or two DFT bins wide (0.5 Hz over 2 s); the bin's average dilutes it among
@@ -185,6 +190,11 @@ class LogMelStatsConfig:
         mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max, self.mel_scale)  # raises on a bad band
         if self.modulation_bands < 0:
             raise ValueError("logmel_stats: modulation_bands must be 0 (off) or more")
+        if isinstance(self.modulation_trim, bool) or not isinstance(self.modulation_trim, int) or self.modulation_trim < 0:
+            raise ValueError(f"logmel_stats: modulation_trim must be a whole number of windows, 0 or more, "
+                             f"not {self.modulation_trim!r}")
+        if self.modulation_trim and not self.modulation_bands:
+            raise ValueError("logmel_stats: modulation_trim needs the modulation spectrum (modulation_bands > 0)")
         if self.modulation_bands:
             modulation_pooling(self)  # raises on bins no modulation frequency falls in
         elif self.modulation_lines:
@@ -307,7 +317,7 @@ class ModulationSpectrum:
         rows = (segs * self._seg_window[: segs.shape[-1]]).reshape(-1, segs.shape[-1])
         if rows.shape[1] < n:  # the short clip's one frame
             rows = np.pad(rows, ((0, 0), (0, n - rows.shape[1])))
-        spec = self._seg_power(rows).reshape(segs.shape[0], segs.shape[1], -1).mean(axis=0)  # [bands, n/2+1]
+        spec = window_average(self._seg_power(rows).reshape(segs.shape[0], segs.shape[1], -1), c.modulation_trim)
         parts = [np.log(spec @ self._pool + np.float32(1e-8)).reshape(-1)] if self.pooled else []
         if c.modulation_lines:
             log_spec = np.log(spec + np.float32(1e-8))
@@ -315,6 +325,16 @@ class ModulationSpectrum:
             lines = (peak - log_spec @ self._pool).max(axis=0)  # [bins]: the most prominent line of any band
             parts.append(lines[self._line_bins])
         return np.concatenate(parts)
+
+
+def window_average(power: np.ndarray, trim: int = 0) -> np.ndarray:
+    """``[bands, bins]``: the mean over the windows of ``power`` ``[windows, bands, bins]``, each value's ``trim``
+    largest windows left out where at least ``trim + 2`` windows remain (else the mean of all)."""
+    k = power.shape[0]
+    if trim == 0 or k < trim + 2:
+        return power.mean(axis=0)
+    # not the sum less the largest: in float32 a transient's window 1e6 times the others' would leave them rounded
+    return np.partition(power, k - trim - 1, axis=0)[: k - trim].mean(axis=0)
 
 
 CLIP_SIGMAS = 3.0  # comodulation: each band's movement clipped at this many robust deviations from its median

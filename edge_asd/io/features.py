@@ -141,7 +141,7 @@ class LogMelStatsConfig:
     modulation_bins: int = 16
     modulation_min_hz: float = 2.0
     # the envelope spectrum is the mean of its 2 s windows' spectra (Welch); modulation_trim > 0 leaves out each
-    # frequency's largest modulation_trim of them first (where at least modulation_trim + 2 windows remain). A door,
+    # frequency's largest modulation_trim of them first (where that leaves two windows or more). A door,
     # a dropped tool or a beep touches one or two windows and swamps their envelope spectra with its own (the power
     # envelope's one spike is broadband); a fault goes on and is in every window. Applies to the lines too.
     modulation_trim: int = 0
@@ -329,7 +329,7 @@ class ModulationSpectrum:
 
 def window_average(power: np.ndarray, trim: int = 0) -> np.ndarray:
     """``[bands, bins]``: the mean over the windows of ``power`` ``[windows, bands, bins]``, each value's ``trim``
-    largest windows left out where at least ``trim + 2`` windows remain (else the mean of all)."""
+    largest windows left out where that leaves two windows or more (else the mean of all)."""
     k = power.shape[0]
     if trim == 0 or k < trim + 2:
         return power.mean(axis=0)

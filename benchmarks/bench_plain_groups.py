@@ -65,29 +65,20 @@ def _score(name: str, X: np.ndarray, tr: np.ndarray, te: np.ndarray, edges: str)
 
 
 def folder_figures(data: Path, cache: Path) -> dict[str, float]:
-    figures: dict[str, list] = {r: [] for r in SCORERS[:-2]}
-    lowest: dict[str, list] = {"gaussian": [], "w2": []}
-    for machine, files, sec, dom, split, lab in labelled_machines(data):
-        X, cfg = _features(data, machine, files, cache)
-        for s in sorted(set(sec)):
-            tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
-            for name in figures:
-                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", _score(name, X, tr, te, cfg.block_edges()))
-                figures[name] += list(m.official().values())
-                if name in lowest:
-                    lowest[name].append(m.auc_target)
-    return summary(figures, lowest)
+    def scorer_of(machine, files, X, cfg):
+        return lambda name, tr, te, dom: _score(name, X, tr, te, cfg.block_edges())
+
+    return scored_sections(data, cache, SCORERS[:-2], scorer_of)
 
 
-def scored_sections(data: Path, cache: Path, names: tuple[str, ...], scorer_of) -> dict[str, float]:
-    """:func:`summary` of every section of a folder, scored by each of ``names`` on the default plain features:
-    ``scorer_of(machine, files, X, cfg)`` gives, per machine type, ``score(name, tr, te, domains)``, the scores of
-    the test clips ``te`` from the training normals ``tr`` (boolean masks over ``files``)."""
+def section_figures(data: Path, names, scorer_of) -> dict[str, float]:
+    """:func:`summary` of every section of a folder, scored by each of ``names``: ``scorer_of(machine, files)`` gives,
+    per machine type, ``score(name, tr, te, domains)``, the scores of the test clips ``te`` from the training normals
+    ``tr`` (boolean masks over ``files``)."""
     figures: dict[str, list] = {n: [] for n in names}
     lowest: dict[str, list] = {n: [] for n in names}
     for machine, files, sec, dom, split, lab in labelled_machines(data):
-        X, cfg = _features(data, machine, files, cache)
-        score = scorer_of(machine, files, X, cfg)
+        score = scorer_of(machine, files)
         for s in sorted(set(sec)):
             tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
             for name in names:
@@ -97,25 +88,30 @@ def scored_sections(data: Path, cache: Path, names: tuple[str, ...], scorer_of) 
     return summary(figures, lowest)
 
 
+def scored_sections(data: Path, cache: Path, names: tuple[str, ...], scorer_of) -> dict[str, float]:
+    """:func:`section_figures` on the default plain features: ``scorer_of(machine, files, X, cfg)`` gives the
+    scorer of a machine type from its features ``X`` and their config."""
+    def on_default_features(machine: str, files: list[Path]):
+        return scorer_of(machine, files, *_features(data, machine, files, cache))
+
+    return section_figures(data, names, on_default_features)
+
+
 def variant_figures(data: Path, cache: Path, variants: dict, names: list[str], tag: str,
                     per_domain: bool) -> dict[str, float]:
-    """:func:`summary` of every section of a folder for each of ``names``, a feature setting of ``variants`` (a
-    ``LogMelStatsConfig`` each, cached as ``<tag>-<name>``), scored by ``FeatureGroupGaussian`` (weight 2; each domain
-    its own mean with ``per_domain``, the scorer of ``--plain-scorer groups-per-domain``)."""
-    figures: dict[str, list] = {n: [] for n in names}
-    lowest: dict[str, list] = {n: [] for n in names}
-    for machine, files, sec, dom, split, lab in labelled_machines(data):
-        for name in names:
-            X = cached_features(data, machine, files, cache, variants[name], f"{tag}-{name}")
-            edges = variants[name].block_edges()
-            for s in sorted(set(sec)):
-                tr, te = (sec == s) & (split == "train") & (lab == "normal"), (sec == s) & (split == "test")
-                detector = FeatureGroupGaussian(edges, joint_weight=2.0, per_domain=per_domain)
-                scores = detector.fit(X[tr], dom[tr]).score_samples(X[te])
-                m = labelled_metrics(lab[te] == "anomaly", dom[te] == "target", scores)
-                figures[name] += list(m.official().values())
-                lowest[name].append(m.auc_target)
-    return summary(figures, lowest)
+    """:func:`section_figures` for each of ``names``, a feature setting of ``variants`` (a ``LogMelStatsConfig`` each,
+    cached as ``<tag>-<name>``), scored by ``FeatureGroupGaussian`` (weight 2; each domain its own mean with
+    ``per_domain``, the scorer of ``--plain-scorer groups-per-domain``)."""
+    def scorer_of(machine: str, files: list[Path]):
+        X = {n: cached_features(data, machine, files, cache, variants[n], f"{tag}-{n}") for n in names}
+
+        def score(name: str, tr: np.ndarray, te: np.ndarray, dom: np.ndarray) -> np.ndarray:
+            detector = FeatureGroupGaussian(variants[name].block_edges(), joint_weight=2.0, per_domain=per_domain)
+            return detector.fit(X[name][tr], dom[tr]).score_samples(X[name][te])
+
+        return score
+
+    return section_figures(data, names, scorer_of)
 
 
 def variants_main(doc: str, variants: dict, default: str, tag: str, per_domain: bool) -> None:

@@ -7,7 +7,7 @@ same path a microphone takes after capture), subscribes to the scores, and
 measures for each clip the time from the clip's end (the payload's `ts`) to the
 message's arrival at the subscriber. Reports medians, the daemon's own part of it
 (a clip complete to its score journaled, from its heartbeats), the daemon's peak
-resident memory (VmHWM) and the time from start to the first score.
+resident memory (VmHWM; and its largest anonymous part, benchmarks/procmem.py) and the time from start to the first score.
 With ``--mic`` the source is a real PortAudio stream instead: a PulseAudio
 virtual microphone (tests/vmic.py) fed the clips at real time, so PortAudio's
 libraries count in the memory; the daemon is stopped with SIGTERM after
@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +35,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from procmem import PeakMemory  # noqa: E402  (benchmarks/ is not a package)
 
 
 def free_port() -> int:
@@ -107,21 +108,8 @@ def main() -> None:
     if args.threads:
         cmd = ["taskset", "-c", ",".join(str(i) for i in range(args.threads))] + cmd
     daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    peak = [0.0]
-
-    def watch_rss() -> None:
-        status = Path(f"/proc/{daemon.pid}/status")
-        while daemon.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
-            except OSError:
-                pass
-            time.sleep(0.2)
-
     # taskset execs the daemon in place, so the pid is the daemon's
-    threading.Thread(target=watch_rss, daemon=True).start()
+    memory = PeakMemory(daemon.pid, every_s=0.2)
     browser = attach_browser(web_port, work) if args.web else None
     if args.mic:
         deadline = time.time() + 60 + 15 * args.clips_count
@@ -129,6 +117,7 @@ def main() -> None:
             time.sleep(0.2)
         daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=600)
+    peak = memory.stop()
     if browser is not None:
         browser.quit()
     if mic is not None:
@@ -152,7 +141,7 @@ def main() -> None:
         "latencies_ms": [round(x, 1) for x in latencies],
         "scoring_ms_median_per_heartbeat": [s.get("median") for s in scoring],
         "scoring_ms_max_per_heartbeat": [s.get("max") for s in scoring],
-        "peak_rss_mb": peak[0],
+        **peak,
         "first_score_after_start_s": first,
         "first_score_after_first_clip_s": first - clip_s,
         "threads": args.threads,

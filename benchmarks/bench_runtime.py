@@ -18,8 +18,9 @@ cores (so resident memory is that process's alone), scoring one 10 s clip ``--re
 times after one untimed clip: the median ms per clip of each run, split into front end
 (standardization, log-mel, the plain member's features), of which the plain member ("plain"),
 extractor (the encoder) and detector; the table gives the median over runs and the range of the runs'
-medians. Where the plain member runs beside the learned one (``ClipScorer.side_members``), the parts
-overlap and add up to more than the clip's time.
+medians, the peak resident memory and its anonymous part (benchmarks/procmem.py: the rest is shared
+libraries' pages, and how many of them the kernel keeps varies between machines). Where the plain member runs
+beside the learned one (``ClipScorer.side_members``), the parts overlap and add up to more than the clip's time.
 
 Then, for the default bundle: `edge-asd score` of a folder of ``--clips`` 10 s clips (clips
 per second, end to end, ``--runs`` times), and the daemon's peak resident memory with one
@@ -44,14 +45,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from procmem import machine, memory_mb  # noqa: E402  (benchmarks/ is not a package)
 CLIP_SECONDS = 10.0
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def package_versions() -> dict[str, str]:
@@ -69,6 +65,13 @@ def package_versions() -> dict[str, str]:
 
 def _clip() -> np.ndarray:
     return np.random.default_rng(0).normal(size=int(CLIP_SECONDS * 16000)).astype(np.float32)
+
+
+def _memory() -> dict[str, float]:
+    """Peak resident memory, and the anonymous part of it at the end (after the repeats: onnxruntime's arena and
+    numpy's buffers at their largest), in MB: benchmarks/procmem.py says why both."""
+    m = memory_mb()
+    return {"peak_rss_mb": m["peak_rss_mb"], "anon_mb": m.get("anon_mb", float("nan"))}
 
 
 def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> dict:
@@ -92,7 +95,7 @@ def child_runtime(bundle: str, threads: int, repeats: int, t_start: float) -> di
     return {
         "frontend_ms": med[0], "extractor_ms": med[1], "detector_ms": med[2], "total_ms": med[3], "plain_ms": med[4],
         "plain_beside": bool(scorer.side_members),
-        "peak_rss_mb": _peak_rss_mb(), "first_score_s": first_score_s, "score_finite": bool(np.isfinite(first.score)),
+        **_memory(), "first_score_s": first_score_s, "score_finite": bool(np.isfinite(first.score)),
         "frontends": sorted({getattr(getattr(m.backend, "frontend", None), "name", type(m.backend).__name__)
                              for m in scorer.members}),
     }
@@ -121,7 +124,7 @@ def child_torch(weights: str, threads: int, repeats: int, t_start: float, stft: 
             t0 = time.perf_counter()
             model.embed(torch.from_numpy(segment(standardize(clip), spec)))
             times.append((time.perf_counter() - t0) * 1e3)
-    return {"total_ms": float(np.median(times)), "peak_rss_mb": _peak_rss_mb(), "first_score_s": first_score_s}
+    return {"total_ms": float(np.median(times)), **_memory(), "first_score_s": first_score_s}
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -250,7 +253,6 @@ def repeated(runs: int, *args, **kw) -> dict:
 
 def replay(bundle: str, work: Path, n_clips: int, threads: int, runs: int) -> dict:
     """`edge-asd score` of a folder of ``n_clips`` 10 s clips, end to end, ``runs`` times."""
-    sys.path.insert(0, str(HERE))
     from bench_score import time_score
 
     from edge_asd.synth import SynthConfig, generate
@@ -262,10 +264,11 @@ def replay(bundle: str, work: Path, n_clips: int, threads: int, runs: int) -> di
     for p in sorted((work / "replay" / "fan" / "test").glob("*.wav"))[:n_clips]:
         shutil.copy(p, clips / p.name)
     n = len(list(clips.glob("*.wav")))
-    walls, peaks = zip(*(time_score(bundle, clips, threads) for _ in range(runs)))
+    walls, memories = zip(*(time_score(bundle, clips, threads) for _ in range(runs)))
     rates = [n / w for w in walls]
     return {"clips": n, "clips_per_s": float(np.median(rates)), "clips_per_s_range": [min(rates), max(rates)],
-            "peak_rss_mb": float(max(peaks)), "wall_s": list(walls), "clips_dir": str(clips)}
+            **{k: float(max(m[k] for m in memories)) for k in memories[0]}, "wall_s": list(walls),
+            "clips_dir": str(clips)}
 
 
 def daemon_memory(bundle: str, clips: str, threads: int) -> dict:
@@ -308,7 +311,7 @@ def main() -> None:
         rep = replay(art["cpu"]["fp32"], work, args.clips, args.threads, args.runs)
         daemon = daemon_memory(art["cpu"]["fp32"], rep.pop("clips_dir"), args.threads)
     print(f"\n{'variant':68s} {'ms/clip':>8s} {'range':>13s} {'vs torch':>8s} {'front':>6s} {'plain':>6s} "
-          f"{'extract':>8s} {'detect':>7s} {'RSS MB':>7s} {'1st s':>6s}")
+          f"{'extract':>8s} {'detect':>7s} {'RSS MB':>7s} {'anon MB':>7s} {'1st s':>6s}")
     for group, rows in results.items():
         ref = next(iter(rows.values()))["total_ms"]
         for label, r in rows.items():
@@ -316,14 +319,16 @@ def main() -> None:
             print(f"{group + ': ' + label:68s} {r['total_ms']:8.1f} {f'{lo:.1f}-{hi:.1f}':>13s} {r['total_ms'] / ref:8.2f} "
                   f"{r.get('frontend_ms', float('nan')):6.1f} {r.get('plain_ms', float('nan')):6.1f} "
                   f"{r.get('extractor_ms', float('nan')):8.1f} "
-                  f"{r.get('detector_ms', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} {r['first_score_s']:6.2f}")
+                  f"{r.get('detector_ms', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} {r['anon_mb']:7.0f} "
+                  f"{r['first_score_s']:6.2f}")
     lo, hi = rep["clips_per_s_range"]
     print(f"\nedge-asd score, {rep['clips']} clips of 10 s, default CPU bundle: {rep['clips_per_s']:.1f} clips/s "
-          f"(runs {lo:.1f}-{hi:.1f}), peak RSS {rep['peak_rss_mb']:.0f} MB")
-    print(f"edge-asd run, one machine, default CPU bundle: peak RSS {daemon['peak_rss_mb']:.0f} MB, "
+          f"(runs {lo:.1f}-{hi:.1f}), peak RSS {rep['peak_rss_mb']:.0f} MB (anonymous {rep['peak_anon_mb']:.0f})")
+    print(f"edge-asd run, one machine, default CPU bundle: peak RSS {daemon['peak_rss_mb']:.0f} MB "
+          f"(anonymous {daemon['peak_anon_mb']:.0f}), "
           f"latency median {daemon['latency_ms_median']:.0f} ms")
     record = {
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), **machine(), "cpus": os.cpu_count(),
         "threads": args.threads, "repeats": args.repeats, "runs": args.runs, "load_average_at_end": os.getloadavg(),
         "python": platform.python_version(), "packages": package_versions(),
         "results": results, "replay": rep, "daemon": daemon,

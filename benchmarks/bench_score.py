@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -31,35 +30,29 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from procmem import PeakMemory, machine  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _pinned(cmd: list[str], threads: int) -> list[str]:
     return ["taskset", "-c", ",".join(str(i) for i in range(threads))] + cmd if threads else cmd
 
 
-def time_score(bundle: str, clips: Path, threads: int) -> tuple[float, float]:
-    """Wall seconds of one `edge-asd score` run and its peak resident memory (MB, VmHWM polled)."""
+def time_score(bundle: str, clips: Path, threads: int) -> tuple[float, dict[str, float]]:
+    """Wall seconds of one `edge-asd score` run and its memory (:class:`procmem.PeakMemory`: peak RSS and anonymous)."""
     out = Path(tempfile.mkdtemp())
     exe = str(Path(sys.executable).with_name("edge-asd"))
     t0 = time.perf_counter()
     # taskset execs the command in place, so the pid is edge-asd's own
     proc = subprocess.Popen(_pinned([exe, "score", bundle, str(clips), "--out", str(out), "--quiet"], threads),
                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    peak = 0.0
-    status = Path(f"/proc/{proc.pid}/status")
-    while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024)
-        except OSError:
-            pass
-        time.sleep(0.05)
+    watch = PeakMemory(proc.pid)
+    proc.wait()
     wall = time.perf_counter() - t0
+    memory = watch.stop()
     if proc.returncode != 0:
         raise SystemExit(f"edge-asd score failed with status {proc.returncode}")
     shutil.rmtree(out, ignore_errors=True)
-    return wall, peak
+    return wall, memory
 
 
 def child_torch(weights: str, clips: str, threads: int) -> dict:
@@ -101,10 +94,11 @@ def main() -> None:
         for p in sorted((work / "data" / "fan" / "test").glob("*.wav"))[: args.clips]:
             shutil.copy(p, clips / p.name)
         n = len(list(clips.glob("*.wav")))
-        walls, rss = [], 0.0
+        walls, memories = [], []
         for _ in range(args.repeats):
-            wall, rss = time_score(art["fp32"], clips, args.threads)
+            wall, memory = time_score(art["fp32"], clips, args.threads)
             walls.append(wall)
+            memories.append(memory)
         torch_walls = []
         for _ in range(args.repeats):
             code = (
@@ -115,16 +109,16 @@ def main() -> None:
                                check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
             torch_walls.append(json.loads(r.stdout.strip().splitlines()[-1])["wall_s"])
     wall, twall = float(np.median(walls)), float(np.median(torch_walls))
+    memory = {k: max(m[k] for m in memories) for k in memories[0]}
     result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "backbone": "efficientnet_b0",
+        "date": time.strftime("%Y-%m-%d"), **machine(), "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "backbone": "efficientnet_b0",
         "clips": n, "clip_seconds": 10.0,
-        "edge_asd_score": {"wall_s": wall, "clips_per_s": n / wall, "peak_rss_mb": rss},
+        "edge_asd_score": {"wall_s": wall, "clips_per_s": n / wall, **memory},
         "torch_eager": {"wall_s": twall, "clips_per_s": n / twall, "note": "scoring loop only, no process start or model load"},
         "speedup": twall / wall,
     }
     print(f"edge-asd score: {n} clips in {wall:.1f} s = {n / wall:.2f} clips/s (x{n * 10 / wall:.0f} real time), "
-          f"peak RSS {rss:.0f} MB")
+          f"peak RSS {memory['peak_rss_mb']:.0f} MB, of it anonymous {memory['peak_anon_mb']:.0f} MB")
     print(f"torch eager:    {n} clips in {twall:.1f} s = {n / twall:.2f} clips/s; edge-asd is {twall / wall:.2f}x")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "score.json").write_text(json.dumps(result, indent=2))

@@ -9,7 +9,7 @@ import pytest
 
 from edge_asd.io.audio import read_audio, standardize
 from edge_asd.io.features import LogMelStats, LogMelStatsConfig
-from edge_asd.io.fft import ENGINES, PowerSpectrum, available_engines, resolve_engine
+from edge_asd.io.fft import ENGINES, LONG_FRAME, LONG_FRAME_ROWS, PowerSpectrum, available_engines, resolve_engine
 from edge_asd.runtime.frontend import FFTFrontEnd
 from edge_asd.runtime.manifest import LogMelFrontEnd
 
@@ -56,6 +56,24 @@ def test_squares_sum_pairwise_to_the_power_and_a_reused_buffer_changes_nothing(e
         np.testing.assert_array_equal(ps.squares(rows, slice(3, 40), out=buffer), ps.squares(rows, slice(3, 40)))
     with pytest.raises(ValueError, match="expected rows of 512 samples"):
         ps.squares(rows[:, :256])
+
+
+@pytest.mark.parametrize("n_fft", [1024, 2048])
+@pytest.mark.parametrize("n_rows", [5, 12, 37, 64])
+def test_long_frames_in_groups_are_one_calls_numbers_to_the_bit(n_fft, n_rows):
+    """Long frames go to ducc0 LONG_FRAME_ROWS rows at a time (faster, edge_asd/io/fft.py): every row, the last
+    short group's included, is what one call on all the rows gives, with and without a reused buffer."""
+    import ducc0.fft
+
+    assert n_fft >= LONG_FRAME and 4 <= LONG_FRAME_ROWS < 16
+    rows = np.random.default_rng(n_rows).standard_normal((n_rows, n_fft)).astype(np.float32)
+    spec = ducc0.fft.r2c(rows, axes=(1,))
+    re_im = spec.view(np.float32)
+    want = (re_im * re_im)[:, 6:90]  # bins 3..44, re^2 and im^2 interleaved
+    ps = PowerSpectrum(n_fft, "ducc0")
+    np.testing.assert_array_equal(ps.squares(rows, slice(3, 45)), want)
+    buffer = np.full((80, n_fft // 2 + 1), np.nan, dtype=np.complex64)
+    np.testing.assert_array_equal(ps.squares(rows, slice(3, 45), out=buffer), want)
 
 
 def test_front_ends_agree_across_engines():

@@ -9,7 +9,14 @@ import pytest
 
 from edge_asd.io.audio import read_audio, standardize
 from edge_asd.io.features import LogMelStats, LogMelStatsConfig
-from edge_asd.io.fft import ENGINES, LONG_FRAME, LONG_FRAME_ROWS, PowerSpectrum, available_engines, resolve_engine
+from edge_asd.io.fft import (
+    ENGINES,
+    LONG_FRAME,
+    LONG_FRAME_ROWS,
+    PowerSpectrum,
+    available_engines,
+    resolve_engine,
+)
 from edge_asd.runtime.frontend import FFTFrontEnd
 from edge_asd.runtime.manifest import LogMelFrontEnd
 

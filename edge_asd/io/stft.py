@@ -6,7 +6,7 @@ come from an rFFT at a fraction of the work (issue 28; the transform itself is
 :mod:`edge_asd.io.fft`'s). Two things keep the rest fast, both measured on the
 2-core machine:
 
-* frames go through in blocks (64 frames of 2048 points, 128 of 512: see
+* frames go through in blocks (128 frames of 2048 points, 512 of 128: see
   ``BLOCK_SAMPLES``): a 10 s clip's 618 windowed frames and their spectra are
   ~10 MB, and the whole stack at once ran at half the speed of the same
   transforms a cache-sized block at a time;
@@ -31,14 +31,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .blas import serial_rows
 from .fft import PowerSpectrum
 
-# A block of frames holds at least 64 frames and at least this many samples: its frames and spectra stay in cache,
-# and short frames come in more rows, so that a block's work outweighs the Python around it. Measured (on 2 threads then):
-# the modulation STFT's 512-point frames 3.5 ms in blocks of 64 rows, 2.2 ms in blocks of 128; the learned
-# member's 2048-point frames 3.1 ms in blocks of 64, 3.4 ms in blocks of 128.
+# A block of frames holds at least 128 frames and at least this many samples: its frames and spectra stay in cache,
+# and short frames come in more rows, so that a block's work outweighs the Python around it. Measured (one thread,
+# the AMD EPYC 2-core machine, 2026-12-08, with ducc0's transforms 12 rows at a time: edge_asd/io/fft.py): the
+# learned member's log-mel (2048 points, 224 bands) 3.25 ms in blocks of 64 rows, 3.02 in blocks of 128, as fast in
+# 256, 6.4 ms with the clip in one block (out of cache); the modulation STFT's 512-point frames the same in 64 to
+# 1024 rows, the fast lines' 128-point frames 1.6 ms in 64 rows, 1.1 in 512.
 BLOCK_SAMPLES = 64 * 1024
-_MEL_CHUNKS = 12  # diagonal blocks of the filterbank: each block's product stays under OpenBLAS's threading size
+MIN_BLOCK_ROWS = 128
+# Diagonal blocks of the filterbank, each a dense product; each runs in row steps under OpenBLAS's threading size
+# (edge_asd/io/blas.py). The learned member's 224 bands in 128-row blocks: 12 chunks 3.14 ms, 16 3.02, 24 3.10, 32
+# 3.17 (fewer chunks hold more zeros, more cost a call each); the plain member's 64 bands 0.93 / 0.98 ms with 12 / 16.
+_MEL_CHUNKS = 16
 # Under this many bands the filterbank is one dense product: its blocks would save few multiplications and cost
 # a Python call each (the plain member's 8 modulation bands over 2,493 frames: 6.1 -> 4.9 ms per clip).
 _FEW_BANDS = 16
@@ -113,9 +120,14 @@ class LogMelSTFT:
         self.log, self.eps = log, np.float32(eps)
         blocks = band_blocks(fb, _MEL_CHUNKS if fb.shape[0] >= _FEW_BANDS else 1)
         self._bins = slice(min(b.bins.start for b in blocks), max(b.bins.stop for b in blocks))
-        self._blocks = [b.on_squares(self._bins.start) for b in blocks]
         self._power = PowerSpectrum(self.n_fft, fft)
-        self._rows = max(64, BLOCK_SAMPLES // self.n_fft)  # 2048 and 1024 points: 64 rows; 512: 128
+        self._rows = max(MIN_BLOCK_ROWS, BLOCK_SAMPLES // self.n_fft)  # 128 rows up to 512 points; 128 points: 512
+        # each block's product in equal row steps that stay on the calling thread (edge_asd/io/blas.py)
+        self._blocks = []
+        for b in blocks:
+            columns, bands, weights = b.on_squares(self._bins.start)
+            steps = -(-self._rows // serial_rows(weights.size))
+            self._blocks.append((columns, bands, weights, -(-self._rows // steps)))
 
     @property
     def fft(self) -> str:
@@ -143,8 +155,9 @@ class LogMelSTFT:
             w = np.multiply(block, self.window, out=windowed[: block.shape[0]])
             squares = self._power.squares(w, self._bins, out=spectrum)
             o = out[lo : lo + rows]
-            for columns, bands, weights in self._blocks:
-                o[:, bands] += squares[:, columns] @ weights
+            for columns, bands, weights, step in self._blocks:
+                for r in range(0, o.shape[0], step):
+                    o[r : r + step, bands] += squares[r : r + step, columns] @ weights
         out += self.eps
         if self.log == "ln":
             np.log(out, out=out)

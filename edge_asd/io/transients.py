@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_asd.io.blas import serial_rows
 from edge_asd.io.rowstats import MAD_SIGMA
 
 NEIGHBOURS = 5  # a frame's novelty: its distance to the 5th nearest frame of the clip ...
@@ -38,10 +39,6 @@ OWN_REACH = 3  # ... that lies more than 3 frames (about 100 ms) away
 # fewer frames leave some frame without NEIGHBOURS others beyond its own reach: too short a clip to tell a new
 # frame from a recurring one
 MIN_NOVELTY_FRAMES = 2 * OWN_REACH + NEIGHBOURS + 1
-# OpenBLAS hands a matrix product of more than 4 x 65536 multiply-adds to its thread pool. A replay scores two
-# clips side by side, and their two products then queued for one pool: 200 clips took 3.2 s instead of 2.7 (the
-# gate's whole cost, 2 cores). Row blocks under that size run on the calling thread (311 frames x 64 bands: 13 rows).
-_SERIAL_PRODUCT = 4 * 65536
 
 
 def _robust_z(v: np.ndarray) -> np.ndarray:
@@ -61,7 +58,7 @@ def frame_novelty(log_mel: np.ndarray) -> np.ndarray:
     z = z - z.mean(axis=0)
     sq = np.einsum("ij,ij->i", z, z)
     gram = np.empty((t, t), dtype=np.float32)
-    rows = max(1, _SERIAL_PRODUCT // (t * z.shape[1]))
+    rows = serial_rows(t * z.shape[1])  # on this thread (edge_asd/io/blas.py): 311 frames x 64 bands, 13 rows
     for lo in range(0, t, rows):
         np.matmul(z[lo : lo + rows], z.T, out=gram[lo : lo + rows])
     d2 = sq[:, None] + sq[None, :]

@@ -7,7 +7,8 @@ same path a microphone takes after capture), subscribes to the scores, and
 measures for each clip the time from the clip's end (the payload's `ts`) to the
 message's arrival at the subscriber. Reports medians, the daemon's own part of it
 (a clip complete to its score journaled, from its heartbeats), the daemon's peak
-resident memory (VmHWM; and its largest anonymous part, benchmarks/procmem.py) and the time from start to the first score.
+resident memory (VmHWM; and its largest anonymous part, benchmarks/procmem.py) and
+the time from start to the first score.
 With ``--mic`` the source is a real PortAudio stream instead: a PulseAudio
 virtual microphone (tests/vmic.py) fed the clips at real time, so PortAudio's
 libraries count in the memory; the daemon is stopped with SIGTERM after

@@ -111,7 +111,8 @@ def main() -> None:
     wall, twall = float(np.median(walls)), float(np.median(torch_walls))
     memory = {k: max(m[k] for m in memories) for k in memories[0]}
     result = {
-        "date": time.strftime("%Y-%m-%d"), **machine(), "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "backbone": "efficientnet_b0",
+        "date": time.strftime("%Y-%m-%d"), **machine(), "cpus": os.cpu_count(), "threads": args.threads,
+        "repeats": args.repeats, "backbone": "efficientnet_b0",
         "clips": n, "clip_seconds": 10.0,
         "edge_asd_score": {"wall_s": wall, "clips_per_s": n / wall, **memory},
         "torch_eager": {"wall_s": twall, "clips_per_s": n / twall, "note": "scoring loop only, no process start or model load"},

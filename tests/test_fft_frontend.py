@@ -134,7 +134,8 @@ def test_band_blocks_hold_every_weight_of_the_filterbanks():
                                                        (128, 8, "htk")])
 def test_every_mel_product_stays_on_the_calling_thread(n_fft, n_mels, mel_scale):
     """OpenBLAS hands larger products to its pool, and beside the other member that cost the learned + plain bundle
-    13.5 -> 21 ms a clip (edge_asd/io/blas.py): every product of a block of frames stays under the size, in equal steps."""
+    13.5 -> 21 ms a clip (edge_asd/io/blas.py): every product of a block of frames stays under the size, in equal
+    steps."""
     fb = mel_filterbank(16000, n_fft, n_mels, 50.0, 7800.0, mel_scale)
     stft = LogMelSTFT(n_fft, n_fft // 4, hann(n_fft, "hann"), fb)
     for _, _, weights, step in stft._blocks:

@@ -1,11 +1,14 @@
 """A process's resident memory as the kernel counts it, split into what the process alone holds and what it maps.
 
-Peak resident memory (VmHWM) counts the pages of every shared library a process has touched: onnxruntime's
-(28 MB), ducc0's (14 MB), numpy's and OpenBLAS's (13 MB) on the 2-core machine of 2026-12-08 (Linux 6.18). Those are
-clean file pages, shared with every other process that loads the same library, and how many of them a kernel keeps
-mapped varies with the kernel: the same scorer, packages and bundle peaked at 98 MB on the machine of 2026-12-07 and
-at 120 MB on this one. ``RssAnon`` is the memory that is the process's own (heap, onnxruntime's arena, numpy's
-arrays), the part that a second machine's daemon would add; the tables give both.
+Peak resident memory (VmHWM) counts the pages of every shared library a process has touched: onnxruntime's, ducc0's,
+numpy's and OpenBLAS's, some 50-70 MB of the scorer's. Those are clean file pages, shared with every other process
+that loads the same library, and how many of them a process maps depends on the page cache's history, not on the
+process. On Linux 6.18 (the AMD EPYC 2-core machine, 2026-12-08) the same scorer and bundle peaked at 114-122 MB while
+its libraries' files had just been written or read through (a fresh ``pip install``; a ``cat`` of the .so files
+after the cache was dropped: the page cache then holds them in large folios, and a page fault maps a whole folio),
+and at 99.4-100.1 MB an hour later and after dropping the cache (the libraries then come in by page faults alone);
+its anonymous memory was 52 MB in every run. ``RssAnon`` is the memory that is the process's own (heap, onnxruntime's arena,
+numpy's arrays), the part that a second machine's daemon would add; the tables give both.
 """
 
 from __future__ import annotations

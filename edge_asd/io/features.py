@@ -358,8 +358,11 @@ def comodulation(log_envelope: np.ndarray, smooth: int) -> np.ndarray:
     hp -= np.take(c, lo, axis=1)
     hp /= hi - lo
     np.subtract(e, hp, out=hp)
+    # float64 for the running sums above (over 5,000 frames, float32's would lose the moving mean to rounding), float32
+    # from here: the two medians and the correlations 1.21 -> 0.90 ms a clip, the correlations within 5e-7 (2026-12-08)
+    hp = hp.astype(np.float32)
     med = row_median(hp)[:, None]
-    reach = CLIP_SIGMAS * MAD_SIGMA * row_median(np.abs(hp - med))[:, None]
+    reach = np.float32(CLIP_SIGMAS * MAD_SIGMA) * row_median(np.abs(hp - med))[:, None]
     np.clip(hp, med - reach, med + reach, out=hp)
     hp -= hp.mean(axis=1, keepdims=True)
     norm = np.sqrt(np.einsum("ij,ij->i", hp, hp))

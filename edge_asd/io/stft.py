@@ -3,7 +3,7 @@
 The exported front-end graph computes the DFT as matrix products, because
 that is what ONNX and TensorRT run everywhere; on a CPU the same numbers
 come from an rFFT at a fraction of the work (issue 28; the transform itself is
-:mod:`edge_asd.io.fft`'s). Two things keep the rest fast, both measured on the
+:mod:`edge_asd.io.fft`'s). Three things keep the rest fast, each measured on the
 2-core machine:
 
 * frames go through in blocks (128 frames of 2048 points, 512 of 128: see
@@ -12,7 +12,8 @@ come from an rFFT at a fraction of the work (issue 28; the transform itself is
   transforms a cache-sized block at a time;
 * the mel filterbank is a band matrix (each triangle spans a few DFT bins),
   so it is applied as a few dense blocks along its diagonal instead of one
-  dense product that multiplies zeros ~90 % of the time;
+  dense product that multiplies zeros ~90 % of the time, each block's product
+  in row steps that stay off OpenBLAS's thread pool (:mod:`edge_asd.io.blas`);
 * the filterbank reads the squared real and imaginary parts with its weights
   repeated for each (:meth:`edge_asd.io.fft.PowerSpectrum.squares`), into one
   block-sized window and spectrum buffer per call: no power array, no
